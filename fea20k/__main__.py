@@ -1,0 +1,4 @@
+from fea20k.cli import main
+
+
+main()

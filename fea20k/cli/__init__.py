@@ -1,0 +1,46 @@
+"""The ``fea20k`` command line: one typer app; each area registers its commands from its own module.
+
+Commands import the library lazily, so ``fea20k --help`` stays fast and never imports torch, vllm, ray or
+insightface. A :class:`~fea20k.errors.Fea20kUserError` becomes one red line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from fea20k.cli.app import app, err_console
+from fea20k.errors import Fea20kUserError
+
+
+# Command modules register themselves on `app` when imported.
+from fea20k.cli import workspace_cmds  # noqa: E402, F401, I001
+from fea20k.cli import audit_cmds  # noqa: E402, F401
+from fea20k.cli import publish_cmds  # noqa: E402, F401
+from fea20k.cli import eval_cmds  # noqa: E402, F401
+from fea20k.cli import sources_cmds  # noqa: E402, F401
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app(standalone_mode=False)
+    except Fea20kUserError as e:
+        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/yellow]; completed chunks are kept, re-run to resume")
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - click's own usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2 if isinstance(e, click.UsageError) else 1)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+__all__ = ["app", "main"]

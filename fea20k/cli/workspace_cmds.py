@@ -1,0 +1,87 @@
+"""Workspace commands: init, demo, build, status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fea20k.cli.app import QuietOpt, RoundOpt, WorkspaceOpt, app, console, setup_logging
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Directory for the new workspace.", file_okay=False)] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the default data folders.")] = False,
+) -> None:
+    """Create a workspace: fea20k.toml plus copies of pipelines/ annotators/ validators/ cards/."""
+    from fea20k.workspace import init_workspace
+
+    init_workspace(directory, force=force)
+    console.print(f"workspace ready in [bold]{directory}[/bold]; add [sources.*] to {directory / 'fea20k.toml'}")
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Argument(help="Directory for the demo workspace.", file_okay=False)] = Path(
+        "demo"
+    ),
+    n: Annotated[int, typer.Option("--n", min=10, help="Approximate number of demo samples.")] = 500,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the synthetic corpora.")] = 0,
+) -> None:
+    """Write synthetic RAF-DB and DISFA corpora in their exact release layouts, and a workspace for them."""
+    from fea20k.demo import write_demo
+
+    setup_logging(None)
+    info = write_demo(directory, n=n, seed=seed)
+    console.print(
+        f"demo workspace in [bold]{directory}[/bold]: {info['rafdb']} RAF-DB images, {info['disfa_frames']} DISFA "
+        f"frames ({info['disfa_subjects']} subjects). Next: fea20k build --round 0 -w {directory}"
+    )
+
+
+@app.command()
+def build(
+    round_: RoundOpt = 0,
+    workspace: WorkspaceOpt = Path("."),
+    from_stage: Annotated[
+        str | None, typer.Option("--from", help="Re-run from this stage on, even if up to date.")
+    ] = None,
+    until_stage: Annotated[str | None, typer.Option("--until", help="Stop after this stage.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Worker processes for image work.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run round N: every stage whose output is missing or stale; skip what is up to date; resume what crashed."""
+    from fea20k.engine import build_round
+    from fea20k.report import build_summary_table
+
+    setup_logging(workspace, quiet)
+    result = build_round(workspace, round_, from_stage=from_stage, until_stage=until_stage, quiet=quiet,
+                         workers=workers)
+    if not quiet:
+        console.print(build_summary_table(result))
+    console.print(f"round {round_}: {len(result.ran)} stage(s) ran, "
+                  f"{len(result.stages) - len(result.ran)} up to date, {result.seconds:.1f}s")
+
+
+@app.command()
+def status(
+    workspace: WorkspaceOpt = Path("."),
+    round_: Annotated[int | None, typer.Option("--round", "-r", min=0, help="Only this round.")] = None,
+) -> None:
+    """Rounds and stages: up to date / stale / running / failed, with counts and cost so far."""
+    from fea20k.engine import round_status
+    from fea20k.report import status_table
+    from fea20k.workspace import Workspace
+
+    ws = Workspace(workspace)
+    rounds = [round_] if round_ is not None else _rounds_with_state(ws)
+    for r in rounds:
+        console.print(status_table(r, round_status(ws, r), ws.ledger.cost_summary(r)))
+
+
+def _rounds_with_state(ws) -> list[int]:  # noqa: ANN001
+    base = ws.state_dir / "rounds"
+    found = sorted(int(p.name) for p in base.iterdir() if p.name.isdigit()) if base.is_dir() else []
+    return found or [0]

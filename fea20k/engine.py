@@ -1,0 +1,591 @@
+"""The local streaming executor: plans a round from the recipe, skips what is up to date, resumes what crashed.
+
+Layout of a stage's output (``.fea20k/rounds/N/<stage key>/``)::
+
+    _SIGNATURE              the signature the parts below were written with (written first)
+    part-00000.parquet      chunk 0, written atomically
+    part-00000.stats.json   chunk 0's stats; its presence marks the chunk complete
+    ...
+    _SUCCESS.json           completion marker: signature + merged stats (written last)
+
+Memory is bounded by the chunk size: a source is cut into chunks as it is read, a map stage reads one input chunk
+per worker at a time, an aggregate stage streams its inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fea20k import config as env_config
+from fea20k.errors import ConfigError, Fea20kUserError
+from fea20k.io import (
+    PART_GLOB,
+    StageOutput,
+    atomic_write_bytes,
+    atomic_write_json,
+    chunk_done,
+    completed_chunks,
+    read_chunk,
+    write_chunk,
+)
+from fea20k.record import FaceRecord
+from fea20k.stage import (
+    AggregateStage,
+    MapStage,
+    SourceStage,
+    Stage,
+    StageContext,
+    get_stage_class,
+    load_workspace_plugins,
+)
+from fea20k.stats import StageStats
+from fea20k.workspace import Workspace
+
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_FILE = "_SIGNATURE"
+SUCCESS_FILE = "_SUCCESS.json"
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+@dataclass
+class PlannedStage:
+    """One stage instance in a round's plan."""
+
+    key: str  # output folder name: the stage name, or ingest/<source>
+    stage: Stage
+    upstream: list[tuple[int, str]]  # (round, key) of the stages whose outputs are this one's inputs
+    signature: str = ""
+
+    @property
+    def round(self) -> int:
+        return self.stage.ctx.round
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def compute_signature(stage: Stage, upstream_signatures: list[str], workspace_root: Path) -> str:
+    """Hash of the stage's config (minus performance knobs), version, curator files read and upstream signatures."""
+    cfg = stage.config.model_dump(mode="json", exclude=set(stage.Config.SIGNATURE_EXCLUDE))
+    files = {}
+    for p in sorted({Path(p) for p in stage.recipe_files()}):
+        try:
+            rel = str(p.resolve().relative_to(workspace_root))
+        except ValueError:
+            rel = p.name
+        files[rel] = file_digest(p) if p.is_file() else "missing"
+    payload = {
+        "stage": stage.name,
+        "version": stage.VERSION,
+        "config": cfg,
+        "files": files,
+        "extra": stage.signature_extra(),
+        "upstream": upstream_signatures,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _stage_config(ws: Workspace, name: str) -> tuple[dict[str, Any], str]:
+    cfg = ws.recipe.stages.get(name, {})
+    return cfg, f"{ws.recipe_path}: [stages.\"{name}\"]"
+
+
+def plan_round(ws: Workspace, round_: int) -> list[list[PlannedStage]]:
+    """The steps of round ``round_``, each a group of stage instances, with signatures computed."""
+    load_workspace_plugins(ws.root)
+    steps = ws.recipe.plan(round_).steps
+    plan: list[list[PlannedStage]] = []
+    for i, step in enumerate(steps):
+        group: list[PlannedStage] = []
+        if step == "ingest":
+            if not ws.config.sources:
+                raise ConfigError(f"{ws.config_path}: no [sources.*] configured; round {round_} has nothing to ingest")
+            for src_name, src in ws.config.sources.items():
+                cls = get_stage_class(f"ingest.{src.adapter}")
+                root = ws.source_root(src_name)
+                cfg = {**src.options, "source": src_name, "root": str(root)}
+                key = f"ingest/{src_name}"
+                ctx = StageContext(workspace_root=ws.root, round=round_, stage_key=key)
+                stage = cls(cfg, ctx, where=f"{ws.config_path}: [sources.{src_name}]")
+                group.append(PlannedStage(key=key, stage=stage, upstream=[]))
+        else:
+            cls = get_stage_class(step)
+            cfg, where = _stage_config(ws, step)
+            ctx = StageContext(workspace_root=ws.root, round=round_, stage_key=step)
+            stage = cls(cfg, ctx, where=where)
+            if i > 0:
+                upstream = [(round_, ps.key) for ps in plan[-1]]
+            elif round_ > 0:
+                upstream = _round0_upstream_of(ws, step)
+            else:
+                upstream = []
+            group.append(PlannedStage(key=step, stage=stage, upstream=upstream))
+        plan.append(group)
+    for group in plan:
+        for ps in group:
+            up_sigs = [_signature_of(ws, plan, r, k, round_) for r, k in ps.upstream]
+            ps.signature = compute_signature(ps.stage, up_sigs, ws.root)
+    return plan
+
+
+def _round0_upstream_of(ws: Workspace, step: str) -> list[tuple[int, str]]:
+    """For the first step of a later round: the round-0 step that fed the same step in round 0."""
+    steps0 = ws.recipe.plan(0).steps
+    if step not in steps0 or steps0.index(step) == 0:
+        raise ConfigError(f"{ws.recipe_path}: round >= 1 starts with {step!r}, which round 0 does not run after "
+                          "another step; start later rounds with a step round 0 also has (e.g. select)")
+    prev = steps0[steps0.index(step) - 1]
+    if prev == "ingest":
+        return [(0, f"ingest/{s}") for s in ws.config.sources]
+    return [(0, prev)]
+
+
+def _signature_of(ws: Workspace, plan: list[list[PlannedStage]], r: int, key: str, current_round: int) -> str:
+    if r == current_round:
+        for group in plan:
+            for ps in group:
+                if ps.key == key:
+                    return ps.signature
+    marker = read_marker(ws.stage_dir(r, key))
+    return marker["signature"] if marker else f"missing:{r}/{key}"
+
+
+def read_marker(stage_dir: Path) -> dict[str, Any] | None:
+    p = stage_dir / SUCCESS_FILE
+    if not p.is_file():
+        return None
+    return json.loads(p.read_text())
+
+
+# ---------------------------------------------------------------------------------------------- status
+
+
+@dataclass
+class StageStatus:
+    round: int
+    key: str
+    status: str  # up to date | stale | running | interrupted | failed | not run
+    signature: str
+    stats: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def round_status(ws: Workspace, round_: int) -> list[StageStatus]:
+    """Each planned stage of the round: up to date / stale / running / interrupted / failed / not run."""
+    out = []
+    for group in plan_round(ws, round_):
+        for ps in group:
+            d = ws.stage_dir(round_, ps.key)
+            marker = read_marker(d)
+            state = ws.ledger.stage_state(round_, ps.key)
+            stats = marker["stats"] if marker else None
+            if state is not None and state.status == "running":
+                status = "running" if _pid_alive(state.pid) else "interrupted"
+            elif state is not None and state.status == "failed" and state.signature == ps.signature:
+                status = "failed"
+            elif marker and marker["signature"] == ps.signature and _outputs_present(ps):
+                status = "up to date"
+            elif marker or (d / SIGNATURE_FILE).exists():
+                status = "stale"
+            else:
+                status = "not run"
+            out.append(StageStatus(round_, ps.key, status, ps.signature, stats,
+                                   state.error if state and status == "failed" else None))
+    return out
+
+
+def _outputs_present(ps: PlannedStage) -> bool:
+    return not isinstance(ps.stage, AggregateStage) or ps.stage.outputs_present()
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Progress display for a build: rich bars on a terminal, nothing otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self._progress = RichProgress(
+                TextColumn("[bold]{task.description:<22}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=Console(stderr=True),
+                transient=False,
+            )
+
+    def __enter__(self) -> Progress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def task(self, description: str, total: int | None) -> tuple[Callable[[int], None], Callable[[str], None]]:
+        if self._progress is None:
+            return (lambda n: None), (lambda s: None)
+        tid = self._progress.add_task(description, total=total, status="")
+        prog = self._progress
+        return (lambda n: prog.advance(tid, n)), (lambda s: prog.update(tid, status=s))
+
+
+# ---------------------------------------------------------------------------------------------- execution
+
+
+@dataclass
+class StageRun:
+    key: str
+    action: str  # ran | skipped
+    stats: StageStats
+    seconds: float
+
+
+@dataclass
+class BuildResult:
+    round: int
+    stages: list[StageRun] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ran(self) -> list[str]:
+        return [s.key for s in self.stages if s.action == "ran"]
+
+
+def build_round(
+    workspace: Path | Workspace,
+    round_: int,
+    from_stage: str | None = None,
+    until_stage: str | None = None,
+    quiet: bool = False,
+    workers: int | None = None,
+) -> BuildResult:
+    """Run round ``round_``: every stage whose output is missing or stale, in order; skip the rest."""
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
+    t0 = time.perf_counter()
+    plan = plan_round(ws, round_)
+    keys = [ps.key for g in plan for ps in g]
+    names = {ps.stage.name for g in plan for ps in g} | {"ingest"}
+    for opt, val in (("--from", from_stage), ("--until", until_stage)):
+        if val is not None and val not in keys and val not in names:
+            raise Fea20kUserError(f"{opt} {val!r} is not a step of round {round_}; steps: {keys}")
+    if round_ > 0:
+        _check_previous_round(ws, round_)
+    result = BuildResult(round=round_)
+    run_id = ws.ledger.start_run(round_, " ".join(sys.argv) or "build_round")
+    enabled = not quiet and sys.stderr.isatty()
+    forced = False
+    status = "failed"
+    try:
+        with Progress(enabled) as progress:
+            for group in plan:
+                for ps in group:
+                    if from_stage is not None and _matches(ps, from_stage):
+                        forced = True
+                    result.stages.append(_run_or_skip(ws, ps, forced, progress, workers))
+                if until_stage is not None and any(_matches(ps, until_stage) for ps in group):
+                    break
+        status = "done"
+    finally:
+        ws.ledger.finish_run(run_id, status)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _matches(ps: PlannedStage, name: str) -> bool:
+    return ps.key == name or ps.stage.name == name or (name == "ingest" and ps.key.startswith("ingest/"))
+
+
+def _check_previous_round(ws: Workspace, round_: int) -> None:
+    prev = round_status(ws, round_ - 1)
+    not_done = [s.key for s in prev if s.status != "up to date"]
+    if not_done:
+        raise Fea20kUserError(
+            f"round {round_ - 1} is not complete ({', '.join(not_done)}); "
+            f"run `fea20k build --round {round_ - 1}` first"
+        )
+
+
+def _run_or_skip(ws: Workspace, ps: PlannedStage, forced: bool, progress: Progress, workers: int | None) -> StageRun:
+    d = ws.stage_dir(ps.round, ps.key)
+    marker = read_marker(d)
+    if not forced and marker and marker["signature"] == ps.signature and _outputs_present(ps):
+        logger.debug("%s: up to date (%s)", ps.key, ps.signature)
+        return StageRun(ps.key, "skipped", StageStats.from_dict(marker["stats"]), 0.0)
+    if forced and d.exists():
+        shutil.rmtree(d)
+    return _run_stage(ws, ps, progress, workers)
+
+
+def _prepare_dir(d: Path, signature: str) -> None:
+    """Keep completed chunks written with the same signature; wipe anything else."""
+    sig_file = d / SIGNATURE_FILE
+    if d.exists():
+        old = sig_file.read_text().strip() if sig_file.exists() else None
+        if old != signature or (d / SUCCESS_FILE).exists():
+            shutil.rmtree(d)
+    d.mkdir(parents=True, exist_ok=True)
+    for tmp in d.glob(".*.tmp-*"):
+        tmp.unlink()
+    if not sig_file.exists():
+        atomic_write_bytes(sig_file, signature.encode())
+
+
+def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, workers: int | None) -> StageRun:
+    d = ws.stage_dir(ps.round, ps.key)
+    _prepare_dir(d, ps.signature)
+    ws.ledger.stage_started(ps.round, ps.key, ps.signature)
+    t0 = time.perf_counter()
+    stage = ps.stage
+    logger.info("%s: running (signature %s)", ps.key, ps.signature)
+    try:
+        if isinstance(stage, SourceStage):
+            stats = _run_source(stage, d, ws.recipe.chunk_size, progress, ps.key)
+        elif isinstance(stage, MapStage):
+            inputs = StageOutput([ws.stage_dir(r, k) for r, k in ps.upstream])
+            stats = _run_map(stage, inputs, d, progress, ps.key, workers)
+        elif isinstance(stage, AggregateStage):
+            inputs = StageOutput([ws.stage_dir(r, k) for r, k in ps.upstream])
+            stats = _run_aggregate(stage, inputs, d, ws.recipe.chunk_size, progress, ps.key)
+        else:  # pragma: no cover - registry only holds the three kinds
+            raise TypeError(f"{stage.name}: unknown stage kind {stage.kind!r}")
+    except BaseException as e:
+        ws.ledger.stage_finished(ps.round, ps.key, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        stage.close()
+    wall = time.perf_counter() - t0
+    stats.counters["wall_seconds"] = round(wall, 4)
+    stats.seconds = wall
+    marker = {"signature": ps.signature, "stage": stage.name, "version": stage.VERSION, "finished": time.time(),
+              "stats": stats.to_dict()}
+    atomic_write_json(d / SUCCESS_FILE, marker)
+    ws.ledger.stage_finished(ps.round, ps.key, "done", stats=stats.to_dict())
+    logger.info("%s: %d in, %d out, %d excluded in %.2fs", ps.key, stats.n_in, stats.n_out,
+                stats.counters.get("excluded", 0), wall)
+    return StageRun(ps.key, "ran", stats, wall)
+
+
+def _chunk_stats(stage_name: str, n_in: int, out: list[FaceRecord], pre_excluded: int, base: StageStats,
+                 seconds: float) -> StageStats:
+    """Fill the engine's counts into the stats a stage collected for one chunk."""
+    base.n_in += n_in
+    base.n_out += len(out)
+    excluded_here = 0
+    for rec in out:
+        if rec.excluded and rec.excluded_at == stage_name:
+            excluded_here += 1
+            for reason in rec.reasons:
+                base.drop(reason)
+    base.kept += sum(1 for r in out if not r.excluded)
+    base.counters["excluded"] += excluded_here
+    base.counters["passed_through_excluded"] += pre_excluded
+    base.seconds += seconds
+    return base
+
+
+def _merge_chunk_stats(d: Path) -> StageStats:
+    total = StageStats()
+    for p in sorted(d.glob("part-*.stats.json")):
+        total = total + StageStats.from_dict(json.loads(p.read_text()))
+    return total
+
+
+def _run_source(stage: SourceStage, d: Path, chunk_size: int, progress: Progress, key: str) -> StageStats:
+    done = completed_chunks(d)
+    advance, status = progress.task(key, stage.estimate_count())
+    stage.ctx.status_hook = status
+    stage.load()
+    skip = done * chunk_size
+    if done:
+        logger.info("%s: resuming after %d complete chunk(s)", key, done)
+        advance(skip)
+    index = done
+    buf: list[FaceRecord] = []
+    stage.ctx.stats = StageStats()  # counters of skipped records are already in the written chunks
+    t0 = time.perf_counter()
+    for i, rec in enumerate(stage.iter_records()):
+        if i < skip:
+            continue
+        if i == skip:
+            stage.ctx.stats = StageStats()
+        buf.append(rec)
+        if len(buf) >= chunk_size:
+            _flush_source_chunk(stage, d, index, buf, t0)
+            advance(len(buf))
+            index, buf, t0 = index + 1, [], time.perf_counter()
+            stage.ctx.stats = StageStats()
+    if buf or index == 0:
+        _flush_source_chunk(stage, d, index, buf, t0)
+        advance(len(buf))
+    return _merge_chunk_stats(d)
+
+
+def _flush_source_chunk(stage: SourceStage, d: Path, index: int, buf: list[FaceRecord], t0: float) -> None:
+    stats = _chunk_stats(stage.name, 0, buf, 0, stage.ctx.stats, time.perf_counter() - t0)
+    write_chunk(d, index, buf, stats.to_dict())
+
+
+def _process_chunk(stage: MapStage, in_path: Path, d: Path, index: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    batch = read_chunk(in_path)
+    pre_excluded = sum(1 for r in batch if r.excluded)
+    stage.ctx.stats = StageStats()
+    out = stage.run_batch(batch)
+    stats = _chunk_stats(stage.name, len(batch), out, pre_excluded, stage.ctx.stats, time.perf_counter() - t0)
+    write_chunk(d, index, out, stats.to_dict())
+    return stats.to_dict()
+
+
+_WORKER_STAGE: MapStage | None = None
+
+
+def _worker_init(cls: type[MapStage], config: dict[str, Any], ctx: StageContext, plugin_root: str) -> None:
+    global _WORKER_STAGE
+    load_workspace_plugins(Path(plugin_root))
+    stage = cls(config, ctx)
+    assert isinstance(stage, MapStage)
+    stage.load()
+    _WORKER_STAGE = stage
+
+
+def _worker_task(in_path: Path, d: Path, index: int) -> dict[str, Any]:
+    assert _WORKER_STAGE is not None
+    return _process_chunk(_WORKER_STAGE, in_path, d, index)
+
+
+def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, key: str,
+             workers: int | None) -> StageStats:
+    parts = inputs.parts
+    todo = [(i, p) for i, p in enumerate(parts) if not chunk_done(d, i)]
+    total = inputs.count()
+    advance, status = progress.task(key, total)
+    stage.ctx.status_hook = status
+    done_rows = total - sum(_rows(p) for _, p in todo)
+    if done_rows:
+        logger.info("%s: resuming, %d of %d chunk(s) already done", key, len(parts) - len(todo), len(parts))
+        advance(done_rows)
+    n_workers = workers or env_config.workers()
+    if stage.workers == "process" and n_workers > 1 and len(todo) > 1:
+        ctx = mp.get_context("forkserver")
+        cfg = stage.config.model_dump(mode="json")
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(type(stage), cfg, stage.ctx, str(stage.ctx.workspace_root))) as pool:
+            pending: dict[Future[dict[str, Any]], Path] = {}
+            queue = list(todo)
+            while queue or pending:
+                while queue and len(pending) < 2 * n_workers:
+                    i, p = queue.pop(0)
+                    pending[pool.submit(_worker_task, p, d, i)] = p
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    pending.pop(fut)
+                    advance(fut.result()["in"])
+    else:
+        stage.load()
+        for i, p in todo:
+            advance(_process_chunk(stage, p, d, i)["in"])
+    return _merge_chunk_stats(d)
+
+
+def _rows(p: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(p).metadata.num_rows
+
+
+def _run_aggregate(stage: AggregateStage, inputs: StageOutput, d: Path, chunk_size: int, progress: Progress,
+                   key: str) -> StageStats:
+    for p in d.glob("part-*"):
+        p.unlink()  # aggregate stages are cheap and not resumable mid-way: start over
+    advance, status = progress.task(key, inputs.count())
+    stage.ctx.status_hook = status
+    stage.ctx.stats = StageStats()
+    stage.load()
+    t0 = time.perf_counter()
+    index = 0
+    total_out = 0
+    for chunk in _rechunk(stage.run(inputs), chunk_size):
+        write_chunk(d, index, chunk, StageStats(n_out=len(chunk)).to_dict())
+        index += 1
+        total_out += len(chunk)
+    stats = stage.ctx.stats
+    n_in = inputs.count()
+    stats.n_in = n_in
+    advance(n_in)
+    merged = _merge_chunk_stats(d)
+    stats.n_out = merged.n_out
+    # exclusions an aggregate stage made are counted from its output
+    for p in sorted(d.glob(PART_GLOB)):
+        for rec in read_chunk(p, columns=["accepted", "reasons", "excluded_at", "id", "source"]):
+            if rec.excluded and rec.excluded_at == stage.name:
+                stats.counters["excluded"] += 1
+                for r in rec.reasons:
+                    stats.drop(r)
+            elif not rec.excluded:
+                stats.kept += 1
+    stats.seconds = time.perf_counter() - t0
+    for p in d.glob("part-*.stats.json"):
+        p.unlink()
+    atomic_write_json(d / "stats.json", stats.to_dict())
+    return stats
+
+
+def _rechunk(chunks: Iterator[list[FaceRecord]], size: int) -> Iterator[list[FaceRecord]]:
+    buf: list[FaceRecord] = []
+    for chunk in chunks:
+        buf.extend(chunk)
+        while len(buf) >= size:
+            yield buf[:size]
+            buf = buf[size:]
+    if buf:
+        yield buf

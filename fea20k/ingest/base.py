@@ -1,0 +1,64 @@
+"""Base of every ingest adapter: configuration (source name, root), layout checks, record helpers.
+
+An adapter reads one corpus in one release layout, exactly as it unpacked (``docs/corpora.md``), and yields one
+:class:`~fea20k.record.FaceRecord` per face. Bad rows become excluded records with a reason (corpora.md §13), never
+exceptions; a root that is not the expected layout is a :class:`~fea20k.errors.SourceLayoutError` naming the
+layout expected and what was found.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from fea20k.errors import SourceLayoutError
+from fea20k.record import FaceRecord, ImageRef
+from fea20k.stage import SourceStage, StageConfig
+
+
+class IngestConfig(StageConfig):
+    """Every adapter gets ``source`` (the name in fea20k.toml, first part of every id) and ``root``."""
+
+    source: str
+    root: Path
+
+
+class IngestAdapter(SourceStage):
+    """Base class of ingest adapters. Subclasses set ``corpus`` and ``layout`` and implement ``iter_records``."""
+
+    Config: ClassVar[type[IngestConfig]] = IngestConfig
+    corpus: ClassVar[str] = ""  # e.g. "rafdb_basic"
+    layout: ClassVar[str] = ""  # the expected tree, shown by `fea20k sources` and in layout errors
+    config: IngestConfig
+
+    @property
+    def root(self) -> Path:
+        return Path(self.config.root)
+
+    @property
+    def source(self) -> str:
+        return self.config.source
+
+    def check_layout(self, *required: str) -> None:
+        """Raise a :class:`SourceLayoutError` unless the root exists and holds every ``required`` relative path."""
+        if not self.root.is_dir():
+            raise SourceLayoutError(
+                f"source {self.source!r}: root {self.root} does not exist; set [sources.{self.source}] root in "
+                f"fea20k.toml to the folder where {self.corpus} unpacked"
+            )
+        missing = [r for r in required if not (self.root / r).exists()]
+        if missing:
+            found = sorted(p.name for p in self.root.iterdir())[:12]
+            raise SourceLayoutError(
+                f"source {self.source!r} ({self.corpus}): {self.root} is not the expected layout; missing "
+                f"{missing}; expected:\n{self.layout.strip()}\nfound: {found}"
+            )
+
+    def make_record(self, relpath: str, frame: int | None = None, **fields: object) -> FaceRecord:
+        """A record with the deterministic id ``{source}/{relpath without extension}[#frame]`` and its image ref."""
+        stem = relpath.rsplit(".", 1)[0] if "." in Path(relpath).name else relpath
+        rid = f"{self.source}/{stem}" + (f"#{frame}" if frame is not None else "")
+        rec = FaceRecord(id=rid, source=self.source, image=ImageRef(root=self.source, path=relpath, frame=frame),
+                         **fields)  # type: ignore[arg-type]
+        rec.meta.setdefault("corpus", self.corpus)
+        return rec

@@ -1,0 +1,104 @@
+"""Chunked Parquet outputs, written atomically (temp file + rename), and readers over a stage's chunks."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fea20k.record import FaceRecord
+from fea20k.schema import SCHEMA, from_arrow, to_arrow
+
+
+PART_GLOB = "part-*.parquet"
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def stats_name(index: int) -> str:
+    return f"part-{index:05d}.stats.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode("utf-8"))
+
+
+def write_table_atomic(path: Path, table: pa.Table) -> None:
+    """Write one Parquet file atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def write_chunk(stage_dir: Path, index: int, records: Sequence[FaceRecord], stats: dict[str, Any]) -> None:
+    """Write chunk ``index`` of a stage: the Parquet part first, then its stats (the part's completion mark)."""
+    write_table_atomic(stage_dir / part_name(index), to_arrow(records))
+    atomic_write_json(stage_dir / stats_name(index), stats)
+
+
+def chunk_done(stage_dir: Path, index: int) -> bool:
+    return (stage_dir / part_name(index)).is_file() and (stage_dir / stats_name(index)).is_file()
+
+
+def completed_chunks(stage_dir: Path) -> int:
+    """Number of leading chunks 0..k-1 that are complete."""
+    k = 0
+    while chunk_done(stage_dir, k):
+        k += 1
+    return k
+
+
+def read_chunk(path: Path, columns: Sequence[str] | None = None) -> list[FaceRecord]:
+    return from_arrow(pq.read_table(path, columns=list(columns) if columns else None, schema=SCHEMA))
+
+
+class StageOutput:
+    """The ordered Parquet parts of one or more stage directories, read chunk by chunk (bounded memory)."""
+
+    def __init__(self, dirs: Sequence[Path]) -> None:
+        self.dirs = list(dirs)
+
+    @property
+    def parts(self) -> list[Path]:
+        out: list[Path] = []
+        for d in self.dirs:
+            out.extend(sorted(d.glob(PART_GLOB)))
+        return out
+
+    def count(self) -> int:
+        """Total rows, from Parquet metadata (no data read)."""
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts)
+
+    def iter_chunks(self) -> Iterator[list[FaceRecord]]:
+        for p in self.parts:
+            yield read_chunk(p)
+
+    def iter_records(self) -> Iterator[FaceRecord]:
+        for chunk in self.iter_chunks():
+            yield from chunk
+
+    def read_columns(self, columns: Sequence[str]) -> pa.Table:
+        """A few columns of every part, concatenated (for light passes such as pool selection)."""
+        tables = [pq.read_table(p, columns=list(columns)) for p in self.parts]
+        if not tables:
+            return pa.Table.from_pylist([], schema=pa.schema([SCHEMA.field(c) for c in columns]))
+        return pa.concat_tables(tables)

@@ -1,0 +1,228 @@
+"""The workspace ledger: one SQLite database (WAL) holding runs, stage states, the model-call cache and costs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    round INTEGER NOT NULL,
+    command TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started REAL NOT NULL,
+    finished REAL,
+    status TEXT NOT NULL            -- running | done | failed
+);
+CREATE TABLE IF NOT EXISTS stages (
+    round INTEGER NOT NULL,
+    stage TEXT NOT NULL,            -- stage key, e.g. faces.align or ingest/rafdb
+    signature TEXT NOT NULL,
+    status TEXT NOT NULL,           -- running | done | failed
+    pid INTEGER,
+    started REAL,
+    finished REAL,
+    error TEXT,
+    stats TEXT,                     -- JSON StageStats
+    PRIMARY KEY (round, stage)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    key TEXT PRIMARY KEY,           -- sha256 of the canonical request (image content hash in place of its bytes)
+    annotator TEXT NOT NULL,
+    model TEXT,
+    response TEXT NOT NULL,         -- JSON: the backend's reply (text, usage, finish reason)
+    tokens_in INTEGER NOT NULL DEFAULT 0,
+    tokens_out INTEGER NOT NULL DEFAULT 0,
+    cost REAL NOT NULL DEFAULT 0,
+    round INTEGER,
+    stage TEXT,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    round INTEGER,
+    stage TEXT,
+    annotator TEXT,
+    model TEXT,
+    status TEXT NOT NULL,           -- ok | error
+    error TEXT,
+    tokens_in INTEGER NOT NULL DEFAULT 0,
+    tokens_out INTEGER NOT NULL DEFAULT 0,
+    cost REAL NOT NULL DEFAULT 0,
+    seconds REAL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    round INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    path TEXT NOT NULL,
+    signature TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (round, stage)
+);
+CREATE TABLE IF NOT EXISTS releases (
+    round INTEGER NOT NULL,
+    target TEXT NOT NULL,           -- folder or org/name
+    tag TEXT,
+    revision TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (round, target)
+);
+"""
+
+
+@dataclass
+class StageState:
+    round: int
+    stage: str
+    signature: str
+    status: str
+    pid: int | None
+    started: float | None
+    finished: float | None
+    error: str | None
+    stats: dict[str, Any] | None
+
+
+class Ledger:
+    """Thin wrapper over the workspace's SQLite ledger. One connection per process (open lazily)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- runs
+    def start_run(self, round_: int, command: str) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO runs(round, command, pid, started, status) VALUES (?, ?, ?, ?, 'running')",
+            (round_, command, os.getpid(), time.time()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, status: str) -> None:
+        self.conn.execute("UPDATE runs SET finished = ?, status = ? WHERE run_id = ?", (time.time(), status, run_id))
+
+    # -- stages
+    def stage_started(self, round_: int, stage: str, signature: str) -> None:
+        self.conn.execute(
+            "INSERT INTO stages(round, stage, signature, status, pid, started) VALUES (?, ?, ?, 'running', ?, ?) "
+            "ON CONFLICT(round, stage) DO UPDATE SET signature = excluded.signature, status = 'running', "
+            "pid = excluded.pid, started = excluded.started, finished = NULL, error = NULL",
+            (round_, stage, signature, os.getpid(), time.time()),
+        )
+
+    def stage_finished(
+        self, round_: int, stage: str, status: str, stats: dict | None = None, error: str | None = None
+    ) -> None:
+        self.conn.execute(
+            "UPDATE stages SET status = ?, finished = ?, error = ?, stats = ? WHERE round = ? AND stage = ?",
+            (status, time.time(), error, json.dumps(stats) if stats is not None else None, round_, stage),
+        )
+
+    def stage_state(self, round_: int, stage: str) -> StageState | None:
+        row = self.conn.execute(
+            "SELECT round, stage, signature, status, pid, started, finished, error, stats FROM stages "
+            "WHERE round = ? AND stage = ?",
+            (round_, stage),
+        ).fetchone()
+        if row is None:
+            return None
+        return StageState(*row[:8], stats=json.loads(row[8]) if row[8] else None)
+
+    # -- model-call cache
+    def cache_get(self, key: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT response FROM requests WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def cache_put(
+        self,
+        key: str,
+        annotator: str,
+        model: str | None,
+        response: dict[str, Any],
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        cost: float = 0.0,
+        round_: int | None = None,
+        stage: str | None = None,
+    ) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO requests(key, annotator, model, response, tokens_in, tokens_out, cost, round, "
+            "stage, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, annotator, model, json.dumps(response), tokens_in, tokens_out, cost, round_, stage, time.time()),
+        )
+
+    def record_call(self, **fields: Any) -> None:
+        """Account one model call (ok or error) for cost reporting."""
+        fields.setdefault("created", time.time())
+        cols = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        self.conn.execute(f"INSERT INTO calls({cols}) VALUES ({marks})", tuple(fields.values()))
+
+    def cost_summary(self, round_: int | None = None) -> dict[str, float]:
+        """Tokens and cost of the calls actually made (cache hits cost nothing), for a round or overall."""
+        where, args = ("WHERE round = ?", (round_,)) if round_ is not None else ("", ())
+        row = self.conn.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(tokens_in),0), COALESCE(SUM(tokens_out),0), COALESCE(SUM(cost),0) "
+            f"FROM calls {where}",
+            args,
+        ).fetchone()
+        return {"calls": row[0], "tokens_in": row[1], "tokens_out": row[2], "cost_usd": row[3]}
+
+    # -- checkpoints and releases
+    def record_checkpoint(self, round_: int, stage: str, path: str, signature: str | None = None) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO checkpoints(round, stage, path, signature, created) VALUES (?, ?, ?, ?, ?)",
+            (round_, stage, path, signature, time.time()),
+        )
+
+    def checkpoint(self, round_: int, stage: str | None = None) -> str | None:
+        q = "SELECT path FROM checkpoints WHERE round = ?" + (" AND stage = ?" if stage else "") + " ORDER BY created"
+        rows = self.conn.execute(q, (round_, stage) if stage else (round_,)).fetchall()
+        return rows[-1][0] if rows else None
+
+    def record_release(self, round_: int, target: str, tag: str | None, revision: str | None = None) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO releases(round, target, tag, revision, created) VALUES (?, ?, ?, ?, ?)",
+            (round_, target, tag, revision, time.time()),
+        )
+
+    def releases(self, round_: int) -> list[tuple[str, str | None]]:
+        return self.conn.execute("SELECT target, tag FROM releases WHERE round = ?", (round_,)).fetchall()

@@ -1,0 +1,31 @@
+"""Logging setup. The library only creates namespaced loggers; handlers are installed by the CLI."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+
+_NOISY = ("httpx", "httpcore", "openai", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub")
+
+
+def setup_cli_logging(level: str, log_file: Path | None = None, quiet: bool = False) -> None:
+    """Install a rich console handler (stderr) and an optional plain-text file handler in the workspace."""
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    root = logging.getLogger("fea20k")
+    root.setLevel(level)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    console = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
+    console.setLevel("WARNING" if quiet else level)
+    root.addHandler(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        fh.setLevel("DEBUG")
+        root.addHandler(fh)
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.WARNING)

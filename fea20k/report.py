@@ -1,0 +1,61 @@
+"""Pure functions that turn stats and statuses into rich renderables (only the CLI prints them)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+
+if TYPE_CHECKING:
+    from fea20k.engine import BuildResult, StageStatus
+
+_STATUS_STYLE = {
+    "up to date": "green",
+    "stale": "yellow",
+    "running": "cyan",
+    "interrupted": "magenta",
+    "failed": "red",
+    "not run": "dim",
+}
+
+
+def _dropped_text(dropped: dict[str, int], limit: int = 4) -> str:
+    items = sorted(dropped.items(), key=lambda kv: -kv[1])
+    text = ", ".join(f"{k} {v}" for k, v in items[:limit])
+    if len(items) > limit:
+        text += f", +{len(items) - limit} more"
+    return text
+
+
+def build_summary_table(result: BuildResult) -> Table:
+    """One row per stage of a build: ran or skipped, in/out/kept, exclusions by reason, seconds, rows/s."""
+    t = Table(title=f"round {result.round}", show_lines=False)
+    for col in ("stage", "action", "in", "out", "kept", "excluded (by reason)", "seconds", "rows/s"):
+        t.add_column(col, justify="right" if col in {"in", "out", "kept", "seconds", "rows/s"} else "left")
+    for s in result.stages:
+        st = s.stats
+        rate = f"{max(st.n_in, st.n_out) / s.seconds:,.0f}" if s.seconds > 0 else ""
+        t.add_row(s.key, s.action, f"{st.n_in:,}", f"{st.n_out:,}", f"{st.kept:,}", _dropped_text(dict(st.dropped)),
+                  f"{s.seconds:.2f}" if s.action == "ran" else "", rate)
+    return t
+
+
+def status_table(round_: int, statuses: list[StageStatus], cost: dict[str, Any] | None = None) -> Table:
+    """Each stage of a round with its state and counts."""
+    title = f"round {round_}"
+    if cost and cost.get("calls"):
+        title += f" · {cost['calls']} model calls · {cost['tokens_in'] + cost['tokens_out']:,} tokens · " \
+                 f"${cost['cost_usd']:.4f}"
+    t = Table(title=title)
+    for col in ("stage", "status", "in", "out", "kept", "excluded (by reason)", "signature"):
+        t.add_column(col)
+    for s in statuses:
+        st = s.stats or {}
+        style = _STATUS_STYLE.get(s.status, "")
+        status = f"[{style}]{s.status}[/{style}]" if style else s.status
+        if s.error:
+            status += f"\n[red]{s.error}[/red]"
+        t.add_row(s.key, status, str(st.get("in", "")), str(st.get("out", "")), str(st.get("kept", "")),
+                  _dropped_text(st.get("dropped", {})), s.signature)
+    return t

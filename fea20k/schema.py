@@ -1,0 +1,99 @@
+"""The fixed Arrow schema of :class:`~fea20k.record.FaceRecord` and the conversions both ways."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import pyarrow as pa
+
+from fea20k.record import FaceRecord, ImageRef, Rationale
+
+
+IMAGE_REF = pa.struct([("root", pa.string()), ("path", pa.string()), ("frame", pa.int32())])
+RATIONALE = pa.struct(
+    [
+        ("text", pa.string()),
+        ("annotator", pa.string()),
+        ("backend", pa.string()),
+        ("model", pa.string()),
+        ("prompt_hash", pa.string()),
+        ("gold_in_prompt", pa.bool_()),
+        ("attempts", pa.int16()),
+        ("tokens_in", pa.int64()),
+        ("tokens_out", pa.int64()),
+        ("cost", pa.float64()),
+        ("raw", pa.list_(pa.string())),
+        ("errors", pa.list_(pa.string())),
+    ]
+)
+
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+        ("subject", pa.string()),
+        ("round", pa.int16()),
+        ("image", IMAGE_REF),
+        ("face", pa.binary()),
+        ("face_transform", pa.list_(pa.float32())),
+        ("quality", pa.map_(pa.string(), pa.float32())),
+        ("bbox", pa.list_(pa.float32())),
+        ("landmarks", pa.list_(pa.list_(pa.float32()))),
+        ("landmark_scheme", pa.string()),
+        ("emotion", pa.string()),
+        ("emotion_origin", pa.string()),
+        ("aus", pa.map_(pa.int16(), pa.int8())),
+        ("au_intensity", pa.map_(pa.int16(), pa.float32())),
+        ("au_coded", pa.list_(pa.int16())),
+        ("aus_origin", pa.string()),
+        ("rationale", RATIONALE),
+        ("accepted", pa.bool_()),
+        ("reasons", pa.list_(pa.string())),
+        ("excluded_at", pa.string()),
+        ("scores", pa.map_(pa.string(), pa.float32())),
+        ("provenance", pa.map_(pa.string(), pa.string())),
+        ("meta", pa.string()),  # JSON
+    ]
+)
+
+_MAP_FIELDS = ("quality", "aus", "au_intensity", "scores", "provenance")
+
+
+def _row(rec: FaceRecord) -> dict[str, Any]:
+    row = {name: getattr(rec, name) for name in SCHEMA.names}
+    row["image"] = asdict(rec.image) if rec.image is not None else None
+    row["rationale"] = asdict(rec.rationale) if rec.rationale is not None else None
+    row["meta"] = json.dumps(rec.meta, sort_keys=True, ensure_ascii=False) if rec.meta else None
+    return row
+
+
+def to_arrow(records: Sequence[FaceRecord]) -> pa.Table:
+    """Records -> an Arrow table with :data:`SCHEMA`."""
+    return pa.Table.from_pylist([_row(r) for r in records], schema=SCHEMA)
+
+
+def from_arrow(table: pa.Table | pa.RecordBatch) -> list[FaceRecord]:
+    """An Arrow table or batch with :data:`SCHEMA` (or a superset of its columns) -> records."""
+    return list(iter_records(table.to_pylist()))
+
+
+def iter_records(rows: Iterable[dict[str, Any]]) -> Iterable[FaceRecord]:
+    """Plain rows (as ``to_pylist`` gives them) -> records."""
+    for row in rows:
+        kw = {k: row[k] for k in SCHEMA.names if k in row}
+        for name in _MAP_FIELDS:
+            value = kw.get(name)
+            kw[name] = dict(value) if value else {}
+        for name in ("reasons", "au_coded"):
+            kw[name] = list(kw.get(name) or [])
+        img = kw.get("image")
+        kw["image"] = ImageRef(**img) if img else None
+        rat = kw.get("rationale")
+        kw["rationale"] = Rationale(**rat) if rat else None
+        meta = kw.get("meta")
+        kw["meta"] = json.loads(meta) if meta else {}
+        yield FaceRecord(**kw)
