@@ -19,3 +19,13 @@ def workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def crash_after() -> tuple[str, int] | None:
+    """Fault injection for resume tests: ``FEA20K_CRASH_AFTER=<stage key>:<k>`` makes the process SIGKILL itself
+    right after chunk ``k`` of that stage is written (what a ``kill -9`` or an OOM kill does at that point)."""
+    spec = os.environ.get("FEA20K_CRASH_AFTER")
+    if not spec or ":" not in spec:
+        return None
+    key, k = spec.rsplit(":", 1)
+    return key, int(k)

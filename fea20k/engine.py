@@ -20,6 +20,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -473,6 +474,7 @@ def _run_source(stage: SourceStage, d: Path, chunk_size: int, progress: Progress
 def _flush_source_chunk(stage: SourceStage, d: Path, index: int, buf: list[FaceRecord], t0: float) -> None:
     stats = _chunk_stats(stage.name, 0, buf, 0, stage.ctx.stats, time.perf_counter() - t0)
     write_chunk(d, index, buf, stats.to_dict())
+    _maybe_crash(stage.ctx.stage_key, index)
 
 
 def _process_chunk(stage: MapStage, in_path: Path, d: Path, index: int) -> dict[str, Any]:
@@ -483,7 +485,16 @@ def _process_chunk(stage: MapStage, in_path: Path, d: Path, index: int) -> dict[
     out = stage.run_batch(batch)
     stats = _chunk_stats(stage.name, len(batch), out, pre_excluded, stage.ctx.stats, time.perf_counter() - t0)
     write_chunk(d, index, out, stats.to_dict())
+    _maybe_crash(stage.ctx.stage_key, index)
     return stats.to_dict()
+
+
+def _maybe_crash(stage_key: str, index: int) -> None:
+    spec = env_config.crash_after()
+    if spec is not None and spec == (stage_key, index):
+        logger.warning("FEA20K_CRASH_AFTER: killing the build after %s chunk %d", stage_key, index)
+        os.kill(os.getppid() if mp.parent_process() is not None else os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 _WORKER_STAGE: MapStage | None = None
