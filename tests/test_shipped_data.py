@@ -21,7 +21,7 @@ def test_recipe_and_its_stage_tables_validate(path: Path) -> None:
     for name, table in recipe.stages.items():
         cls = get_stage_class(name)
         cls.Config.model_validate(table)
-    for key, plan in recipe.rounds.items():
+    for plan in recipe.rounds.values():
         for step in plan.steps:
             if step != "ingest":
                 get_stage_class(step)

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import sys
 
+# Command modules register themselves on `app` when imported.
+from fea20k.cli import audit_cmds, eval_cmds, publish_cmds, sources_cmds, workspace_cmds  # noqa: F401
 from fea20k.cli.app import app, err_console
 from fea20k.errors import Fea20kUserError
-
-
-# Command modules register themselves on `app` when imported.
-from fea20k.cli import workspace_cmds  # noqa: E402, F401, I001
-from fea20k.cli import audit_cmds  # noqa: E402, F401
-from fea20k.cli import publish_cmds  # noqa: E402, F401
-from fea20k.cli import eval_cmds  # noqa: E402, F401
-from fea20k.cli import sources_cmds  # noqa: E402, F401
 
 
 def main() -> None:
