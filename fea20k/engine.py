@@ -284,6 +284,35 @@ class Progress:
 
 
 @dataclass
+class ExecOptions:
+    """How map stages run: the local executor (process pool of ``workers``) or another one (e.g. ``ray``)."""
+
+    workers: int | None = None
+    executor: str = "local"
+    address: str | None = None  # cluster address for distributed executors
+
+
+MapRunner = Callable[[MapStage, list[tuple[int, Path]], Path, Callable[[int], None], ExecOptions], None]
+
+
+def get_map_runner(name: str) -> MapRunner:
+    """The chunk runner of executor ``name``: ``fea20k.executors.<name>.run_map_chunks``.
+
+    A runner processes every ``(index, input part)`` of ``todo`` with :func:`process_chunk` semantics (write output
+    chunk ``index`` and its stats into the stage folder) and calls ``advance(rows)`` as chunks finish.
+    """
+    import importlib
+
+    try:
+        module = importlib.import_module(f"fea20k.executors.{name}")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("fea20k.executors"):
+            raise Fea20kUserError(f"unknown executor {name!r}; available: local, ray") from None
+        raise
+    return module.run_map_chunks
+
+
+@dataclass
 class StageRun:
     key: str
     action: str  # ran | skipped
@@ -309,6 +338,8 @@ def build_round(
     until_stage: str | None = None,
     quiet: bool = False,
     workers: int | None = None,
+    executor: str = "local",
+    address: str | None = None,
 ) -> BuildResult:
     """Run round ``round_``: every stage whose output is missing or stale, in order; skip the rest."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
@@ -321,6 +352,7 @@ def build_round(
             raise Fea20kUserError(f"{opt} {val!r} is not a step of round {round_}; steps: {keys}")
     if round_ > 0:
         _check_previous_round(ws, round_)
+    opts = ExecOptions(workers=workers, executor=executor, address=address)
     result = BuildResult(round=round_)
     run_id = ws.ledger.start_run(round_, " ".join(sys.argv) or "build_round")
     enabled = not quiet and sys.stderr.isatty()
@@ -332,7 +364,7 @@ def build_round(
                 for ps in group:
                     if from_stage is not None and _matches(ps, from_stage):
                         forced = True
-                    result.stages.append(_run_or_skip(ws, ps, forced, progress, workers))
+                    result.stages.append(_run_or_skip(ws, ps, forced, progress, opts))
                 if until_stage is not None and any(_matches(ps, until_stage) for ps in group):
                     break
         status = "done"
@@ -356,7 +388,9 @@ def _check_previous_round(ws: Workspace, round_: int) -> None:
         )
 
 
-def _run_or_skip(ws: Workspace, ps: PlannedStage, forced: bool, progress: Progress, workers: int | None) -> StageRun:
+def _run_or_skip(
+    ws: Workspace, ps: PlannedStage, forced: bool, progress: Progress, opts: ExecOptions
+) -> StageRun:
     d = ws.stage_dir(ps.round, ps.key)
     marker = read_marker(d)
     if not forced and marker and marker["signature"] == ps.signature and _outputs_present(ps):
@@ -364,7 +398,7 @@ def _run_or_skip(ws: Workspace, ps: PlannedStage, forced: bool, progress: Progre
         return StageRun(ps.key, "skipped", StageStats.from_dict(marker["stats"]), 0.0)
     if forced and d.exists():
         shutil.rmtree(d)
-    return _run_stage(ws, ps, progress, workers)
+    return _run_stage(ws, ps, progress, opts)
 
 
 def _prepare_dir(d: Path, signature: str) -> None:
@@ -381,7 +415,7 @@ def _prepare_dir(d: Path, signature: str) -> None:
         atomic_write_bytes(sig_file, signature.encode())
 
 
-def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, workers: int | None) -> StageRun:
+def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, opts: ExecOptions) -> StageRun:
     d = ws.stage_dir(ps.round, ps.key)
     _prepare_dir(d, ps.signature)
     ws.ledger.stage_started(ps.round, ps.key, ps.signature)
@@ -393,7 +427,7 @@ def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, workers: int
             stats = _run_source(stage, d, ws.recipe.chunk_size, progress, ps.key)
         elif isinstance(stage, MapStage):
             inputs = StageOutput([ws.stage_dir(r, k) for r, k in ps.upstream])
-            stats = _run_map(stage, inputs, d, progress, ps.key, workers)
+            stats = _run_map(stage, inputs, d, progress, ps.key, opts)
         elif isinstance(stage, AggregateStage):
             inputs = StageOutput([ws.stage_dir(r, k) for r, k in ps.upstream])
             stats = _run_aggregate(stage, inputs, d, ws.recipe.chunk_size, progress, ps.key)
@@ -477,7 +511,8 @@ def _flush_source_chunk(stage: SourceStage, d: Path, index: int, buf: list[FaceR
     _maybe_crash(stage.ctx.stage_key, index)
 
 
-def _process_chunk(stage: MapStage, in_path: Path, d: Path, index: int) -> dict[str, Any]:
+def process_chunk(stage: MapStage, in_path: Path, d: Path, index: int) -> dict[str, Any]:
+    """Run a map stage on input chunk ``in_path`` and write output chunk ``index`` (+ its stats) into ``d``."""
     t0 = time.perf_counter()
     batch = read_chunk(in_path)
     pre_excluded = sum(1 for r in batch if r.excluded)
@@ -511,11 +546,11 @@ def _worker_init(cls: type[MapStage], config: dict[str, Any], ctx: StageContext,
 
 def _worker_task(in_path: Path, d: Path, index: int) -> dict[str, Any]:
     assert _WORKER_STAGE is not None
-    return _process_chunk(_WORKER_STAGE, in_path, d, index)
+    return process_chunk(_WORKER_STAGE, in_path, d, index)
 
 
 def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, key: str,
-             workers: int | None) -> StageStats:
+             opts: ExecOptions) -> StageStats:
     parts = inputs.parts
     todo = [(i, p) for i, p in enumerate(parts) if not chunk_done(d, i)]
     total = inputs.count()
@@ -525,8 +560,10 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
     if done_rows:
         logger.info("%s: resuming, %d of %d chunk(s) already done", key, len(parts) - len(todo), len(parts))
         advance(done_rows)
-    n_workers = workers or env_config.workers()
-    if stage.workers == "process" and n_workers > 1 and len(todo) > 1:
+    n_workers = opts.workers or env_config.workers()
+    if opts.executor != "local":
+        get_map_runner(opts.executor)(stage, todo, d, advance, opts)
+    elif stage.workers == "process" and n_workers > 1 and len(todo) > 1:
         ctx = mp.get_context("forkserver")
         cfg = stage.config.model_dump(mode="json")
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init,
@@ -544,7 +581,7 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
     else:
         stage.load()
         for i, p in todo:
-            advance(_process_chunk(stage, p, d, i)["in"])
+            advance(process_chunk(stage, p, d, i)["in"])
     return _merge_chunk_stats(d)
 
 

@@ -50,6 +50,8 @@ def build(
     ] = None,
     until_stage: Annotated[str | None, typer.Option("--until", help="Stop after this stage.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Worker processes for image work.")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="local (default) or ray (needs fea20k[ray]).")] = "local",
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (--executor ray).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Run round N: every stage whose output is missing or stale; skip what is up to date; resume what crashed."""
@@ -58,7 +60,7 @@ def build(
 
     setup_logging(workspace, quiet)
     result = build_round(workspace, round_, from_stage=from_stage, until_stage=until_stage, quiet=quiet,
-                         workers=workers)
+                         workers=workers, executor=executor, address=address)
     if not quiet:
         console.print(build_summary_table(result))
     console.print(f"round {round_}: {len(result.ran)} stage(s) ran, "
