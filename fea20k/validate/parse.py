@@ -1,0 +1,228 @@
+"""The one parser of model output, shared by the validators, the rewards and the metrics.
+
+Facial-R1 parses its output three different ways (``docs/facial-r1.md`` §4.6). fea20k parses it once, here, and
+the callers pick what they need from the :class:`Parsed` result:
+
+* **Format.** ``format_ok`` is the reference rule: ``re.fullmatch(r"<think>.*?</think>\\s*<answer>.*?</answer>",
+  text, re.DOTALL)`` — nothing before ``<think>``, nothing after ``</answer>``.
+* **Blocks.** ``mode="strict"`` extracts the think and answer blocks only from a text that passes the format rule
+  (anything else has no blocks). ``mode="tolerant"`` finds them anywhere, tags in any case: the *first* think
+  block, *every* answer block (``answers``; ``first_answer`` is what the synthesis filter and the evaluation use,
+  ``last_answer`` what the GRPO accuracy reward uses), and, when there is no answer tag at all, the text after the
+  last ``</think>`` (or the whole text) as an untagged answer (``answer_tagged = False``), as the reference reward
+  does.
+* **AU mentions.** ``AU4``, ``AU04``, ``AU 4``, ``AU-4``, ``au4`` and side-prefixed FACS codes ``L12`` / ``R14``
+  (upper-case ``L``/``R`` only), each with its number, side, the block it occurs in (``think``, ``answer`` or
+  ``outside``) and whether it is written canonically (``AU<int>``, no padding, no space: §3). Unlike the
+  reference (``AU\\d+`` on the upper-cased think text), ``AU04`` and ``AU 4`` count as AU4.
+* **Emotion.** An answer is normalised to the canonical eight-word vocabulary: lower-cased, punctuation stripped,
+  mapped through ``validators/vocab.toml`` ``[emotion_synonyms]`` (``angry`` -> anger, ``Happy.`` -> happiness);
+  if the whole answer is not a known word, its first token is tried (the evaluation's rule). Unknown -> ``None``.
+  The reference compares raw strings case-sensitively (§14); the normalisation is fea20k's recorded rule
+  (``EMOTION_RULE``), and ``answer_exact`` says whether the answer was already the canonical word.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+
+# The reference format rule (facial-r1.md §3, §4.2), verbatim.
+FORMAT_PATTERN = r"<think>.*?</think>\s*<answer>.*?</answer>"
+_FORMAT_RE = re.compile(FORMAT_PATTERN, re.DOTALL)
+_STRICT_GROUPS_RE = re.compile(r"<think>(.*?)</think>\s*<answer>(.*?)</answer>", re.DOTALL)
+_TAG_RE = re.compile(r"<(/?)(think|answer)>", re.IGNORECASE)
+# AU mentions: "AU4" / "AU04" / "AU 4" / "AU-4" / "au4" (optionally side-prefixed "R AU12"), or FACS side codes
+# "L12" / "R14". The look-behind keeps "MAU4" or "BLR12" from matching; the look-ahead keeps "AU123" out.
+_MENTION_RE = re.compile(
+    r"(?<![A-Za-z0-9])(?:(?P<side>[LR])[ -]?)?[Aa][Uu][ _-]?0*(?P<num>[1-9]\d?)(?!\d)"
+    r"|(?<![A-Za-z0-9])(?P<side2>[LR])(?P<num2>[1-9]\d?)(?![A-Za-z0-9])"
+)
+_CANONICAL_TOKEN_RE = re.compile(r"AU[1-9]\d?")
+_PUNCT_RE = re.compile(r"[^\w\s-]+")
+_TOKEN_SPLIT_RE = re.compile(r"[\s,;/|]+")
+
+EMOTION_RULE = "lowercase+strip-punctuation+synonyms(validators/vocab.toml)+first-token"
+
+
+@dataclass(slots=True, frozen=True)
+class AUMention:
+    """One AU mention: number, side (``"L"``/``"R"``/``None``), block, raw token and offset in the text."""
+
+    au: int
+    side: str | None
+    where: str  # "think" | "answer" | "outside"
+    token: str
+    start: int
+    canonical: bool
+
+
+@dataclass(slots=True)
+class Parsed:
+    """Everything the checks, rewards and metrics read from one model output."""
+
+    text: str
+    mode: str
+    format_ok: bool
+    think: str | None = None
+    answers: list[str] = field(default_factory=list)
+    answer_tagged: bool = False
+    untagged_answer: str | None = None
+    n_think_tags: int = 0
+    n_answer_tags: int = 0
+    mentions: list[AUMention] = field(default_factory=list)
+    emotion: str | None = None  # normalised first answer (or the untagged answer)
+    answer_exact: bool = False  # the answer was already exactly a canonical emotion word
+    _synonyms: dict[str, str] | None = None
+
+    @property
+    def first_answer(self) -> str | None:
+        """The first answer block, stripped (the untagged answer when there is no tag, in tolerant mode)."""
+        return self.answers[0] if self.answers else self.untagged_answer
+
+    @property
+    def last_answer(self) -> str | None:
+        """The last answer block, stripped (the untagged answer when there is no tag, in tolerant mode)."""
+        return self.answers[-1] if self.answers else self.untagged_answer
+
+    def emotion_of(self, answer: str | None) -> str | None:
+        """Normalise any answer string with this parse's synonym map."""
+        return normalise_emotion(answer, self._synonyms) if answer is not None else None
+
+    def aus(self, where: tuple[str, ...] = ("think", "answer", "outside")) -> set[int]:
+        """AU numbers mentioned in the given blocks (sides merged: ``L12`` counts as AU12)."""
+        return {m.au for m in self.mentions if m.where in where}
+
+
+# ---------------------------------------------------------------------------------------------- emotions
+
+
+@lru_cache(maxsize=4)
+def _default_synonyms() -> dict[str, str]:
+    from fea20k.vocab import load_vocab
+
+    vocab = load_vocab()
+    syn = {e: e for e in vocab.emotions}
+    syn.update({k.lower(): v for k, v in vocab.synonyms.items()})
+    return syn
+
+
+def synonyms_from(validators_dir: Path | None = None) -> dict[str, str]:
+    """Synonym map (lower-case word -> canonical emotion) of a validators folder, canonical names included."""
+    if validators_dir is None:
+        return _default_synonyms()
+    from fea20k.vocab import load_vocab
+
+    vocab = load_vocab(Path(validators_dir))
+    syn = {e: e for e in vocab.emotions}
+    syn.update({k.lower(): v for k, v in vocab.synonyms.items()})
+    return syn
+
+
+_NORM_CACHE: dict[tuple[int, str], str | None] = {}
+
+
+def normalise_emotion(answer: str, synonyms: dict[str, str] | None = None) -> str | None:
+    """Canonical emotion of an answer string, or ``None`` (see the module docstring for the rule)."""
+    syn = synonyms if synonyms is not None else _default_synonyms()
+    key = (id(syn), answer)
+    try:
+        return _NORM_CACHE[key]
+    except KeyError:
+        pass
+    s = _PUNCT_RE.sub(" ", answer.lower()).strip()
+    s = " ".join(s.split())
+    out = syn.get(s)
+    if out is None and s:
+        first = _TOKEN_SPLIT_RE.split(s, maxsplit=1)[0]
+        out = syn.get(first)
+    if len(_NORM_CACHE) > 50_000:
+        _NORM_CACHE.clear()
+    _NORM_CACHE[key] = out
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def parse(text: str | None, mode: str = "tolerant", synonyms: dict[str, str] | None = None) -> Parsed:
+    """Parse one model output (see the module docstring). ``synonyms`` defaults to the shipped vocabulary."""
+    if mode not in ("strict", "tolerant"):
+        raise ValueError(f"parse mode must be 'strict' or 'tolerant', not {mode!r}")
+    syn = synonyms if synonyms is not None else _default_synonyms()
+    text = text or ""
+    format_ok = _FORMAT_RE.fullmatch(text) is not None
+    p = Parsed(text=text, mode=mode, format_ok=format_ok, _synonyms=syn)
+
+    # tag scan: counts, first think block, every answer block (spans for locating AU mentions)
+    think_span: tuple[int, int] | None = None
+    answer_spans: list[tuple[int, int]] = []
+    open_think = open_answer = -1
+    last_think_close = -1
+    for m in _TAG_RE.finditer(text):
+        closing, tag = m.group(1), m.group(2).lower()
+        if tag == "think":
+            if not closing:
+                p.n_think_tags += 1
+                if open_think < 0 and think_span is None:
+                    open_think = m.end()
+            else:
+                last_think_close = m.end()
+                if open_think >= 0 and think_span is None:
+                    think_span = (open_think, m.start())
+                    open_think = -1
+        else:
+            if not closing:
+                p.n_answer_tags += 1
+                open_answer = m.end()
+            elif open_answer >= 0:
+                answer_spans.append((open_answer, m.start()))
+                open_answer = -1
+
+    if mode == "strict":
+        if format_ok:
+            g = _STRICT_GROUPS_RE.fullmatch(text)
+            assert g is not None
+            think_span = (g.start(1), g.end(1))
+            # the reference regex lets "<answer>a</answer><answer>b</answer>" through as one block; keep the
+            # individual blocks (n_answer_tags tells the format check there were several)
+            a0, a1 = g.start(2) - len("<answer>"), g.end(2) + len("</answer>")
+            answer_spans = [s for s in answer_spans if s[0] >= a0 and s[1] <= a1] or [(g.start(2), g.end(2))]
+        else:
+            think_span, answer_spans = None, []
+
+    if think_span is not None:
+        p.think = text[think_span[0]:think_span[1]].strip()
+    p.answers = [text[a:b].strip() for a, b in answer_spans]
+    p.answer_tagged = bool(answer_spans)
+    if not answer_spans and mode == "tolerant":
+        tail = text[last_think_close:] if last_think_close >= 0 else text
+        p.untagged_answer = _TAG_RE.sub("", tail).strip()
+
+    # AU mentions, located by block
+    if text:
+        ts, te = think_span if think_span is not None else (-1, -1)
+        for m in _MENTION_RE.finditer(text):
+            start = m.start()
+            if ts <= start < te:
+                where = "think"
+            elif any(a <= start < b for a, b in answer_spans):
+                where = "answer"
+            else:
+                where = "outside"
+            num = m.group("num")
+            if num is not None:
+                tok = m.group(0)
+                p.mentions.append(AUMention(int(num), m.group("side"), where, tok, start,
+                                            _CANONICAL_TOKEN_RE.fullmatch(tok) is not None))
+            else:
+                p.mentions.append(AUMention(int(m.group("num2")), m.group("side2"), where, m.group(0), start, True))
+
+    ans = p.first_answer
+    if ans is not None:
+        p.emotion = normalise_emotion(ans, syn)
+        p.answer_exact = p.emotion is not None and ans == p.emotion
+    return p
