@@ -1,0 +1,182 @@
+"""The ``validate`` stage: every check of the rule set on every drafted rationale, plus template collapse."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+from fea20k.io import StageOutput
+from fea20k.record import FaceRecord
+from fea20k.stage import AggregateStage, StageConfig, register_stage
+from fea20k.validate.checks import RuleSet, check_text, load_ruleset
+
+
+logger = logging.getLogger(__name__)
+
+_ANSWER_BLOCK_RE = re.compile(r"<answer>.*?</answer>", re.DOTALL | re.IGNORECASE)
+_WS_RE = re.compile(r"\s+")
+
+# Count-min sketch for the first template pass: DEPTH rows of WIDTH 32-bit counters (4 x 2^20 x 4 B = 16 MiB),
+# whatever the round size. It only over-counts; the second pass counts the few candidates it flags exactly.
+_CMS_DEPTH = 4
+_CMS_WIDTH_BITS = 20
+
+
+def template_key(text: str) -> bytes:
+    """16-byte digest of a rationale's think text: answer block removed, lower-cased, whitespace collapsed."""
+    norm = _WS_RE.sub(" ", _ANSWER_BLOCK_RE.sub("", text).lower()).strip()
+    return hashlib.blake2b(norm.encode("utf-8"), digest_size=16).digest()
+
+
+class TemplateCounter:
+    """Exact counts of repeated rationale texts over a round in bounded memory (two streaming passes).
+
+    Pass 1 feeds every key to a count-min sketch (fixed size). Pass 2 counts exactly only the keys whose sketch
+    estimate exceeds ``max_repeats``: at most ``n / max_repeats`` true heavy keys plus rare false positives.
+    """
+
+    def __init__(self, max_repeats: int) -> None:
+        import numpy as np
+
+        self.max_repeats = max_repeats
+        self._np = np
+        self._mask = (1 << _CMS_WIDTH_BITS) - 1
+        self._sketch = np.zeros((_CMS_DEPTH, 1 << _CMS_WIDTH_BITS), dtype=np.uint32)
+        self._exact: dict[bytes, int] = {}
+
+    def _slots(self, key: bytes) -> list[int]:
+        return [int.from_bytes(key[4 * i:4 * i + 4], "little") & self._mask for i in range(_CMS_DEPTH)]
+
+    def add_sketch(self, keys: list[bytes]) -> None:
+        """Pass 1: count a batch of keys in the sketch."""
+        if not keys:
+            return
+        np = self._np
+        raw = np.frombuffer(b"".join(keys), dtype="<u4").reshape(len(keys), 4)[:, :_CMS_DEPTH] & self._mask
+        for row in range(_CMS_DEPTH):
+            np.add.at(self._sketch[row], raw[:, row], 1)
+
+    def estimate(self, key: bytes) -> int:
+        return int(min(self._sketch[r, s] for r, s in enumerate(self._slots(key))))
+
+    def add_exact(self, keys: list[bytes]) -> None:
+        """Pass 2: count exactly the keys the sketch flags as possibly repeated more than ``max_repeats``."""
+        for key in keys:
+            if key in self._exact:
+                self._exact[key] += 1
+            elif self.estimate(key) > self.max_repeats:
+                self._exact[key] = 1
+
+    def count(self, key: bytes) -> int:
+        """Exact count of a flagged key; 0 means 'at most max_repeats' (not flagged)."""
+        return self._exact.get(key, 0)
+
+    @property
+    def collapsed(self) -> int:
+        """Number of distinct texts repeated more than ``max_repeats`` times."""
+        return sum(1 for v in self._exact.values() if v > self.max_repeats)
+
+
+class ValidateConfig(StageConfig):
+    """Which rule set to apply (a path in the workspace)."""
+
+    rules: str = "validators/default.toml"
+
+
+@register_stage("validate")
+class Validate(AggregateStage):
+    """Check every drafted rationale against its record's labels; rule out the ones that fail, with reasons.
+
+    Runs the per-record checks of :mod:`fea20k.validate.checks` (format, emotion agreement, AU agreement by
+    F1 or exact set on the AUs the source codes, hedging, length, AU<->emotion consistency) and, over the whole
+    round, template collapse (two light streaming passes over the rationale column, bounded memory, then the
+    checking pass). The rule set, emotion synonyms and prototypes are curator files (``recipe_files``), so
+    editing a threshold re-runs only this stage and the ones after it.
+
+    Args:
+        rules: the rule set file, relative to the workspace (default ``validators/default.toml``); its folder
+            also supplies ``vocab.toml`` and ``prototypes.toml``.
+    Input fields: rationale.text, rationale.backend, emotion, emotion_origin, aus, au_coded.
+    Output fields: accepted (True/False), reasons, scores (format, emotion_match, au_precision, au_recall, au_f1,
+        au_hallucinated, au_missed, au_mentions, hedging_hits, words, prototype_fraction, template_count),
+        meta["validate"] ({hallucinated, missed, unverifiable} AU lists), provenance["validate"] =
+        "<rules>@<sha256[:12]>". Records excluded upstream pass through untouched.
+    Drops: no_rationale; the check reasons listed in fea20k.validate.checks; template_collapse.
+    Example:
+        ``[stages.validate] rules = "validators/strict.toml"``
+    """
+
+    Config = ValidateConfig
+    VERSION: ClassVar[str] = "1"
+
+    def _rules_path(self) -> Path:
+        return self.ctx.workspace.data_file(self.config.rules)
+
+    def recipe_files(self) -> list[Path]:
+        p = self._rules_path()
+        return [p, p.parent / "vocab.toml", p.parent / "prototypes.toml"]
+
+    def load(self) -> None:
+        path = self._rules_path()
+        self.rules: RuleSet = load_ruleset(path, where=self.config.rules)
+        self.provenance = f"{self.config.rules}@{self.rules.digest}"
+
+    # -- template passes
+    def _light_keys(self, part: Path) -> list[bytes]:
+        import pyarrow.parquet as pq
+
+        tr = self.rules.template
+        exempt = set(tr.exempt_backends)
+        t = pq.read_table(part, columns=["accepted", "rationale.text", "rationale.backend"])
+        accepted = t.column(0).to_pylist()
+        texts = t.column(1).to_pylist()
+        backends = t.column(2).to_pylist()
+        return [template_key(text) for acc, text, be in zip(accepted, texts, backends, strict=True)
+                if acc is not False and text and be not in exempt]
+
+    def _count_templates(self, inputs: StageOutput) -> TemplateCounter:
+        counter = TemplateCounter(self.rules.template.max_repeats)
+        parts = inputs.parts
+        for p in parts:
+            counter.add_sketch(self._light_keys(p))
+        for p in parts:
+            counter.add_exact(self._light_keys(p))
+        return counter
+
+    # -- the checking pass
+    def check_record(self, rec: FaceRecord, counter: TemplateCounter | None) -> FaceRecord:
+        """Apply every check to one (live) record; set its verdict, reasons, scores and provenance."""
+        rec.provenance["validate"] = self.provenance
+        text = rec.rationale.text if rec.rationale is not None else None
+        if not text:
+            return self.exclude(rec, "no_rationale")
+        res = check_text(text, rec, self.rules)
+        reasons = list(res.reasons)
+        if counter is not None and rec.rationale is not None \
+                and rec.rationale.backend not in self.rules.template.exempt_backends:
+            n = counter.count(template_key(text))
+            if n:
+                res.scores["template_count"] = float(n)
+            if n > self.rules.template.max_repeats:
+                reasons.append("template_collapse")
+        rec.scores.update(res.scores)
+        rec.meta["validate"] = res.details()
+        if reasons:
+            return self.exclude(rec, *reasons)
+        rec.accepted = True
+        return rec
+
+    def run(self, inputs: StageOutput) -> Iterator[list[FaceRecord]]:
+        counter = self._count_templates(inputs) if self.rules.template.enabled else None
+        if counter is not None:
+            self.stats.add("template_texts_collapsed", counter.collapsed)
+        for chunk in inputs.iter_chunks():
+            for rec in chunk:
+                if not rec.excluded:
+                    self.check_record(rec, counter)
+                    self.stats.add("checked")
+            yield chunk
