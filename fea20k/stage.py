@@ -89,6 +89,9 @@ class Stage:
     VERSION: ClassVar[str] = "1"  # bump when the code changes what the stage emits
     Config: ClassVar[type[StageConfig]] = StageConfig
     requires: ClassVar[tuple[tuple[str, str], ...]] = ()  # (importable module, extra that installs it)
+    # what one worker of this stage needs on a distributed executor (Ray): num_cpus, num_gpus (fractions allowed),
+    # memory (bytes); any other key is a custom cluster resource
+    resources: ClassVar[dict[str, float]] = {"num_cpus": 1}
 
     def __init__(self, config: StageConfig | dict[str, Any] | None = None, ctx: StageContext | None = None,
                  where: str | None = None) -> None:
