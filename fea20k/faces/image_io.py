@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fea20k.errors import Fea20kUserError
+
 
 if TYPE_CHECKING:
     import numpy as np
@@ -235,14 +237,22 @@ def read_csv_rows(path: Path, rows: list[int]) -> dict[int, Loaded]:
     wanted = sorted(set(rows))
     if not path.is_file():
         return {r: _fail(IMAGE_MISSING, f"{path}: no such file") for r in wanted}
+    pixels: dict[int, np.ndarray] = {}
     try:
-        from fea20k.ingest.fer2013 import read_fer_pixels  # helper B's reader; optional
+        from fea20k.ingest.fer2013 import read_fer_pixels  # the FER2013 adapter's reader, when installed
     except ImportError:
-        read_fer_pixels = _read_fer_pixels
-    try:
-        pixels = read_fer_pixels(path, wanted)
-    except (OSError, ValueError, csv.Error) as e:
-        return {r: _fail(IMAGE_UNDECODABLE, f"{path}: {e}") for r in wanted}
+        pass
+    else:
+        try:
+            pixels = read_fer_pixels(path, wanted)
+        except (OSError, ValueError, csv.Error, Fea20kUserError) as e:
+            logger.debug("%s: FER2013 reader failed (%s); reading the rows here", path, e)
+    rest = [r for r in wanted if r not in pixels]
+    if rest:  # rows the adapter's reader skipped: tell a bad row (undecodable) from an absent one (missing)
+        try:
+            pixels.update(_read_fer_pixels(path, rest))
+        except (OSError, ValueError, csv.Error) as e:
+            return {r: _fail(IMAGE_UNDECODABLE, f"{path}: {e}") for r in wanted}
     out: dict[int, Loaded] = {}
     for r in wanted:
         arr = pixels.get(r)
