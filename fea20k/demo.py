@@ -1,0 +1,195 @@
+"""``fea20k demo``: synthetic RAF-DB basic and DISFA corpora in their exact release layouts, plus a workspace.
+
+Faces are drawn by :mod:`fea20k.synth_faces`, so labels and landmarks are exact by construction:
+
+* ``corpora/RAF-DB/basic``: ``EmoLabel/list_patition_label.txt``, ``Image/original/*.jpg`` (varied sizes, head pose,
+  skin, background), ``Image/aligned/*_aligned.jpg`` (100x100), ``Annotation/manual/*_manu_attri.txt`` (5 landmarks
+  + gender/race/age) and ``Annotation/boundingbox/*_boundingbox.txt``; train names have 5 digits, test names 4;
+  about 80/20 train/test. Emotion faces follow the prototypes in ``validators/prototypes.toml``.
+* ``corpora/DISFA``: ``ActionUnit_Labels/SNxxx/SNxxx_au<k>.txt`` for the 12 AUs (onset-apex-offset episodes, so
+  consecutive frames change), frames ``Images/SNxxx/<t>.jpg`` (t 0-based = label line - 1), landmarks
+  ``Landmark_Points/SNxxx/tmp_frame_lm/SNxxx_<t:04d>_lm.mat`` (``pts`` 66x2), real subject names covering both
+  ME-GraphAU fold-1 train and test parts.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fea20k.ingest.rafdb import RAF_BASIC_CLASSES
+
+
+if TYPE_CHECKING:
+    import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DISFA_SUBJECTS = ("SN001", "SN013", "SN003", "SN002", "SN018", "SN029")  # part1, part2, part3 (fold-1 test), ...
+RAF_SIZE_RANGE = (170, 280)  # original-image side lengths, pixels
+RAF_ALIGNED = 100  # aligned crops are 100x100 [RAF-DB README]
+# Where the aligned crops put the eyes and the mouth centre (similarity transform, as the README describes).
+RAF_ALIGNED_TEMPLATE = ((30.0, 38.0), (70.0, 38.0), (50.0, 74.0))
+DISFA_FRAME = (320, 240)  # a 4:3 frame (the release's videos are 1024x768)
+JPEG_QUALITY = 90
+
+DEMO_CONFIG = """\
+# fea20k demo workspace: synthetic corpora in the RAF-DB basic and DISFA release layouts.
+[workspace]
+name = "{name}"
+recipe = "pipelines/demo.toml"
+
+[sources.rafdb]
+adapter = "rafdb_basic"
+root = "corpora/RAF-DB/basic"
+synthetic = true
+
+[sources.disfa]
+adapter = "disfa"
+root = "corpora/DISFA"
+synthetic = true
+
+[publish]
+private = true
+include_images = true  # synthetic faces: no licence forbids embedding them
+"""
+
+
+def write_demo(directory: Path, n: int = 500, seed: int = 0) -> dict[str, int]:
+    """Create a workspace in ``directory`` with about ``n`` synthetic samples (half RAF-DB images, half DISFA
+    frames). Returns ``{"rafdb": images, "disfa_frames": frames, "disfa_subjects": subjects}``."""
+    import numpy as np
+
+    from fea20k.workspace import CONFIG_NAME, init_workspace
+
+    directory = Path(directory)
+    init_workspace(directory)
+    rng = np.random.default_rng(seed)
+    n_disfa = n // 2
+    n_raf = n - n_disfa
+    corpora = directory / "corpora"
+    write_rafdb(corpora / "RAF-DB" / "basic", n_raf, rng)
+    n_subjects = write_disfa(corpora / "DISFA", n_disfa, rng)
+    (directory / CONFIG_NAME).write_text(DEMO_CONFIG.format(name=directory.resolve().name), encoding="utf-8")
+    logger.info("demo: %d RAF-DB images, %d DISFA frames (%d subjects) in %s", n_raf, n_disfa, n_subjects, corpora)
+    return {"rafdb": n_raf, "disfa_frames": n_disfa, "disfa_subjects": n_subjects}
+
+
+def _jpeg(path: Path, img: np.ndarray) -> None:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError(f"could not encode {path}")
+    path.write_bytes(buf.tobytes())
+
+
+def write_rafdb(root: Path, n: int, rng: np.random.Generator) -> int:
+    """RAF-DB basic release layout with ``n`` images (~80% train); returns ``n``."""
+    import cv2
+    import numpy as np
+
+    from fea20k.ingest.rafdb import canonical_emotion
+    from fea20k.synth_faces import Pose, landmarks5, prototype_aus, random_identity, render_face
+
+    dirs = {k: root / k for k in ("EmoLabel", "Image/original", "Image/aligned", "Annotation/manual",
+                                  "Annotation/boundingbox")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    n_train = round(0.8 * n) if n > 1 else n
+    labels = np.resize(np.arange(1, len(RAF_BASIC_CLASSES) + 1), n)
+    rng.shuffle(labels)
+    names = [f"train_{i + 1:05d}.jpg" for i in range(n_train)] + [f"test_{i + 1:04d}.jpg" for i in range(n - n_train)]
+    template = np.array(RAF_ALIGNED_TEMPLATE, np.float32)
+    lines = []
+    for name, label in zip(names, labels.tolist(), strict=True):
+        stem = name[:-4]
+        emotion = canonical_emotion(RAF_BASIC_CLASSES[label])
+        aus = prototype_aus(emotion, rng)
+        ident = random_identity(rng)
+        w, h = (int(v) for v in rng.integers(RAF_SIZE_RANGE[0], RAF_SIZE_RANGE[1] + 1, 2))
+        side = min(w, h)
+        pose = Pose(scale=float(side * rng.uniform(0.38, 0.5) / (2 * ident.face_w)),
+                    angle=float(rng.uniform(-12, 12)),
+                    x=float(w / 2 + rng.uniform(-0.07, 0.07) * side),
+                    y=float(h * 0.42 + rng.uniform(-0.05, 0.05) * side))
+        img, lm68, pupils = render_face(aus, ident, pose, (w, h), rng)
+        _jpeg(dirs["Image/original"] / name, img)
+        five = landmarks5(lm68, pupils)
+        mouth_centre = (five[3] + five[4]) / 2
+        m, _ = cv2.estimateAffinePartial2D(np.array([five[0], five[1], mouth_centre], np.float32), template)
+        aligned = cv2.warpAffine(img, m, (RAF_ALIGNED, RAF_ALIGNED), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REPLICATE)
+        _jpeg(dirs["Image/aligned"] / f"{stem}_aligned.jpg", aligned)
+        attrs = (int(rng.integers(0, 3)), int(rng.integers(0, 3)), int(rng.integers(0, 5)))  # gender, race, age
+        manual = "".join(f"{x:.2f}\t{y:.2f}\n" for x, y in five) + "".join(f"{a}\n" for a in attrs)
+        (dirs["Annotation/manual"] / f"{stem}_manu_attri.txt").write_text(manual, encoding="utf-8")
+        x0, y0 = np.maximum(lm68.min(axis=0) - [0.05 * side, 0.18 * side], 0)
+        x1, y1 = np.minimum(lm68.max(axis=0) + [0.05 * side, 0.02 * side], [w - 1, h - 1])
+        (dirs["Annotation/boundingbox"] / f"{stem}_boundingbox.txt").write_text(
+            f"{x0:.1f} {y0:.1f} {x1:.1f} {y1:.1f}\n", encoding="utf-8")
+        lines.append(f"{name} {label}\n")
+    (dirs["EmoLabel"] / "list_patition_label.txt").write_text("".join(lines), encoding="utf-8")
+    return n
+
+
+def _episodes(n_frames: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_frames, 12) integer intensities 0..5: onset-apex-offset episodes of AU combinations, with rests."""
+    import numpy as np
+
+    from fea20k.ingest.disfa import DISFA_AUS
+
+    combos = ((6, 12), (6, 12, 25), (1, 2, 5, 26), (1, 2, 25, 26), (1, 4, 15), (1, 4, 15, 17), (4, 9, 15, 17),
+              (1, 2, 4, 5, 20, 25, 26), (9, 17), (12,), (4,), (1, 2), (25,), (15, 17), (20,), (6,))
+    col = {au: j for j, au in enumerate(DISFA_AUS)}
+    out = np.zeros((n_frames, len(DISFA_AUS)), np.int64)
+    t = int(rng.integers(0, 4))
+    while t < n_frames:
+        combo = combos[int(rng.integers(len(combos)))]
+        on, apex, off = (int(v) for v in rng.integers((3, 3, 3), (9, 14, 9)))
+        env = np.concatenate([np.linspace(0, 1, on + 1)[1:], np.ones(apex), np.linspace(1, 0, off + 1)[1:]])
+        span = slice(t, min(n_frames, t + len(env)))
+        for au in combo:
+            peak = int(rng.integers(2, 6))
+            out[span, col[au]] = np.rint(peak * env[: span.stop - span.start]).astype(np.int64)
+        t = span.stop + int(rng.integers(2, 8))
+    return out
+
+
+def write_disfa(root: Path, n: int, rng: np.random.Generator) -> int:
+    """DISFA release layout with ``n`` frames over 3-6 subjects (pre-extracted frames); returns the subject count."""
+    import numpy as np
+    import scipy.io
+
+    from fea20k.ingest.disfa import DISFA_AUS
+    from fea20k.synth_faces import Pose, landmarks66, random_identity, render_face
+
+    n_subjects = max(1, min(len(DISFA_SUBJECTS), n, max(3, n // 300)))
+    per = np.full(n_subjects, n // n_subjects)
+    per[: n % n_subjects] += 1
+    w, h = DISFA_FRAME
+    for subj, n_frames in zip(DISFA_SUBJECTS, per.tolist(), strict=False):
+        label_dir = root / "ActionUnit_Labels" / subj
+        frame_dir = root / "Images" / subj
+        lm_dir = root / "Landmark_Points" / subj / "tmp_frame_lm"
+        for d in (label_dir, frame_dir, lm_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        intensity = _episodes(n_frames, rng)
+        for j, au in enumerate(DISFA_AUS):
+            text = "".join(f"{f + 1},{v}\n" for f, v in enumerate(intensity[:, j].tolist()))
+            (label_dir / f"{subj}_au{au}.txt").write_text(text, encoding="utf-8")
+        ident = random_identity(rng)
+        base = np.array([w / 2 + rng.uniform(-15, 15), h * 0.42, h * rng.uniform(0.5, 0.6) / (2 * ident.face_w)])
+        phase = rng.uniform(0, 2 * np.pi, 4)
+        for t in range(n_frames):
+            # DISFA intensity 1..5 (FACS A..E) drawn as 0.36..1.0 of the full movement
+            aus = {au: 0.2 + 0.16 * v for au, v in zip(DISFA_AUS, intensity[t].tolist(), strict=True) if v > 0}
+            pose = Pose(scale=float(base[2] * (1 + 0.04 * np.sin(t / 23 + phase[0]))),
+                        angle=float(6 * np.sin(t / 31 + phase[1])),
+                        x=float(base[0] + 8 * np.sin(t / 27 + phase[2])),
+                        y=float(base[1] + 5 * np.sin(t / 19 + phase[3])))
+            img, lm68, _ = render_face(aus, ident, pose, (w, h), rng)
+            _jpeg(frame_dir / f"{t}.jpg", img)
+            scipy.io.savemat(str(lm_dir / f"{subj}_{t:04d}_lm.mat"), {"pts": landmarks66(lm68)})
+    return n_subjects

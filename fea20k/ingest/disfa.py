@@ -1,0 +1,455 @@
+"""DISFA, read in its release layout (docs/corpora.md §8): 12 AUs with intensity, frames, 66-point landmarks.
+
+Layout::
+
+    <root>/ActionUnit_Labels/SNxxx/SNxxx_au<k>.txt     "frameIdx,intensity" per line, frameIdx 1-based, 0..5
+    <root>/Landmark_Points/SNxxx/<any>/SNxxx_<t:04d>_lm.mat or l0XXXX_lm.mat    pts (66, 2), video pixels
+    <root>/Videos_LeftCamera/LeftVideoSNxxx_comp.avi    (names matched case-insensitively)
+    pre-extracted frames (optional): <root>/Images/SNxxx/<t>.png|jpg, <root>/SNxxx/<t>.jpg, ...
+
+Label frame ``f`` (1-based) is video frame ``f - 1``. The label line count is the frame count. Frame images are not
+decoded here (the faces stage does it); their existence is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from fea20k.ingest.base import IngestAdapter, IngestConfig
+from fea20k.record import FaceRecord
+from fea20k.stage import register_stage
+
+
+logger = logging.getLogger(__name__)
+
+DISFA_AUS = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)  # the 12 coded AUs [DISFA README; corpora.md §8]
+BENCHMARK_AUS = (1, 2, 4, 6, 9, 12, 25, 26)  # the 8-AU protocol [ME-GraphAU DISFA_image_label_process.py au_idx]
+MAX_INTENSITY = 5  # FACS A..E
+SPLITS_FILE = Path(__file__).with_name("splits") / "disfa_megraphau.json"
+BAD_LANDMARKS_FILE = Path(__file__).with_name("splits") / "disfa_bad_landmarks.json"
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
+FRAME_FOLDER_NAMES = ("images", "frames", "img", "imgs", "frame_images")  # where users put extracted frames
+_SUBJECT = re.compile(r"^sn\d{3}$", re.IGNORECASE)
+_TRAILING_NUMBER = re.compile(r"^(.*?)(\d+)$")
+_LM_SN = re.compile(r"^sn\d{3}_(\d+)_lm\.mat$", re.IGNORECASE)
+_LM_L0 = re.compile(r"^l(\d+)_lm\.mat$", re.IGNORECASE)
+
+
+class DisfaConfig(IngestConfig):
+    """Options of the DISFA adapter.
+
+    Attributes:
+        threshold: intensity at or above which an AU is present (ME-GraphAU: 2; OpenGraphAU: 1).
+        frames: "auto" (a pre-extracted frame folder when one exists for the subject, else the video), "folder"
+            or "video".
+        frames_dir: folder holding SNxxx/ frame folders (relative to root, or absolute); default: autodetect.
+        frame_base: numbering of frame files, "auto" (decided per subject from the files present), "0" or "1".
+        camera: which video to reference in video mode.
+        stride: keep every stride-th label frame (frame index f-1 divisible by stride).
+        au_change: keep a frame only when its present-AU set differs from the last kept frame of the video.
+        test_fold: ME-GraphAU fold whose test part is the test split (1: part3 test, parts 1+2 train).
+        landmarks: read the 66-point landmark files.
+    """
+
+    threshold: int = Field(2, ge=1, le=MAX_INTENSITY)
+    frames: Literal["auto", "folder", "video"] = "auto"
+    frames_dir: str | None = None
+    frame_base: Literal["auto", "0", "1"] = "auto"
+    camera: Literal["left", "right"] = "left"
+    stride: int = Field(1, ge=1)
+    au_change: bool = False
+    test_fold: int = Field(1, ge=1, le=3)
+    landmarks: bool = True
+
+
+@dataclass
+class _Labels:
+    """One subject's AU labels: intensity per (frame, AU) (-1 = unknown) and per-frame problems."""
+
+    intensity: Any  # np.ndarray (n_frames, 12) int
+    problems: dict[int, str] = field(default_factory=dict)  # 0-based frame -> exclusion reason
+    missing_aus: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _FrameSource:
+    """Where a subject's frames are: a folder of images (with numbering) or a video, or nothing."""
+
+    kind: str  # "folder" | "video" | "none"
+    rel: str  # folder or video path relative to the root
+    files: dict[int, str] = field(default_factory=dict)  # folder: 0-based frame -> file name
+    template: tuple[str, int, str] = ("", 0, ".jpg")  # folder: prefix, zero-pad width, extension
+    base: int = 0  # folder: number of the file holding video frame 0
+    n_video_frames: int | None = None  # video: frame count when the container says
+
+    def name_of(self, t: int) -> str:
+        prefix, width, ext = self.template
+        return self.files.get(t) or f"{prefix}{t + self.base:0{width}d}{ext}"
+
+
+@register_stage("ingest.disfa")
+class Disfa(IngestAdapter):
+    """DISFA: one record per (sampled) video frame, with 12 AUs, intensities and 66-point landmarks.
+
+    Config: see :class:`DisfaConfig` (threshold, frames, frames_dir, frame_base, camera, stride, au_change,
+    test_fold, landmarks).
+    Output fields: id (``disfa/<frame file without ext>`` or ``disfa/<video without ext>#<t>``), split (ME-GraphAU
+    fold; meta.split_raw = "fold<k>:part<n>"), subject, image (frame file, or video + frame t = f-1), aus (present
+    at ``threshold``; None for a missing AU file), au_intensity (raw 0..5), au_coded (the 12), aus_origin "gt",
+    landmarks + landmark_scheme "disfa66" (when the .mat exists), meta: label_frame (f), frame (f-1),
+    au_threshold, benchmark_aus, bad_landmarks (known bad range), camera.
+    Drops (excluded records): label_parse_error, label_out_of_range, image_missing. Frames skipped by stride /
+    au_change are not records (counted in stats as ``sampled_out``).
+    """
+
+    Config: ClassVar[type[IngestConfig]] = DisfaConfig
+    config: DisfaConfig
+    corpus = "disfa"
+    layout = """
+DISFA/
+  ActionUnit_Labels/SNxxx/SNxxx_au<k>.txt    k in 1 2 4 5 6 9 12 15 17 20 25 26; 'frameIdx,intensity' lines
+  Landmark_Points/SNxxx/<folder>/SNxxx_<t:04d>_lm.mat | l0XXXX_lm.mat   (pts 66x2)
+  Videos_LeftCamera/LeftVideoSNxxx_comp.avi  and/or pre-extracted frames Images/SNxxx/<t>.png|jpg
+"""
+
+    # -- layout
+    def _child(self, parent: Path, name: str) -> Path | None:
+        """A child of ``parent`` whose name equals ``name`` case-insensitively."""
+        direct = parent / name
+        if direct.exists():
+            return direct
+        if not parent.is_dir():
+            return None
+        for p in parent.iterdir():
+            if p.name.lower() == name.lower():
+                return p
+        return None
+
+    def labels_dir(self) -> Path:
+        self.check_layout()
+        d = self._child(self.root, "ActionUnit_Labels")
+        if d is None or not d.is_dir():
+            self.check_layout("ActionUnit_Labels")
+        return d  # type: ignore[return-value]
+
+    def subjects(self) -> list[tuple[str, Path]]:
+        """(canonical subject id "SNxxx", label folder), sorted."""
+        d = self.labels_dir()
+        subs = sorted((p.name.upper(), p) for p in d.iterdir() if p.is_dir() and _SUBJECT.match(p.name))
+        if not subs:
+            self.check_layout("ActionUnit_Labels/SN001")
+        return subs
+
+    def estimate_count(self) -> int | None:
+        from fea20k.errors import SourceLayoutError
+
+        try:
+            subs = self.subjects()
+        except SourceLayoutError:
+            return None
+        total = 0
+        for subj, d in subs:
+            f = self._child(d, f"{subj}_au1.txt")
+            if f is not None:
+                total += sum(1 for line in f.read_bytes().splitlines() if line.strip())
+        if self.config.stride > 1:
+            total = -(-total // self.config.stride)
+        return None if self.config.au_change else total
+
+    def signature_extra(self) -> dict[str, object]:
+        from fea20k.errors import SourceLayoutError
+
+        try:
+            subs = self.subjects()
+        except SourceLayoutError:
+            return {}
+        files = {}
+        for subj, d in subs:
+            for p in sorted(d.iterdir()):
+                st = p.stat()
+                files[f"{subj}/{p.name}"] = [st.st_size, st.st_mtime_ns]
+        return {"label_files": files, "split_table": SPLITS_FILE.read_text(encoding="utf-8")}
+
+    # -- tables
+    def split_table(self) -> dict[str, tuple[str, str]]:
+        """Subject -> (split, raw split name) for the configured ME-GraphAU fold."""
+        table = json.loads(SPLITS_FILE.read_text(encoding="utf-8"))
+        fold = table["folds"][str(self.config.test_fold)]
+        out = {}
+        for split in ("train", "test"):
+            for part in fold[split]:
+                for subj in table["parts"][part]:
+                    out[subj] = (split, f"fold{self.config.test_fold}:{part}")
+        return out
+
+    @staticmethod
+    def bad_landmark_ranges() -> dict[str, list[tuple[int, int]]]:
+        raw = json.loads(BAD_LANDMARKS_FILE.read_text(encoding="utf-8"))["ranges"]
+        return {k: [(int(a), int(b)) for a, b in v] for k, v in raw.items()}
+
+    # -- reading
+    def iter_records(self) -> Iterator[FaceRecord]:
+        import numpy as np
+
+        subjects = self.subjects()
+        splits = self.split_table()
+        bad_ranges = self.bad_landmark_ranges()
+        thr = self.config.threshold
+        for subj, label_dir in subjects:
+            labels = self._read_labels(subj, label_dir)
+            n = labels.intensity.shape[0]
+            if n == 0:
+                logger.warning("%s: no label lines in %s; subject skipped", self.source, label_dir)
+                continue
+            split, split_raw = splits.get(subj, (None, None))
+            if split is None:
+                logger.warning("%s: subject %s is not in %s; split left empty", self.source, subj, SPLITS_FILE.name)
+                self.stats.add("subject_not_in_split_table")
+            frames = self._frame_source(subj)
+            landmarks = self._landmark_files(subj) if self.config.landmarks else {}
+            present = np.where(labels.intensity < 0, -1, labels.intensity >= thr)
+            keep = np.arange(0, n, self.config.stride)
+            if self.config.au_change and len(keep) > 1:
+                p = present[keep]
+                keep = keep[np.concatenate([[True], (p[1:] != p[:-1]).any(axis=1)])]
+            self.stats.add("sampled_out", n - len(keep))
+            bad = np.zeros(n + 1, dtype=bool)
+            for a, b in bad_ranges.get(subj, ()):
+                bad[max(a, 1) - 1:min(b, n)] = True
+            for t in keep.tolist():
+                yield self._record(subj, t, labels, present[t], frames, landmarks, split, split_raw, bool(bad[t]))
+
+    def _record(self, subj: str, t: int, labels: _Labels, present: Any, frames: _FrameSource,
+                landmarks: dict[int, Path], split: str | None, split_raw: str | None,
+                bad_landmarks: bool) -> FaceRecord:
+        row = labels.intensity[t].tolist()
+        pres = present.tolist()
+        aus = {au: (None if v < 0 else int(p)) for au, v, p in zip(DISFA_AUS, row, pres, strict=True)}
+        intensity = {au: float(v) for au, v in zip(DISFA_AUS, row, strict=True) if v >= 0}
+        if frames.kind == "folder":
+            rec = self.make_record(f"{frames.rel}/{frames.name_of(t)}")
+        else:
+            rec = self.make_record(frames.rel, frame=t)
+        rec.split, rec.subject = split, subj
+        rec.aus, rec.au_intensity, rec.au_coded, rec.aus_origin = aus, intensity, list(DISFA_AUS), "gt"
+        rec.meta.update(label_frame=t + 1, frame=t, au_threshold=self.config.threshold,
+                        benchmark_aus=list(BENCHMARK_AUS), split_raw=split_raw, camera=self.config.camera)
+        if bad_landmarks:
+            rec.meta["bad_landmarks"] = True
+        lm = landmarks.get(t)
+        if lm is not None:
+            pts = self._load_landmarks(lm)
+            if pts is not None:
+                rec.landmarks, rec.landmark_scheme = pts, "disfa66"
+        elif self.config.landmarks:
+            self.stats.add("landmarks_missing")
+        problem = labels.problems.get(t)
+        if problem is not None:
+            self.exclude(rec, problem)
+        if frames.kind == "folder":
+            if t not in frames.files:
+                self.exclude(rec, "image_missing")
+        elif frames.kind == "none" or (frames.n_video_frames is not None and t >= frames.n_video_frames):
+            self.exclude(rec, "image_missing")
+        return rec
+
+    def _read_labels(self, subj: str, label_dir: Path) -> _Labels:
+        import numpy as np
+
+        by_lower = {p.name.lower(): p for p in label_dir.iterdir()}
+        columns: list[tuple[Any, Any] | None] = []
+        problems: dict[int, str] = {}
+        missing = []
+        for au in DISFA_AUS:
+            path = by_lower.get(f"{subj.lower()}_au{au}.txt")
+            if path is None:
+                missing.append(au)
+                columns.append(None)
+                continue
+            frames, values = self._read_au_file(path, problems)
+            columns.append((frames, values))
+        if missing:
+            logger.warning("%s: %s has no label file for AU %s; those AUs are unknown (None) for its frames",
+                           self.source, subj, ", ".join(map(str, missing)))
+            self.stats.add("au_file_missing", len(missing))
+        n = max((int(c[0].max()) for c in columns if c is not None and len(c[0])), default=0)
+        n = max(n, max(problems, default=-1) + 1)  # a bad last line still yields its (excluded) frame
+        intensity = np.full((n, len(DISFA_AUS)), -1, dtype=np.int64)
+        for j, col in enumerate(columns):
+            if col is not None and len(col[0]):
+                intensity[col[0] - 1, j] = col[1]
+        return _Labels(intensity=intensity, problems=problems, missing_aus=missing)
+
+    def _read_au_file(self, path: Path, problems: dict[int, str]) -> tuple[Any, Any]:
+        """(1-based frames, intensities) of the valid lines; bad lines are logged and noted in ``problems``."""
+        import numpy as np
+
+        raw = path.read_bytes()
+        try:
+            arr = np.array(raw.replace(b",", b" ").split(), dtype=np.int64).reshape(-1, 2)
+            frames, values = arr[:, 0], arr[:, 1]
+            if len(frames) and frames.min() >= 1 and values.min() >= 0 and values.max() <= MAX_INTENSITY:
+                return frames, values
+        except ValueError:
+            pass  # a malformed line somewhere: find it line by line below
+        good_f: list[int] = []
+        good_v: list[int] = []
+        for lineno, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            parts = [p.strip() for p in line.split(",")]
+            try:
+                if len(parts) != 2:
+                    raise ValueError(f"expected 2 columns 'frameIdx,intensity', got {len(parts)}")
+                f, v = int(parts[0]), int(parts[1])
+                if f < 1:
+                    raise ValueError(f"frame index {f} is not 1-based")
+            except ValueError as e:
+                logger.warning("%s:%d: %r: %s; frame excluded (label_parse_error)", path, lineno, line, e)
+                problems.setdefault(lineno - 1, "label_parse_error")  # line k holds frame k
+                continue
+            if not 0 <= v <= MAX_INTENSITY:
+                logger.warning("%s:%d: intensity %d is outside 0..%d; frame excluded (label_out_of_range)", path,
+                               lineno, v, MAX_INTENSITY)
+                problems.setdefault(f - 1, "label_out_of_range")
+                continue
+            good_f.append(f)
+            good_v.append(v)
+        return np.array(good_f, dtype=np.int64), np.array(good_v, dtype=np.int64)
+
+    def _frame_source(self, subj: str) -> _FrameSource:
+        """Decide, per subject, where its frames are and how they are numbered; log the decision."""
+        src = _FrameSource(kind="none", rel=f"Videos_LeftCamera/LeftVideo{subj}_comp.avi")
+        if self.config.frames in ("auto", "folder"):
+            folder = self._frame_folder(subj)
+            if folder is not None:
+                src = self._folder_source(subj, folder)
+                if src.files or self.config.frames == "folder":
+                    return src
+        if self.config.frames in ("auto", "video"):
+            video = self._video(subj)
+            if video is not None:
+                src = _FrameSource(kind="video", rel=video.relative_to(self.root).as_posix())
+                src.n_video_frames = _video_frame_count(video)
+                logger.info("%s: %s frames from video %s (%s frames in the container)", self.source, subj, src.rel,
+                            src.n_video_frames if src.n_video_frames is not None else "unknown")
+                return src
+        logger.warning("%s: %s: no frame folder and no %s-camera video found; its frames are image_missing",
+                       self.source, subj, self.config.camera)
+        return _FrameSource(kind="none", rel=src.rel)
+
+    def _frame_folder(self, subj: str) -> Path | None:
+        if self.config.frames_dir is not None:
+            base = Path(self.config.frames_dir)
+            base = base if base.is_absolute() else self.root / base
+            return self._child(base, subj)
+        for name in FRAME_FOLDER_NAMES:
+            parent = self._child(self.root, name)
+            if parent is not None and parent.is_dir():
+                hit = self._child(parent, subj) or self._child(parent, f"{self.config.camera}video{subj}_comp")
+                if hit is not None and hit.is_dir():
+                    return hit
+        hit = self._child(self.root, subj)
+        return hit if hit is not None and hit.is_dir() else None
+
+    def _folder_source(self, subj: str, folder: Path) -> _FrameSource:
+        numbered: dict[int, str] = {}
+        prefix, width, ext = "", 0, ".jpg"
+        for name in sorted(os.listdir(folder)):
+            stem, dot, e = name.rpartition(".")
+            if not dot or f".{e.lower()}" not in IMAGE_EXTS:
+                continue
+            m = _TRAILING_NUMBER.match(stem)
+            if m is None:
+                continue
+            numbered[int(m.group(2))] = name
+            digits = m.group(2)
+            prefix, ext = m.group(1), f".{e}"
+            width = len(digits) if digits.startswith("0") and len(digits) > 1 else width
+        rel = folder.relative_to(self.root).as_posix() if folder.is_relative_to(self.root) else str(folder)
+        if self.config.frame_base != "auto":
+            base, why = int(self.config.frame_base), "set in the config"
+        elif 0 in numbered:
+            base, why = 0, f"{numbered[0]} exists"
+        elif numbered:
+            base, why = 1, f"no frame numbered 0, the first is {numbered[min(numbered)]}"
+        else:
+            base, why = 0, "the folder has no numbered images"
+        files = {k - base: v for k, v in numbered.items()}
+        logger.info("%s: %s frames from %s, numbered %d-based (%s)", self.source, subj, rel, base, why)
+        return _FrameSource(kind="folder", rel=rel, files=files, template=(prefix, width, ext), base=base)
+
+    def _video(self, subj: str) -> Path | None:
+        cam = self.config.camera
+        pattern = re.compile(rf"^{cam}video{subj.lower()}_comp\.avi$", re.IGNORECASE)
+        folder_pattern = re.compile(rf"^videos?_{cam}camera$", re.IGNORECASE)
+        for d in sorted(self.root.iterdir()):
+            if d.is_dir() and folder_pattern.match(d.name):
+                for p in sorted(d.iterdir()):
+                    if pattern.match(p.name):
+                        return p
+        return None
+
+    def _landmark_files(self, subj: str) -> dict[int, Path]:
+        """0-based video frame -> landmark file; the l0XXXX numbering base is decided per subject and logged."""
+        top = self._child(self.root, "Landmark_Points")
+        d = self._child(top, subj) if top is not None else None
+        if d is None or not d.is_dir():
+            logger.info("%s: %s has no Landmark_Points folder; landmarks left empty", self.source, subj)
+            return {}
+        sn_form: dict[int, Path] = {}
+        l0_form: dict[int, Path] = {}
+        for inner in sorted(p for p in d.iterdir() if p.is_dir()):
+            for name in os.listdir(inner):
+                m = _LM_SN.match(name)
+                if m is not None:
+                    sn_form.setdefault(int(m.group(1)), inner / name)
+                    continue
+                m = _LM_L0.match(name)
+                if m is not None:
+                    l0_form.setdefault(int(m.group(1)), inner / name)
+        out: dict[int, Path] = {}
+        if l0_form:
+            base = 0 if 0 in l0_form else 1
+            logger.info("%s: %s l0XXXX_lm.mat landmarks are %d-based (%s)", self.source, subj, base,
+                        "l00000_lm.mat exists" if base == 0 else "no l00000_lm.mat")
+            out.update({k - base: v for k, v in l0_form.items()})
+        out.update(sn_form)  # SNxxx_<t:04d>_lm.mat (0-based) wins where both forms exist
+        return out
+
+    def _load_landmarks(self, path: Path) -> list[list[float]] | None:
+        import scipy.io
+        from scipy.io.matlab import MatReadError
+
+        try:
+            pts = scipy.io.loadmat(str(path))["pts"]
+        except (OSError, ValueError, KeyError, TypeError, MatReadError) as e:
+            logger.warning("%s: unreadable landmark file (%s); landmarks left empty", path, e)
+            self.stats.add("landmarks_bad")
+            return None
+        if pts.shape != (66, 2):
+            logger.warning("%s: pts has shape %s, expected (66, 2); landmarks left empty", path, pts.shape)
+            self.stats.add("landmarks_bad")
+            return None
+        return pts.astype(float).tolist()
+
+
+def _video_frame_count(path: Path) -> int | None:
+    """Frame count from the container (no decoding), or None when it does not say."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    finally:
+        cap.release()
+    return n if n > 0 else None
