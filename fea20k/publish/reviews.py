@@ -1,0 +1,78 @@
+"""Human reviews of a round's release: ``reviews/round-N.jsonl`` in the workspace.
+
+One JSON object per line: ``{"id": "<record id>", "decision": "accept" | "reject", "note": "<optional text>"}``.
+Blank lines and lines starting with ``#`` are ignored; when an id appears twice the later line wins (a reviewer
+changing their mind appends a line). Any other problem is one :class:`ReviewFileError` naming the file, the line and
+the fix.
+
+How the publish stage applies them:
+
+* ``reject`` of a released row moves it to the ``rejected`` config with the reason ``human_reject``
+  (``excluded_at = "review"``), the note kept in ``review_note``.
+* ``accept`` of a released row is recorded in its ``review`` column.
+* ``accept`` of a row the automatic checks rejected is recorded in that row's ``review`` column (and counted on
+  the card) but does **not** move it into train/test: every released row passed the checks the card describes. To
+  release such rows, change the check or its threshold in ``validators/`` and rebuild (only validate and publish
+  re-run).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from fea20k.errors import Fea20kUserError
+
+
+DECISIONS = ("accept", "reject")
+
+
+class ReviewFileError(Fea20kUserError):
+    """A reviews file has a malformed line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """One reviewer decision about one record."""
+
+    id: str
+    decision: str  # "accept" | "reject"
+    note: str | None = None
+
+
+def reviews_path(workspace_root: Path, round_: int) -> Path:
+    """Where the reviews of round ``round_`` live."""
+    return Path(workspace_root) / "reviews" / f"round-{round_}.jsonl"
+
+
+def load_reviews(workspace_root: Path, round_: int) -> dict[str, Review]:
+    """The reviews of round ``round_`` by record id (empty when the file does not exist)."""
+    path = reviews_path(workspace_root, round_)
+    if not path.is_file():
+        return {}
+    out: dict[str, Review] = {}
+    fix = 'each line must be {"id": "...", "decision": "accept" or "reject", "note": "..."}'
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ReviewFileError(f"{path}:{lineno}: not valid JSON ({e.msg}); {fix}") from None
+            if not isinstance(obj, dict):
+                raise ReviewFileError(f"{path}:{lineno}: expected a JSON object; {fix}")
+            unknown = sorted(set(obj) - {"id", "decision", "note"})
+            if unknown:
+                raise ReviewFileError(f"{path}:{lineno}: unknown key(s) {unknown}; {fix}")
+            rid, decision, note = obj.get("id"), obj.get("decision"), obj.get("note")
+            if not isinstance(rid, str) or not rid:
+                raise ReviewFileError(f"{path}:{lineno}: missing or empty 'id'; {fix}")
+            if decision not in DECISIONS:
+                raise ReviewFileError(f"{path}:{lineno}: 'decision' is {decision!r}, expected 'accept' or 'reject'")
+            if note is not None and not isinstance(note, str):
+                raise ReviewFileError(f"{path}:{lineno}: 'note' must be a string")
+            out[rid] = Review(id=rid, decision=decision, note=note)
+    return out
