@@ -1,0 +1,450 @@
+"""AffectNet: the legacy CSV release (``affectnet_csv``) and the later NPY release "AffectNet8" (``affectnet_npy``).
+
+corpora.md §4-§5. Both releases share the expression ids 0..10; 8/9/10 (None, Uncertain, Non-Face) are
+reasoned exclusions, valence/arousal -2 ("not applicable") become ``None``. The validation set serves as the
+test set (there is no public test set), so ``validation.csv`` / ``val_set`` map to ``val_split`` (default "test").
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections.abc import Iterator
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from fea20k.errors import SourceLayoutError
+from fea20k.ingest._common import (
+    AFFECTNET_NOFACE,
+    AFFECTNET_NONE,
+    AFFECTNET_UNCERTAIN,
+    BAD_BBOX,
+    IMAGE_EXTS,
+    IMAGE_MISSING,
+    IMAGE_UNDECODABLE,
+    LABEL_OUT_OF_RANGE,
+    LABEL_PARSE_ERROR,
+    DirIndex,
+    rel_stem,
+    warn_line,
+)
+from fea20k.ingest.base import IngestAdapter, IngestConfig
+from fea20k.record import FaceRecord, ImageRef
+from fea20k.stage import register_stage
+
+
+logger = logging.getLogger(__name__)
+
+# corpora.md §4 "Expression ids": (id, AffectNet name, canonical name or None). Map by id, never by hcai's strings.
+EXPRESSION_TABLE: tuple[tuple[int, str, str | None], ...] = (
+    (0, "Neutral", "neutral"),
+    (1, "Happy", "happiness"),
+    (2, "Sad", "sadness"),
+    (3, "Surprise", "surprise"),
+    (4, "Fear", "fear"),
+    (5, "Disgust", "disgust"),
+    (6, "Anger", "anger"),
+    (7, "Contempt", "contempt"),
+    (8, "None", None),
+    (9, "Uncertain", None),
+    (10, "Non-Face", None),
+)
+AFFECTNET_TO_CANONICAL: dict[int, str] = {i: c for i, _, c in EXPRESSION_TABLE if c is not None}
+AFFECTNET_REJECTS: dict[int, str] = {8: AFFECTNET_NONE, 9: AFFECTNET_UNCERTAIN, 10: AFFECTNET_NOFACE}
+CONTEMPT = 7
+NOT_APPLICABLE = -2.0  # valence/arousal of Uncertain / No-Face rows
+
+CSV_COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
+               "expression", "valence", "arousal")
+N_LANDMARK_VALUES = 136  # 68 iBUG points, x;y interleaved
+
+# (file-list folder, image folder) patterns seen in the wild, tried in order (corpora.md §4 "Tree")
+CSV_LAYOUTS: tuple[tuple[str, str], ...] = (
+    ("Manually_Annotated_file_lists", "Manually_Annotated_Images"),
+    ("Manually_Annotated_file_lists", "Manually_Annotated/Manually_Annotated_Images"),
+    ("Manually_Annotated/Manually_Annotated_file_lists", "Manually_Annotated/Manually_Annotated_Images"),
+    ("Manual_Annot_files", "Manual_Annot/Manually_Annotated_Images"),
+)
+CSV_FILES = (("training.csv", "train"), ("validation.csv", "validation"))
+
+
+def classify_expression(raw: int, classes: int) -> tuple[str | None, str | None]:
+    """``(canonical emotion, exclusion reason)`` of an AffectNet expression id under the 7- or 8-class protocol."""
+    if raw in AFFECTNET_REJECTS:
+        return None, AFFECTNET_REJECTS[raw]
+    emotion = AFFECTNET_TO_CANONICAL.get(raw)
+    if emotion is None or (classes == 7 and raw == CONTEMPT):
+        return None, LABEL_OUT_OF_RANGE
+    return emotion, None
+
+
+def va_value(value: float) -> float | None:
+    """Valence/arousal, with the -2 "not applicable" marker -> None."""
+    return None if value == NOT_APPLICABLE or value != value else value
+
+
+class AffectNetCsvConfig(IngestConfig):
+    """Options of the legacy CSV release."""
+
+    SIGNATURE_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"block_size_mb"})
+
+    classes: Literal[7, 8] = Field(8, description="7: contempt rows excluded (label_out_of_range); 8: kept")
+    lists_dir: str | None = Field(None, description="folder of training.csv/validation.csv (auto-detected)")
+    images_dir: str | None = Field(None, description="folder of the <subdir>/<hash>.jpg images (auto-detected)")
+    check_images: bool = Field(True, description="check every image exists and is not empty (one listing per dir)")
+    val_split: Literal["val", "test"] = "test"
+    block_size_mb: int = Field(8, ge=1, description="CSV read block size (performance only)")
+
+
+@register_stage("ingest.affectnet_csv")
+class AffectNetCsv(IngestAdapter):
+    """AffectNet legacy release: ``Manually_Annotated_file_lists/{training,validation}.csv`` + images.
+
+    Config: ``classes`` (7 or 8), ``lists_dir`` / ``images_dir`` (auto-detected among the three known layouts),
+    ``check_images``, ``val_split``.
+
+    Output fields: id ``{source}/{images_dir}/{subdir}/{hash}``, split (training -> train, validation ->
+    ``val_split``), bbox (None when non-positive), 68 iBUG landmarks (``ibug68``), emotion; meta raw_label,
+    valence, arousal (-2 -> None), affectnet_key (``subdir/hash``, the FABA leakage key).
+
+    Drops: affectnet_none, affectnet_uncertain, affectnet_noface, label_out_of_range, label_parse_error,
+    bad_bbox, image_missing, image_undecodable (zero-byte file).
+    """
+
+    Config = AffectNetCsvConfig
+    config: AffectNetCsvConfig
+    corpus = "affectnet_csv"
+    layout = """
+AffectNet/
+  Manually_Annotated_file_lists/training.csv, validation.csv   (header subDirectory_filePath,face_x,...,arousal)
+  Manually_Annotated_Images/<subdir>/<hash>.jpg                (or Manually_Annotated/Manually_Annotated_Images,
+                                                                or Manual_Annot_files + Manual_Annot/...)
+"""
+
+    def _detect(self) -> tuple[str, str]:
+        cfg = self.config
+        if not self.root.is_dir():
+            self.check_layout()
+        lists = cfg.lists_dir
+        images = cfg.images_dir
+        if lists is None:
+            for cand_lists, _ in CSV_LAYOUTS:
+                if any((self.root / cand_lists / name).is_file() for name, _ in CSV_FILES):
+                    lists = cand_lists
+                    break
+        if images is None:
+            for _, cand_images in CSV_LAYOUTS:
+                if (self.root / cand_images).is_dir():
+                    images = cand_images
+                    break
+        if lists is None or (images is None and cfg.check_images):
+            found = sorted(p.name for p in self.root.iterdir())[:12]
+            raise SourceLayoutError(
+                f"source {self.source!r} ({self.corpus}): {self.root} is not the AffectNet CSV layout: no "
+                f"{'file lists (training.csv/validation.csv)' if lists is None else 'image folder'} found; "
+                f"expected:\n{self.layout.strip()}\nfound: {found}; or set lists_dir / images_dir"
+            )
+        return lists, images or CSV_LAYOUTS[0][1]
+
+    def iter_records(self) -> Iterator[FaceRecord]:
+        lists, images = self._detect()
+        index = DirIndex(self.root) if self.config.check_images else None
+        for name, split_raw in CSV_FILES:
+            path = self.root / lists / name
+            if not path.is_file():
+                logger.info("%s: %s not present; skipped", self.source, path)
+                continue
+            split = "train" if split_raw == "train" else self.config.val_split
+            yield from self._read_csv(path, images, split, split_raw, index)
+
+    # ------------------------------------------------------------------------------------------- CSV reading
+
+    def _read_csv(self, path: os.PathLike[str], images: str, split: str, split_raw: str,
+                  index: DirIndex | None) -> Iterator[FaceRecord]:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        bad: list[tuple[int, str]] = []
+
+        def on_invalid(row: pacsv.InvalidRow) -> str:
+            bad.append((row.number or 0, row.text))
+            return "skip"
+
+        with open(path, "rb") as f:
+            header = f.readline().decode("utf-8-sig").strip().split(",")
+        names = [h.strip() for h in header]
+        missing = [c for c in CSV_COLUMNS if c not in names]
+        if missing:
+            raise SourceLayoutError(
+                f"{path}: header {names} lacks column(s) {missing}; expected the AffectNet header "
+                f"{','.join(CSV_COLUMNS)}"
+            )
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=self.config.block_size_mb << 20,
+                                           column_names=names, skip_rows=1),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                 include_columns=list(CSV_COLUMNS), strings_can_be_null=True),
+        )
+        line = 2  # 1-based line of the next data row (line 1 is the header)
+        for batch in reader:
+            cols = {c: batch.column(c).to_pylist() for c in CSV_COLUMNS if c != "facial_landmarks"}
+            landmarks = _parse_landmarks(batch.column("facial_landmarks"))
+            bad.sort()
+            for i in range(batch.num_rows):
+                while bad and bad[0][0] <= line:
+                    n, text = bad.pop(0)
+                    yield self._malformed(path, n, text, images, split, split_raw)
+                    line = max(line, n + 1)
+                yield self._row(path, line, {c: v[i] for c, v in cols.items()}, landmarks[i], images, split,
+                                split_raw, index)
+                line += 1
+        for n, text in sorted(bad):
+            yield self._malformed(path, n, text, images, split, split_raw)
+
+    def _new(self, relpath: str, **fields: object) -> FaceRecord:
+        rec = FaceRecord(id=f"{self.source}/{rel_stem(relpath)}", source=self.source,
+                         image=ImageRef(root=self.source, path=relpath), **fields)  # type: ignore[arg-type]
+        rec.meta["corpus"] = self.corpus
+        return rec
+
+    def _malformed(self, path: os.PathLike[str], line: int, text: str, images: str, split: str,
+                   split_raw: str) -> FaceRecord:
+        fields = next(csv.reader(io.StringIO(text)), [""])
+        sub = fields[0].strip() if fields and fields[0].strip() else f"_malformed/{os.path.basename(path)}/{line}"
+        warn_line(path, line, f"{len(fields)} columns, expected {len(CSV_COLUMNS)}")
+        rec = self._new(f"{images}/{sub}", split=split)
+        rec.meta.update(split_raw=split_raw, line=line, raw_row=text[:500])
+        return self.exclude(rec, LABEL_PARSE_ERROR)
+
+    def _row(self, path: os.PathLike[str], line: int, row: dict[str, str | None],
+             landmarks: list[list[float]] | None | str, images: str, split: str, split_raw: str,
+             index: DirIndex | None) -> FaceRecord:
+        sub = (row["subDirectory_filePath"] or "").strip()
+        relpath = f"{images}/{sub}"
+        rec = self._new(relpath, split=split)
+        meta = rec.meta
+        meta["split_raw"] = split_raw
+        meta["affectnet_key"] = rel_stem(sub)
+        raw_expr = row["expression"]
+        try:
+            expr = int(raw_expr)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            warn_line(path, line, f"expression {raw_expr!r} is not an integer")
+            meta["raw_label"] = raw_expr
+            return self.exclude(rec, LABEL_PARSE_ERROR)
+        meta["raw_label"] = expr
+        if not sub:
+            warn_line(path, line, "empty subDirectory_filePath")
+            return self.exclude(rec, LABEL_PARSE_ERROR)
+        emotion, reason = classify_expression(expr, self.config.classes)
+        if reason == LABEL_OUT_OF_RANGE and expr != CONTEMPT:
+            warn_line(path, line, f"expression {expr} is outside 0..10")
+        for key in ("valence", "arousal"):
+            try:
+                meta[key] = va_value(float(row[key]))  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                meta[key] = None
+        if isinstance(landmarks, str):
+            warn_line(path, line, landmarks)
+            return self.exclude(rec, LABEL_PARSE_ERROR)
+        rec.landmarks = landmarks
+        rec.landmark_scheme = "ibug68" if landmarks is not None else None
+        try:
+            x, y, w, h = (float(row[k]) for k in ("face_x", "face_y", "face_width", "face_height"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            warn_line(path, line, "face box is not numeric")
+            return self.exclude(rec, BAD_BBOX)
+        if w > 0 and h > 0:
+            rec.bbox = [x, y, w, h]
+        else:
+            meta["bbox_raw"] = [x, y, w, h]
+            self.stats.add("bbox_nonpositive")
+        if reason is not None:
+            return self.exclude(rec, reason)
+        rec.emotion, rec.emotion_origin = emotion, "gt"
+        if index is not None:
+            hit = index.lookup(relpath)
+            if hit is None:
+                return self.exclude(rec, IMAGE_MISSING)
+            if hit[0] != relpath:  # extension case differs from the CSV (.JPG on disk)
+                rec.image = ImageRef(root=self.source, path=hit[0])
+            if hit[1] == 0:
+                return self.exclude(rec, IMAGE_UNDECODABLE)
+        return rec
+
+
+def _parse_landmarks(column: object) -> list[list[list[float]] | None | str]:
+    """The ``facial_landmarks`` column of a batch -> per row 68 [x, y] pairs, None (empty) or an error string.
+
+    Vectorised (Arrow split + cast, one numpy reshape) when every row is well formed; row by row otherwise.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column  # type: ignore[attr-defined]
+    n = len(arr)
+    if n and arr.null_count == 0:
+        parts = pc.split_pattern(arr, ";")
+        lengths = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
+        if (lengths == N_LANDMARK_VALUES).all():
+            try:
+                flat = pc.cast(pc.list_flatten(parts), pa.float64()).to_numpy(zero_copy_only=False)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                flat = None
+            if flat is not None:
+                return flat.reshape(n, N_LANDMARK_VALUES // 2, 2).tolist()
+    out: list[list[list[float]] | None | str] = []
+    for s in arr.to_pylist():
+        out.append(_parse_landmark_string(s))
+    return out
+
+
+def _parse_landmark_string(s: str | None) -> list[list[float]] | None | str:
+    import numpy as np
+
+    if s is None or not s.strip():
+        return None
+    tokens = list(s.strip().strip(";").split(";"))
+    try:
+        values = np.array([float(t) for t in tokens], dtype=np.float64)
+    except ValueError:
+        return "facial_landmarks holds a non-numeric value"
+    if values.size != N_LANDMARK_VALUES:
+        return f"facial_landmarks has {values.size} values, expected {N_LANDMARK_VALUES}"
+    return values.reshape(-1, 2).tolist()
+
+
+# ---------------------------------------------------------------------------------------------- NPY release
+
+
+class AffectNetNpyConfig(IngestConfig):
+    """Options of the NPY release."""
+
+    classes: Literal[7, 8] = 8
+    check_images: bool = Field(True, description="read each image header: size -> bbox, empty -> undecodable")
+    val_split: Literal["val", "test"] = "test"
+
+
+NPY_SPLITS = (("train_set", "train"), ("val_set", None))
+
+
+def load_npy_scalar(path: os.PathLike[str]) -> str:
+    """A 0-d ``.npy`` array (the release stores unicode strings such as ``array('3', dtype='<U1')``) as text."""
+    import numpy as np
+
+    value = np.load(path, allow_pickle=False)
+    if value.ndim != 0:
+        raise ValueError(f"expected a 0-d array, got shape {value.shape}")
+    return str(value.item())
+
+
+@register_stage("ingest.affectnet_npy")
+class AffectNetNpy(IngestAdapter):
+    """AffectNet NPY release ("AffectNet8"): ``{train,val}_set/images/<id>.jpg`` + ``annotations/<id>_*.npy``.
+
+    Config: ``classes`` (7 or 8), ``check_images`` (reads each image header for its size), ``val_split``.
+
+    Output fields: id ``{source}/{train_set|val_set}/images/{id}``, split, emotion (ids as the CSV release; the
+    0-d unicode labels are cast with ``int()``), 68 landmarks ``ibug68`` (None when ``_lnd.npy`` is missing),
+    bbox = the whole 224x224 crop; meta raw_label, valence, arousal.
+
+    Drops: affectnet_none/uncertain/noface, label_out_of_range, label_parse_error (missing or unreadable
+    ``_exp.npy``), image_missing, image_undecodable.
+    """
+
+    Config = AffectNetNpyConfig
+    config: AffectNetNpyConfig
+    corpus = "affectnet_npy"
+    layout = """
+AffectNet/
+  train_set/images/<id>.jpg   train_set/annotations/<id>_exp.npy, <id>_val.npy, <id>_aro.npy, <id>_lnd.npy
+  val_set/images/<id>.jpg     val_set/annotations/...
+"""
+
+    def iter_records(self) -> Iterator[FaceRecord]:
+        present = [d for d, _ in NPY_SPLITS if (self.root / d / "annotations").is_dir()]
+        if not present:
+            self.check_layout("train_set/annotations")
+        for folder, split in NPY_SPLITS:
+            if folder in present:
+                yield from self._split(folder, split or self.config.val_split)
+
+    def _split(self, folder: str, split: str) -> Iterator[FaceRecord]:
+        base = self.root / folder
+        images: dict[str, str] = {}
+        if (base / "images").is_dir():
+            with os.scandir(base / "images") as it:
+                for e in it:
+                    stem, dot, ext = e.name.rpartition(".")
+                    if dot and ("." + ext.lower()) in IMAGE_EXTS:
+                        images[stem] = e.name
+        ann: set[str] = set()
+        with os.scandir(base / "annotations") as it:
+            for e in it:
+                if e.name.endswith("_exp.npy"):
+                    ann.add(e.name[: -len("_exp.npy")])
+        ids = sorted(set(images) | ann, key=lambda s: (0, int(s), s) if s.isdigit() else (1, 0, s))
+        for sid in ids:
+            yield self._one(folder, split, sid, images.get(sid), sid in ann)
+
+    def _one(self, folder: str, split: str, sid: str, image: str | None, has_exp: bool) -> FaceRecord:
+        import numpy as np
+
+        ann = self.root / folder / "annotations"
+        rec = self.make_record(f"{folder}/images/{image or sid + '.jpg'}", split=split)
+        rec.meta["split_raw"] = folder
+        if not has_exp:
+            logger.warning("%s: no %s_exp.npy for image %s; the record is excluded", ann, sid, image)
+            return self.exclude(rec, LABEL_PARSE_ERROR)
+        exp_path = ann / f"{sid}_exp.npy"
+        try:
+            raw = load_npy_scalar(exp_path)
+            expr = int(float(raw))
+        except (ValueError, OSError) as e:
+            logger.warning("%s: unreadable expression (%s); the record is excluded", exp_path, e)
+            return self.exclude(rec, LABEL_PARSE_ERROR)
+        rec.meta["raw_label"] = expr
+        for key, suffix in (("valence", "val"), ("arousal", "aro")):
+            p = ann / f"{sid}_{suffix}.npy"
+            try:
+                rec.meta[key] = va_value(float(load_npy_scalar(p)))
+            except (ValueError, OSError):
+                rec.meta[key] = None
+        lnd_path = ann / f"{sid}_lnd.npy"
+        if lnd_path.is_file():
+            try:
+                lnd = np.load(lnd_path, allow_pickle=False).astype(np.float64).reshape(-1)
+            except (ValueError, OSError) as e:
+                logger.warning("%s: unreadable landmarks (%s); landmarks left empty", lnd_path, e)
+                lnd = None
+            if lnd is not None and lnd.size == N_LANDMARK_VALUES:
+                rec.landmarks = lnd.reshape(-1, 2).tolist()
+                rec.landmark_scheme = "ibug68"
+            elif lnd is not None:
+                logger.warning("%s: %d values, expected %d; landmarks left empty", lnd_path, lnd.size,
+                               N_LANDMARK_VALUES)
+        else:
+            self.stats.add("landmarks_missing")
+        emotion, reason = classify_expression(expr, self.config.classes)
+        if reason is not None:
+            if reason == LABEL_OUT_OF_RANGE and expr != CONTEMPT:
+                logger.warning("%s: expression %d is outside 0..10; the record is excluded", exp_path, expr)
+            return self.exclude(rec, reason)
+        rec.emotion, rec.emotion_origin = emotion, "gt"
+        if image is None:
+            return self.exclude(rec, IMAGE_MISSING)
+        if self.config.check_images:
+            from PIL import Image, UnidentifiedImageError
+
+            try:
+                with Image.open(self.root / folder / "images" / image) as im:
+                    w, h = im.size
+            except (UnidentifiedImageError, OSError):
+                return self.exclude(rec, IMAGE_UNDECODABLE)
+            rec.bbox = [0.0, 0.0, float(w), float(h)]
+        return rec
