@@ -1,0 +1,98 @@
+"""Merge a round's validated records with the rows accepted in earlier rounds, so release N holds every accepted row."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from fea20k.engine import SUCCESS_FILE, read_marker
+from fea20k.errors import StageError
+from fea20k.io import StageOutput
+from fea20k.record import FaceRecord
+from fea20k.stage import AggregateStage, StageConfig, register_stage
+
+
+logger = logging.getLogger(__name__)
+
+MERGE_RULE = "earliest-accepted-round-wins"
+
+
+class MergeConfig(StageConfig):
+    """Which step of each earlier round holds its validated records."""
+
+    validate_step: str = "validate"
+
+
+@register_stage("publish.merge")
+class MergeRounds(AggregateStage):
+    """Merge round N's validated records with every row accepted in rounds 0..N-1 (release N = all accepted rows).
+
+    Rule (``earliest-accepted-round-wins``): a sample accepted in several rounds keeps ONE row, the one of the
+    earliest round that accepted it, so a released row never changes once published; later versions of it are
+    counted (``duplicate_kept_earlier``) and left out. Each row keeps its ``round`` (the round whose model wrote it),
+    its rationale's annotator/model and its provenance, so a release says which checkpoint wrote which rows.
+    Rejected rows: only this round's (earlier rounds' rejections are in their own releases and audits).
+
+    Config:
+        validate_step: the step of each earlier round whose output holds its validated records (default
+            ``validate``).
+    Input fields: this round's validated records (id, accepted, reasons, everything else passed on).
+    Output fields: earlier rounds' accepted rows (round 0 first), then this round's records whose id was not
+        accepted earlier; ``provenance["publish.merge"]`` names the rule and the round the row comes from.
+    Drops: nothing is excluded; counters ``carried_from_earlier``, ``carried_round_<k>``, ``new_accepted``,
+        ``new_rejected`` and ``duplicate_kept_earlier`` account for every row.
+    """
+
+    Config = MergeConfig
+    config: MergeConfig
+
+    def _earlier_dirs(self) -> list[tuple[int, Any]]:
+        ws = self.ctx.workspace
+        return [(k, ws.stage_dir(k, self.config.validate_step)) for k in range(self.ctx.round)]
+
+    def signature_extra(self) -> dict[str, Any]:
+        """The earlier rounds' validate signatures: a changed earlier round changes this merge."""
+        out = {}
+        for k, d in self._earlier_dirs():
+            marker = read_marker(d)
+            out[str(k)] = marker["signature"] if marker else "missing"
+        return {"rule": MERGE_RULE, "earlier": out}
+
+    def run(self, inputs: StageOutput) -> Iterator[list[FaceRecord]]:
+        seen: set[str] = set()
+        for k, d in self._earlier_dirs():
+            if not (d / SUCCESS_FILE).is_file():
+                raise StageError(f"publish.merge (round {self.ctx.round}): round {k} has no complete "
+                                 f"{self.config.validate_step!r} output in {d}; build round {k} first")
+            carried = 0
+            for chunk in StageOutput([d]).iter_chunks():
+                out = []
+                for rec in chunk:
+                    if rec.accepted is not True or rec.id in seen:
+                        continue
+                    seen.add(rec.id)
+                    rec.provenance[self.name] = f"{MERGE_RULE}: accepted in round {k}"
+                    out.append(rec)
+                carried += len(out)
+                if out:
+                    yield out
+            self.stats.add(f"carried_round_{k}", carried)
+            self.stats.add("carried_from_earlier", carried)
+        for chunk in inputs.iter_chunks():
+            out = []
+            for rec in chunk:
+                if rec.id in seen:
+                    self.stats.add("duplicate_kept_earlier")
+                    continue
+                seen.add(rec.id)
+                if rec.accepted is True:
+                    rec.provenance[self.name] = f"{MERGE_RULE}: accepted in round {self.ctx.round}"
+                    self.stats.add("new_accepted")
+                else:
+                    self.stats.add("new_rejected")
+                out.append(rec)
+            if out:
+                yield out
+        logger.info("round %d merge: %d rows carried from earlier rounds, %d new accepted",
+                    self.ctx.round, self.stats.counters["carried_from_earlier"], self.stats.counters["new_accepted"])

@@ -1,0 +1,163 @@
+"""What the ready-made trainers (``python -m fea20k.train.sft`` / ``.grpo``) share: data loading, the base-model check,
+offline mode, the prompt, the model/processor loader and the run summary. Heavy imports happen inside functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_QUESTION = "What is the emotion of this face?"  # docs/facial-r1.md §4.1: an empty question becomes this
+SUMMARY_FILE = "fea20k_train.json"
+EXIT_USAGE = 2
+
+
+class TrainerUsageError(Exception):
+    """A problem the user fixes (missing base model, bad data file); the script exits 2 with one line."""
+
+
+def offline() -> None:
+    """Never download: the base model is a local path (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def setup_script_logging() -> None:
+    """Plain lines on stderr (the train step streams them into the workspace log)."""
+    logging.basicConfig(level=os.environ.get("FEA20K_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def check_base_model(path: str | None) -> Path:
+    """The local model directory, or :class:`TrainerUsageError` saying what is missing (nothing is downloaded)."""
+    if not path:
+        raise TrainerUsageError("--base-model is required: a LOCAL model directory (nothing is downloaded)")
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise TrainerUsageError(f"--base-model {path}: no such directory; pass a local model folder (with "
+                                "config.json and weights), e.g. one made by `huggingface-cli download` beforehand")
+    if not (p / "config.json").is_file():
+        raise TrainerUsageError(f"--base-model {path}: no config.json in it; pass the folder of a saved "
+                                "transformers model (or a trainer checkpoint-N folder)")
+    return p
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a Facial-R1 JSONL (§6.1) or chat-messages JSONL export; ``is_valid == false`` rows are skipped."""
+    if not path.is_file():
+        raise TrainerUsageError(f"--data {path}: file not found")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TrainerUsageError(f"{path}:{i}: not JSON ({e})") from None
+            if row.get("is_valid", True) is False:
+                continue
+            rows.append(row)
+    if not rows:
+        raise TrainerUsageError(f"--data {path}: no rows to train on")
+    return rows
+
+
+def emotions_from_stats(stats: Path | None, data: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """The emotion list of the prompt: the statistics file's entry for this JSONL (§6.3), else the labels seen."""
+    if stats is not None and stats.is_file():
+        table = json.loads(stats.read_text(encoding="utf-8"))
+        entry = table.get(data.name) or (next(iter(table.values())) if len(table) == 1 else None)
+        if entry and entry.get("emotions"):
+            return sorted(entry["emotions"])
+    return sorted({str(r["labels"][0]) for r in rows if r.get("labels")})
+
+
+def question_text(row: dict[str, Any], emotions: list[str]) -> str:
+    """The user turn: the row's question (``<image>`` tokens removed, empty -> the default) and the answer format."""
+    q = str(row.get("question") or "").replace("<image>", "").strip() or DEFAULT_QUESTION
+    fmt = ("Reason about the facial action units inside <think> </think>, then give one emotion word inside "
+           "<answer> </answer>")
+    if emotions:
+        fmt += f" from: {', '.join(emotions)}"
+    return f"{q}\n{fmt}."
+
+
+def image_paths(row: dict[str, Any], images: Path | None) -> list[Path]:
+    """The row's image file(s), relative to the export's image folder."""
+    if images is None or not row.get("image"):
+        return []
+    rel = row["image"] if isinstance(row["image"], list) else [row["image"]]
+    return [images / r for r in rel]
+
+
+def is_vision_model(model_dir: Path) -> bool:
+    cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    return "vision_config" in cfg
+
+
+def load_model(model_dir: Path, vision: bool) -> tuple[Any, Any]:
+    """The model and its tokenizer/processor, from a local folder only."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
+
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    if vision:
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
+        processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
+        processor = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        if processor.pad_token is None:
+            processor.pad_token = processor.eos_token
+    return model, processor
+
+
+def common_args(parser: argparse.ArgumentParser) -> None:
+    """Options both trainers take (the train steps' placeholders map onto them)."""
+    parser.add_argument("--data", type=Path, required=True, help="Facial-R1 JSONL (or chat JSONL for sft)")
+    parser.add_argument("--images", type=Path, default=None, help="image folder the rows' `image` is relative to")
+    parser.add_argument("--stats", type=Path, default=None, help="statistics file config.json (emotion list)")
+    parser.add_argument("--base-model", default=None, help="LOCAL model directory (never downloaded)")
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--modality", choices=("auto", "text", "image"), default="auto",
+                        help="auto: images when the model has a vision tower and --images is given")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimisation steps")
+    parser.add_argument("--batch-size", type=int, default=2, help="per-device batch size")
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
+    parser.add_argument("--report-to", default="none")
+
+
+def resolve_images(args: argparse.Namespace) -> Path | None:
+    if args.images is None or not str(args.images) or not Path(args.images).is_dir():
+        return None
+    return Path(args.images)
+
+
+def use_vision(args: argparse.Namespace, model_dir: Path, images: Path | None) -> bool:
+    if args.modality == "text":
+        return False
+    vision = is_vision_model(model_dir)
+    if args.modality == "image":
+        if not vision or images is None:
+            raise TrainerUsageError("--modality image needs a vision-language base model and an --images folder")
+        return True
+    return vision and images is not None
+
+
+def write_summary(out_dir: Path, summary: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
