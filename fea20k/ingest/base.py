@@ -56,7 +56,7 @@ class IngestAdapter(SourceStage):
 
     def make_record(self, relpath: str, frame: int | None = None, **fields: object) -> FaceRecord:
         """A record with the deterministic id ``{source}/{relpath without extension}[#frame]`` and its image ref."""
-        stem = relpath.rsplit(".", 1)[0] if "." in Path(relpath).name else relpath
+        stem = relpath.rsplit(".", 1)[0] if "." in relpath.rpartition("/")[2] else relpath  # posix relpath
         rid = f"{self.source}/{stem}" + (f"#{frame}" if frame is not None else "")
         rec = FaceRecord(id=rid, source=self.source, image=ImageRef(root=self.source, path=relpath, frame=frame),
                          **fields)  # type: ignore[arg-type]

@@ -1,0 +1,231 @@
+"""DISFA adapter on a release-layout fixture tree (docs/corpora.md §8, §14)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fea20k.errors import SourceLayoutError
+from fea20k.ingest import disfa as disfa_mod
+from fea20k.ingest.disfa import BENCHMARK_AUS, DISFA_AUS, Disfa
+from fea20k.record import FaceRecord
+from fea20k.stage import get_stage_class
+from tests.fixtures.raf_disfa import PIXEL_STEP, SN001, build_disfa
+
+
+pytest.importorskip("scipy")
+
+
+def _ingest(root: Path, **options: object) -> list[FaceRecord]:
+    return list(Disfa({"source": "disfa", "root": str(root), **options}).iter_records())
+
+
+def _pixel(root: Path, rec: FaceRecord) -> int:
+    """Grey value of the referenced frame (image file, or the video frame rec.image.frame)."""
+    path = root / rec.image.path
+    if rec.image.frame is None:
+        return int(Image.open(path).convert("L").getpixel((4, 4)))
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, rec.image.frame)
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    return int(frame[4, 4, 0])
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    return build_disfa(tmp_path_factory.mktemp("disfa"))
+
+
+def test_registered() -> None:
+    assert get_stage_class("ingest.disfa") is Disfa
+
+
+def test_exact_records_threshold_2(tree: tuple[Path, list[dict]]) -> None:
+    root, expected = tree
+    recs = _ingest(root)
+    assert [r.id for r in recs] == [e["id"] for e in expected]
+    for rec, exp in zip(recs, expected, strict=True):
+        assert (rec.split, rec.subject) == (exp["split"], exp["subject"])
+        assert (rec.image.root, rec.image.path, rec.image.frame) == ("disfa", exp["path"], exp["frame"])
+        assert rec.meta["label_frame"] == exp["t"] + 1 and rec.meta["frame"] == exp["t"]
+        assert rec.au_coded == list(DISFA_AUS) and rec.aus_origin == "gt" and rec.emotion is None
+        assert rec.au_intensity == {au: float(v) for au, v in exp["intensity"].items()}
+        assert rec.aus == {au: (int(exp["intensity"][au] >= 2) if au in exp["intensity"] else None)
+                           for au in DISFA_AUS}
+        assert rec.meta["au_threshold"] == 2 and rec.meta["benchmark_aus"] == list(BENCHMARK_AUS)
+        assert rec.meta["split_raw"] == ("fold1:part3" if exp["subject"] == "SN003" else "fold1:part1")
+        assert rec.landmarks == exp["landmarks"]
+        assert rec.landmark_scheme == ("disfa66" if exp["landmarks"] is not None else None)
+        assert rec.reasons == exp["reasons"]
+    sn001 = [r for r in recs if r.subject == "SN001"]
+    assert all(r.aus[26] is None for r in sn001)  # missing AU file -> unknown, never 0
+    assert [r.present_aus() for r in sn001] == [[25], [25], [1, 25], [1, 12, 25], [12, 25], [12, 25]]
+
+
+def test_threshold_1_differs(tree: tuple[Path, list[dict]]) -> None:
+    root, _ = tree
+    sn001 = [r for r in _ingest(root, threshold=1) if r.subject == "SN001"]
+    assert [r.present_aus() for r in sn001] == [[25], [2, 12, 25], [1, 12, 25], [1, 12, 25], [12, 25], [12, 25]]
+    assert all(r.meta["au_threshold"] == 1 for r in sn001)
+
+
+def test_label_frame_f_maps_to_video_frame_f_minus_1_by_pixel(tree: tuple[Path, list[dict]]) -> None:
+    root, _ = tree
+    recs = _ingest(root)
+    assert {r.subject for r in recs} == {"SN001", "SN002", "SN003"}
+    for rec in recs:  # 0-based <t>.png, 1-based frame-<f>.png and an MJPG video all land on frame t = f - 1
+        assert abs(_pixel(root, rec) - (rec.meta["label_frame"] - 1) * PIXEL_STEP) <= 4, rec.id
+
+
+def test_landmark_numbering_decided_per_subject_and_logged(tree: tuple[Path, list[dict]],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    root, _ = tree
+    with caplog.at_level(logging.INFO, logger="fea20k"):
+        recs = _ingest(root)
+    msgs = "\n".join(r.getMessage() for r in caplog.records)
+    assert "SN002 l0XXXX_lm.mat landmarks are 0-based (l00000_lm.mat exists)" in msgs
+    assert "SN003 l0XXXX_lm.mat landmarks are 1-based" in msgs
+    assert "SN002 frames from Images/SN002, numbered 1-based" in msgs
+    assert "SN001 frames from Images/SN001, numbered 0-based" in msgs
+    assert "SN003 frames from video Videos_LeftCamera/LeftVideoSN003_comp.avi" in msgs
+    for rec in recs:  # landmark y encodes t + 0.5
+        if rec.landmarks is not None:
+            assert rec.landmarks[0][1] == rec.meta["frame"] + 0.5
+
+
+def test_stride_and_au_change(tree: tuple[Path, list[dict]]) -> None:
+    root, _ = tree
+
+    def frames(**opt: object) -> list[int]:
+        return [r.meta["frame"] for r in _ingest(root, **opt) if r.subject == "SN001"]
+
+    assert frames(stride=2) == [0, 2, 4]
+    assert frames(au_change=True) == [0, 2, 3, 4]
+    assert frames(au_change=True, threshold=1) == [0, 1, 2, 4]
+    assert frames(au_change=True, stride=2) == [0, 2, 4]
+    assert frames(stride=4) == [0, 4]
+    stage = Disfa({"source": "disfa", "root": str(root), "stride": 2})
+    assert stage.estimate_count() == 3 + 3 + 2
+    list(stage.iter_records())
+    assert stage.stats.counters["sampled_out"] == 3 + 3 + 2
+
+
+def test_test_fold_option(tree: tuple[Path, list[dict]]) -> None:
+    root, _ = tree
+    recs = _ingest(root, test_fold=3)  # fold 3: part1 (SN001, SN002) is test
+    assert {(r.subject, r.split) for r in recs} == {("SN001", "test"), ("SN002", "test"), ("SN003", "train")}
+
+
+def test_bad_label_lines_are_excluded_frames_with_warnings(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    root, expected = build_disfa(tmp_path, bad_rows=True)
+    with caplog.at_level(logging.WARNING, logger="fea20k"):
+        recs = _ingest(root)
+    assert [(r.id, r.reasons, r.au_intensity) for r in recs] == [
+        (e["id"], e["reasons"], {au: float(v) for au, v in e["intensity"].items()}) for e in expected]
+    assert recs[2].aus[4] is None and recs[4].aus[9] is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    au4 = root / "ActionUnit_Labels" / "SN001" / "SN001_au4.txt"
+    au9 = root / "ActionUnit_Labels" / "SN001" / "SN001_au9.txt"
+    assert any(w.startswith(f"{au4}:3:") and "label_parse_error" in w for w in warnings)
+    assert any(w.startswith(f"{au9}:5:") and "label_out_of_range" in w for w in warnings)
+    assert any("SN001 has no label file for AU 26" in w for w in warnings)
+
+
+def test_missing_frames_become_image_missing(tmp_path: Path) -> None:
+    root, expected = build_disfa(tmp_path, video=False)
+    (root / "Images" / "SN001" / "4.png").unlink()
+    recs = _ingest(root)
+    by_id = {r.id: r for r in recs}
+    assert by_id["disfa/Images/SN001/4"].reasons == ["image_missing"]
+    assert [r.reasons for r in recs if r.subject == "SN003"] == [["image_missing"]] * 4
+    assert [r.id for r in recs] == [e["id"] for e in expected]
+
+
+def test_video_mode_and_folder_mode_options(tree: tuple[Path, list[dict]]) -> None:
+    root, _ = tree
+    recs = _ingest(root, frames="video")
+    assert [r.reasons for r in recs if r.subject == "SN001"] == [["image_missing"]] * 6  # no SN001 video
+    assert [r.image.frame for r in recs if r.subject == "SN003"] == [0, 1, 2, 3]
+    recs = _ingest(root, frames_dir="Images", frame_base="1")
+    assert [r.image.path for r in recs if r.subject == "SN002"][:2] == ["Images/SN002/frame-1.png",
+                                                                        "Images/SN002/frame-2.png"]
+
+
+def test_bad_landmark_ranges_are_flagged_not_dropped(tree: tuple[Path, list[dict]], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    root, expected = tree
+    table = tmp_path / "bad.json"
+    table.write_text(json.dumps({"ranges": {"SN001": [[2, 3]]}}))
+    monkeypatch.setattr(disfa_mod, "BAD_LANDMARKS_FILE", table)
+    recs = _ingest(root)
+    assert len(recs) == len(expected)
+    flagged = [r.meta["frame"] for r in recs if r.meta.get("bad_landmarks")]
+    assert flagged == [1, 2]  # label frames 2..3 = video frames 1..2
+    shipped = json.loads((Path(disfa_mod.__file__).parent / "splits" / "disfa_bad_landmarks.json").read_text())
+    assert shipped["ranges"]["SN011"] == [[4529, 4533], [4830, 4845]]
+
+
+def test_split_table_is_the_me_graphau_folds() -> None:
+    table = json.loads((Path(disfa_mod.__file__).parent / "splits" / "disfa_megraphau.json").read_text())
+    parts = table["parts"]
+    subjects = sorted(parts["part1"] + parts["part2"] + parts["part3"])
+    assert len(subjects) == len(set(subjects)) == 27
+    assert not {"SN014", "SN015", "SN019", "SN020", "SN022"} & set(subjects)
+    assert table["folds"]["1"] == {"train": ["part1", "part2"], "test": ["part3"]}
+
+
+def test_wrong_root_names_the_expected_layout(tmp_path: Path) -> None:
+    with pytest.raises(SourceLayoutError, match="does not exist"):
+        _ingest(tmp_path / "nope")
+    (tmp_path / "DISFA" / "Videos_LeftCamera").mkdir(parents=True)
+    with pytest.raises(SourceLayoutError, match=r"(?s)missing \['ActionUnit_Labels'\].*SNxxx_au<k>\.txt.*found"):
+        _ingest(tmp_path / "DISFA")
+    (tmp_path / "DISFA" / "ActionUnit_Labels").mkdir()
+    with pytest.raises(SourceLayoutError, match="ActionUnit_Labels/SN001"):
+        _ingest(tmp_path / "DISFA")
+
+
+def test_case_insensitive_names(tmp_path: Path) -> None:
+    root, expected = build_disfa(tmp_path)
+    (root / "ActionUnit_Labels").rename(root / "actionunit_labels")
+    (root / "Videos_LeftCamera").rename(root / "Video_LeftCamera")
+    video = root / "Video_LeftCamera" / "LeftVideoSN003_comp.avi"
+    video.rename(video.with_name("leftvideoSN003_Comp.avi"))
+    recs = _ingest(root)
+    assert [r.reasons for r in recs] == [e["reasons"] for e in expected]
+    assert [r.image.path for r in recs if r.subject == "SN003"][0] == "Video_LeftCamera/leftvideoSN003_Comp.avi"
+
+
+def test_full_length_label_files(tmp_path: Path) -> None:
+    """Release-sized label files (4845 lines) go through the vectorised reader; frames and AUs line up."""
+    root = tmp_path / "DISFA"
+    lines = "".join(f"{f},{f % 6}\n" for f in range(1, 4846)).encode()
+    d = root / "ActionUnit_Labels" / "SN005"
+    d.mkdir(parents=True)
+    for au in DISFA_AUS:
+        (d / f"SN005_au{au}.txt").write_bytes(lines)
+    recs = _ingest(root, landmarks=False)
+    assert len(recs) == 4845 and all(r.split == "test" for r in recs)  # SN005 is in part3
+    assert [r.au_intensity[1] for r in recs[:7]] == [1.0, 2.0, 3.0, 4.0, 5.0, 0.0, 1.0]
+    assert np.mean([r.aus[1] == 1 for r in recs]) == pytest.approx(4 / 6, abs=0.01)
+
+
+@pytest.mark.skipif(not os.environ.get("FEA20K_DATA_DISFA"), reason="set FEA20K_DATA_DISFA=<DISFA root>")
+def test_real_disfa_27_subjects() -> None:
+    stage = Disfa({"source": "disfa", "root": os.environ["FEA20K_DATA_DISFA"], "landmarks": False})
+    subjects = [s for s, _ in stage.subjects()]
+    assert len(subjects) == 27
+    first = [r for r in stage.iter_records() if r.subject == subjects[0]]
+    assert 4800 <= len(first) <= 4900 and all(len(r.aus) == 12 for r in first)
+    assert SN001 is not None
