@@ -1,0 +1,36 @@
+"""``annotate.regenerate``: the trained model (round k-1 checkpoint) regenerates rationales in rounds >= 1."""
+
+from __future__ import annotations
+
+from fea20k.annotate.runner import AnnotateConfig, AnnotateStage
+from fea20k.annotate.task import RegenerateTask
+from fea20k.stage import register_stage
+
+
+class RegenerateConfig(AnnotateConfig):
+    """``[stages."annotate.regenerate"]``: the trained-model annotator and its repair settings."""
+
+    annotator: str = "facial-r1"
+
+
+@register_stage("annotate.regenerate")
+class Regenerate(AnnotateStage):
+    """Regenerate rationales with the trained model, ground truth shown, retrying with the failed checks.
+
+    Args:
+        annotator: ``facial-r1`` (``vllm serve`` behind the openai backend) or ``facial-r1-vllm`` (in-process; its
+            checkpoint defaults to the one the previous round's train step registered).
+        gold_in_prompt, max_attempts, validators, repair, budget_usd, concurrency: as in ``annotate.draft``.
+
+    Input fields: as ``annotate.draft``.
+
+    Output fields: rationale and provenance["annotate.regenerate"], as ``annotate.draft``.
+
+    Drops: ``annotation_failed``.
+
+    Example:
+        ``[stages."annotate.regenerate"]`` ``annotator = "facial-r1"``
+    """
+
+    Config = RegenerateConfig
+    task_cls = RegenerateTask

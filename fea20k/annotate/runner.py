@@ -1,0 +1,353 @@
+"""The annotate stage machinery shared by ``annotate.draft`` and ``annotate.regenerate``.
+
+Per chunk, every live record becomes one coroutine (the whole chunk in flight, bounded by the backend's
+concurrency) that runs the repair loop:
+
+1. render the prompt (task), with the LAST failed attempt's reply and problems as feedback, never a growing log;
+2. look the canonical request up in the ledger's request cache; on a miss, check the budget, call the backend, and
+   write the reply to the cache and the call(s) to the ledger at once (a ``kill -9`` loses no paid call);
+3. parse the reply (format) and run the validator checks (``fea20k.validate.checks``); accept, or feed back.
+
+Every record ends annotated (``rationale.text``) or excluded with ``annotation_failed``, its every attempt's raw
+text in ``rationale.raw`` and why each failed in ``rationale.errors``. Offline backends (``rules``) write from the
+record itself: no prompt, no cache, no repair loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from fea20k.annotate.backends import Backend, Reply, Request, get_backend
+from fea20k.annotate.spec import AnnotatorSpec, load_annotator
+from fea20k.annotate.task import DraftTask, Feedback, Task, prompt_text, request_key
+from fea20k.errors import BudgetExceededError, ConfigError
+from fea20k.record import FaceRecord, Rationale
+from fea20k.stage import MapStage, StageConfig
+from fea20k.vocab import Vocab, load_vocab
+
+
+logger = logging.getLogger(__name__)
+
+IMAGE_TOKENS = 255  # rough input-token cost of one image, for the tokens-per-minute limiter and the budget
+STATUS_EVERY = 0.25  # seconds between live-status updates
+
+
+class AnnotateConfig(StageConfig):
+    """Configuration shared by the annotate stages."""
+
+    SIGNATURE_EXCLUDE = frozenset({"budget_usd", "concurrency"})
+
+    annotator: str = "rules"  # annotators/<name>.toml
+    gold_in_prompt: bool = True  # show the ground-truth AUs/emotion in the prompt (recorded per record)
+    max_attempts: int | None = Field(None, ge=1, le=20)  # override the annotator's repair attempts
+    validators: str = "validators/default.toml"  # rule set the repair loop checks replies against
+    repair: bool = True  # re-ask with the failed checks as feedback (model backends only)
+    budget_usd: float | None = Field(None, ge=0)  # override the annotator's budget cap (not in the signature)
+    concurrency: int | None = Field(None, ge=1, le=4096)  # override the annotator's concurrency
+
+
+@dataclass
+class _Live:
+    """Counters behind the live status line."""
+
+    done: int = 0
+    failed: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    last: float = 0.0
+
+
+@dataclass
+class _Budget:
+    cap: float | None
+    spent: float = 0.0  # before this run (ledger) + this run
+    reserved: float = 0.0  # estimated cost of calls in flight
+    hit: bool = False
+    calls_refused: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def try_reserve(self, est: float) -> bool:
+        if self.cap is not None and self.spent + self.reserved + est > self.cap:
+            self.hit = True
+            self.calls_refused += 1
+            return False
+        self.reserved += est
+        return True
+
+
+class AnnotateStage(MapStage):
+    """Base of the annotate stages (see the module docstring). Subclasses set ``task_cls`` and the Config."""
+
+    Config = AnnotateConfig
+    workers = "inline"
+    task_cls: ClassVar[type[Task]] = DraftTask
+    config: AnnotateConfig
+
+    # ------------------------------------------------------------------------------------------ setup
+    @cached_property
+    def annotators_dir(self) -> Path:
+        return self.ctx.workspace.data_file("annotators")
+
+    @cached_property
+    def vocab(self) -> Vocab:
+        return load_vocab(self.ctx.workspace.data_file("validators"))
+
+    @cached_property
+    def _spec_and_path(self) -> tuple[AnnotatorSpec, Path]:
+        spec, path = load_annotator(self.annotators_dir, self.config.annotator)
+        updates: dict[str, Any] = {}
+        if self.config.max_attempts is not None:
+            updates["max_attempts"] = self.config.max_attempts
+        if self.config.concurrency is not None:
+            updates["concurrency"] = self.config.concurrency
+        if self.config.budget_usd is not None:
+            updates["budget_usd"] = self.config.budget_usd
+        return (spec.model_copy(update=updates) if updates else spec), path
+
+    @property
+    def spec(self) -> AnnotatorSpec:
+        return self._spec_and_path[0]
+
+    @cached_property
+    def backend(self) -> Backend:
+        spec, path = self._spec_and_path
+        cls = get_backend(spec.backend)
+        return cls(spec, annotators_dir=self.annotators_dir, spec_path=path, vocab=self.vocab,
+                   checkpoint=self.previous_checkpoint())
+
+    @cached_property
+    def task(self) -> Task:
+        spec, path = self._spec_and_path
+        return self.task_cls(spec, self.annotators_dir, path, self.vocab, gold_in_prompt=self.config.gold_in_prompt)
+
+    def previous_checkpoint(self) -> str | None:
+        """The checkpoint the previous round's train step registered (for backends that load one)."""
+        if self.ctx.round <= 0:
+            return None
+        return self.ctx.workspace.ledger.checkpoint(self.ctx.round - 1)
+
+    @property
+    def repairs(self) -> bool:
+        return self.config.repair and not self.backend.offline
+
+    def recipe_files(self) -> list[Path]:
+        files = [self.ctx.workspace.data_file("validators", "vocab.toml"),
+                 self.ctx.workspace.data_file("validators", "prototypes.toml"),
+                 self.annotators_dir / self.spec.emotion_sets, *self.backend.recipe_files()]
+        if not self.backend.offline:
+            files.append(self.task.template_path)
+        if self.repairs:
+            files.append(self.ctx.workspace.data_file(self.config.validators))
+        return files
+
+    def signature_extra(self) -> dict[str, Any]:
+        return {"annotator": self.spec.signature_dump()}
+
+    def load(self) -> None:
+        if getattr(self, "_loaded", False):
+            return
+        self.backend.check()
+        self._checker: Callable[[str, FaceRecord], Any] | None = None
+        if self.repairs:
+            self._checker = self._load_checker()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if not self.backend.offline:
+            _ = self.task  # template errors surface before any call
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self.backend.start())
+        self._budget = _Budget(cap=self.spec.budget_usd, spent=self._spent_before())
+        self._loaded = True
+
+    def close(self) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.run_until_complete(self.backend.aclose())
+            loop.close()
+            self._loop = None
+        self._loaded = False
+
+    def _load_checker(self) -> Callable[[str, FaceRecord], Any]:
+        path = self.ctx.workspace.data_file(self.config.validators)
+        try:
+            from fea20k.validate.checks import check_text, load_ruleset
+        except ImportError as e:
+            raise ConfigError(f"stage {self.name}: the repair loop needs fea20k.validate.checks ({e}); set "
+                              f"[stages.\"{self.name}\"] repair = false to annotate without it") from None
+        rules = load_ruleset(path)
+        return lambda text, rec: check_text(text, rec, rules)
+
+    def _spent_before(self) -> float:
+        row = self.ctx.workspace.ledger.conn.execute(
+            "SELECT COALESCE(SUM(cost), 0) FROM calls WHERE round = ? AND stage = ? AND annotator = ?",
+            (self.ctx.round, self.ctx.stage_key, self.spec.name)).fetchone()
+        return float(row[0])
+
+    # ------------------------------------------------------------------------------------------ processing
+    def process(self, batch: list[FaceRecord]) -> list[FaceRecord]:
+        self.load()
+        if self.backend.offline:
+            return self._process_offline(batch)
+        assert self._loop is not None
+        self._live = _Live()
+        coros = [self._annotate(rec) for rec in batch]
+        finished = self._loop.run_until_complete(_gather_or_cancel(coros))
+        self._status(force=True)
+        if self._budget.hit:
+            done = sum(finished)
+            raise BudgetExceededError(
+                f"annotator {self.spec.name!r}: budget cap ${self._budget.cap:.4f} reached "
+                f"(${self._budget.spent:.4f} spent in round {self.ctx.round}, stage {self.ctx.stage_key}); "
+                f"{done} of {len(batch)} record(s) of this chunk finished, their replies are cached. Raise "
+                f"budget_usd in {self._spec_and_path[1]} or [stages.\"{self.name}\"] and re-run to continue")
+        return batch
+
+    def _process_offline(self, batch: list[FaceRecord]) -> list[FaceRecord]:
+        backend = self.backend
+        files = backend.recipe_files()
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()[:12]
+        what = f"{self.spec.name}: rule-written from the ground truth ({', '.join(p.name for p in files)}@{digest})"
+        for rec in batch:
+            reply = backend.reply(rec)
+            rec.rationale = Rationale(text=reply.text, annotator=self.spec.name, backend=backend.name, model=None,
+                                      gold_in_prompt=True, attempts=1, raw=[reply.raw])
+            rec.provenance[self.name] = f"{what}; {reply.note}" if reply.note else what
+        self.stats.add("annotated", len(batch))
+        return batch
+
+    async def _annotate(self, rec: FaceRecord) -> bool:
+        """Run the repair loop for one record. False when the budget stopped it before it finished."""
+        spec, backend, task = self.spec, self.backend, self.task
+        rat = Rationale(text=None, annotator=spec.name, backend=backend.name, model=backend.model,
+                        gold_in_prompt=task.gold(rec) is not None)
+        rec.rationale = rat
+        image = self._image(rec)
+        if backend.needs_image and image is None:
+            rat.errors.append("no face image: the record has no aligned crop and no readable source image")
+            return self._fail(rec)
+        feedback: Feedback | None = None
+        params = spec.sampling()
+        for attempt in range(1, spec.max_attempts + 1):
+            messages = task.format_prompt(rec, feedback, image=image)
+            text = prompt_text(messages)
+            rat.prompt_hash = hashlib.sha256(text.encode()).hexdigest()[:16]
+            req = Request(rec=rec, messages=messages, params=params, model=backend.model,
+                          key=request_key(backend.model, messages, params),
+                          est_tokens=len(text) // 4 + (IMAGE_TOKENS if image else 0) + spec.max_tokens)
+            reply = await self._call(req)
+            if reply is None:
+                return False
+            rat.attempts = attempt
+            rat.tokens_in += reply.tokens_in
+            rat.tokens_out += reply.tokens_out
+            rat.cost += reply.cost
+            rat.raw.append(reply.raw if reply.error else (reply.text or ""))
+            if reply.error:
+                rat.errors.append(f"attempt {attempt}: {reply.error}")
+                if reply.fatal:
+                    break
+                feedback = Feedback(previous=reply.raw[: spec.feedback_max_chars], issues=[reply.error])
+                self.stats.add("retries_repair")
+                continue
+            issues = task.parse_response(reply.text, rec).issues
+            if not issues and self._checker is not None:
+                result = self._checker(reply.text or "", rec)
+                issues = [] if result.passed else (list(result.reasons) or ["failed the validator checks"])
+            if not issues:
+                rat.text = reply.text
+                model = backend.model or "-"
+                rec.provenance[self.name] = (
+                    f"{spec.name}: {task.origin} via {backend.name} ({model}); prompt {spec.prompt}@"
+                    f"{task.template_hash}; gold_in_prompt={rat.gold_in_prompt}; attempts={attempt}")
+                if attempt > 1:
+                    self.stats.add("repaired")
+                self._live.done += 1
+                self._status()
+                return True
+            rat.errors.append(f"attempt {attempt}: {'; '.join(issues)}")
+            feedback = Feedback(previous=reply.text or "", issues=issues)
+            if attempt < spec.max_attempts:
+                self.stats.add("retries_repair")
+        return self._fail(rec)
+
+    def _fail(self, rec: FaceRecord) -> bool:
+        self.exclude(rec, "annotation_failed")
+        self.stats.add("failed")
+        self._live.failed += 1
+        self._status()
+        return True
+
+    async def _call(self, req: Request) -> Reply | None:
+        """Cache, else budget check + backend call + immediate cache write and ledger accounting."""
+        ledger = self.ctx.workspace.ledger
+        assert req.key is not None
+        hit = ledger.cache_get(req.key)
+        if hit is not None:
+            self.stats.add("cache_hits")
+            return Reply.from_cache(hit)
+        est = self.backend.cost_of(req.est_tokens - self.spec.max_tokens, self.spec.max_tokens)
+        if not self._budget.try_reserve(est):
+            return None
+        try:
+            reply = await self.backend.complete(req)
+        finally:
+            self._budget.reserved -= est
+        self._budget.spent += reply.cost
+        with ledger.transaction():
+            if reply.answered:
+                ledger.cache_put(req.key, self.spec.name, req.model, reply.to_cache(), reply.tokens_in,
+                                 reply.tokens_out, reply.cost, round_=self.ctx.round, stage=self.ctx.stage_key)
+            for call in reply.calls:
+                ledger.record_call(round=self.ctx.round, stage=self.ctx.stage_key, annotator=self.spec.name,
+                                   model=req.model, status=call.status, error=call.error,
+                                   tokens_in=call.tokens_in, tokens_out=call.tokens_out, cost=call.cost,
+                                   seconds=round(call.seconds, 4))
+        s = self.stats
+        s.add("calls", len(reply.calls))
+        s.add("retries", reply.retries)
+        s.add("tokens_in", reply.tokens_in)
+        s.add("tokens_out", reply.tokens_out)
+        s.add("cost_usd", reply.cost)
+        self._live.tokens += reply.tokens_in + reply.tokens_out
+        self._live.cost += reply.cost
+        return reply
+
+    def _image(self, rec: FaceRecord) -> bytes | None:
+        if rec.face:
+            return rec.face
+        if rec.image is None or rec.image.frame is not None:
+            return None
+        try:
+            return (self.ctx.workspace.source_root(rec.image.root) / rec.image.path).read_bytes()
+        except (OSError, ConfigError):
+            return None
+
+    def _status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        live = self._live
+        if not force and now - live.last < STATUS_EVERY:
+            return
+        live.last = now
+        self.ctx.status(f"done {live.done} · failed {live.failed} · retrying {self.backend.retrying} · "
+                        f"tokens {live.tokens} · ${live.cost:.4f}")
+
+
+async def _gather_or_cancel(coros: list[Awaitable[bool]]) -> list[bool]:
+    """Run every coroutine; on the first exception cancel the others and re-raise it."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

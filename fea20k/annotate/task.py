@@ -1,0 +1,270 @@
+"""Annotation tasks: render the prompt for a record and parse the reply (distilabel's task/backend split).
+
+A task knows nothing about transport: :meth:`Task.format_prompt` returns OpenAI-style chat messages (the aligned
+crop as a ``data:`` URL), :meth:`Task.parse_response` reads a reply into a :class:`ParsedReply` with the format
+problems found. Backends send the messages; the annotate stages run the repair loop.
+
+The request-cache key is computed here too (:func:`request_key`), from the model, the messages with every image's
+bytes replaced by their sha256, and the sampling parameters, so a client and a test server agree on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator
+
+from fea20k.annotate.spec import AnnotatorSpec, annotator_file
+from fea20k.errors import ConfigError
+from fea20k.record import FaceRecord
+from fea20k.settings import StrictModel, read_toml, validate_model
+from fea20k.vocab import Vocab
+
+
+# docs/facial-r1.md §3: nothing before <think>, nothing after </answer>, only whitespace between the blocks.
+FORMAT_RE = re.compile(r"<think>(.*?)</think>\s*<answer>(.*?)</answer>", re.DOTALL)
+AU_TOKEN_RE = re.compile(r"AU\d+")
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """What the previous attempt got wrong. Only the LAST attempt's reply and issues: the prompt never grows."""
+
+    previous: str
+    issues: list[str]
+
+
+@dataclass
+class ParsedReply:
+    """A reply split into its blocks; ``issues`` lists format problems (empty when the format is right)."""
+
+    text: str
+    think: str | None = None
+    answer: str | None = None
+    aus: list[int] = field(default_factory=list)
+    issues: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues
+
+
+# ---------------------------------------------------------------------------------------------- request keys
+
+
+def sniff_mime(data: bytes) -> str:
+    """MIME type of an encoded image from its magic bytes (JPEG unless it is PNG or WebP)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "image/jpeg"
+
+
+def image_data_url(data: bytes) -> str:
+    """``data:<mime>;base64,...`` URL of encoded image bytes."""
+    return f"data:{sniff_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def decode_data_url(url: str) -> bytes | None:
+    """The bytes of a base64 ``data:`` URL, or None for any other URL."""
+    if not url.startswith("data:") or ";base64," not in url:
+        return None
+    return base64.b64decode(url.split(";base64,", 1)[1])
+
+
+def canonical_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with every data-URL image replaced by ``sha256:<hex>`` of its bytes."""
+    out = []
+    for msg in messages:
+        content = msg.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if part.get("type") == "image_url":
+                    url = part["image_url"]["url"]
+                    data = decode_data_url(url)
+                    ref = f"sha256:{hashlib.sha256(data).hexdigest()}" if data is not None else url
+                    parts.append({"type": "image_url", "image_url": {"url": ref}})
+                else:
+                    parts.append(part)
+            content = parts
+        out.append({**msg, "content": content})
+    return out
+
+
+SAMPLING_KEYS = ("temperature", "max_tokens", "top_p", "seed")
+
+
+def request_key(model: str | None, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
+    """sha256 of the canonical request: model, messages (image bytes -> their hash), sampling parameters."""
+    canon = {
+        "model": model,
+        "messages": canonical_messages(messages),
+        "params": {k: params[k] for k in SAMPLING_KEYS if params.get(k) is not None},
+    }
+    return hashlib.sha256(json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def prompt_text(messages: list[dict[str, Any]]) -> str:
+    """All text parts of the messages, joined (what a human reads)."""
+    chunks = []
+    for msg in messages:
+        content = msg.get("content")
+        if isinstance(content, str):
+            chunks.append(content)
+        elif isinstance(content, list):
+            chunks.extend(p.get("text", "") for p in content if p.get("type") == "text")
+    return "\n".join(chunks)
+
+
+# ---------------------------------------------------------------------------------------------- emotion sets
+
+
+class EmotionSets(StrictModel):
+    """``annotators/emotion_sets.toml``: allowed answers per source name, per corpus, and a default."""
+
+    default: list[str] = Field(min_length=1)
+    corpus: dict[str, list[str]] = Field(default_factory=dict)
+    source: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("corpus", "source")
+    @classmethod
+    def _non_empty(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for key, emos in v.items():
+            if not emos:
+                raise ValueError(f"{key}: the emotion list is empty; list at least one emotion")
+        return v
+
+    def check(self, vocab: Vocab, where: str) -> None:
+        for key, emos in [("default", self.default), *self.corpus.items(), *self.source.items()]:
+            bad = [e for e in emos if e not in vocab.emotions]
+            if bad:
+                raise ConfigError(f"{where}: {key}: {bad} not canonical emotion names {list(vocab.emotions)}")
+
+    def for_record(self, rec: FaceRecord) -> list[str]:
+        """The emotion list of ``rec``'s source; the ground-truth emotion is always in it."""
+        emos = self.source.get(rec.source) or self.corpus.get(str(rec.meta.get("corpus", ""))) or self.default
+        if rec.emotion and rec.emotion not in emos:
+            emos = [*emos, rec.emotion]
+        return list(emos)
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+
+
+class Task:
+    """Renders a record's prompt from the annotator's Jinja2 template and parses replies."""
+
+    origin: ClassVar[str] = "teacher"  # who wrote the rationale, for provenance
+
+    def __init__(self, spec: AnnotatorSpec, annotators_dir: Path, spec_path: Path, vocab: Vocab,
+                 gold_in_prompt: bool = True) -> None:
+        import jinja2
+
+        self.spec = spec
+        self.vocab = vocab
+        self.gold_in_prompt = gold_in_prompt
+        self.template_path = annotator_file(annotators_dir, spec.prompt, spec_path)
+        self.emotion_sets_path = annotator_file(annotators_dir, spec.emotion_sets, spec_path)
+        self.emotion_sets = validate_model(EmotionSets, read_toml(self.emotion_sets_path), str(self.emotion_sets_path))
+        self.emotion_sets.check(vocab, str(self.emotion_sets_path))
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+        try:
+            self.template = env.from_string(self.template_path.read_text(encoding="utf-8"))
+        except jinja2.TemplateSyntaxError as e:
+            raise ConfigError(f"{self.template_path}:{e.lineno}: template syntax error: {e.message}") from None
+        self.template_hash = hashlib.sha256(self.template_path.read_bytes()).hexdigest()[:12]
+
+    # -- prompt
+    def emotion_set(self, rec: FaceRecord) -> list[str]:
+        return self.emotion_sets.for_record(rec)
+
+    def aus_in_play(self, rec: FaceRecord) -> list[int]:
+        """AUs whose definitions the prompt lists: the source's coded and present AUs, or else the prototype AUs
+        of the emotions the answer may take."""
+        aus = set(rec.au_coded) | set(rec.present_aus())
+        if not aus:
+            for emo in self.emotion_set(rec):
+                core, optional = self.vocab.prototypes.get(emo, (frozenset(), frozenset()))
+                aus |= core | optional
+        known = [a for a in sorted(aus) if a in self.vocab.au_names]
+        return known or sorted(self.vocab.au_names)
+
+    def gold(self, rec: FaceRecord) -> dict[str, Any] | None:
+        """The ground-truth block's content, or None when it is off or there is nothing to show."""
+        if not self.gold_in_prompt:
+            return None
+        coded = bool(rec.au_coded) or bool(rec.present_aus())
+        aus = [f"AU{a}" for a in rec.present_aus()] if coded else None
+        if aus is None and not rec.emotion:
+            return None
+        return {"aus": aus, "emotion": rec.emotion}
+
+    def render(self, rec: FaceRecord, feedback: Feedback | None = None) -> str:
+        """The prompt text for ``rec`` (the optional feedback is the last attempt's only)."""
+        question = str(rec.meta.get("question") or self.spec.question).replace("<image>", "").strip()
+        fb = None
+        if feedback is not None:
+            prev = feedback.previous or "(empty reply)"
+            if len(prev) > self.spec.feedback_max_chars:
+                prev = prev[: self.spec.feedback_max_chars] + " [...]"
+            fb = {"previous": prev, "issues": feedback.issues or ["unspecified"]}
+        return self.template.render(
+            question=question,
+            emotions=self.emotion_set(rec),
+            au_definitions=[(a, self.vocab.au_names[a]) for a in self.aus_in_play(rec)],
+            gold=self.gold(rec),
+            feedback=fb,
+        ).strip()
+
+    def format_prompt(self, rec: FaceRecord, feedback: Feedback | None = None,
+                      image: bytes | None = None) -> list[dict[str, Any]]:
+        """OpenAI-style chat messages: one user turn with the face (data URL) and the prompt text."""
+        data = image if image is not None else rec.face
+        content: list[dict[str, Any]] = []
+        if data:
+            content.append({"type": "image_url", "image_url": {"url": image_data_url(data)}})
+        content.append({"type": "text", "text": self.render(rec, feedback)})
+        return [{"role": "user", "content": content}]
+
+    # -- reply
+    def parse_response(self, text: str | None, rec: FaceRecord) -> ParsedReply:
+        """Split a reply into think/answer and list its format problems (docs/facial-r1.md §3)."""
+        text = text or ""
+        parsed = ParsedReply(text=text)
+        if not text.strip():
+            parsed.issues.append("the reply is empty")
+            return parsed
+        m = FORMAT_RE.fullmatch(text.strip())
+        if m is None:
+            parsed.issues.append("the reply must be exactly <think>one paragraph</think> followed by "
+                                 "<answer>one word</answer>, with nothing before or after")
+            return parsed
+        parsed.think, parsed.answer = m.group(1).strip(), m.group(2).strip()
+        parsed.aus = sorted({int(t[2:]) for t in AU_TOKEN_RE.findall(parsed.think)})
+        if not parsed.think:
+            parsed.issues.append("the <think> block is empty")
+        allowed = self.emotion_set(rec)
+        if parsed.answer not in allowed:
+            parsed.issues.append(f"the <answer> must be exactly one word from: {', '.join(allowed)} "
+                                 f"(got {parsed.answer[:40]!r})")
+        return parsed
+
+
+class DraftTask(Task):
+    """The teacher drafts a rationale (round 0), usually with the ground truth shown."""
+
+    origin = "teacher"
+
+
+class RegenerateTask(Task):
+    """The trained model regenerates a rationale (rounds >= 1), with the same template and parser."""
+
+    origin = "model"

@@ -1,0 +1,1 @@
+"""Test helpers shipped with the package (fakes for expensive back ends); imported only by tests and benches."""

@@ -1,0 +1,234 @@
+"""A loopback OpenAI-compatible chat-completions server for tests and benchmarks (needs aiohttp, a dev extra).
+
+It runs on its own event loop in a background thread, binds 127.0.0.1 on a free port, and stops by itself after
+``lifetime`` seconds (or on :meth:`OpenAIServer.stop` / leaving the ``with`` block). It offers:
+
+* a fixed ``latency`` per request and at most ``max_concurrent`` requests served at once (the rest queue);
+* fault injection, by ``FaultPlan.rate`` (deterministic per request and repeat) or by ``FaultPlan.schedule``
+  (request ordinal -> fault): ``"429"`` (with ``Retry-After``), ``"500"``, ``"drop"`` (connection closed without
+  a response), ``"malformed_json"``, ``"bad_format"`` (well-formed JSON whose text breaks ``<think>/<answer>``),
+  ``"empty"`` (empty message content);
+* a counter per canonical request (:func:`fea20k.annotate.task.request_key`, the key the client caches under),
+  and a log of every request with its outcome;
+* a reply policy that, by default, answers a correct rationale from the ground-truth block it finds in the prompt
+  (the AUs listed there in parentheses, the emotion to reach), with a controllable ``wrong_rate`` of well-formed
+  but wrong answers (another emotion).
+
+Example::
+
+    with OpenAIServer(latency=0.01, faults=FaultPlan(rate=0.2)) as server:
+        client = AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fea20k.annotate.task import prompt_text, request_key
+
+
+FAULT_KINDS = ("429", "500", "drop", "malformed_json", "bad_format", "empty")
+GOLD_AUS_RE = re.compile(r"Action units present:\s*(.+)")
+GOLD_EMOTION_RE = re.compile(r"Emotion to reach:\s*([a-z]+)")
+EMOTION_LIST_RE = re.compile(r"single lower-case word from this list:\s*([a-z, ]+)")
+
+
+@dataclass
+class FaultPlan:
+    """Which requests fail, and how."""
+
+    rate: float = 0.0  # fraction of requests that get a fault (deterministic per request key and repeat)
+    kinds: tuple[str, ...] = FAULT_KINDS
+    schedule: dict[int, str] = field(default_factory=dict)  # 1-based request ordinal -> fault kind
+    retry_after: float = 0.05  # seconds, sent with every 429
+    seed: int = 0
+
+    def pick(self, ordinal: int, key: str, repeat: int) -> str | None:
+        if ordinal in self.schedule:
+            return self.schedule[ordinal]
+        if self.rate <= 0:
+            return None
+        h = hashlib.sha256(f"{self.seed}:{key}:{repeat}".encode()).digest()
+        if int.from_bytes(h[:8], "big") / 2**64 >= self.rate:
+            return None
+        return self.kinds[int.from_bytes(h[8:12], "big") % len(self.kinds)]
+
+
+def gold_reply(prompt: str, wrong: bool = False) -> str:
+    """A correct Facial-R1-format rationale for the ground truth stated in ``prompt`` (wrong emotion if asked)."""
+    m = GOLD_AUS_RE.search(prompt)
+    aus = re.findall(r"AU\d+", m.group(1)) if m else []
+    m = EMOTION_LIST_RE.search(prompt)
+    allowed = [e.strip() for e in m.group(1).split(",") if e.strip()] if m else ["neutral"]
+    m = GOLD_EMOTION_RE.search(prompt)
+    emotion = m.group(1) if m else ("neutral" if "neutral" in allowed else allowed[0])
+    if wrong:
+        others = [e for e in allowed if e != emotion] or ["surprise"]
+        emotion = others[0]
+    if aus:
+        moves = ", ".join(f"a visible facial movement ({au})" for au in aus)
+        think = f"The face shows {moves}. Together these movements express {emotion}."
+    else:
+        think = f"The face rests in a relaxed, even configuration, which reads as {emotion}."
+    return f"<think>{think}</think>\n<answer>{emotion}</answer>"
+
+
+class OpenAIServer:
+    """Loopback ``/v1/chat/completions`` server in a background thread (see the module docstring)."""
+
+    def __init__(self, latency: float = 0.0, max_concurrent: int = 64, faults: FaultPlan | None = None,
+                 wrong_rate: float = 0.0, lifetime: float = 600.0,
+                 reply: Callable[[str, dict[str, Any]], str] | None = None) -> None:
+        self.latency = latency
+        self.max_concurrent = max_concurrent
+        self.faults = faults or FaultPlan()
+        self.wrong_rate = wrong_rate
+        self.lifetime = lifetime
+        self.reply_policy = reply
+        self.counts: Counter[str] = Counter()  # requests received, per canonical request key
+        self.answered: Counter[str] = Counter()  # well-formed 200 replies sent, per key
+        self.log: list[dict[str, Any]] = []
+        self.port = 0
+        self._ordinal = 0
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+
+    # -- lifecycle
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def total(self) -> int:
+        return self._ordinal
+
+    def start(self) -> OpenAIServer:
+        self._thread = threading.Thread(target=self._run, name="openai-loopback", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("loopback server did not start within 10 s")
+        if self._error is not None:
+            raise RuntimeError(f"loopback server failed to start: {self._error}")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
+
+    def __enter__(self) -> OpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except OSError as e:  # bind failure
+            self._error = e
+            self._ready.set()
+        finally:
+            loop.close()
+
+    async def _serve(self) -> None:
+        from aiohttp import web
+
+        self._stop = asyncio.Event()
+        self._sem = asyncio.Semaphore(self.max_concurrent)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        server = getattr(site, "_server", None)
+        self.port = server.sockets[0].getsockname()[1] if server else 0
+        self._ready.set()
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=self.lifetime)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            await runner.cleanup()
+
+    # -- requests
+    async def _handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        raw = await request.read()
+        with self._lock:
+            self._ordinal += 1
+            ordinal = self._ordinal
+        try:
+            body = json.loads(raw)
+            messages = body["messages"]
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": {"message": "bad request body"}}, status=400)
+        key = request_key(body.get("model"), messages, body)
+        with self._lock:
+            self.counts[key] += 1
+            repeat = self.counts[key]
+        fault = self.faults.pick(ordinal, key, repeat)
+        entry = {"ordinal": ordinal, "key": key, "fault": fault, "t": time.monotonic()}
+        self.log.append(entry)
+        async with self._sem:
+            entry["t_served"] = time.monotonic()
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            if fault == "429":
+                return web.json_response({"error": {"message": "rate limited", "type": "rate_limit"}}, status=429,
+                                         headers={"Retry-After": f"{self.faults.retry_after:g}"})
+            if fault == "500":
+                return web.json_response({"error": {"message": "injected server error"}}, status=500)
+            if fault == "drop":
+                if request.transport is not None:
+                    request.transport.abort()
+                raise ConnectionResetError("injected dropped connection")
+            if fault == "malformed_json":
+                return web.Response(text='{"id": "chatcmpl-x", "choices": [{"message": ', status=200,
+                                    content_type="application/json")
+            text = prompt_text(messages)
+            if fault == "bad_format":
+                content = "The person in the picture looks like they are feeling something."
+            elif fault == "empty":
+                content = ""
+            elif self.reply_policy is not None:
+                content = self.reply_policy(text, body)
+            else:
+                wrong = self._wrong(key, repeat)
+                content = gold_reply(text, wrong=wrong)
+            with self._lock:
+                self.answered[key] += 1
+            n_images = sum(1 for m in messages if isinstance(m.get("content"), list)
+                           for p in m["content"] if p.get("type") == "image_url")
+            usage = {"prompt_tokens": len(text) // 4 + 85 * n_images, "completion_tokens": len(content) // 4 + 1}
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            return web.json_response({
+                "id": f"chatcmpl-{ordinal}", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": "stop"}],
+                "usage": usage,
+            })
+
+    def _wrong(self, key: str, repeat: int) -> bool:
+        if self.wrong_rate <= 0:
+            return False
+        h = hashlib.sha256(f"wrong:{key}:{repeat}".encode()).digest()
+        return int.from_bytes(h[:8], "big") / 2**64 < self.wrong_rate
