@@ -150,3 +150,14 @@ def test_video_records_align_through_the_stage(ws: Path) -> None:
     recs = [record(f"v#{k}", "v.avi", frame=k, landmarks=ref5.tolist(), scheme="raf5") for k in (2, 0, 5)]
     out = Align({}, ctx_for(ws)).run_batch(recs)
     assert [r.reasons for r in out] == [[], [], ["image_missing"]]
+
+
+def test_fer2013_csv_rows_pass_through_the_stage(ws: Path) -> None:
+    rows = ["emotion,pixels,Usage"] + [f'{k},"{" ".join(str((i + k * 40) % 256) for i in range(2304))}",Training'
+                                       for k in range(3)]
+    (ws / "corpora/src/fer2013.csv").write_text("\n".join(rows) + "\n")
+    recs = [record(f"fer2013#{k}", "fer2013.csv", frame=k, bbox=[0.0, 0.0, 48.0, 48.0], meta={"aligned": True})
+            for k in (2, 0, 7)]
+    out = Align({}, ctx_for(ws)).run_batch(recs)
+    assert out[0].provenance["faces.align"] == "passthrough resize 48->224 gray->rgb"
+    assert not out[1].excluded and out[2].reasons == ["image_missing"]
