@@ -159,11 +159,11 @@ DISFAPlus/
             if frame in landmarks:
                 rec.meta["crop_landmarks"] = landmarks[frame]
                 rec.meta["crop_landmarks_scheme"] = "disfaplus49"
+            rec.aus, rec.au_intensity, rec.au_coded, rec.aus_origin = aus, intensity, list(DISFAPLUS_AUS), "gt"
             if lacking:
                 rec.meta["missing_in_au_files"] = sorted(lacking)
                 yield self.exclude(rec, LABEL_PARSE_ERROR)
                 continue
-            rec.aus, rec.au_intensity, rec.au_coded, rec.aus_origin = aus, intensity, list(DISFAPLUS_AUS), "gt"
             if frame not in on_disk:
                 yield self.exclude(rec, IMAGE_MISSING)
                 continue

@@ -1,0 +1,47 @@
+"""DISFA+: doubled subject folders, TimeStamp.txt, intersection rule, threshold, crop landmarks, sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fea20k.errors import SourceLayoutError
+from tests.fixtures.corpora import build_disfaplus
+from tests.ingest._helpers import assert_properties, check, run
+
+
+def test_exact_records(tmp_path: Path) -> None:
+    pytest.importorskip("scipy")
+    root, expected = build_disfaplus(tmp_path)
+    recs = run("disfaplus", root)
+    by_id = check(recs, expected)
+    r = by_id["src/Images/SN003/SN003/A1_AU1_TrailNo_1/001"]
+    assert r.image.path == "Images/SN003/SN003/A1_AU1_TrailNo_1/001.jpg"
+    assert r.au_coded == [1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26] and r.landmarks is None
+    assert len(r.meta["crop_landmarks"]) == 49 and r.meta["trial"] == "A1_AU1_TrailNo_1"
+    assert by_id["src/Images/SN001/A1_AU1_TrailNo_1/002"].meta["missing_in_au_files"] == [12]
+    assert_properties(recs)
+
+
+def test_threshold_one(tmp_path: Path) -> None:
+    root, _ = build_disfaplus(tmp_path)
+    r = {x.id: x for x in run("disfaplus", root, threshold=1, crop_landmarks=False)}
+    assert r["src/Images/SN001/A1_AU1_TrailNo_1/000"].aus[1] == 1  # intensity 1: present at >= 1, absent at >= 2
+
+
+def test_sampling(tmp_path: Path) -> None:
+    root, _ = build_disfaplus(tmp_path)
+    ids = [r.id for r in run("disfaplus", root, stride=2, crop_landmarks=False)]
+    assert ids == ["src/Images/SN001/A1_AU1_TrailNo_1/000", "src/Images/SN001/A1_AU1_TrailNo_1/002",
+                   "src/Images/SN003/SN003/A1_AU1_TrailNo_1/000", "src/Images/SN003/SN003/A1_AU1_TrailNo_1/002"]
+
+
+def test_missing_image_and_layout(tmp_path: Path) -> None:
+    root, _ = build_disfaplus(tmp_path)
+    (root / "Images/SN001/A1_AU1_TrailNo_1/001.jpg").unlink()
+    r = {x.id: x for x in run("disfaplus", root, crop_landmarks=False)}
+    assert r["src/Images/SN001/A1_AU1_TrailNo_1/001"].reasons == ["image_missing"]
+    (tmp_path / "x").mkdir()
+    with pytest.raises(SourceLayoutError, match="Labels"):
+        run("disfaplus", tmp_path / "x")
