@@ -1,0 +1,209 @@
+"""Training exports of a round: the Facial-R1 JSONL schema, and chat messages for TRL / LLaMA-Factory.
+
+Only accepted rows of the training side are exported: the sources' train and validation splits (the release's
+``train`` split). Test rows are never written, whatever their verdict. A human reviewer's reject
+(``reviews/round-N.jsonl``) is honoured as in the release.
+
+``facial-r1`` (``docs/facial-r1.md`` §6)::
+
+    <out>/<source>.jsonl        one row per sample: id, dataset, image, question, AUs ["AU1", ...], labels
+                                [emotion] ([] for AU-only sources), description (the rationale), meta_info
+    <out>/images/<source>/...   the aligned crops; ``image`` is relative to this per-dataset folder
+    <out>/config.json           statistics file (§6.3): per JSONL file, the fraction of rows carrying each AU and
+                                each label, 4 decimals
+    <out>/train.yaml            SFT data configuration (§6.2): json_path, image_root, sampling_strategy "all"
+
+``messages`` (LLaMA-Factory "sharegpt" style, also read by TRL's chat-template collators)::
+
+    <out>/messages.jsonl        {"id", "messages": [{"role": "user", "content": "<image>question"},
+                                 {"role": "assistant", "content": rationale}], "images": ["images/<source>/..."]}
+    <out>/images/<source>/...
+    <out>/dataset_info.json     the LLaMA-Factory dataset description of messages.jsonl
+
+Rows whose aligned crop is missing are not exported; their ids are listed in ``<out>/missing_faces.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fea20k.errors import Fea20kUserError
+from fea20k.io import StageOutput
+from fea20k.publish.local import replace_dir, upstream_dir
+from fea20k.publish.reviews import load_reviews
+from fea20k.record import FaceRecord
+from fea20k.workspace import Workspace
+
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("facial-r1", "messages")
+# The question Facial-R1's loaders use when a row's question is empty (docs/facial-r1.md §4.1).
+DEFAULT_QUESTION = "What is the emotion of this face?"
+TRAIN_SPLITS = ("train", "val")
+
+
+@dataclass
+class ExportSummary:
+    folder: Path
+    format: str
+    rows: Counter[str] = field(default_factory=Counter)  # per source
+    missing: list[str] = field(default_factory=list)
+    skipped_test: int = 0
+
+
+def image_relpath(rec: FaceRecord) -> str:
+    """The crop's path inside ``images/<source>/``: the id without its source prefix, ``#frame`` as ``_f<frame>``."""
+    prefix = f"{rec.source}/"
+    rel = rec.id[len(prefix):] if rec.id.startswith(prefix) else rec.id
+    return rel.replace("#", "_f") + ".jpg"
+
+
+def facial_r1_row(rec: FaceRecord, question: str = DEFAULT_QUESTION) -> dict[str, Any]:
+    """One Facial-R1 JSONL row (§6.1)."""
+    rat = rec.rationale
+    img = rec.image
+    return {
+        "id": rec.id,
+        "dataset": rec.source,
+        "image": image_relpath(rec),
+        "question": question,
+        "AUs": [f"AU{k}" for k in rec.present_aus()],
+        "labels": [rec.emotion] if rec.emotion else [],
+        "description": rat.text if rat else "",
+        "meta_info": {
+            "split": rec.split,
+            "subject": rec.subject,
+            "round": rec.round,
+            "au_coded": sorted(rec.au_coded),
+            "aus_unknown": sorted(k for k, v in rec.aus.items() if v is None),
+            "emotion_origin": rec.emotion_origin,
+            "aus_origin": rec.aus_origin,
+            "annotator": rat.annotator if rat else None,
+            "backend": rat.backend if rat else None,
+            "model": rat.model if rat else None,
+            "prompt_hash": rat.prompt_hash if rat else None,
+            "gold_in_prompt": rat.gold_in_prompt if rat else None,
+            "attempts": rat.attempts if rat else None,
+            "image_source": img.root if img else None,
+            "image_path": img.path if img else None,
+            "image_frame": img.frame if img else None,
+        },
+    }
+
+
+def statistics(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Fractions of rows carrying each AU and each label, 4 decimals; AUs in numeric, labels in name order."""
+    n = len(rows) or 1
+    aus: Counter[str] = Counter()
+    emos: Counter[str] = Counter()
+    for r in rows:
+        aus.update(set(r["AUs"]))
+        emos.update(set(r["labels"]))
+    return {
+        "AUs": {k: round(aus[k] / n, 4) for k in sorted(aus, key=lambda a: int(a[2:]))},
+        "emotions": {k: round(emos[k] / n, 4) for k in sorted(emos)},
+    }
+
+
+def iter_train_records(ws: Workspace, round_: int, summary: ExportSummary) -> Any:
+    """Accepted, not human-rejected records of the training side of round ``round_``'s release inputs."""
+    d = upstream_dir(ws, round_)
+    if not (d / "_SUCCESS.json").is_file():
+        raise Fea20kUserError(f"round {round_}: {d.name} has not completed; run `fea20k build --round {round_}`")
+    reviews = load_reviews(ws.root, round_)
+    for rec in StageOutput([d]).iter_records():
+        if rec.accepted is not True:
+            continue
+        if rec.split not in TRAIN_SPLITS:
+            summary.skipped_test += 1
+            continue
+        review = reviews.get(rec.id)
+        if review is not None and review.decision == "reject":
+            continue
+        yield rec
+
+
+def export_round(ws: Workspace, round_: int, fmt: str, out_dir: Path | None = None) -> ExportSummary:
+    """Write the ``fmt`` export of round ``round_`` into ``out_dir`` (default ``exports/round-N/<fmt>``)."""
+    if fmt not in FORMATS:
+        raise Fea20kUserError(f"unknown export format {fmt!r}; choose one of {list(FORMATS)}")
+    out_dir = Path(out_dir) if out_dir is not None else ws.root / "exports" / f"round-{round_}" / fmt
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    summary = ExportSummary(folder=out_dir, format=fmt)
+    per_source: dict[str, list[dict[str, Any]]] = {}
+    files: dict[str, Any] = {}
+    try:
+        for rec in iter_train_records(ws, round_, summary):
+            if rec.face is None:
+                summary.missing.append(rec.id)
+                continue
+            row = facial_r1_row(rec)
+            if ".." in Path(row["image"]).parts or Path(row["image"]).is_absolute():
+                raise Fea20kUserError(f"record {rec.id}: its id does not give a safe relative image path")
+            img = tmp / "images" / rec.source / row["image"]
+            img.parent.mkdir(parents=True, exist_ok=True)
+            img.write_bytes(rec.face)
+            summary.rows[rec.source] += 1
+            if fmt == "facial-r1":
+                if rec.source not in files:
+                    files[rec.source] = (tmp / f"{rec.source}.jsonl").open("w", encoding="utf-8")
+                files[rec.source].write(json.dumps(row, ensure_ascii=False) + "\n")
+                per_source.setdefault(rec.source, []).append({"AUs": row["AUs"], "labels": row["labels"]})
+            else:
+                if "messages" not in files:
+                    files["messages"] = (tmp / "messages.jsonl").open("w", encoding="utf-8")
+                files["messages"].write(json.dumps(messages_row(row), ensure_ascii=False) + "\n")
+    except BaseException:
+        for f in files.values():
+            f.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for f in files.values():
+        f.close()
+    if fmt == "facial-r1":
+        stats = {f"{src}.jsonl": statistics(rows) for src, rows in sorted(per_source.items())}
+        (tmp / "config.json").write_text(json.dumps(stats, indent=1, sort_keys=True), encoding="utf-8")
+        (tmp / "train.yaml").write_text(_train_yaml(sorted(per_source)), encoding="utf-8")
+    else:
+        info = {"fea20k": {"file_name": "messages.jsonl", "formatting": "sharegpt",
+                           "columns": {"messages": "messages", "images": "images"},
+                           "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                                    "assistant_tag": "assistant"}}}
+        (tmp / "dataset_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    if summary.missing:
+        (tmp / "missing_faces.txt").write_text("\n".join(summary.missing) + "\n", encoding="utf-8")
+        logger.warning("%d accepted train row(s) have no aligned crop and were not exported; see missing_faces.txt",
+                       len(summary.missing))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    replace_dir(tmp, out_dir)
+    return summary
+
+
+def messages_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A Facial-R1 row as a chat sample: user turn = image + question, assistant turn = the rationale."""
+    return {
+        "id": row["id"],
+        "messages": [
+            {"role": "user", "content": "<image>" + row["question"]},
+            {"role": "assistant", "content": row["description"]},
+        ],
+        "images": [f"images/{row['dataset']}/{row['image']}"],
+    }
+
+
+def _train_yaml(sources: list[str]) -> str:
+    lines = ["datasets:"]
+    for src in sources:
+        lines += [f"  - json_path: {src}.jsonl", f"    image_root: images/{src}", "    sampling_strategy: all"]
+    return "\n".join(lines) + "\n"
