@@ -9,6 +9,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from fea20k.engine import BuildResult, StageStatus
+    from fea20k.train.chain import RoundLink
 
 _STATUS_STYLE = {
     "up to date": "green",
@@ -58,4 +59,26 @@ def status_table(round_: int, statuses: list[StageStatus], cost: dict[str, Any] 
             status += f"\n[red]{s.error}[/red]"
         t.add_row(s.key, status, str(st.get("in", "")), str(st.get("out", "")), str(st.get("kept", "")),
                   _dropped_text(st.get("dropped", {})), s.signature)
+    return t
+
+
+def round_chain_table(links: list[RoundLink]) -> Table:
+    """The rounds as a chain: pool -> accepted -> release -> checkpoint -> next round (one row per round)."""
+    t = Table(title="rounds: pool → accepted → release → checkpoint → next round")
+    for col in ("round", "pool", "accepted", "release rows", "release", "checkpoint", "state", "next round"):
+        t.add_column(col, justify="right" if col in {"round", "pool", "accepted", "release rows"} else "left")
+
+    from rich.markup import escape
+
+    def num(v: int | None) -> str:
+        return "" if v is None else f"{v:,}"
+
+    for link in links:
+        state = escape(link.state)
+        if link.state == "complete":
+            state = "[green]complete[/green]"
+        elif link.state.startswith("failed"):
+            state = f"[red]{state}[/red]"
+        t.add_row(str(link.round), num(link.pool), num(link.accepted), num(link.release_rows),
+                  escape(link.release or ""), escape(link.checkpoint or ""), state, escape(link.next_round))
     return t

@@ -81,6 +81,10 @@ def status(
     rounds = [round_] if round_ is not None else _rounds_with_state(ws)
     for r in rounds:
         console.print(status_table(r, round_status(ws, r), ws.ledger.cost_summary(r)))
+    from fea20k.report import round_chain_table
+    from fea20k.train.chain import round_chain
+
+    console.print(round_chain_table(round_chain(ws, rounds)))
 
 
 def _rounds_with_state(ws) -> list[int]:  # noqa: ANN001

@@ -1,14 +1,16 @@
-"""Merge a round's validated records with the rows accepted in earlier rounds, so release N holds every accepted row."""
+"""Merge a round's validated records with the rows earlier rounds accepted, so release N holds every accepted row."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from fea20k.engine import SUCCESS_FILE, read_marker
 from fea20k.errors import StageError
 from fea20k.io import StageOutput
+from fea20k.publish.reviews import load_reviews, reviews_path
 from fea20k.record import FaceRecord
 from fea20k.stage import AggregateStage, StageConfig, register_stage
 
@@ -32,7 +34,8 @@ class MergeRounds(AggregateStage):
     earliest round that accepted it, so a released row never changes once published; later versions of it are
     counted (``duplicate_kept_earlier``) and left out. Each row keeps its ``round`` (the round whose model wrote it),
     its rationale's annotator/model and its provenance, so a release says which checkpoint wrote which rows.
-    Rejected rows: only this round's (earlier rounds' rejections are in their own releases and audits).
+    Rejected rows: only this round's (earlier rounds' rejections are in their own releases and audits). A row a
+    human rejected in ``reviews/round-k.jsonl`` (k < N) is not carried (counted as ``carried_skipped_human_reject``).
 
     Config:
         validate_step: the step of each earlier round whose output holds its validated records (default
@@ -41,15 +44,19 @@ class MergeRounds(AggregateStage):
     Output fields: earlier rounds' accepted rows (round 0 first), then this round's records whose id was not
         accepted earlier; ``provenance["publish.merge"]`` names the rule and the round the row comes from.
     Drops: nothing is excluded; counters ``carried_from_earlier``, ``carried_round_<k>``, ``new_accepted``,
-        ``new_rejected`` and ``duplicate_kept_earlier`` account for every row.
+        ``new_rejected``, ``duplicate_kept_earlier`` and ``carried_skipped_human_reject`` account for every row.
     """
 
     Config = MergeConfig
     config: MergeConfig
 
-    def _earlier_dirs(self) -> list[tuple[int, Any]]:
+    def _earlier_dirs(self) -> list[tuple[int, Path]]:
         ws = self.ctx.workspace
         return [(k, ws.stage_dir(k, self.config.validate_step)) for k in range(self.ctx.round)]
+
+    def recipe_files(self) -> list[Path]:
+        """Earlier rounds' human reviews (a reviewer's reject keeps a row out of later releases)."""
+        return [reviews_path(self.ctx.workspace.root, k) for k in range(self.ctx.round)]
 
     def signature_extra(self) -> dict[str, Any]:
         """The earlier rounds' validate signatures: a changed earlier round changes this merge."""
@@ -61,6 +68,10 @@ class MergeRounds(AggregateStage):
 
     def run(self, inputs: StageOutput) -> Iterator[list[FaceRecord]]:
         seen: set[str] = set()
+        rejected_by_review: set[str] = set()
+        for k in range(self.ctx.round):
+            for rid, review in load_reviews(self.ctx.workspace.root, k).items():
+                (rejected_by_review.add if review.decision == "reject" else rejected_by_review.discard)(rid)
         for k, d in self._earlier_dirs():
             if not (d / SUCCESS_FILE).is_file():
                 raise StageError(f"publish.merge (round {self.ctx.round}): round {k} has no complete "
@@ -72,6 +83,9 @@ class MergeRounds(AggregateStage):
                     if rec.accepted is not True or rec.id in seen:
                         continue
                     seen.add(rec.id)
+                    if rec.id in rejected_by_review:
+                        self.stats.add("carried_skipped_human_reject")
+                        continue
                     rec.provenance[self.name] = f"{MERGE_RULE}: accepted in round {k}"
                     out.append(rec)
                 carried += len(out)

@@ -61,7 +61,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--beta", type=float, default=0.0)
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--logging-steps", type=int, default=1)
-    p.add_argument("--save-steps", type=int, default=0, help="also save checkpoint-N every N steps (0: only at the end)")
+    p.add_argument("--save-steps", type=int, default=0, help="also save checkpoint-N every N steps (0: never)")
     return p.parse_args(argv)
 
 

@@ -51,7 +51,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-6)
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--logging-steps", type=int, default=10)
-    p.add_argument("--save-steps", type=int, default=0, help="also save checkpoint-N every N steps (0: only at the end)")
+    p.add_argument("--save-steps", type=int, default=0, help="also save checkpoint-N every N steps (0: never)")
     return p.parse_args(argv)
 
 

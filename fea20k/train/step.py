@@ -54,7 +54,7 @@ class TrainConfig(StageConfig):
 
     command: str | list[str]
     shell: bool = False
-    format: Literal["facial-r1", "chat"] = "facial-r1"
+    format: Literal["facial-r1", "messages"] = "facial-r1"  # fea20k.publish.export formats
     splits: list[Literal["train", "val"]] = Field(default_factory=lambda: ["train"])  # never "test"
     base_model: str | None = None  # local path (relative to the workspace); never a Hub name (no downloads)
     start_from: str = "base"  # "base" | "previous_round" | the name of an earlier train step of the same round
@@ -125,6 +125,12 @@ class _TrainStep(AggregateStage):
             return {"start": self.ctx.workspace.ledger.checkpoint(self.ctx.round - 1)}
         return {}
 
+    def recipe_files(self) -> list[Path]:
+        """Human reviews of rounds 0..N: a row a reviewer rejected is never trained on."""
+        from fea20k.publish.reviews import reviews_path
+
+        return [reviews_path(self.ctx.workspace.root, k) for k in range(self.ctx.round + 1)]
+
     def outputs_present(self) -> bool:
         """Up to date only while the checkpoint this step registered still exists on disk."""
         ckpt = self.ctx.workspace.ledger.checkpoint(self.ctx.round, self.name)
@@ -179,13 +185,21 @@ class _TrainStep(AggregateStage):
         yield from inputs.iter_chunks()
 
     def _training_rows(self, inputs: StageOutput) -> list[FaceRecord]:
-        """Accepted rows of the configured splits; test rows never (counted, and asserted)."""
+        """Accepted rows of the configured splits, minus human rejects; test rows never (counted, and asserted)."""
+        from fea20k.publish.reviews import load_reviews
+
+        human_reject: set[str] = set()
+        for k in range(self.ctx.round + 1):  # a later round's review overrides an earlier one
+            for rid, review in load_reviews(self.ctx.workspace.root, k).items():
+                (human_reject.add if review.decision == "reject" else human_reject.discard)(rid)
         keep: list[FaceRecord] = []
         for rec in inputs.iter_records():
             if rec.split == "test":
                 self.stats.add("not_exported_test")
             elif rec.accepted is not True:
                 self.stats.add("not_exported_rejected")
+            elif rec.id in human_reject:
+                self.stats.add("not_exported_human_reject")
             elif rec.split not in self.config.splits:
                 self.stats.add(f"not_exported_{rec.split}")
             elif rec.rationale is None or not rec.rationale.text:
@@ -209,7 +223,7 @@ class TrainSFT(_TrainStep):
         command: argument list or string with placeholders {data} {images} {stats} {base_model} {output_dir}
             {round} {python} {workspace} {export_dir}; default ``python -m fea20k.train.sft ...``.
         shell: run ``command`` through ``/bin/sh -c`` (placeholders are shell-quoted); default false.
-        format: export format, ``facial-r1`` (JSONL + images + config.json) or ``chat`` (messages JSONL).
+        format: export format, ``facial-r1`` (JSONL + images + config.json) or ``messages`` (chat JSONL).
         splits: source splits exported (``train``, optionally ``val``; ``test`` is not allowed).
         base_model: local path of the base model (used when there is no checkpoint to start from).
         start_from: ``previous_round`` (default: round N-1's last checkpoint, else base_model), ``base``, or an
@@ -243,11 +257,68 @@ class TrainGRPO(_TrainStep):
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def export_training_data(rows: list[FaceRecord], export_dir: Path, fmt: str, name: str) -> dict[str, Path]:
-    """Write ``rows`` in ``fmt`` with the publish exporter; returns {"data": file, "images": dir, "stats": file}."""
-    from fea20k.publish.export import export_records
+def export_training_data(rows: list[FaceRecord], export_dir: Path, fmt: str, name: str = "train"
+                         ) -> dict[str, Path]:
+    """Write ``rows`` in the layout of ``fea20k export`` (:mod:`fea20k.publish.export`, whose row builders it uses),
+    plus one combined file for single-file trainers. Returns the paths the placeholders point at.
 
-    return export_records(rows, export_dir, fmt, name=name)
+    ``facial-r1``: ``<source>.jsonl`` per source, ``images/<source>/...``, ``config.json`` (statistics, §6.3),
+    ``train.yaml`` (SFT data configuration, §6.2), and ``<name>.jsonl`` = every row, its ``image`` relative to
+    ``images/`` (``<source>/<path>``) -> {data} = ``<name>.jsonl``, {images} = ``images/``, {stats} = ``config.json``.
+    ``messages``: ``messages.jsonl`` + ``dataset_info.json`` (LLaMA-Factory), images relative to the export folder
+    -> {data} = ``messages.jsonl``, {images} = the export folder, {stats} = "".
+    Rows without an aligned crop are left out and listed in ``missing_faces.txt`` (as ``fea20k export`` does).
+    """
+    import json
+    import shutil
+
+    from fea20k.publish.export import _train_yaml, facial_r1_row, messages_row, statistics
+
+    if export_dir.exists():
+        shutil.rmtree(export_dir)
+    (export_dir / "images").mkdir(parents=True)
+    per_source: dict[str, list[dict[str, Any]]] = {}
+    combined: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for rec in rows:
+        if rec.split == "test":  # the caller filters; this is the last line of defence
+            raise StageError(f"refusing to export test row {rec.id} for training")
+        if rec.face is None:
+            missing.append(rec.id)
+            continue
+        row = facial_r1_row(rec)
+        rel = Path(row["image"])
+        if ".." in rel.parts or rel.is_absolute():
+            raise StageError(f"record {rec.id}: its id does not give a safe relative image path")
+        img = export_dir / "images" / rec.source / rel
+        img.parent.mkdir(parents=True, exist_ok=True)
+        img.write_bytes(rec.face)
+        per_source.setdefault(rec.source, []).append(row)
+        combined.append({**row, "image": f"{rec.source}/{row['image']}"})
+
+    def write_jsonl(path: Path, items: list[dict[str, Any]]) -> None:
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items), encoding="utf-8")
+
+    if missing:
+        (export_dir / "missing_faces.txt").write_text("\n".join(missing) + "\n", encoding="utf-8")
+        logger.warning("%d accepted train row(s) have no aligned crop and were not exported (missing_faces.txt)",
+                       len(missing))
+    if fmt == "messages":
+        write_jsonl(export_dir / "messages.jsonl", [messages_row(r) for rs in per_source.values() for r in rs])
+        info = {"fea20k": {"file_name": "messages.jsonl", "formatting": "sharegpt",
+                           "columns": {"messages": "messages", "images": "images"},
+                           "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                                    "assistant_tag": "assistant"}}}
+        (export_dir / "dataset_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+        return {"data": export_dir / "messages.jsonl", "images": export_dir, "stats": Path("")}
+    for src, items in sorted(per_source.items()):
+        write_jsonl(export_dir / f"{src}.jsonl", items)
+    write_jsonl(export_dir / f"{name}.jsonl", combined)
+    stats = {f"{src}.jsonl": statistics(items) for src, items in sorted(per_source.items())}
+    stats[f"{name}.jsonl"] = statistics(combined)
+    (export_dir / "config.json").write_text(json.dumps(stats, indent=1, sort_keys=True), encoding="utf-8")
+    (export_dir / "train.yaml").write_text(_train_yaml(sorted(per_source)), encoding="utf-8")
+    return {"data": export_dir / f"{name}.jsonl", "images": export_dir / "images", "stats": export_dir / "config.json"}
 
 
 class _Strict(dict):
@@ -327,8 +398,8 @@ def run_trainer(argv: list[str], log_file: Path, label: str, cwd: Path, env: dic
         raise TrainerFailedError(f"{label}: trainer timed out after {timeout:g}s: {shown}; output in {log_file}")
     if code != 0:
         last = next((ln for ln in reversed(tail) if ln.strip()), "")
-        raise TrainerFailedError(f"{label}: trainer command failed with exit code {code}: {shown}; "
-                                 f"last output line: {last!r}; full output in {log_file}")
+        raise TrainerFailedError(f"{label}: trainer command failed with exit code {code} (last output line: "
+                                 f"{last!r}); full output in {log_file}; command: {shown}")
 
 
 def _is_checkpoint(d: Path) -> bool:

@@ -1,4 +1,4 @@
-"""A tiny randomly initialised causal LM + word-level tokenizer, built locally (no downloads), for trainer smoke tests."""
+"""A tiny randomly initialised causal LM + word-level tokenizer, built locally (no downloads), for smoke tests."""
 
 from __future__ import annotations
 
@@ -38,15 +38,17 @@ def write_tiny_model(out: Path) -> Path:
 
 def write_facial_r1_jsonl(path: Path, n: int = 4) -> Path:
     """A small Facial-R1 JSONL (docs/facial-r1.md §6.1) with emotion labels and AUs."""
+    happy = "<think>cheeks raised (AU6) and lip corners pulled (AU12)</think>\n<answer>happiness</answer>"
+    sad = "<think>brows lowered (AU4) and lip corners (AU15)</think>\n<answer>sadness</answer>"
     rows = []
     for i in range(n):
-        happy = i % 2 == 0
+        even = i % 2 == 0
         rows.append({
-            "id": f"toy/{i}", "dataset": "toy", "image": f"toy/{i}.jpg", "question": "What is the emotion of this face?",
-            "AUs": ["AU6", "AU12"] if happy else ["AU4", "AU15"],
-            "labels": ["happiness"] if happy else ["sadness"],
-            "description": ("<think>cheeks raised (AU6) and lip corners pulled (AU12)</think>\n<answer>happiness</answer>"
-                            if happy else "<think>brows lowered (AU4) and lip corners (AU15)</think>\n<answer>sadness</answer>"),
+            "id": f"toy/{i}", "dataset": "toy", "image": f"toy/{i}.jpg",
+            "question": "What is the emotion of this face?",
+            "AUs": ["AU6", "AU12"] if even else ["AU4", "AU15"],
+            "labels": ["happiness"] if even else ["sadness"],
+            "description": happy if even else sad,
             "meta_info": {},
         })
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
