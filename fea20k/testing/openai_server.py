@@ -199,7 +199,7 @@ class OpenAIServer:
             if fault == "drop":
                 if request.transport is not None:
                     request.transport.abort()
-                raise ConnectionResetError("injected dropped connection")
+                return web.Response(status=500)  # never reaches the client: the connection is gone
             if fault == "malformed_json":
                 return web.Response(text='{"id": "chatcmpl-x", "choices": [{"message": ', status=200,
                                     content_type="application/json")

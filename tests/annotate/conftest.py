@@ -86,6 +86,7 @@ def fake_check_text(text: str, rec: FaceRecord, rules: Any) -> Any:
 @pytest.fixture
 def fake_checks(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """Install the stand-in validator module (helper E's real one is written in parallel)."""
+    get_stage_class("annotate.draft")  # stage discovery first, so other families import the real module
     mod = types.ModuleType("fea20k.validate.checks")
     mod.load_ruleset = lambda path: {"path": str(path)}  # type: ignore[attr-defined]
     mod.check_text = fake_check_text  # type: ignore[attr-defined]

@@ -1,0 +1,147 @@
+"""The openai backend through ``annotate.draft`` against the loopback server: faults, retries, repair, cache,
+budget, and secrets."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fea20k.errors import BudgetExceededError, Fea20kUserError
+from fea20k.testing.openai_server import FaultPlan, OpenAIServer
+from tests.annotate.conftest import make_records, make_stage, write_annotator
+
+
+def _calls(ws: Path) -> list[tuple]:
+    with sqlite3.connect(ws / ".fea20k" / "ledger.sqlite") as conn:
+        return conn.execute("SELECT status, error, cost, annotator FROM calls").fetchall()
+
+
+def test_faulty_endpoint_every_record_annotated_or_failed_with_reason(ws: Path, fake_checks) -> None:
+    recs = make_records(48)
+    with OpenAIServer(latency=0.005, faults=FaultPlan(rate=0.2, retry_after=0.01, seed=3), wrong_rate=0.15) as srv:
+        write_annotator(ws, "loop", srv.base_url)
+        stage = make_stage(ws, annotator="loop")
+        out = stage.run_batch(recs)
+        stage.close()
+        total = srv.total
+    assert [r.id for r in out] == [r.id for r in make_records(48)]
+    faults = {e["fault"] for e in srv.log if e["fault"]}
+    assert {"429", "500", "drop", "malformed_json", "bad_format", "empty"} <= faults
+    annotated = [r for r in out if r.rationale.text]
+    failed = [r for r in out if not r.rationale.text]
+    assert len(annotated) + len(failed) == 48 and len(annotated) >= 40
+    for r in annotated:
+        assert not r.excluded and r.rationale.text.startswith("<think>") and "</answer>" in r.rationale.text
+        assert r.rationale.attempts == len(r.rationale.raw) == len(r.rationale.errors) + 1
+        assert r.rationale.gold_in_prompt and r.rationale.model == "loop-model" and r.rationale.prompt_hash
+        assert "teacher via openai (loop-model)" in r.provenance["annotate.draft"]
+    for r in failed:
+        assert r.excluded and r.reasons == ["annotation_failed"] and r.rationale.errors
+        assert r.rationale.raw  # what came back is kept, even when it was garbage
+    repaired = [r for r in annotated if r.rationale.attempts > 1]
+    assert repaired, "the repair loop never ran"
+    assert any("malformed_json" in e for r in out for e in r.rationale.errors) or any(
+        "not JSON" in e for r in out for e in r.rationale.errors)
+    s = stage.stats.counters
+    assert s["retries"] > 0 and s["calls"] == total == len(_calls(ws))  # every HTTP call is in the ledger
+    assert s["tokens_in"] > 0 and s["cost_usd"] == pytest.approx(sum(c[2] for c in _calls(ws)))
+    assert stage.stats.counters["failed"] == len(failed)
+
+
+def test_rerun_hits_cache_and_makes_no_call(ws: Path, fake_checks) -> None:
+    with OpenAIServer(latency=0.0, faults=FaultPlan(rate=0.2, seed=1)) as srv:
+        write_annotator(ws, "loop", srv.base_url)
+        first = make_stage(ws, annotator="loop")
+        a = first.run_batch(make_records(20))
+        first.close()
+        answered, counts = set(srv.answered), dict(srv.counts)
+        second = make_stage(ws, annotator="loop")
+        b = second.run_batch(make_records(20))
+        second.close()
+        assert all(srv.counts[k] == counts[k] for k in answered)  # nothing answered is asked again
+    assert all(rb.rationale.text == ra.rationale.text for ra, rb in zip(a, b) if ra.rationale.text)
+    assert second.stats.counters["cache_hits"] >= 20
+
+
+def test_retry_honours_retry_after(ws: Path) -> None:
+    with OpenAIServer(faults=FaultPlan(schedule={1: "429", 2: "500", 3: "drop"}, retry_after=0.4)) as srv:
+        write_annotator(ws, "loop", srv.base_url, backoff_base=0.01, backoff_max=0.02)
+        stage = make_stage(ws, annotator="loop", repair=False)
+        out = stage.run_batch(make_records(1))
+        stage.close()
+    t = [e["t"] for e in srv.log]
+    assert len(t) == 4 and out[0].rationale.text
+    assert t[1] - t[0] >= 0.4  # Retry-After: 0.4 honoured
+    assert t[2] - t[1] < 0.3 and t[3] - t[2] < 0.3  # 500 / dropped connection: short exponential backoff
+    assert stage.stats.counters["retries"] == 3 and out[0].rationale.attempts == 1
+
+
+def test_transport_gives_up_with_reason(ws: Path) -> None:
+    with OpenAIServer(faults=FaultPlan(rate=1.0, kinds=("500",))) as srv:
+        write_annotator(ws, "loop", srv.base_url, max_retries=2)
+        stage = make_stage(ws, annotator="loop", repair=False)
+        out = stage.run_batch(make_records(2))
+        stage.close()
+        assert srv.total == 6
+    for r in out:
+        assert r.excluded and r.reasons == ["annotation_failed"]
+        assert "transport_failed after 2 retries: http_500" in r.rationale.errors[-1]
+
+
+def test_budget_cap_stops_then_higher_cap_continues(ws: Path) -> None:
+    recs = make_records(40)
+    with OpenAIServer(latency=0.01) as srv:
+        write_annotator(ws, "loop", srv.base_url, concurrency=4, price_in=100.0, price_out=100.0, budget_usd=1.0)
+        stage = make_stage(ws, annotator="loop", repair=False)
+        with pytest.raises(BudgetExceededError, match=r"budget cap \$1.0000 reached.*re-run to continue"):
+            stage.run_batch(make_records(40))
+        stage.close()
+        spent = sum(c[2] for c in _calls(ws))
+        per_call = max(c[2] for c in _calls(ws))
+        est = (1200 // 4 + 255 + 64) * 100 / 1e6  # the stage's per-call reservation (upper bound)
+        assert 0 < len(_calls(ws)) < 40
+        assert spent <= 1.0 and 1.0 - spent <= (4 + 1) * max(est, per_call)  # within one batch of the cap
+        before = dict(srv.counts)
+        more = make_stage(ws, annotator="loop", repair=False, budget_usd=100.0)
+        out = more.run_batch(recs)
+        more.close()
+        assert all(r.rationale.text for r in out)
+        assert all(srv.counts[k] == 1 for k in srv.counts)  # nothing paid for twice
+        assert more.stats.counters["cache_hits"] == len(before)
+
+
+def test_api_key_never_stored_or_logged(ws: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                        fake_checks) -> None:
+    secret = "sk-test-LEAKCHECK-8f3a9c2e71d04b56"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    caplog.set_level(logging.DEBUG)
+    with OpenAIServer(faults=FaultPlan(rate=0.3, seed=5, retry_after=0.01)) as srv:
+        write_annotator(ws, "loop", srv.base_url, api_key_env="OPENAI_API_KEY")
+        stage = make_stage(ws, annotator="loop")
+        out = stage.run_batch(make_records(12))
+        stage.close()
+    assert any(r.rationale.text for r in out)
+    assert secret not in caplog.text
+    for path in ws.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert secret not in repr([r.rationale for r in out])
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(Fea20kUserError, match="OPENAI_API_KEY, which is not set") as err:
+        make_stage(ws, annotator="loop").run_batch(make_records(1))
+    assert secret not in str(err.value)
+
+
+def test_signature_ignores_transport_and_budget(ws: Path) -> None:
+    write_annotator(ws, "loop", "http://127.0.0.1:9/v1", budget_usd=1.0)
+    a = make_stage(ws, annotator="loop").signature_extra()
+    write_annotator(ws, "loop", "http://127.0.0.1:10/v1", budget_usd=5.0, concurrency=3, price_in=9.0)
+    b = make_stage(ws, annotator="loop").signature_extra()
+    write_annotator(ws, "loop", "http://127.0.0.1:10/v1", temperature=0.7)
+    c = make_stage(ws, annotator="loop").signature_extra()
+    assert a == b != c
+    files = {p.name for p in make_stage(ws, annotator="loop").recipe_files()}
+    assert files >= {"facial_r1.md.j2", "emotion_sets.toml", "default.toml"}
