@@ -113,3 +113,24 @@ def test_reviews_and_release_notes(ws_root: Path) -> None:
     assert "`faces/new_1`" in notes.split("## Added")[1].split("##")[0]
     assert f"`{removed}`" in notes.split("## Removed")[1].split("##")[0]
     assert f"`{recs1[2].id}`" in notes.split("## Changed")[1]
+
+
+def test_cli_publish_to_folder(ws_root: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fea20k.cli import app
+
+    dest = tmp_path / "out"
+    r = CliRunner().invoke(app, ["publish", "--round", "0", "-w", str(ws_root), "--to", str(dest), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "would write" in r.output and not dest.exists()
+    r = CliRunner().invoke(app, ["publish", "--round", "0", "-w", str(ws_root), "--to", str(dest)])
+    assert r.exit_code == 0, r.output
+    assert not (dest / ".fea20k-release.json").exists()
+    ds = datasets.load_dataset(str(dest))
+    assert ds["train"].num_rows == 22 and ds["test"].num_rows == 6
+    other = tmp_path / "notarelease"
+    other.mkdir()
+    (other / "x.txt").write_text("mine")
+    r = CliRunner().invoke(app, ["publish", "--round", "0", "-w", str(ws_root), "--to", str(other)])
+    assert r.exit_code != 0 and (other / "x.txt").exists()
