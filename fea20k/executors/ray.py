@@ -1,0 +1,243 @@
+"""The Ray Data executor: map stages run chunk by chunk on a Ray cluster (``fea20k build --executor ray``).
+
+Only map stages go through Ray; source and aggregate stages run on the driver as with the local executor. Each
+``(chunk index, input part)`` still to do becomes one row of a Ray dataset; ``map_batches`` runs the engine's
+:func:`~fea20k.engine.process_chunk` on it, which reads the input part, calls ``stage.run_batch`` and writes the
+output part and its stats atomically into the stage folder, exactly as locally. So the signatures, the completion
+markers, the per-chunk stats (merged by the engine) and resume at the first incomplete chunk keep their meaning, and
+model calls go through the workspace's request cache from every worker (the ledger opens one connection per
+process).
+
+* A stage that holds a client or a model (it overrides ``load()``) runs on an actor pool: one stage instance per
+  actor, loaded once. A stateless stage runs as plain Ray tasks.
+* Each worker reserves ``Stage.resources`` (``num_cpus``, ``num_gpus``, ``memory``, custom resources).
+* Workers read and write the workspace by path: on a multi-node cluster the workspace must be on a filesystem every
+  node mounts at the same path, and fea20k (with its extras) installed on every node.
+
+``ray`` is imported inside functions only, so ``fea20k --help`` never imports it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import pickle
+import signal
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from fea20k import config as env_config
+from fea20k.engine import ExecOptions, process_chunk
+from fea20k.errors import Fea20kUserError, StageError, require
+from fea20k.stage import MapStage, Stage, StageContext, get_stage_class, load_workspace_plugins
+
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+# Stage.resources keys that map_batches takes as arguments; any other key is a custom resource
+_RESOURCE_ARGS = ("num_cpus", "num_gpus", "memory")
+# one row per chunk processed; error = the pickled exception (b"" when it does not pickle), None when it worked
+_RESULT_SCHEMA = pa.schema([("index", pa.int64()), ("n_in", pa.int64()), ("stats", pa.string()),
+                            ("error", pa.binary()), ("traceback", pa.string())])
+
+
+def run_map_chunks(stage: MapStage, todo: list[tuple[int, Path]], out_dir: Path, advance: Callable[[int], None],
+                   opts: ExecOptions) -> None:
+    """Process every ``(index, input part)`` of ``todo`` on Ray; ``advance(rows)`` as each chunk's output lands.
+
+    Honours ``FEA20K_CRASH_AFTER=<stage key>:<k>`` in the driver: the build process SIGKILLs itself once chunk
+    ``k`` is written (the workers never apply it, so a killed job looks like a dead driver, not a dead actor).
+    """
+    if not todo:
+        return
+    connect(opts)
+    quiet_data_context()
+    ds = chunk_dataset(stage, todo, out_dir, pool_size(stage, len(todo), opts))
+    crash = env_config.crash_after()
+    for row in ds.iter_rows():
+        if row["error"] is not None:
+            raise_chunk_error(stage, row)
+        advance(int(row["n_in"]))
+        if crash is not None and crash == (stage.ctx.stage_key, int(row["index"])):
+            logger.warning("FEA20K_CRASH_AFTER: killing the build after %s chunk %d", crash[0], crash[1])
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def connect(opts: ExecOptions) -> None:
+    """Join the Ray cluster at ``opts.address`` (or ``RAY_ADDRESS``), or start a local instance of ``workers`` CPUs.
+
+    A Ray instance already initialised in this process is reused as it is.
+    """
+    require("ray", "ray")
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = opts.address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {}
+    if address is None:
+        kwargs["num_cpus"] = opts.workers or env_config.workers()
+    logger.info("ray: %s", f"connecting to {address}" if address else f"starting a local instance ({kwargs})")
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING, **kwargs)
+
+
+def quiet_data_context() -> None:
+    """No Ray Data progress bars (the engine shows its own progress)."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    if env_config.log_level() != "DEBUG":
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def is_stateful(stage: Stage) -> bool:
+    """Whether the stage holds something ``load()`` builds (a client, a model): then it runs on actors."""
+    return type(stage).load is not Stage.load
+
+
+def remote_args(stage: Stage) -> dict[str, Any]:
+    """``Stage.resources`` as map_batches arguments (``num_cpus``, ``num_gpus``, ``memory``, ``resources``)."""
+    args: dict[str, Any] = {}
+    custom: dict[str, float] = {}
+    for key, value in stage.resources.items():
+        if key in _RESOURCE_ARGS:
+            args[key] = value
+        else:
+            custom[key] = value
+    if custom:
+        args["resources"] = custom
+    return args
+
+
+def pool_size(stage: Stage, n_chunks: int, opts: ExecOptions) -> int:
+    """Workers to run: as many as the cluster's resources fit (``opts.workers`` caps it), never more than chunks."""
+    import ray
+
+    available = ray.cluster_resources()
+    fits = []
+    for key, need in stage.resources.items():
+        if need and key != "memory":
+            have = available.get({"num_cpus": "CPU", "num_gpus": "GPU"}.get(key, key), 0.0)
+            fits.append(int(have // need))
+    n = min(fits) if fits else int(available.get("CPU", 1))
+    if n < 1:
+        raise Fea20kUserError(f"stage {stage.name}: needs {stage.resources} per worker, but the Ray cluster has "
+                              f"{ {k: v for k, v in available.items() if not k.startswith('node:')} }; add nodes "
+                              "with those resources or lower the stage's resources")
+    if opts.workers:
+        n = min(n, opts.workers)
+    return max(1, min(n, n_chunks))
+
+
+def chunk_dataset(stage: MapStage, todo: list[tuple[int, Path]], out_dir: Path, workers: int) -> Dataset:
+    """The lazy Ray dataset whose rows are ``{"index", "n_in", "stats"}`` of each chunk processed."""
+    import ray.data
+
+    items = [{"index": i, "in_path": str(p)} for i, p in todo]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    spec = (type(stage).__module__, stage.name, stage.config.model_dump(mode="json"), stage.ctx, str(out_dir))
+    common: dict[str, Any] = {"batch_size": 1, "batch_format": "pyarrow", **remote_args(stage)}
+    if is_stateful(stage):
+        return ds.map_batches(ChunkWorker, fn_constructor_args=spec,
+                              compute=ray.data.ActorPoolStrategy(size=workers), **common)
+    return ds.map_batches(_run_chunks_task, fn_args=spec, compute=ray.data.TaskPoolStrategy(size=workers), **common)
+
+
+def build_stage(module: str, name: str, config: dict[str, Any], ctx: StageContext) -> MapStage:
+    """Rebuild the stage in a worker: workspace plugins first, then the stage's module (for stages registered in
+    modules discovery does not import, such as tests), then the class by name."""
+    load_workspace_plugins(Path(ctx.workspace_root))
+    if not module.startswith("fea20k_plugins."):
+        importlib.import_module(module)
+    stage = get_stage_class(name)(config, ctx)
+    if not isinstance(stage, MapStage):  # pragma: no cover - the engine only sends map stages
+        raise TypeError(f"{name} is not a map stage")
+    return stage
+
+
+def raise_chunk_error(stage: MapStage, row: dict[str, Any]) -> None:
+    """Re-raise in the driver the exception a worker hit on a chunk: the same type as the local executor raises
+    (so a Fea20kUserError stays a one-line CLI error), or a StageError carrying the remote traceback."""
+    logger.debug("%s: chunk %d failed on a Ray worker:\n%s", stage.name, row["index"], row["traceback"])
+    if row["error"]:
+        try:
+            exc = pickle.loads(row["error"])
+        except (pickle.UnpicklingError, AttributeError, ImportError, TypeError, ValueError):
+            exc = None
+        if isinstance(exc, BaseException):
+            raise exc
+    raise StageError(f"{stage.name}: chunk {row['index']} failed on a Ray worker:\n{row['traceback']}")
+
+
+def _process_rows(stage: MapStage, batch: pa.Table, out_dir: Path) -> pa.Table:
+    out: dict[str, list[Any]] = {"index": [], "n_in": [], "stats": [], "error": [], "traceback": []}
+    for row in batch.to_pylist():
+        index = int(row["index"])
+        try:
+            stats = process_chunk(stage, Path(row["in_path"]), out_dir, index)
+        except Exception as e:  # noqa: BLE001 - transported to the driver, re-raised there (raise_chunk_error)
+            out["index"].append(index)
+            out["n_in"].append(0)
+            out["stats"].append(None)
+            out["error"].append(_pickled(e))
+            out["traceback"].append(traceback.format_exc())
+            break  # the driver stops at the first failed chunk; do not start others
+        out["index"].append(index)
+        out["n_in"].append(int(stats["in"]))
+        out["stats"].append(json.dumps(stats, sort_keys=True))
+        out["error"].append(None)
+        out["traceback"].append(None)
+    return pa.table(out, schema=_RESULT_SCHEMA)
+
+
+def _pickled(e: BaseException) -> bytes:
+    """The exception pickled, or b"" when it does not survive a round trip (the driver then raises StageError)."""
+    try:
+        data = pickle.dumps(e)
+        pickle.loads(data)
+    except (pickle.PicklingError, AttributeError, ImportError, TypeError, ValueError):
+        return b""
+    return data
+
+
+def _worker_setup() -> None:
+    # fault injection is the driver's business (see run_map_chunks)
+    os.environ.pop("FEA20K_CRASH_AFTER", None)
+
+
+class ChunkWorker:
+    """One actor of the pool: builds and loads the stage once, then processes the chunks it is given."""
+
+    def __init__(self, module: str, name: str, config: dict[str, Any], ctx: StageContext, out_dir: str) -> None:
+        _worker_setup()
+        self.stage = build_stage(module, name, config, ctx)
+        self.stage.load()
+        self.out_dir = Path(out_dir)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _process_rows(self.stage, batch, self.out_dir)
+
+    def __del__(self) -> None:
+        stage = getattr(self, "stage", None)
+        if stage is not None:
+            stage.close()
+
+
+def _run_chunks_task(batch: pa.Table, module: str, name: str, config: dict[str, Any], ctx: StageContext,
+                     out_dir: str) -> pa.Table:
+    """A stateless stage: build it for this task (cheap: no load) and process the chunks of the batch."""
+    _worker_setup()
+    stage = build_stage(module, name, config, ctx)
+    return _process_rows(stage, batch, Path(out_dir))

@@ -1,0 +1,198 @@
+"""The Ray Data executor: same outputs as the local executor, errors and resume kept, a killed job re-runs without
+repeating answered requests. One local Ray instance (2 CPUs) for the whole module."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from fea20k.engine import build_round, round_status
+from fea20k.errors import ConfigError
+from fea20k.record import FaceRecord
+from fea20k.stage import MapStage, Stage, StageConfig, register_stage
+from fea20k.workspace import Workspace
+from tests.test_engine import ToyMap, ToyValidate, make_ws
+
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'fea20k[ray]')")
+
+from fea20k.executors import ray as ray_executor  # noqa: E402 - needs ray
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class CachedCallConfig(StageConfig):
+    calls_log: str  # one line per request "sent": the record id
+    user_error_at: str | None = None  # record id at which to raise a ConfigError
+
+
+@register_stage("annotate.toy_cached_call")
+class CachedCall(MapStage):
+    """A stage that holds a client: one 'request' per record, answered through the workspace's request cache."""
+
+    Config = CachedCallConfig
+
+    def load(self) -> None:
+        self.ledger = self.ctx.workspace.ledger
+        self.loads = 1
+
+    def process(self, batch: list[FaceRecord]) -> list[FaceRecord]:
+        for rec in batch:
+            if rec.id == self.config.user_error_at:
+                raise ConfigError(f"validators/toy.toml: [toy] answer for {rec.id} is not valid; fix it")
+            key = hashlib.sha256(f"toy:{rec.id}".encode()).hexdigest()
+            answer = self.ledger.cache_get(key)
+            if answer is None:
+                with open(self.config.calls_log, "a") as f:  # the "server" sees the request
+                    f.write(rec.id + "\n")
+                answer = {"text": rec.id[::-1], "pid": os.getpid()}
+                self.ledger.cache_put(key, "toy", None, answer, round_=self.ctx.round, stage=self.name)
+                self.stats.add("requests_sent")
+            else:
+                self.stats.add("cache_hits")
+            rec.meta["answer"] = answer["text"]
+        return batch
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def _with_cached_call(ws: Path, calls_log: Path) -> Path:
+    recipe = ws / "pipelines" / "toy.toml"
+    text = recipe.read_text().replace('"faces.toy_upper", ', '"faces.toy_upper", "annotate.toy_cached_call", ')
+    recipe.write_text(text + f'[stages."annotate.toy_cached_call"]\ncalls_log = "{calls_log}"\n')
+    return ws
+
+
+def _contents(ws: Path, stage: str) -> dict[str, object]:
+    """Every part of a stage (rows) and its stats minus timings."""
+    d = ws / ".fea20k" / "rounds" / "0" / stage
+    out: dict[str, object] = {}
+    for p in sorted(d.glob("part-*.parquet")):
+        out[p.name] = pq.read_table(p).to_pylist()
+    for p in sorted(d.glob("part-*.stats.json")):
+        stats = json.loads(p.read_text())
+        stats.pop("seconds")
+        out[p.name] = stats
+    return out
+
+
+def test_ray_outputs_equal_local(tmp_path: Path, ray_address: str) -> None:
+    local = _with_cached_call(make_ws(tmp_path / "local"), tmp_path / "local.calls")
+    on_ray = _with_cached_call(make_ws(tmp_path / "ray"), tmp_path / "ray.calls")
+    build_round(local, 0, quiet=True)
+    result = build_round(on_ray, 0, quiet=True, executor="ray")
+    assert result.ran == ["ingest/a", "ingest/b", "faces.toy_upper", "annotate.toy_cached_call",
+                          "validate.toy_threshold", "publish.toy_count"]
+    for stage in ("faces.toy_upper", "annotate.toy_cached_call", "validate.toy_threshold"):
+        assert _contents(on_ray, stage) == _contents(local, stage), stage
+        assert len(list((on_ray / ".fea20k/rounds/0" / stage).glob("part-*.parquet"))) == 9
+    by_key = {s.key: s.stats for s in result.stages}
+    assert by_key["annotate.toy_cached_call"].counters["requests_sent"] == 29  # 3 excluded at ingest pass through
+    assert by_key["validate.toy_threshold"].dropped == {"index_above_20": 4}
+    assert by_key["publish.toy_count"].counters["published"] == 25
+    assert all(s.status == "up to date" for s in round_status(Workspace(on_ray), 0))
+    assert build_round(on_ray, 0, quiet=True, executor="ray").ran == []
+    # the stage holding a client ran on actors (other processes) and answered through the workspace's ledger
+    pids = {json.loads(r)["pid"] for (r,) in Workspace(on_ray).ledger.conn.execute("SELECT response FROM requests")}
+    assert pids and os.getpid() not in pids
+    assert ray_executor.is_stateful(CachedCall({"calls_log": "unused"}))
+    assert not ray_executor.is_stateful(ToyMap())
+    assert not ray_executor.is_stateful(ToyValidate())
+
+
+def test_stage_error_reaches_the_driver_with_its_type_and_resume_works(tmp_path: Path, ray_address: str) -> None:
+    marker = tmp_path / "let-it-pass"
+    ws = make_ws(tmp_path, map_cfg=f'fail_at = "a/0013"\nmarker_file = "{marker}"')
+    with pytest.raises(RuntimeError, match="injected crash"):
+        build_round(ws, 0, quiet=True, executor="ray")
+    d = ws / ".fea20k/rounds/0/faces.toy_upper"
+    assert not (d / "part-00003.parquet").exists()  # a/0013 is in chunk 3
+    assert {s.key: s.status for s in round_status(Workspace(ws), 0)}["faces.toy_upper"] == "failed"
+    done = {p.name: p.stat().st_mtime_ns for p in d.glob("part-*.parquet")}
+    marker.write_text("ok")
+    result = build_round(ws, 0, quiet=True, executor="ray")
+    assert result.ran[0] == "faces.toy_upper"
+    assert {p: (d / p).stat().st_mtime_ns for p in done} == done  # finished chunks are not redone
+    assert result.stages[2].stats.n_in == 32
+
+
+def test_user_error_in_a_worker_stays_a_user_error(tmp_path: Path, ray_address: str) -> None:
+    ws = _with_cached_call(make_ws(tmp_path), tmp_path / "calls")
+    recipe = ws / "pipelines" / "toy.toml"
+    recipe.write_text(recipe.read_text() + 'user_error_at = "b/0005"\n')
+    with pytest.raises(ConfigError, match=r"^validators/toy.toml: \[toy\] answer for b/0005 is not valid; fix it$"):
+        build_round(ws, 0, quiet=True, executor="ray")
+
+
+def test_resources_become_map_batches_arguments(ray_address: str) -> None:
+    class Gpu(Stage):
+        resources = {"num_cpus": 2, "num_gpus": 0.5, "memory": 1e9, "accelerator_slot": 1}
+
+    assert ray_executor.remote_args(Gpu()) == {"num_cpus": 2, "num_gpus": 0.5, "memory": 1e9,
+                                               "resources": {"accelerator_slot": 1}}
+    opts = ray_executor.ExecOptions(executor="ray")
+    assert ray_executor.pool_size(ToyMap(), 9, opts) == 2  # the instance has 2 CPUs
+    assert ray_executor.pool_size(ToyMap(), 1, opts) == 1
+    with pytest.raises(ray_executor.Fea20kUserError, match="needs .*num_gpus"):
+        ray_executor.pool_size(Gpu(), 9, opts)
+
+
+def test_killed_job_resumes_without_repeating_answered_requests(tmp_path: Path, ray_address: str) -> None:
+    calls_log = tmp_path / "calls"
+    ws = _with_cached_call(make_ws(tmp_path, n=60), calls_log)
+    recipe = ws / "pipelines" / "toy.toml"
+    recipe.write_text(recipe.read_text().replace("chunk_size = 4", "chunk_size = 5"))
+    script = textwrap.dedent(f"""
+        import tests.executors.test_ray
+        from fea20k.engine import build_round
+        build_round({str(ws)!r}, 0, quiet=True, executor="ray", address={ray_address!r})
+    """)
+    env = {**os.environ, "FEA20K_CRASH_AFTER": "annotate.toy_cached_call:2"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == -9, proc.stderr[-3000:]  # the driver SIGKILLed itself once chunk 2 was written
+    d = ws / ".fea20k/rounds/0/annotate.toy_cached_call"
+    assert (d / "part-00002.parquet").exists() and not (d / "_SUCCESS.json").exists()
+    assert {s.key: s.status for s in round_status(Workspace(ws), 0)}["annotate.toy_cached_call"] == "interrupted"
+    ledger = Workspace(ws).ledger
+    answered = {k for (k,) in ledger.conn.execute("SELECT key FROM requests").fetchall()}
+    live = 60 - 6 + 7  # a: 60 with every 10th excluded at ingest; b: 7
+    assert 0 < len(answered) < live
+    done = {p.name: p.stat().st_mtime_ns for p in d.glob("part-*.parquet")}
+
+    result = build_round(ws, 0, quiet=True, executor="ray")
+
+    assert result.ran == ["annotate.toy_cached_call", "validate.toy_threshold", "publish.toy_count"]
+    assert {p: (d / p).stat().st_mtime_ns for p in done} == done
+    sent = Counter(calls_log.read_text().split())
+    ids_answered_before = {
+        rid for rid in sent if hashlib.sha256(f"toy:{rid}".encode()).hexdigest() in answered
+    }
+    assert len(ids_answered_before) == len(answered)
+    assert all(sent[rid] == 1 for rid in ids_answered_before), "an answered request was sent again"
+    assert len(sent) == live
+    stats = {s.key: s.stats for s in result.stages}["annotate.toy_cached_call"]
+    assert stats.n_in == 67 and stats.kept == live
+    live_in_done = sum(1 for p in done for r in pq.read_table(d / p, columns=["accepted"]).to_pylist()
+                       if r["accepted"] is not False)
+    assert stats.counters["requests_sent"] + stats.counters["cache_hits"] == live
+    assert stats.counters["cache_hits"] == len(answered) - live_in_done  # answered, chunk not written before the kill
