@@ -112,6 +112,16 @@ class TemplateRules(StrictModel):
     exempt_backends: list[str] = Field(default_factory=lambda: ["rules"])
 
 
+@dataclass(slots=True)
+class Compiled:
+    """What the checks need from the rule set and the vocabularies, as plain attributes (fast to read)."""
+
+    synonyms: dict[str, str]
+    prototypes: dict[str, frozenset[int]]
+    hedge_re: re.Pattern[str] | None
+    hedge_first: tuple[str, ...]
+
+
 class RuleSet(StrictModel):
     """The validated rule set. Compiled helpers (synonyms, prototypes, hedging regex) are private attributes."""
 
@@ -123,10 +133,7 @@ class RuleSet(StrictModel):
     consistency: ConsistencyRules = Field(default_factory=ConsistencyRules)
     template: TemplateRules = Field(default_factory=TemplateRules)
 
-    _synonyms: dict[str, str] = PrivateAttr(default_factory=dict)
-    _emotions: frozenset[str] = PrivateAttr(default_factory=frozenset)
-    _prototypes: dict[str, frozenset[int]] = PrivateAttr(default_factory=dict)
-    _hedge_re: re.Pattern[str] | None = PrivateAttr(default=None)
+    _c: Compiled = PrivateAttr(default=None)  # type: ignore[assignment]
     _digest: str = PrivateAttr(default="")
     _where: str = PrivateAttr(default="")
 
@@ -138,20 +145,23 @@ class RuleSet(StrictModel):
         from fea20k.vocab import load_vocab
 
         vocab = load_vocab(Path(validators_dir) if validators_dir else None)
-        self._synonyms = synonyms_from(Path(validators_dir) if validators_dir else None)
-        self._emotions = frozenset(vocab.emotions)
-        self._prototypes = {e: core | opt for e, (core, opt) in vocab.prototypes.items()}
         words = [w.strip() for w in self.hedging.words if w.strip()]
+        hedge_re = None
         if words:
             alts = "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in sorted(words, key=len, reverse=True))
-            self._hedge_re = re.compile(rf"(?<!\w)(?:{alts})(?!\w)", re.IGNORECASE)
-        else:
-            self._hedge_re = None
+            hedge_re = re.compile(rf"(?<!\w)(?:{alts})(?!\w)", re.IGNORECASE)
+        self._c = Compiled(
+            synonyms=synonyms_from(Path(validators_dir) if validators_dir else None),
+            prototypes={e: core | opt for e, (core, opt) in vocab.prototypes.items()},
+            hedge_re=hedge_re,
+            # cheap substring pre-filter: the longest word of every phrase, lower-cased
+            hedge_first=tuple(sorted({max(w.lower().split(), key=len) for w in words})),
+        )
         return self
 
     @property
     def synonyms(self) -> dict[str, str]:
-        return self._synonyms
+        return self._c.synonyms
 
     @property
     def digest(self) -> str:
@@ -344,12 +354,14 @@ def check_aus(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str], sc
         reasons.append("au_hallucinated")
 
 
-def check_hedging(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str], scores: dict[str, float]) -> None:
+def check_hedging(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str], scores: dict[str, float],
+                  c: Compiled) -> None:
     """Hedging words in the think text (the whole text when there is no think block)."""
-    if rules._hedge_re is None:
+    if c.hedge_re is None:
         return
     target = p.think if p.think is not None else p.text
-    hits = len(rules._hedge_re.findall(target))
+    low = target.lower()
+    hits = len(c.hedge_re.findall(target)) if any(map(low.__contains__, c.hedge_first)) else 0
     scores["hedging_hits"] = float(hits)
     if hits > rules.hedging.max_hits:
         reasons.append("hedging")
@@ -366,15 +378,15 @@ def check_length(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str],
         reasons.append("too_long")
 
 
-def check_consistency(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str],
-                      scores: dict[str, float]) -> None:
+def check_consistency(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str], scores: dict[str, float],
+                      c: Compiled) -> None:
     """For a ground-truth emotion without AU labels: the named AUs fit the emotion's prototype."""
     cr = rules.consistency
     if rec.emotion is None or rec.emotion_origin != "gt":
         return
     if any(v is not None for v in rec.aus.values()):
         return  # AU labels exist: the AU check verifies the AUs directly
-    proto = rules._prototypes.get(rec.emotion)
+    proto = c.prototypes.get(rec.emotion)
     if proto is None:
         return
     mentioned = p.aus(("think",)) if p.think is not None else p.aus()
@@ -397,6 +409,7 @@ def check_consistency(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[
 
 def check_parsed(p: Parsed, rec: FaceRecord, rules: RuleSet) -> CheckResult:
     """Run every enabled per-record check on an already parsed text."""
+    c: Compiled = rules.__pydantic_private__["_c"]  # direct read: pydantic's __getattr__ is slow on hot paths
     reasons: list[str] = []
     scores: dict[str, float] = {}
     res = CheckResult(passed=True, reasons=reasons, scores=scores, parsed=p)
@@ -407,11 +420,11 @@ def check_parsed(p: Parsed, rec: FaceRecord, rules: RuleSet) -> CheckResult:
     if rules.aus.enabled:
         check_aus(p, rec, rules, reasons, scores, res)
     if rules.hedging.enabled:
-        check_hedging(p, rec, rules, reasons, scores)
+        check_hedging(p, rec, rules, reasons, scores, c)
     if rules.length.enabled:
         check_length(p, rec, rules, reasons, scores)
     if rules.consistency.enabled:
-        check_consistency(p, rec, rules, reasons, scores)
+        check_consistency(p, rec, rules, reasons, scores, c)
     res.passed = not reasons
     return res
 
@@ -423,4 +436,5 @@ def check_text(text: str | None, rec: FaceRecord, rules: RuleSet) -> CheckResult
     """
     # blocks are always read tolerantly, so that every check can report on a text that fails the format rule;
     # the format check itself applies the configured (strict) rule through ``Parsed.format_ok``
-    return check_parsed(parse(text, mode="tolerant", synonyms=rules.synonyms), rec, rules)
+    syn = rules.__pydantic_private__["_c"].synonyms
+    return check_parsed(parse(text, mode="tolerant", synonyms=syn), rec, rules)

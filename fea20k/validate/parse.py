@@ -28,28 +28,25 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 
 # The reference format rule (facial-r1.md §3, §4.2), verbatim.
 FORMAT_PATTERN = r"<think>.*?</think>\s*<answer>.*?</answer>"
-_FORMAT_RE = re.compile(FORMAT_PATTERN, re.DOTALL)
 _STRICT_GROUPS_RE = re.compile(r"<think>(.*?)</think>\s*<answer>(.*?)</answer>", re.DOTALL)
 _TAG_RE = re.compile(r"<(/?)(think|answer)>", re.IGNORECASE)
-# AU mentions: "AU4" / "AU04" / "AU 4" / "AU-4" / "au4" (optionally side-prefixed "R AU12"), or FACS side codes
-# "L12" / "R14". The look-behind keeps "MAU4" or "BLR12" from matching; the look-ahead keeps "AU123" out.
-_MENTION_RE = re.compile(
-    r"(?<![A-Za-z0-9])(?:(?P<side>[LR])[ -]?)?[Aa][Uu][ _-]?0*(?P<num>[1-9]\d?)(?!\d)"
-    r"|(?<![A-Za-z0-9])(?P<side2>[LR])(?P<num2>[1-9]\d?)(?![A-Za-z0-9])"
-)
-_CANONICAL_TOKEN_RE = re.compile(r"AU[1-9]\d?")
+# AU mentions: "AU4" / "AU04" / "AU 4" / "AU-4" / "au4" (a side prefix "R AU12" / "L-AU12" is read in Python), and
+# FACS side codes "L12" / "R14". The look-behinds come after the first literal so the regex engine can skip ahead
+# quickly; they keep "MAU4" and "BLR12" from matching, the look-aheads keep "AU123" out.
+_AU_RE = re.compile(r"AU(?<![A-Za-z0-9]AU)[ _-]?0*([1-9]\d?)(?!\d)", re.IGNORECASE)
+_SIDE_RE = re.compile(r"[LR](?<![A-Za-z0-9][LR])([1-9]\d?)(?![A-Za-z0-9])")
 _PUNCT_RE = re.compile(r"[^\w\s-]+")
 _TOKEN_SPLIT_RE = re.compile(r"[\s,;/|]+")
 
 EMOTION_RULE = "lowercase+strip-punctuation+synonyms(validators/vocab.toml)+first-token"
 
 
-@dataclass(slots=True, frozen=True)
-class AUMention:
+class AUMention(NamedTuple):
     """One AU mention: number, side (``"L"``/``"R"``/``None``), block, raw token and offset in the text."""
 
     au: int
@@ -154,45 +151,51 @@ def parse(text: str | None, mode: str = "tolerant", synonyms: dict[str, str] | N
         raise ValueError(f"parse mode must be 'strict' or 'tolerant', not {mode!r}")
     syn = synonyms if synonyms is not None else _default_synonyms()
     text = text or ""
-    format_ok = _FORMAT_RE.fullmatch(text) is not None
+    g = _STRICT_GROUPS_RE.fullmatch(text)  # the reference format rule, with groups
+    format_ok = g is not None
     p = Parsed(text=text, mode=mode, format_ok=format_ok, _synonyms=syn)
-
-    # tag scan: counts, first think block, every answer block (spans for locating AU mentions)
     think_span: tuple[int, int] | None = None
     answer_spans: list[tuple[int, int]] = []
-    open_think = open_answer = -1
     last_think_close = -1
-    for m in _TAG_RE.finditer(text):
-        closing, tag = m.group(1), m.group(2).lower()
-        if tag == "think":
-            if not closing:
-                p.n_think_tags += 1
-                if open_think < 0 and think_span is None:
-                    open_think = m.end()
-            else:
-                last_think_close = m.end()
-                if open_think >= 0 and think_span is None:
-                    think_span = (open_think, m.start())
-                    open_think = -1
-        else:
-            if not closing:
-                p.n_answer_tags += 1
-                open_answer = m.end()
-            elif open_answer >= 0:
-                answer_spans.append((open_answer, m.start()))
-                open_answer = -1
 
-    if mode == "strict":
-        if format_ok:
-            g = _STRICT_GROUPS_RE.fullmatch(text)
-            assert g is not None
-            think_span = (g.start(1), g.end(1))
-            # the reference regex lets "<answer>a</answer><answer>b</answer>" through as one block; keep the
-            # individual blocks (n_answer_tags tells the format check there were several)
-            a0, a1 = g.start(2) - len("<answer>"), g.end(2) + len("</answer>")
-            answer_spans = [s for s in answer_spans if s[0] >= a0 and s[1] <= a1] or [(g.start(2), g.end(2))]
-        else:
-            think_span, answer_spans = None, []
+    low = text.lower() if g is not None else ""
+    if g is not None and low.count("<answer>") == 1 and low.count("<think>") == 1 \
+            and low.count("</think>") == 1 and low.count("</answer>") == 1:
+        # fast path (the common case): a well-formed text with exactly one block of each
+        p.n_think_tags = p.n_answer_tags = 1
+        think_span, answer_spans = (g.start(1), g.end(1)), [(g.start(2), g.end(2))]
+        last_think_close = g.end(1) + len("</think>")
+    else:
+        # tag scan: counts, first think block, every answer block (spans for locating AU mentions)
+        open_think = open_answer = -1
+        for m in _TAG_RE.finditer(text):
+            closing, tag = m.group(1), m.group(2).lower()
+            if tag == "think":
+                if not closing:
+                    p.n_think_tags += 1
+                    if open_think < 0 and think_span is None:
+                        open_think = m.end()
+                else:
+                    last_think_close = m.end()
+                    if open_think >= 0 and think_span is None:
+                        think_span = (open_think, m.start())
+                        open_think = -1
+            else:
+                if not closing:
+                    p.n_answer_tags += 1
+                    open_answer = m.end()
+                elif open_answer >= 0:
+                    answer_spans.append((open_answer, m.start()))
+                    open_answer = -1
+        if mode == "strict":
+            if g is not None:
+                think_span = (g.start(1), g.end(1))
+                # the reference regex lets "<answer>a</answer><answer>b</answer>" through as one block; keep the
+                # individual blocks (n_answer_tags tells the format check there were several)
+                a0, a1 = g.start(2) - len("<answer>"), g.end(2) + len("</answer>")
+                answer_spans = [s for s in answer_spans if s[0] >= a0 and s[1] <= a1] or [(g.start(2), g.end(2))]
+            else:
+                think_span, answer_spans = None, []
 
     if think_span is not None:
         p.think = text[think_span[0]:think_span[1]].strip()
@@ -205,21 +208,31 @@ def parse(text: str | None, mode: str = "tolerant", synonyms: dict[str, str] | N
     # AU mentions, located by block
     if text:
         ts, te = think_span if think_span is not None else (-1, -1)
-        for m in _MENTION_RE.finditer(text):
-            start = m.start()
+        found: list[tuple[int, int, str | None, str, bool]] = []
+        for m in _AU_RE.finditer(text):
+            start, side = m.start(), None
+            if start >= 1 and text[start - 1] in "LR" and (start < 2 or not text[start - 2].isalnum()):
+                start, side = start - 1, text[start - 1]
+            elif start >= 2 and text[start - 1] in " -" and text[start - 2] in "LR" \
+                    and (start < 3 or not text[start - 3].isalnum()):
+                start, side = start - 2, text[start - 2]
+            tok = text[start:m.end()]
+            # canonical: exactly "AU" + digits, no side, no padding (faster than a regex fullmatch)
+            found.append((start, int(m.group(1)), side, tok,
+                          side is None and tok[:2] == "AU" and tok[2:3] != "0" and tok[2:].isdigit()))
+        if "L" in text or "R" in text:
+            sides = [(m.start(), int(m.group(1)), m.group(0)[0], m.group(0), True) for m in _SIDE_RE.finditer(text)]
+            if sides:
+                found.extend(sides)
+                found.sort()
+        for start, au, side, tok, canonical in found:
             if ts <= start < te:
                 where = "think"
-            elif any(a <= start < b for a, b in answer_spans):
+            elif answer_spans and any(a <= start < b for a, b in answer_spans):
                 where = "answer"
             else:
                 where = "outside"
-            num = m.group("num")
-            if num is not None:
-                tok = m.group(0)
-                p.mentions.append(AUMention(int(num), m.group("side"), where, tok, start,
-                                            _CANONICAL_TOKEN_RE.fullmatch(tok) is not None))
-            else:
-                p.mentions.append(AUMention(int(m.group("num2")), m.group("side2"), where, m.group(0), start, True))
+            p.mentions.append(AUMention(au, side, where, tok, start, canonical))
 
     ans = p.first_answer
     if ans is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -17,8 +16,6 @@ from fea20k.validate.checks import RuleSet, check_text, load_ruleset
 
 logger = logging.getLogger(__name__)
 
-_ANSWER_BLOCK_RE = re.compile(r"<answer>.*?</answer>", re.DOTALL | re.IGNORECASE)
-_WS_RE = re.compile(r"\s+")
 
 # Count-min sketch for the first template pass: DEPTH rows of WIDTH 32-bit counters (4 x 2^20 x 4 B = 16 MiB),
 # whatever the round size. It only over-counts; the second pass counts the few candidates it flags exactly.
@@ -27,9 +24,13 @@ _CMS_WIDTH_BITS = 20
 
 
 def template_key(text: str) -> bytes:
-    """16-byte digest of a rationale's think text: answer block removed, lower-cased, whitespace collapsed."""
-    norm = _WS_RE.sub(" ", _ANSWER_BLOCK_RE.sub("", text).lower()).strip()
-    return hashlib.blake2b(norm.encode("utf-8"), digest_size=16).digest()
+    """16-byte digest of a rationale: lower-cased, answer block(s) removed, whitespace collapsed."""
+    low = text.lower()
+    a = low.find("<answer>")
+    if a >= 0:
+        b = low.rfind("</answer>")
+        low = low[:a] + (low[b + len("</answer>"):] if b >= a else "")
+    return hashlib.blake2b(" ".join(low.split()).encode("utf-8"), digest_size=16).digest()
 
 
 class TemplateCounter:
@@ -51,25 +52,34 @@ class TemplateCounter:
     def _slots(self, key: bytes) -> list[int]:
         return [int.from_bytes(key[4 * i:4 * i + 4], "little") & self._mask for i in range(_CMS_DEPTH)]
 
+    def _slot_matrix(self, keys: list[bytes]):  # noqa: ANN202 - numpy array
+        np = self._np
+        return np.frombuffer(b"".join(keys), dtype="<u4").reshape(len(keys), 4)[:, :_CMS_DEPTH] & self._mask
+
     def add_sketch(self, keys: list[bytes]) -> None:
         """Pass 1: count a batch of keys in the sketch."""
         if not keys:
             return
         np = self._np
-        raw = np.frombuffer(b"".join(keys), dtype="<u4").reshape(len(keys), 4)[:, :_CMS_DEPTH] & self._mask
+        slots = self._slot_matrix(keys)
         for row in range(_CMS_DEPTH):
-            np.add.at(self._sketch[row], raw[:, row], 1)
+            np.add.at(self._sketch[row], slots[:, row], 1)
 
     def estimate(self, key: bytes) -> int:
         return int(min(self._sketch[r, s] for r, s in enumerate(self._slots(key))))
 
     def add_exact(self, keys: list[bytes]) -> None:
         """Pass 2: count exactly the keys the sketch flags as possibly repeated more than ``max_repeats``."""
-        for key in keys:
-            if key in self._exact:
-                self._exact[key] += 1
-            elif self.estimate(key) > self.max_repeats:
-                self._exact[key] = 1
+        if not keys:
+            return
+        slots = self._slot_matrix(keys)
+        est = self._sketch[0, slots[:, 0]]
+        for row in range(1, _CMS_DEPTH):
+            est = self._np.minimum(est, self._sketch[row, slots[:, row]])
+        exact = self._exact
+        for i in self._np.flatnonzero(est > self.max_repeats).tolist():
+            key = keys[i]
+            exact[key] = exact.get(key, 0) + 1
 
     def count(self, key: bytes) -> int:
         """Exact count of a flagged key; 0 means 'at most max_repeats' (not flagged)."""
