@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -196,3 +197,37 @@ def test_killed_job_resumes_without_repeating_answered_requests(tmp_path: Path, 
                        if r["accepted"] is not False)
     assert stats.counters["requests_sent"] + stats.counters["cache_hits"] == live
     assert stats.counters["cache_hits"] == len(answered) - live_in_done  # answered, chunk not written before the kill
+
+
+def _release_files(ws: Path) -> dict[str, object]:
+    """Every file of the round-0 release: Parquet shards as rows (ids, labels, rationales, image bytes), the rest
+    as bytes."""
+    root = ws / "releases" / "round-0"
+    out: dict[str, object] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            rel = str(p.relative_to(root))
+            out[rel] = pq.read_table(p).to_pylist() if p.suffix == ".parquet" else p.read_bytes()
+    return out
+
+
+def test_demo_round0_release_identical_to_local(tmp_path: Path, ray_address: str) -> None:
+    from fea20k.demo import write_demo
+
+    demo = tmp_path / "demo"
+    write_demo(demo, n=60, seed=5)
+    recipe = demo / "pipelines" / "demo.toml"
+    recipe.write_text(recipe.read_text().replace("chunk_size = 1000", "chunk_size = 8"))  # several chunks per stage
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    shutil.copytree(demo, local)
+    shutil.copytree(demo, on_ray)
+    build_round(local, 0, quiet=True)
+    result = build_round(on_ray, 0, quiet=True, executor="ray")
+    assert "faces.align" in result.ran and "annotate.draft" in result.ran
+    assert len(list((on_ray / ".fea20k/rounds/0/faces.align").glob("part-*.parquet"))) >= 4
+    ray_release, local_release = _release_files(on_ray), _release_files(local)
+    assert ray_release.keys() == local_release.keys()
+    shards = [k for k in ray_release if k.endswith(".parquet")]
+    assert shards and sum(len(ray_release[k]) for k in shards) > 0  # type: ignore[arg-type]
+    for name in ray_release:
+        assert ray_release[name] == local_release[name], name
