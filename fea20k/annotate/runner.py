@@ -145,7 +145,7 @@ class AnnotateStage(MapStage):
                  self.ctx.workspace.data_file("validators", "prototypes.toml"),
                  self.annotators_dir / self.spec.emotion_sets, *self.backend.recipe_files()]
         if not self.backend.offline:
-            files.append(self.task.template_path)
+            files += [self.task.template_path, self.task.feedback_path]
         if self.repairs:
             files.append(self.ctx.workspace.data_file(self.config.validators))
         return files
@@ -255,13 +255,16 @@ class AnnotateStage(MapStage):
                 rat.errors.append(f"attempt {attempt}: {reply.error}")
                 if reply.fatal:
                     break
-                feedback = Feedback(previous=reply.raw[: spec.feedback_max_chars], issues=[reply.error])
+                feedback = Feedback(previous=reply.raw[: spec.feedback_max_chars], issues=[reply.error],
+                                    attempt=attempt + 1)
                 self.stats.add("retries_repair")
                 continue
             issues = task.parse_response(reply.text, rec).issues
+            explained = issues
             if not issues and self._checker is not None:
                 result = self._checker(reply.text or "", rec)
                 issues = [] if result.passed else (list(result.reasons) or ["failed the validator checks"])
+                explained = task.explain(issues, result)
             if not issues:
                 rat.text = reply.text
                 model = backend.model or "-"
@@ -274,7 +277,7 @@ class AnnotateStage(MapStage):
                 self._status()
                 return True
             rat.errors.append(f"attempt {attempt}: {'; '.join(issues)}")
-            feedback = Feedback(previous=reply.text or "", issues=issues)
+            feedback = Feedback(previous=reply.text or "", issues=explained, attempt=attempt + 1)
             if attempt < spec.max_attempts:
                 self.stats.add("retries_repair")
         return self._fail(rec)

@@ -35,6 +35,7 @@ class AnnotatorSpec(StrictModel):
     prompt: str = "prompts/facial_r1.md.j2"
     question: str = "What is the emotion of this face?"
     emotion_sets: str = "emotion_sets.toml"
+    feedback: str = "feedback.toml"  # how failed checks are explained in a repair prompt
     phrases: str | None = None  # rules: phrase templates
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(1024, ge=1)

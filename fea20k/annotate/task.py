@@ -38,6 +38,7 @@ class Feedback:
 
     previous: str
     issues: list[str]
+    attempt: int = 2  # the attempt this feedback is for (keeps a repeated prompt from being a cache hit)
 
 
 @dataclass
@@ -181,6 +182,25 @@ class Task:
         except jinja2.TemplateSyntaxError as e:
             raise ConfigError(f"{self.template_path}:{e.lineno}: template syntax error: {e.message}") from None
         self.template_hash = hashlib.sha256(self.template_path.read_bytes()).hexdigest()[:12]
+        self.feedback_path = annotator_file(annotators_dir, spec.feedback, spec_path)
+        messages = read_toml(self.feedback_path).get("messages", {})
+        if not isinstance(messages, dict) or not all(isinstance(v, str) for v in messages.values()):
+            raise ConfigError(f"{self.feedback_path}: [messages] must map reason codes to strings")
+        self.feedback_messages: dict[str, str] = messages
+
+    def explain(self, reasons: list[str], result: Any = None) -> list[str]:
+        """The failed checks as sentences for the model (``annotators/feedback.toml``); unknown codes pass through.
+        A code like ``au_f1_below_0.6`` matches the key ``au_f1_below``."""
+        values = {
+            "missed": ", ".join(f"AU{a}" for a in getattr(result, "missed", []) or []) or "-",
+            "hallucinated": ", ".join(f"AU{a}" for a in getattr(result, "hallucinated", []) or []) or "-",
+        }
+        out = []
+        for code in reasons:
+            key = code if code in self.feedback_messages else code.rstrip("0123456789.").rstrip("_")
+            msg = self.feedback_messages.get(key)
+            out.append(msg.format(**values) if msg else code)
+        return out
 
     # -- prompt
     def emotion_set(self, rec: FaceRecord) -> list[str]:
@@ -215,7 +235,8 @@ class Task:
             prev = feedback.previous or "(empty reply)"
             if len(prev) > self.spec.feedback_max_chars:
                 prev = prev[: self.spec.feedback_max_chars] + " [...]"
-            fb = {"previous": prev, "issues": feedback.issues or ["unspecified"]}
+            fb = {"previous": prev, "issues": feedback.issues or ["unspecified"], "attempt": feedback.attempt,
+                  "max_attempts": self.spec.max_attempts}
         return self.template.render(
             question=question,
             emotions=self.emotion_set(rec),

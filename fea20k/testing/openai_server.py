@@ -64,9 +64,11 @@ class FaultPlan:
 
 
 def gold_reply(prompt: str, wrong: bool = False) -> str:
-    """A correct Facial-R1-format rationale for the ground truth stated in ``prompt`` (wrong emotion if asked)."""
-    m = GOLD_AUS_RE.search(prompt)
-    aus = re.findall(r"AU\d+", m.group(1)) if m else []
+    """A correct Facial-R1-format rationale for the ground truth stated in ``prompt`` (wrong emotion if asked).
+
+    With no AU line (emotion-only sources) it names the core prototype AUs of the emotion (validators/prototypes)."""
+    m_aus = GOLD_AUS_RE.search(prompt)
+    aus = re.findall(r"AU\d+", m_aus.group(1)) if m_aus else []
     m = EMOTION_LIST_RE.search(prompt)
     allowed = [e.strip() for e in m.group(1).split(",") if e.strip()] if m else ["neutral"]
     m = GOLD_EMOTION_RE.search(prompt)
@@ -74,6 +76,10 @@ def gold_reply(prompt: str, wrong: bool = False) -> str:
     if wrong:
         others = [e for e in allowed if e != emotion] or ["surprise"]
         emotion = others[0]
+    if not m_aus and not wrong:
+        from fea20k.vocab import load_vocab
+
+        aus = [f"AU{a}" for a in sorted(load_vocab().prototypes.get(emotion, (frozenset(), frozenset()))[0])]
     if aus:
         moves = ", ".join(f"a visible facial movement ({au})" for au in aus)
         think = f"The face shows {moves}. Together these movements express {emotion}."

@@ -28,10 +28,11 @@ def jpeg(i: int, size: int = 32) -> bytes:
 def make_records(n: int, with_face: bool = True) -> list[FaceRecord]:
     """A mix of emotion-only, AU-only and emotion+AU records."""
     kinds = [
-        dict(emotion="happiness", meta={"corpus": "rafdb_basic"}),
-        dict(emotion="sadness", aus={1: 1, 4: 1, 15: 1, 12: 0}, au_coded=[1, 4, 12, 15], meta={"corpus": "rafau"}),
-        dict(aus={1: 1, 2: 1, 5: 1, 26: 1, 12: 0}, au_coded=[1, 2, 5, 12, 26], meta={"corpus": "disfa"}),
-        dict(emotion="anger", meta={"corpus": "affectnet_csv"}),
+        {"emotion": "happiness", "meta": {"corpus": "rafdb_basic"}},
+        {"emotion": "sadness", "aus": {1: 1, 4: 1, 15: 1, 12: 0}, "au_coded": [1, 4, 12, 15],
+         "meta": {"corpus": "rafau"}},
+        {"aus": {1: 1, 2: 1, 5: 1, 26: 1, 12: 0}, "au_coded": [1, 2, 5, 12, 26], "meta": {"corpus": "disfa"}},
+        {"emotion": "anger", "meta": {"corpus": "affectnet_csv"}},
     ]
     out = []
     for i in range(n):
@@ -40,7 +41,9 @@ def make_records(n: int, with_face: bool = True) -> list[FaceRecord]:
         out.append(FaceRecord(id=f"{src}/img_{i:04d}", source=src, split="train",
                               face=jpeg(i) if with_face else None,
                               emotion=spec.get("emotion"), aus=dict(spec.get("aus", {})),
-                              au_coded=list(spec.get("au_coded", [])), meta=dict(spec["meta"])))
+                              au_coded=list(spec.get("au_coded", [])), meta=dict(spec["meta"]),
+                              emotion_origin="gt" if spec.get("emotion") else None,
+                              aus_origin="gt" if spec.get("aus") else None))
     return out
 
 

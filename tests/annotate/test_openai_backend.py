@@ -62,7 +62,7 @@ def test_rerun_hits_cache_and_makes_no_call(ws: Path, fake_checks) -> None:
         b = second.run_batch(make_records(20))
         second.close()
         assert all(srv.counts[k] == counts[k] for k in answered)  # nothing answered is asked again
-    assert all(rb.rationale.text == ra.rationale.text for ra, rb in zip(a, b) if ra.rationale.text)
+    assert all(rb.rationale.text == ra.rationale.text for ra, rb in zip(a, b, strict=True) if ra.rationale.text)
     assert second.stats.counters["cache_hits"] >= 20
 
 
@@ -145,3 +145,21 @@ def test_signature_ignores_transport_and_budget(ws: Path) -> None:
     assert a == b != c
     files = {p.name for p in make_stage(ws, annotator="loop").recipe_files()}
     assert files >= {"facial_r1.md.j2", "emotion_sets.toml", "default.toml"}
+
+
+def test_repair_loop_with_the_real_validator_checks(ws: Path) -> None:
+    checks = pytest.importorskip("fea20k.validate.checks")
+    if not (ws / "validators" / "default.toml").is_file():
+        pytest.skip("validators/default.toml not shipped yet")
+    with OpenAIServer(wrong_rate=0.4) as srv:
+        write_annotator(ws, "loop", srv.base_url, max_attempts=4)
+        stage = make_stage(ws, annotator="loop")
+        out = stage.run_batch(make_records(16))
+        stage.close()
+    rules = checks.load_ruleset(ws / "validators" / "default.toml")
+    for r in out:
+        if r.rationale.text:
+            assert checks.check_text(r.rationale.text, r, rules).passed
+    assert stage.stats.counters["repaired"] >= 1
+    first_failures = [r.rationale.errors[0] for r in out if r.rationale.errors]
+    assert first_failures and all(e.startswith("attempt 1: ") for e in first_failures)

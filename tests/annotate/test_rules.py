@@ -96,3 +96,16 @@ def test_every_phrase_is_hedge_free(ws: Path) -> None:
     phrases += [p for v in data["movements"].values() for p in v]
     bad = [p for p in phrases if HEDGES.search(p)]
     assert bad == []
+
+
+def test_rule_drafts_pass_the_validator_checks(ws: Path) -> None:
+    import pytest
+
+    checks = pytest.importorskip("fea20k.validate.checks")
+    if not (ws / "validators" / "default.toml").is_file():
+        pytest.skip("validators/default.toml not shipped yet")
+    rules = checks.load_ruleset(ws / "validators" / "default.toml")
+    out = _run(ws, make_records(120, with_face=False))
+    failed = [(r.rationale.text, checks.check_text(r.rationale.text, r, rules).reasons) for r in out
+              if not checks.check_text(r.rationale.text, r, rules).passed]
+    assert failed == []

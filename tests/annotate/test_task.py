@@ -131,3 +131,17 @@ def test_request_key_uses_image_hash(ws: Path) -> None:
     assert key != request_key("m", msgs, {**params, "temperature": 0.5})
     other = FaceRecord(id="raf/5", source="raf", emotion="fear", face=jpeg(6))
     assert key != request_key("m", task.format_prompt(other), params)
+
+
+def test_failed_checks_are_explained_from_the_feedback_file(ws: Path) -> None:
+    import types
+
+    task = _task(ws)
+    result = types.SimpleNamespace(missed=[4, 15], hallucinated=[12])
+    msgs = task.explain(["emotion_mismatch", "au_f1_below_0.6", "brand_new_check"], result)
+    assert msgs[0].startswith("the emotion in <answer> is not")
+    assert "missing: AU4, AU15; not present: AU12" in msgs[1]
+    assert msgs[2] == "brand_new_check"
+    rec = FaceRecord(id="raf/9", source="raf", emotion="sadness")
+    t = _text(task, rec, Feedback(previous="<think>x</think><answer>anger</answer>", issues=msgs, attempt=3))
+    assert "This is attempt 3 of 3." in t and msgs[1] in t
