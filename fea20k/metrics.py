@@ -349,7 +349,7 @@ def confusion_table(source: str, emotion: dict[str, Any]) -> Any:
     t = Table(title=f"Emotion confusion - {source} (rows: truth)")
     t.add_column("truth \\ pred")
     for c in conf["columns"]:
-        t.add_column(c[:8], justify="right")
+        t.add_column(c, justify="right")
     t.add_column("recall", justify="right")
     for truth, row in zip(conf["rows"], conf["matrix"], strict=True):
         cells = [f"[green]{v}[/green]" if c == truth and v else (str(v) if v else "[dim]0[/dim]")
