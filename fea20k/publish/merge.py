@@ -32,8 +32,10 @@ class MergeRounds(AggregateStage):
 
     Rule (``earliest-accepted-round-wins``): a sample accepted in several rounds keeps ONE row, the one of the
     earliest round that accepted it, so a released row never changes once published; later versions of it are
-    counted (``duplicate_kept_earlier``) and left out. Each row keeps its ``round`` (the round whose model wrote it),
-    its rationale's annotator/model and its provenance, so a release says which checkpoint wrote which rows.
+    counted (``duplicate_kept_earlier``) and left out. Each row keeps its ``round``, its rationale's annotator/model
+    and its provenance; a row whose rationale ``annotate.regenerate`` wrote in round k is stamped with the checkpoint
+    round k-1's train steps registered (``provenance["publish.merge"]``), so a release says which checkpoint wrote
+    which rows.
     Rejected rows: only this round's (earlier rounds' rejections are in their own releases and audits). A row a
     human rejected in ``reviews/round-k.jsonl`` (k < N) is not carried (counted as ``carried_skipped_human_reject``).
 
@@ -64,9 +66,21 @@ class MergeRounds(AggregateStage):
         for k, d in self._earlier_dirs():
             marker = read_marker(d)
             out[str(k)] = marker["signature"] if marker else "missing"
-        return {"rule": MERGE_RULE, "earlier": out}
+        return {"rule": MERGE_RULE, "earlier": out, "checkpoints": self._checkpoints()}
+
+    def _checkpoints(self) -> dict[str, str | None]:
+        """Round k -> the checkpoint that regenerated round k's rationales (round k-1's last one)."""
+        ledger = self.ctx.workspace.ledger
+        return {str(k): ledger.checkpoint(k - 1) for k in range(1, self.ctx.round + 1)}
+
+    def _stamp(self, rec: FaceRecord, k: int, checkpoints: dict[str, str | None]) -> None:
+        what = f"{MERGE_RULE}: accepted in round {k}"
+        if "annotate.regenerate" in rec.provenance and checkpoints.get(str(k)):
+            what += f"; rationale written by round {k - 1}'s checkpoint {checkpoints[str(k)]}"
+        rec.provenance[self.name] = what
 
     def run(self, inputs: StageOutput) -> Iterator[list[FaceRecord]]:
+        checkpoints = self._checkpoints()
         seen: set[str] = set()
         rejected_by_review: set[str] = set()
         for k in range(self.ctx.round):
@@ -86,7 +100,7 @@ class MergeRounds(AggregateStage):
                     if rec.id in rejected_by_review:
                         self.stats.add("carried_skipped_human_reject")
                         continue
-                    rec.provenance[self.name] = f"{MERGE_RULE}: accepted in round {k}"
+                    self._stamp(rec, k, checkpoints)
                     out.append(rec)
                 carried += len(out)
                 if out:
@@ -101,7 +115,7 @@ class MergeRounds(AggregateStage):
                     continue
                 seen.add(rec.id)
                 if rec.accepted is True:
-                    rec.provenance[self.name] = f"{MERGE_RULE}: accepted in round {self.ctx.round}"
+                    self._stamp(rec, self.ctx.round, checkpoints)
                     self.stats.add("new_accepted")
                 else:
                     self.stats.add("new_rejected")
