@@ -30,9 +30,12 @@ DISFA_SUBJECTS = ("SN001", "SN013", "SN003", "SN002", "SN018", "SN029")  # part1
 RAF_SIZE_RANGE = (170, 280)  # original-image side lengths, pixels
 RAF_ALIGNED = 100  # aligned crops are 100x100 [RAF-DB README]
 # Where the aligned crops put the eyes and the mouth centre (similarity transform, as the README describes).
-RAF_ALIGNED_TEMPLATE = ((30.0, 38.0), (70.0, 38.0), (50.0, 74.0))
+RAF_ALIGNED_TEMPLATE = ((35.0, 40.0), (65.0, 40.0), (50.0, 71.0))
 DISFA_FRAME = (320, 240)  # a 4:3 frame (the release's videos are 1024x768)
 JPEG_QUALITY = 90
+CHUNK = 200  # images per drawing job
+MIN_PARALLEL = 400  # below this many samples, draw in this process (a pool costs more than it saves)
+RAF_DIRS = ("EmoLabel", "Image/original", "Image/aligned", "Annotation/manual", "Annotation/boundingbox")
 
 DEMO_CONFIG = """\
 # fea20k demo workspace: synthetic corpora in the RAF-DB basic and DISFA release layouts.
@@ -58,22 +61,42 @@ include_images = true  # synthetic faces: no licence forbids embedding them
 
 def write_demo(directory: Path, n: int = 500, seed: int = 0) -> dict[str, int]:
     """Create a workspace in ``directory`` with about ``n`` synthetic samples (half RAF-DB images, half DISFA
-    frames). Returns ``{"rafdb": images, "disfa_frames": frames, "disfa_subjects": subjects}``."""
-    import numpy as np
+    frames). Returns ``{"rafdb": images, "disfa_frames": frames, "disfa_subjects": subjects}``.
 
+    Every image is drawn from its own seeded generator, so the output does not depend on the number of worker
+    processes (``FEA20K_WORKERS``, default: the usable cores).
+    """
+    from fea20k.config import workers
     from fea20k.workspace import CONFIG_NAME, init_workspace
 
     directory = Path(directory)
     init_workspace(directory)
-    rng = np.random.default_rng(seed)
     n_disfa = n // 2
     n_raf = n - n_disfa
     corpora = directory / "corpora"
-    write_rafdb(corpora / "RAF-DB" / "basic", n_raf, rng)
-    n_subjects = write_disfa(corpora / "DISFA", n_disfa, rng)
+    jobs = write_rafdb(corpora / "RAF-DB" / "basic", n_raf, seed)
+    subjects, disfa_jobs = write_disfa(corpora / "DISFA", n_disfa, seed)
+    jobs += disfa_jobs
+    n_workers = min(workers(), len(jobs)) if n >= MIN_PARALLEL else 1
+    if n_workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(n_workers) as pool:
+            list(pool.map(_run_job, jobs))
+    else:
+        for job in jobs:
+            _run_job(job)
     (directory / CONFIG_NAME).write_text(DEMO_CONFIG.format(name=directory.resolve().name), encoding="utf-8")
-    logger.info("demo: %d RAF-DB images, %d DISFA frames (%d subjects) in %s", n_raf, n_disfa, n_subjects, corpora)
-    return {"rafdb": n_raf, "disfa_frames": n_disfa, "disfa_subjects": n_subjects}
+    logger.info("demo: %d RAF-DB images, %d DISFA frames (%d subjects) in %s", n_raf, n_disfa, subjects, corpora)
+    return {"rafdb": n_raf, "disfa_frames": n_disfa, "disfa_subjects": subjects}
+
+
+def _run_job(job: tuple) -> None:
+    kind, args = job[0], job[1:]
+    if kind == "raf":
+        _draw_raf(*args)
+    else:
+        _draw_disfa(*args)
 
 
 def _jpeg(path: Path, img: np.ndarray) -> None:
@@ -85,25 +108,33 @@ def _jpeg(path: Path, img: np.ndarray) -> None:
     path.write_bytes(buf.tobytes())
 
 
-def write_rafdb(root: Path, n: int, rng: np.random.Generator) -> int:
-    """RAF-DB basic release layout with ``n`` images (~80% train); returns ``n``."""
+def write_rafdb(root: Path, n: int, seed: int) -> list[tuple]:
+    """Write the RAF-DB basic label file (``n`` images, ~80% train) and folders; return the drawing jobs."""
+    import numpy as np
+
+    for d in RAF_DIRS:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    n_train = round(0.8 * n) if n > 1 else n
+    rng = np.random.default_rng([seed, 0])
+    labels = np.resize(np.arange(1, len(RAF_BASIC_CLASSES) + 1), n)
+    rng.shuffle(labels)
+    names = [f"train_{i + 1:05d}.jpg" for i in range(n_train)] + [f"test_{i + 1:04d}.jpg" for i in range(n - n_train)]
+    rows = list(zip(names, labels.tolist(), strict=True))
+    (root / "EmoLabel" / "list_patition_label.txt").write_text("".join(f"{a} {b}\n" for a, b in rows),
+                                                              encoding="utf-8")
+    return [("raf", root, seed, i, rows[i:i + CHUNK]) for i in range(0, n, CHUNK)]
+
+
+def _draw_raf(root: Path, seed: int, first: int, rows: list[tuple[str, int]]) -> None:
     import cv2
     import numpy as np
 
     from fea20k.ingest.rafdb import canonical_emotion
     from fea20k.synth_faces import Pose, landmarks5, prototype_aus, random_identity, render_face
 
-    dirs = {k: root / k for k in ("EmoLabel", "Image/original", "Image/aligned", "Annotation/manual",
-                                  "Annotation/boundingbox")}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-    n_train = round(0.8 * n) if n > 1 else n
-    labels = np.resize(np.arange(1, len(RAF_BASIC_CLASSES) + 1), n)
-    rng.shuffle(labels)
-    names = [f"train_{i + 1:05d}.jpg" for i in range(n_train)] + [f"test_{i + 1:04d}.jpg" for i in range(n - n_train)]
     template = np.array(RAF_ALIGNED_TEMPLATE, np.float32)
-    lines = []
-    for name, label in zip(names, labels.tolist(), strict=True):
+    for k, (name, label) in enumerate(rows):
+        rng = np.random.default_rng([seed, 1, first + k])
         stem = name[:-4]
         emotion = canonical_emotion(RAF_BASIC_CLASSES[label])
         aus = prototype_aus(emotion, rng)
@@ -115,23 +146,20 @@ def write_rafdb(root: Path, n: int, rng: np.random.Generator) -> int:
                     x=float(w / 2 + rng.uniform(-0.07, 0.07) * side),
                     y=float(h * 0.42 + rng.uniform(-0.05, 0.05) * side))
         img, lm68, pupils = render_face(aus, ident, pose, (w, h), rng)
-        _jpeg(dirs["Image/original"] / name, img)
+        _jpeg(root / "Image" / "original" / name, img)
         five = landmarks5(lm68, pupils)
         mouth_centre = (five[3] + five[4]) / 2
         m, _ = cv2.estimateAffinePartial2D(np.array([five[0], five[1], mouth_centre], np.float32), template)
         aligned = cv2.warpAffine(img, m, (RAF_ALIGNED, RAF_ALIGNED), flags=cv2.INTER_LINEAR,
                                  borderMode=cv2.BORDER_REPLICATE)
-        _jpeg(dirs["Image/aligned"] / f"{stem}_aligned.jpg", aligned)
+        _jpeg(root / "Image" / "aligned" / f"{stem}_aligned.jpg", aligned)
         attrs = (int(rng.integers(0, 3)), int(rng.integers(0, 3)), int(rng.integers(0, 5)))  # gender, race, age
         manual = "".join(f"{x:.2f}\t{y:.2f}\n" for x, y in five) + "".join(f"{a}\n" for a in attrs)
-        (dirs["Annotation/manual"] / f"{stem}_manu_attri.txt").write_text(manual, encoding="utf-8")
+        (root / "Annotation" / "manual" / f"{stem}_manu_attri.txt").write_text(manual, encoding="utf-8")
         x0, y0 = np.maximum(lm68.min(axis=0) - [0.05 * side, 0.18 * side], 0)
         x1, y1 = np.minimum(lm68.max(axis=0) + [0.05 * side, 0.02 * side], [w - 1, h - 1])
-        (dirs["Annotation/boundingbox"] / f"{stem}_boundingbox.txt").write_text(
+        (root / "Annotation" / "boundingbox" / f"{stem}_boundingbox.txt").write_text(
             f"{x0:.1f} {y0:.1f} {x1:.1f} {y1:.1f}\n", encoding="utf-8")
-        lines.append(f"{name} {label}\n")
-    (dirs["EmoLabel"] / "list_patition_label.txt").write_text("".join(lines), encoding="utf-8")
-    return n
 
 
 def _episodes(n_frames: int, rng: np.random.Generator) -> np.ndarray:
@@ -157,39 +185,50 @@ def _episodes(n_frames: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def write_disfa(root: Path, n: int, rng: np.random.Generator) -> int:
-    """DISFA release layout with ``n`` frames over 3-6 subjects (pre-extracted frames); returns the subject count."""
+def write_disfa(root: Path, n: int, seed: int) -> tuple[int, list[tuple]]:
+    """Write DISFA label files for ``n`` frames over 3-6 subjects; return the subject count and the drawing jobs
+    (frames and landmark files)."""
+    import numpy as np
+
+    from fea20k.ingest.disfa import DISFA_AUS
+
+    n_subjects = max(1, min(len(DISFA_SUBJECTS), n, max(3, n // 300)))
+    per = np.full(n_subjects, n // n_subjects)
+    per[: n % n_subjects] += 1
+    jobs: list[tuple] = []
+    for k, (subj, n_frames) in enumerate(zip(DISFA_SUBJECTS, per.tolist(), strict=False)):
+        label_dir = root / "ActionUnit_Labels" / subj
+        for d in (label_dir, root / "Images" / subj, root / "Landmark_Points" / subj / "tmp_frame_lm"):
+            d.mkdir(parents=True, exist_ok=True)
+        intensity = _episodes(n_frames, np.random.default_rng([seed, 2, k]))
+        for j, au in enumerate(DISFA_AUS):
+            text = "".join(f"{f + 1},{v}\n" for f, v in enumerate(intensity[:, j].tolist()))
+            (label_dir / f"{subj}_au{au}.txt").write_text(text, encoding="utf-8")
+        jobs += [("disfa", root, seed, k, subj, t, intensity[t:t + CHUNK]) for t in range(0, n_frames, CHUNK)]
+    return n_subjects, jobs
+
+
+def _draw_disfa(root: Path, seed: int, k: int, subj: str, first: int, intensity: np.ndarray) -> None:
     import numpy as np
     import scipy.io
 
     from fea20k.ingest.disfa import DISFA_AUS
     from fea20k.synth_faces import Pose, landmarks66, random_identity, render_face
 
-    n_subjects = max(1, min(len(DISFA_SUBJECTS), n, max(3, n // 300)))
-    per = np.full(n_subjects, n // n_subjects)
-    per[: n % n_subjects] += 1
     w, h = DISFA_FRAME
-    for subj, n_frames in zip(DISFA_SUBJECTS, per.tolist(), strict=False):
-        label_dir = root / "ActionUnit_Labels" / subj
-        frame_dir = root / "Images" / subj
-        lm_dir = root / "Landmark_Points" / subj / "tmp_frame_lm"
-        for d in (label_dir, frame_dir, lm_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        intensity = _episodes(n_frames, rng)
-        for j, au in enumerate(DISFA_AUS):
-            text = "".join(f"{f + 1},{v}\n" for f, v in enumerate(intensity[:, j].tolist()))
-            (label_dir / f"{subj}_au{au}.txt").write_text(text, encoding="utf-8")
-        ident = random_identity(rng)
-        base = np.array([w / 2 + rng.uniform(-15, 15), h * 0.42, h * rng.uniform(0.5, 0.6) / (2 * ident.face_w)])
-        phase = rng.uniform(0, 2 * np.pi, 4)
-        for t in range(n_frames):
-            # DISFA intensity 1..5 (FACS A..E) drawn as 0.36..1.0 of the full movement
-            aus = {au: 0.2 + 0.16 * v for au, v in zip(DISFA_AUS, intensity[t].tolist(), strict=True) if v > 0}
-            pose = Pose(scale=float(base[2] * (1 + 0.04 * np.sin(t / 23 + phase[0]))),
-                        angle=float(6 * np.sin(t / 31 + phase[1])),
-                        x=float(base[0] + 8 * np.sin(t / 27 + phase[2])),
-                        y=float(base[1] + 5 * np.sin(t / 19 + phase[3])))
-            img, lm68, _ = render_face(aus, ident, pose, (w, h), rng)
-            _jpeg(frame_dir / f"{t}.jpg", img)
-            scipy.io.savemat(str(lm_dir / f"{subj}_{t:04d}_lm.mat"), {"pts": landmarks66(lm68)})
-    return n_subjects
+    person = np.random.default_rng([seed, 3, k])  # the same person, place and head motion in every chunk
+    ident = random_identity(person)
+    base = np.array([w / 2 + person.uniform(-15, 15), h * 0.42, h * person.uniform(0.5, 0.6) / (2 * ident.face_w)])
+    phase = person.uniform(0, 2 * np.pi, 4)
+    lm_dir = root / "Landmark_Points" / subj / "tmp_frame_lm"
+    for t, row in enumerate(intensity.tolist(), start=first):
+        rng = np.random.default_rng([seed, 4, k, t])
+        # DISFA intensity 1..5 (FACS A..E) drawn as 0.36..1.0 of the full movement
+        aus = {au: 0.2 + 0.16 * v for au, v in zip(DISFA_AUS, row, strict=True) if v > 0}
+        pose = Pose(scale=float(base[2] * (1 + 0.04 * np.sin(t / 23 + phase[0]))),
+                    angle=float(6 * np.sin(t / 31 + phase[1])),
+                    x=float(base[0] + 8 * np.sin(t / 27 + phase[2])),
+                    y=float(base[1] + 5 * np.sin(t / 19 + phase[3])))
+        img, lm68, _ = render_face(aus, ident, pose, (w, h), rng)
+        _jpeg(root / "Images" / subj / f"{t}.jpg", img)
+        scipy.io.savemat(str(lm_dir / f"{subj}_{t:04d}_lm.mat"), {"pts": landmarks66(lm68)})
