@@ -115,7 +115,7 @@ def adapters_table(adapters: list[AdapterInfo]) -> Table:
     """Adapter, corpus, and the expected release layout."""
     from rich.table import Table
 
-    t = Table(title="Ingest adapters (set `adapter = ...` per [sources.*] in fea20k.toml)", show_lines=True)
+    t = Table(title="Ingest adapters (set `adapter = ...` per \\[sources.*] in fea20k.toml)", show_lines=True)
     t.add_column("adapter", style="bold")
     t.add_column("corpus")
     t.add_column("expected layout")
