@@ -214,7 +214,7 @@ class Align(MapStage):
 
     def _reduce_for(self, rec: FaceRecord, scale: float) -> int:
         """The largest JPEG reduced-decode factor that keeps the face at least output-size (scale = crop/source)."""
-        if not self.config.reduced_decode or rec.image is None or rec.image.frame is not None:
+        if not self.config.reduced_decode or rec.image is None:
             return 1
         if Path(rec.image.path).suffix.lower() not in JPEG_SUFFIXES:
             return 1
