@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,4 +251,8 @@ def test_status_chain_and_a_failed_round_publishes_nothing(three_rounds: tuple[P
     assert not (ws / "releases" / "round-2").exists()
     link = round_chain(Workspace(ws), [2])[0]
     assert link.state.startswith("failed at train.sft: ") and "exit code 7" in link.state
-    assert sys.executable
+    # a retrained round 0 (another checkpoint) makes round 1 regenerate: the checkpoint is in its signature
+    w = Workspace(ws)
+    w.ledger.record_checkpoint(0, "train.grpo", str(tmp_path / "retrained"), "other")
+    states = {s.key: s.status for s in round_status(w, 1)}
+    assert states["select"] == "up to date" and states["annotate.regenerate"] == "stale"

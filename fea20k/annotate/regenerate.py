@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fea20k.annotate.runner import AnnotateConfig, AnnotateStage
 from fea20k.annotate.task import RegenerateTask
 from fea20k.stage import register_stage
@@ -34,3 +36,7 @@ class Regenerate(AnnotateStage):
 
     Config = RegenerateConfig
     task_cls = RegenerateTask
+
+    def signature_extra(self) -> dict[str, Any]:
+        """Also the round N-1 checkpoint: when round N-1 is retrained, round N regenerates (train area)."""
+        return {**super().signature_extra(), "checkpoint": self.previous_checkpoint()}
