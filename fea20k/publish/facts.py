@@ -54,7 +54,7 @@ class ReleaseFacts:
     rounds: dict[int, RoundAcceptance] = field(default_factory=dict)
     reviews: Counter[str] = field(default_factory=Counter)  # accept / reject / accept_overruled / unknown_id
     row_digests: dict[str, str] = field(default_factory=dict)  # released id -> digest
-    with_face: int = 0
+    with_face: int = 0  # released rows with an aligned crop
 
     def add_released(self, hf_split: str, rec: FaceRecord) -> None:
         self.counts[(rec.source, hf_split, rec.emotion or NO_EMOTION)] += 1
@@ -70,8 +70,6 @@ class ReleaseFacts:
             self.annotators[(rat.annotator, rat.backend, rat.model or "")] += 1
             self.gold_in_prompt[rat.gold_in_prompt] += 1
             self.attempts[rat.attempts] += 1
-        if rec.face is not None:
-            self.with_face += 1
         self.row_digests[rec.id] = row_digest(hf_split, rec)
 
     def add_rejected(self, rec: FaceRecord) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
@@ -33,6 +34,7 @@ from fea20k.publish.notes import NOTES_FILE, compare, release_digests
 from fea20k.publish.release import ReleaseWriter, ShardInfo
 from fea20k.publish.reviews import load_reviews, reviews_path
 from fea20k.record import FaceRecord
+from fea20k.schema import SCHEMA, from_arrow
 from fea20k.stage import AggregateStage, StageConfig, register_stage
 from fea20k.workspace import Workspace
 
@@ -168,24 +170,8 @@ def build_release(
     tmp.mkdir(parents=True)
     writer = ReleaseWriter(tmp, vocab.emotions, images, shard_max_bytes=max_bytes)
     try:
-        for chunk in inputs.iter_chunks():
-            routed: dict[str, list[FaceRecord]] = {"train": [], "test": [], "rejected": []}
-            for rec in chunk:
-                review = reviews.get(rec.id)
-                if review is not None:
-                    seen_review_ids.add(rec.id)
-                    _apply_review(rec, review.decision, facts)
-                if rec.accepted is None:
-                    rec.exclude("publish", "not_validated")
-                if rec.accepted:
-                    split = "test" if rec.split == "test" else "train"
-                    facts.add_released(split, rec)
-                else:
-                    split = "rejected"
-                    facts.add_rejected(rec)
-                routed[split].append(rec)
-            for split, recs in routed.items():
-                writer.add(split, recs, review_cols)
+        for part in inputs.parts:
+            _publish_part(pq.read_table(part, schema=SCHEMA), writer, reviews, review_cols, seen_review_ids, facts)
         shards = writer.finish()
     except BaseException:
         writer.abort()
@@ -237,6 +223,52 @@ def build_release(
     logger.info("release round-%d: %s (%s)", round_, dict(writer.rows), "with faces" if images else "annotations-only")
     return ReleaseSummary(folder=out_dir, round=round_, include_images=images, rows=dict(writer.rows), shards=shards,
                           notes_summary=notes.summary(), blocked=[b.source for b in blocked])
+
+
+LIGHT_COLUMNS = ["id", "source", "split", "emotion", "aus", "au_coded", "rationale", "accepted", "reasons",
+                 "excluded_at"]
+
+
+def _publish_part(table: pa.Table, writer: ReleaseWriter, reviews: dict[str, Any],
+                  review_cols: dict[str, tuple[str, str | None]], seen_review_ids: set[str],
+                  facts: ReleaseFacts) -> None:
+    """Route one input part: verdicts and facts from its light columns (as records), rows written column-wise."""
+    import pyarrow.compute as pc
+
+    light = from_arrow(table.select(LIGHT_COLUMNS))
+    route: list[str] = []
+    changed = False
+    for rec in light:
+        review = reviews.get(rec.id)
+        if review is not None:
+            seen_review_ids.add(rec.id)
+            was = (rec.accepted, len(rec.reasons))
+            _apply_review(rec, review.decision, facts)
+            changed = changed or was != (rec.accepted, len(rec.reasons))
+        if rec.accepted is None:
+            rec.exclude("publish", "not_validated")
+            changed = True
+        if rec.accepted:
+            split = "test" if rec.split == "test" else "train"
+            facts.add_released(split, rec)
+        else:
+            split = "rejected"
+            facts.add_rejected(rec)
+        route.append(split)
+    if changed:
+        for name, typ in (("accepted", pa.bool_()), ("reasons", pa.list_(pa.string())),
+                          ("excluded_at", pa.string())):
+            values = pa.array([getattr(r, name) for r in light], type=typ)
+            table = table.set_column(table.schema.get_field_index(name), name, values)
+    routes = pa.array(route)
+    for split in ("train", "test", "rejected"):
+        mask = pc.equal(routes, split)
+        if not pc.any(mask).as_py():
+            continue
+        rows = table.filter(mask)
+        if split != "rejected":
+            facts.with_face += rows.num_rows - rows.column("face").null_count
+        writer.add_table(split, rows, review_cols)
 
 
 def _apply_review(rec: FaceRecord, decision: str, facts: ReleaseFacts) -> None:

@@ -95,8 +95,8 @@ def record_from_row(row: dict[str, Any], emotions: list[str]) -> FaceRecord:
         emotion=emotions[emo] if emo is not None else None, emotion_origin=row.get("emotion_origin"), aus=aus,
         au_coded=coded, au_intensity={d["au"]: d["value"] for d in row.get("au_intensity") or []},
         aus_origin=row.get("aus_origin"), rationale=rationale, accepted=True,
-        scores=json.loads(row["scores"]) if row.get("scores") else {},
-        provenance=json.loads(row["provenance"]) if row.get("provenance") else {},
+        scores={d["name"]: d["value"] for d in row.get("scores") or []},
+        provenance={d["stage"]: d["value"] for d in row.get("provenance") or []},
         meta=json.loads(row["meta"]) if row.get("meta") else {},
     )
 

@@ -21,7 +21,8 @@ and in the README's ``dataset_info``. Choices a consumer should know:
   (``image_source`` = the source name, ``image_path`` relative to that source's root, ``image_frame``) and the source
   geometry (``bbox``, ``landmarks`` in pixels of the referenced image, ``landmark_scheme``) are always kept, so that
   ``fea20k materialize`` can rebuild the faces of an annotations-only release from the user's own corpora.
-* ``meta``, ``scores`` and ``provenance`` are JSON strings (their keys vary by source and stage).
+* ``meta`` is a JSON string (raw source fields vary by corpus); ``scores`` is a list of ``{name, value}`` and
+  ``provenance`` a list of ``{stage, value}`` (``datasets`` has no map type).
 
 Shards are written with pyarrow directly, streaming batch by batch, and rolled over when a shard reaches the size
 cap. They are written under temporary names and renamed to ``-of-0000M`` names when the split is complete.
@@ -45,14 +46,17 @@ from fea20k.record import FaceRecord
 # The Hub's layout: split -> (folder, file prefix); the prefix is the split name, as `push_to_hub` writes it.
 SPLIT_DIRS = {"train": "data", "test": "data", "rejected": "rejected"}
 CONFIG_SPLITS = {"default": ("train", "test"), "rejected": ("rejected",)}
-# datasets writes 100 rows per row group for image datasets so that the Hub's viewer can page through them
-# (datasets.config.PARQUET_ROW_GROUP_SIZE_FOR_IMAGE_DATASETS); without images a larger group is cheaper to read.
-ROW_GROUP_ROWS_IMAGES = 100
-ROW_GROUP_ROWS_TEXT = 10_000
+# Row groups of about this many uncompressed bytes. datasets' push_to_hub uses 100-row groups for image datasets
+# (datasets.config.PARQUET_ROW_GROUP_SIZE_FOR_IMAGE_DATASETS) so the Hub viewer reads little per page; with
+# 224x224 crops (~10-20 kB) that is 1-2 MB, and writing hundreds of tiny groups costs about 2x the write time
+# (bench/publish.py). 32 MB keeps a group cheap for the viewer to fetch and the write at pyarrow's plain speed.
+ROW_GROUP_BYTES = 32 << 20
 
 _I16_LIST = pa.list_(pa.int16())
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 INTENSITY = pa.list_(pa.struct([("au", pa.int16()), ("value", pa.float32())]))
+SCORES = pa.list_(pa.struct([("name", pa.string()), ("value", pa.float32())]))
+PROVENANCE = pa.list_(pa.struct([("stage", pa.string()), ("value", pa.string())]))
 
 
 def _base_fields(include_images: bool) -> list[tuple[str, pa.DataType]]:
@@ -87,8 +91,8 @@ def _base_fields(include_images: bool) -> list[tuple[str, pa.DataType]]:
         ("bbox", pa.list_(pa.float32())),
         ("landmarks", pa.list_(pa.list_(pa.float32()))),
         ("landmark_scheme", pa.string()),
-        ("scores", pa.string()),
-        ("provenance", pa.string()),
+        ("scores", SCORES),
+        ("provenance", PROVENANCE),
         ("meta", pa.string()),
     ]
     return fields
@@ -131,75 +135,110 @@ def schema_with_features(schema: pa.Schema, features: Any) -> pa.Schema:
     return schema.with_metadata(meta)
 
 
-def _json_or_none(value: dict[str, Any]) -> str | None:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False) if value else None
+def _sorted_list(offsets: Any, values: pa.Array, n: int, mask: Any = None) -> pa.Array:
+    """Rows of ``values`` (flattened, row boundaries ``offsets``) kept where ``mask``, sorted within each row."""
+    import numpy as np
+
+    counts = np.diff(offsets)
+    parents = np.repeat(np.arange(n, dtype=np.int64), counts)
+    vals = values.to_numpy(zero_copy_only=False)
+    if mask is not None:
+        parents, vals = parents[mask], vals[mask]
+    order = np.lexsort((vals, parents))
+    new_offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(parents, minlength=n), out=new_offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(new_offsets), pa.array(vals[order], type=values.type))
 
 
-def records_to_batch(records: Sequence[FaceRecord], schema: pa.Schema, emotion_index: dict[str, int],
-                     reviews: dict[str, tuple[str, str | None]] | None = None) -> pa.RecordBatch:
-    """Records -> one Arrow batch of ``schema``, column by column (no per-row dicts: this is the hot path).
+def _array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array (a single-chunk column without a copy)."""
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
 
-    ``reviews`` maps an id to (decision, note) for the ``review`` columns. An emotion outside the vocabulary raises
-    ``ValueError`` naming the record: upstream stages only emit canonical names.
+
+def _map_parts(col: pa.Array | pa.ChunkedArray) -> tuple[Any, pa.Array, pa.Array]:
+    """(offsets as numpy, keys, items) of a map column (nulls read as empty maps)."""
+    import numpy as np
+
+    arr = _array(col)
+    offsets = np.asarray(arr.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+    base = offsets[0]
+    keys = arr.keys.slice(base, offsets[-1] - base)
+    items = arr.items.slice(base, offsets[-1] - base)
+    return offsets - base, keys, items
+
+
+def _map_as_list(col: pa.ChunkedArray, names: tuple[str, str], item_type: pa.DataType) -> pa.Array:
+    """A map column as a list of ``{names[0], names[1]}`` structs (``datasets`` has no map feature)."""
+    offsets, keys, items = _map_parts(col)
+    struct = pa.StructArray.from_arrays([keys, items.cast(item_type)], names=list(names))
+    return pa.ListArray.from_arrays(pa.array(offsets.astype("int32")), struct)
+
+
+def table_to_batches(table: pa.Table, schema: pa.Schema, emotions: Sequence[str],
+                     reviews: dict[str, tuple[str, str | None]] | None = None) -> list[pa.RecordBatch]:
+    """:func:`table_to_batch` over each record batch of ``table`` (no concatenation, no copy of the faces)."""
+    return [table_to_batch(b, schema, emotions, reviews) for b in table.to_batches() if b.num_rows]
+
+
+def table_to_batch(table: pa.RecordBatch | pa.Table, schema: pa.Schema, emotions: Sequence[str],
+                   reviews: dict[str, tuple[str, str | None]] | None = None) -> pa.RecordBatch:
+    """A table with the record schema (:data:`fea20k.schema.SCHEMA`, as stage outputs store it) -> one release batch.
+
+    Column-wise Arrow compute, no per-row Python (this is the hot path the publish benchmark measures), except the
+    ``review`` columns when there are reviews. An emotion outside the vocabulary raises ``ValueError`` naming it.
     """
-    names = set(schema.names)
-    n = len(records)
-    cols: dict[str, list[Any]] = {name: [None] * n for name in schema.names}
-    reviews = reviews or {}
-    with_images = "image" in names
-    rejected = "reasons" in names
-    for i, r in enumerate(records):
-        cols["id"][i] = r.id
-        if with_images:
-            cols["image"][i] = {"bytes": r.face, "path": None} if r.face is not None else None
-        cols["source"][i] = r.source
-        cols["corpus"][i] = r.meta.get("corpus")
-        cols["split"][i] = r.split
-        cols["subject"][i] = r.subject
-        cols["round"][i] = r.round
-        if r.emotion is not None:
-            try:
-                cols["emotion"][i] = emotion_index[r.emotion]
-            except KeyError:
-                raise ValueError(f"record {r.id}: emotion {r.emotion!r} is not one of {list(emotion_index)}") from None
-        cols["emotion_origin"][i] = r.emotion_origin
-        aus = r.aus
-        if aus:
-            cols["aus"][i] = sorted(k for k, v in aus.items() if v == 1)
-            cols["aus_unknown"][i] = sorted(k for k, v in aus.items() if v is None)
-        else:
-            cols["aus"][i] = []
-            cols["aus_unknown"][i] = []
-        cols["au_coded"][i] = sorted(r.au_coded)
-        cols["au_intensity"][i] = [{"au": k, "value": v} for k, v in sorted(r.au_intensity.items())]
-        cols["aus_origin"][i] = r.aus_origin
-        rat = r.rationale
-        if rat is not None:
-            cols["rationale"][i] = rat.text
-            cols["annotator"][i] = rat.annotator
-            cols["backend"][i] = rat.backend
-            cols["model"][i] = rat.model
-            cols["prompt_hash"][i] = rat.prompt_hash
-            cols["gold_in_prompt"][i] = rat.gold_in_prompt
-            cols["attempts"][i] = rat.attempts
-        review = reviews.get(r.id)
-        if review is not None:
-            cols["review"][i], cols["review_note"][i] = review
-        img = r.image
-        if img is not None:
-            cols["image_source"][i] = img.root
-            cols["image_path"][i] = img.path
-            cols["image_frame"][i] = img.frame
-        cols["bbox"][i] = r.bbox
-        cols["landmarks"][i] = r.landmarks
-        cols["landmark_scheme"][i] = r.landmark_scheme
-        cols["scores"][i] = _json_or_none(r.scores)
-        cols["provenance"][i] = _json_or_none(r.provenance)
-        cols["meta"][i] = _json_or_none(r.meta)
-        if rejected:
-            cols["reasons"][i] = list(r.reasons)
-            cols["excluded_at"][i] = r.excluded_at
-    arrays = [pa.array(cols[f.name], type=f.type) for f in schema]
+    import numpy as np
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    col = table.column
+    out: dict[str, Any] = {}
+    for name in ("id", "source", "split", "subject", "round", "emotion_origin", "aus_origin", "landmark_scheme",
+                 "bbox", "landmarks", "meta", "excluded_at", "reasons"):
+        out[name] = col(name)
+    if "image" in schema.names:
+        face = _array(col("face"))
+        out["image"] = pa.StructArray.from_arrays([face, pa.nulls(n, pa.string())], names=["bytes", "path"],
+                                                  mask=face.is_null())
+    out["corpus"] = pc.struct_field(pc.extract_regex(col("meta"), r'"corpus": "(?P<c>[^"]*)"'), "c")
+    emo = col("emotion")
+    idx = pc.index_in(emo, value_set=pa.array(list(emotions)))
+    bad = pc.and_(pc.is_valid(emo), pc.is_null(idx))
+    if pc.any(bad).as_py():
+        first = pc.filter(table.select(["id", "emotion"]), bad).slice(0, 1).to_pylist()[0]
+        raise ValueError(f"record {first['id']}: emotion {first['emotion']!r} is not one of {list(emotions)}")
+    out["emotion"] = idx.cast(pa.int64())
+    offsets, keys, items = _map_parts(col("aus"))
+    values = items.to_numpy(zero_copy_only=False)
+    out["aus"] = _sorted_list(offsets, keys, n, np.asarray(values == 1))
+    out["aus_unknown"] = _sorted_list(offsets, keys, n, np.isnan(values.astype("float64")))
+    coded = _array(col("au_coded"))
+    c_off = np.asarray(coded.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+    out["au_coded"] = _sorted_list(c_off - c_off[0], coded.values.slice(c_off[0], c_off[-1] - c_off[0]), n)
+    out["au_intensity"] = _map_as_list(col("au_intensity"), ("au", "value"), pa.float32())
+    out["scores"] = _map_as_list(col("scores"), ("name", "value"), pa.float32())
+    out["provenance"] = _map_as_list(col("provenance"), ("stage", "value"), pa.string())
+    rat = col("rationale")
+    for src, dst in (("text", "rationale"), ("annotator", "annotator"), ("backend", "backend"), ("model", "model"),
+                     ("prompt_hash", "prompt_hash"), ("gold_in_prompt", "gold_in_prompt"), ("attempts", "attempts")):
+        out[dst] = pc.struct_field(rat, src)
+    img = col("image")
+    out["image_source"] = pc.struct_field(img, "root")
+    out["image_path"] = pc.struct_field(img, "path")
+    out["image_frame"] = pc.struct_field(img, "frame")
+    if reviews:
+        got = [reviews.get(i) for i in col("id").to_pylist()]
+        out["review"] = pa.array([g[0] if g else None for g in got], pa.string())
+        out["review_note"] = pa.array([g[1] if g else None for g in got], pa.string())
+    else:
+        out["review"] = out["review_note"] = pa.nulls(n, pa.string())
+    arrays = []
+    for f in schema:
+        a = out[f.name]
+        a = _array(a)
+        arrays.append(a if a.type == f.type else a.cast(f.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -214,18 +253,23 @@ class ShardInfo:
 
 @dataclass
 class _SplitWriter:
-    """Streams batches of one split into shards of at most ``max_bytes`` (uncompressed Arrow bytes)."""
+    """Streams batches of one split into shards of at most ``max_bytes`` (uncompressed Arrow bytes).
+
+    Batches are buffered into row groups of about ``row_group_bytes`` (a row group may span several input batches).
+    """
 
     out_dir: Path
     split: str
     schema: pa.Schema
     max_bytes: int
-    row_group_rows: int
+    row_group_bytes: int
     write_options: dict[str, Any]
     shards: list[tuple[Path, int]] = field(default_factory=list)  # (temp path, rows)
     _writer: pq.ParquetWriter | None = None
     _bytes: int = 0
     _rows: int = 0
+    _buf: list[pa.RecordBatch] = field(default_factory=list)
+    _buf_bytes: int = 0
     nbytes: int = 0  # uncompressed Arrow bytes written, all shards
 
     @property
@@ -239,8 +283,16 @@ class _SplitWriter:
         self.shards.append((path, 0))
         self._bytes = self._rows = 0
 
+    def _flush(self) -> None:
+        if self._buf:
+            assert self._writer is not None
+            table = pa.Table.from_batches(self._buf, schema=self.schema)
+            self._writer.write_table(table, row_group_size=table.num_rows)
+            self._buf, self._buf_bytes = [], 0
+
     def _close_current(self) -> None:
         if self._writer is not None:
+            self._flush()
             self._writer.close()
             path, _ = self.shards[-1]
             self.shards[-1] = (path, self._rows)
@@ -263,11 +315,14 @@ class _SplitWriter:
                     continue
                 take = max(1, take)
             part = rest.slice(0, take)
-            assert self._writer is not None
-            self._writer.write_batch(part, row_group_size=self.row_group_rows)
-            self._bytes += part.nbytes
+            size = part.nbytes
+            if self._buf_bytes + size > self.row_group_bytes:
+                self._flush()
+            self._buf.append(part)
+            self._buf_bytes += size
+            self._bytes += size
             self._rows += take
-            self.nbytes += part.nbytes
+            self.nbytes += size
             offset += take
             if self._bytes >= self.max_bytes:
                 self._close_current()
@@ -284,6 +339,7 @@ class _SplitWriter:
         return out
 
     def abort(self) -> None:
+        self._buf = []
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -318,16 +374,15 @@ class ReleaseWriter:
         emotions: the canonical emotion names, in ClassLabel order.
         include_images: write the ``image`` column from ``FaceRecord.face``.
         shard_max_bytes: size cap of a shard, in uncompressed Arrow bytes (the file is at most about this size).
-        row_group_rows: rows per Parquet row group (default: 100 with images, 10,000 without).
+        row_group_bytes: target uncompressed size of a Parquet row group.
     """
 
     def __init__(self, out_dir: Path, emotions: Sequence[str], include_images: bool,
-                 shard_max_bytes: int = 256 << 20, row_group_rows: int | None = None) -> None:
+                 shard_max_bytes: int = 256 << 20, row_group_bytes: int = ROW_GROUP_BYTES) -> None:
         self.out_dir = Path(out_dir)
         self.emotions = tuple(emotions)
         self.include_images = include_images
         self.emotion_index = {name: i for i, name in enumerate(self.emotions)}
-        rg = row_group_rows or (ROW_GROUP_ROWS_IMAGES if include_images else ROW_GROUP_ROWS_TEXT)
         self.features = {cfg: release_features(self.emotions, include_images, cfg == "rejected")
                          for cfg in CONFIG_SPLITS}
         self.schemas = {
@@ -338,18 +393,27 @@ class ReleaseWriter:
         for cfg, splits in CONFIG_SPLITS.items():
             schema = self.schemas[cfg]
             for split in splits:
-                self._writers[split] = _SplitWriter(self.out_dir, split, schema, shard_max_bytes, rg,
+                self._writers[split] = _SplitWriter(self.out_dir, split, schema, shard_max_bytes, row_group_bytes,
                                                     _write_options(schema))
         self.rows = dict.fromkeys(self._writers, 0)
 
     def add(self, split: str, records: Sequence[FaceRecord],
             reviews: dict[str, tuple[str, str | None]] | None = None) -> None:
         """Append records to ``split`` (``train``, ``test`` or ``rejected``)."""
-        if not records:
+        if records:
+            from fea20k.schema import to_arrow
+
+            self.add_table(split, to_arrow(records), reviews)
+
+    def add_table(self, split: str, table: pa.Table,
+                  reviews: dict[str, tuple[str, str | None]] | None = None) -> None:
+        """Append a table with the record schema (a stage output part, as read from disk) to ``split``."""
+        if table.num_rows == 0:
             return
         writer = self._writers[split]
-        writer.write(records_to_batch(records, writer.schema, self.emotion_index, reviews))
-        self.rows[split] += len(records)
+        for batch in table_to_batches(table, writer.schema, self.emotions, reviews):
+            writer.write(batch)
+        self.rows[split] += table.num_rows
 
     def finish(self) -> dict[str, list[ShardInfo]]:
         """Close every split; returns split -> its shards (an empty split has none and is left out of the configs)."""

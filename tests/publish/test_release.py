@@ -1,0 +1,54 @@
+"""The release builder's column-wise conversion and shard writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from fea20k.publish.release import ReleaseWriter, release_schema, table_to_batch
+from fea20k.record import FaceRecord, Rationale
+from fea20k.schema import to_arrow
+
+from .conftest import EMOTIONS, make_records
+
+
+def test_conversion_matches_records_on_a_sliced_table() -> None:
+    recs = make_records()
+    recs[3].scores = {"au_f1": 0.5, "format": 1.0}
+    recs[3].provenance = {"validate": "v@1", "faces.align": "raf5"}
+    table = to_arrow(recs).slice(2, 20)
+    batch = table_to_batch(table, release_schema(True, True), EMOTIONS)
+    rows = batch.to_pylist()
+    for rec, row in zip(recs[2:22], rows, strict=True):
+        assert row["id"] == rec.id
+        assert row["emotion"] == (EMOTIONS.index(rec.emotion) if rec.emotion else None)
+        assert row["aus"] == rec.present_aus()
+        assert row["aus_unknown"] == sorted(k for k, v in rec.aus.items() if v is None)
+        assert row["au_coded"] == sorted(rec.au_coded)
+        assert {d["au"]: d["value"] for d in row["au_intensity"]} == rec.au_intensity
+        assert {d["name"]: d["value"] for d in row["scores"]} == rec.scores
+        assert {d["stage"]: d["value"] for d in row["provenance"]} == rec.provenance
+        assert row["image"] == ({"bytes": rec.face, "path": None} if rec.face else None)
+        assert row["corpus"] == rec.meta["corpus"] and row["rationale"] == rec.rationale.text
+        assert row["reasons"] == rec.reasons and row["image_frame"] == rec.image.frame
+
+
+def test_unknown_emotion_is_an_error() -> None:
+    rec = FaceRecord(id="s/1", source="s", emotion="joyous", rationale=Rationale("t", "a", "b"))
+    with pytest.raises(ValueError, match="record s/1: emotion 'joyous'"):
+        table_to_batch(to_arrow([rec]), release_schema(False, False), EMOTIONS)
+
+
+def test_shards_respect_the_size_cap(tmp_path: Path) -> None:
+    recs = make_records(n_faces=200, n_aus=0)
+    w = ReleaseWriter(tmp_path, EMOTIONS, include_images=True, shard_max_bytes=30_000, row_group_bytes=8_000)
+    for k in range(0, len(recs), 64):
+        w.add("train", recs[k:k + 64])
+    shards = w.finish()["train"]
+    assert len(shards) > 3 and sum(s.rows for s in shards) == len(recs)
+    assert [s.path for s in shards] == [f"data/train-{i:05d}-of-{len(shards):05d}.parquet" for i in range(len(shards))]
+    assert pq.ParquetFile(tmp_path / shards[0].path).metadata.num_row_groups > 1
+    assert all(s.bytes < 60_000 for s in shards)
+    assert w.splits_present() == {"default": ("train",)}
