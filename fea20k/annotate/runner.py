@@ -29,7 +29,7 @@ from pydantic import Field
 
 from fea20k.annotate.backends import Backend, Reply, Request, get_backend
 from fea20k.annotate.spec import AnnotatorSpec, load_annotator
-from fea20k.annotate.task import DraftTask, Feedback, Task, prompt_text, request_key
+from fea20k.annotate.task import DraftTask, Feedback, Task, image_ref, prompt_text, request_key
 from fea20k.errors import BudgetExceededError, ConfigError
 from fea20k.record import FaceRecord, Rationale
 from fea20k.stage import MapStage, StageConfig
@@ -236,12 +236,15 @@ class AnnotateStage(MapStage):
             return self._fail(rec)
         feedback: Feedback | None = None
         params = spec.sampling()
+        ref = image_ref(image) if image else None
         for attempt in range(1, spec.max_attempts + 1):
             messages = task.format_prompt(rec, feedback, image=image)
             text = prompt_text(messages)
             rat.prompt_hash = hashlib.sha256(text.encode()).hexdigest()[:16]
+            known = {part["image_url"]["url"]: ref for part in messages[0]["content"]
+                     if part.get("type") == "image_url"} if ref else None
             req = Request(rec=rec, messages=messages, params=params, model=backend.model,
-                          key=request_key(backend.model, messages, params),
+                          key=request_key(backend.model, messages, params, known),
                           est_tokens=len(text) // 4 + (IMAGE_TOKENS if image else 0) + spec.max_tokens)
             reply = await self._call(req)
             if reply is None:

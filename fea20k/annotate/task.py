@@ -80,8 +80,15 @@ def decode_data_url(url: str) -> bytes | None:
     return base64.b64decode(url.split(";base64,", 1)[1])
 
 
-def canonical_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The messages with every data-URL image replaced by ``sha256:<hex>`` of its bytes."""
+def image_ref(data: bytes) -> str:
+    """``sha256:<hex>`` of encoded image bytes: what stands for the image in a request key."""
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def canonical_messages(messages: list[dict[str, Any]],
+                       known: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The messages with every data-URL image replaced by ``sha256:<hex>`` of its bytes (``known`` maps URLs
+    whose reference the caller already has, to skip decoding them)."""
     out = []
     for msg in messages:
         content = msg.get("content")
@@ -90,8 +97,10 @@ def canonical_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for part in content:
                 if part.get("type") == "image_url":
                     url = part["image_url"]["url"]
-                    data = decode_data_url(url)
-                    ref = f"sha256:{hashlib.sha256(data).hexdigest()}" if data is not None else url
+                    ref = known.get(url) if known else None
+                    if ref is None:
+                        data = decode_data_url(url)
+                        ref = image_ref(data) if data is not None else url
                     parts.append({"type": "image_url", "image_url": {"url": ref}})
                 else:
                     parts.append(part)
@@ -103,11 +112,12 @@ def canonical_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 SAMPLING_KEYS = ("temperature", "max_tokens", "top_p", "seed")
 
 
-def request_key(model: str | None, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
+def request_key(model: str | None, messages: list[dict[str, Any]], params: dict[str, Any],
+                known: dict[str, str] | None = None) -> str:
     """sha256 of the canonical request: model, messages (image bytes -> their hash), sampling parameters."""
     canon = {
         "model": model,
-        "messages": canonical_messages(messages),
+        "messages": canonical_messages(messages, known),
         "params": {k: params[k] for k in SAMPLING_KEYS if params.get(k) is not None},
     }
     return hashlib.sha256(json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

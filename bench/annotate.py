@@ -1,0 +1,112 @@
+"""Annotate-stage throughput against the loopback OpenAI-compatible server.
+
+The server (fea20k.testing.openai_server) runs in a child process with 100 ms latency and at most 64 requests
+served at once, so the ideal rate is 64 / 0.1 s = 640 requests/s. It sends ``--n`` requests, each with a 224x224
+JPEG, through ``annotate.draft`` (openai backend, concurrency 64, repair off so that each record is one request),
+then a plain sequential client loop (``--seq`` requests) for comparison, and prints ONE JSON line.
+
+    python bench/annotate.py [--n 2000] [--seq 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import tempfile
+import time
+from pathlib import Path
+
+
+LATENCY = 0.1
+SERVED_AT_ONCE = 64
+
+
+def _serve(port_q: mp.Queue, stop: mp.Event) -> None:  # child process
+    from fea20k.testing.openai_server import OpenAIServer
+
+    with OpenAIServer(latency=LATENCY, max_concurrent=SERVED_AT_ONCE, lifetime=900) as srv:
+        port_q.put(srv.port)
+        stop.wait()
+
+
+def _jpeg(i: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(i)  # smooth shading + sensor-like noise: ~13 KB, the size of a real face crop
+    y, x = np.mgrid[0:224, 0:224]
+    base = np.stack([(x + y + i) % 256, (2 * x + i) % 256, (3 * y) % 256], -1).astype(np.float32)
+    arr = np.clip(base * 0.5 + 60 + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--seq", type=int, default=40)
+    args = ap.parse_args()
+
+    ctx = mp.get_context("spawn")
+    port_q, stop = ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=_serve, args=(port_q, stop), daemon=True)
+    server.start()
+    port = port_q.get(timeout=60)
+    base_url = f"http://127.0.0.1:{port}/v1"
+
+    from fea20k.record import FaceRecord
+    from fea20k.stage import StageContext, get_stage_class
+    from fea20k.workspace import init_workspace
+
+    faces = [_jpeg(i) for i in range(64)]  # 64 distinct images, reused: requests still differ by record
+    emotions = ["anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = init_workspace(Path(tmp) / "ws")
+        (ws / "annotators" / "bench.toml").write_text(
+            f'backend = "openai"\nmodel = "bench"\nbase_url = "{base_url}"\nconcurrency = 64\n'
+            "max_retries = 3\nmax_attempts = 1\ntimeout = 30.0\n")
+        recs = [FaceRecord(id=f"bench/{i:05d}", source="bench", face=faces[i % 64], emotion=emotions[i % 7],
+                           emotion_origin="gt", meta={"corpus": "rafdb_basic", "question": f"Face {i}: emotion?"})
+                for i in range(args.n)]
+        stage = get_stage_class("annotate.draft")({"annotator": "bench", "repair": False},
+                                                  StageContext(workspace_root=ws, round=0, stage_key="annotate.draft"))
+        stage.load()  # client start-up is not part of the request rate
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = stage.run_batch(recs)
+        stage_s, stage_cpu = time.perf_counter() - t0, time.process_time() - c0
+        stage.close()
+        ok = sum(1 for r in out if r.rationale and r.rationale.text)
+        calls = stage.stats.counters["calls"]
+
+        from openai import OpenAI
+
+        from fea20k.annotate.task import image_data_url
+
+        client = OpenAI(base_url=base_url, api_key="bench", max_retries=0)
+        t0 = time.perf_counter()
+        for i in range(args.seq):
+            image = {"type": "image_url", "image_url": {"url": image_data_url(faces[i % 64])}}
+            text = {"type": "text", "text": f"Sequential {i}: what is the emotion?"}
+            client.chat.completions.create(model="bench", max_tokens=64, temperature=0.0,
+                                           messages=[{"role": "user", "content": [image, text]}])
+        seq_s = time.perf_counter() - t0
+
+    stop.set()
+    server.join(10)
+    ideal = SERVED_AT_ONCE / LATENCY
+    stage_rps = args.n / stage_s
+    print(json.dumps({
+        "n": args.n, "annotated": ok, "calls": calls, "stage_seconds": round(stage_s, 3),
+        "stage_req_per_s": round(stage_rps, 1), "ideal_req_per_s": ideal,
+        "ratio_to_ideal": round(stage_rps / ideal, 3),
+        "client_cpu_ms_per_req": round(1000 * stage_cpu / args.n, 3),  # must stay < 1000/640 for the ideal rate
+        "sequential_n": args.seq, "sequential_req_per_s": round(args.seq / seq_s, 2),
+        "speedup_vs_sequential": round(stage_rps / (args.seq / seq_s), 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()
