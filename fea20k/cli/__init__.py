@@ -11,7 +11,7 @@ import sys
 # Command modules register themselves on `app` when imported.
 from fea20k.cli import audit_cmds, eval_cmds, publish_cmds, sources_cmds, workspace_cmds  # noqa: F401
 from fea20k.cli.app import app, err_console
-from fea20k.errors import Fea20kUserError
+from fea20k.errors import BudgetExceededError, Fea20kUserError
 
 
 def main() -> None:
@@ -21,6 +21,10 @@ def main() -> None:
     except Fea20kUserError as e:
         err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except BudgetExceededError as e:
+        err_console.print(f"[yellow]stopped:[/yellow] {e}; completed work is kept — raise the budget and re-run "
+                          "to continue", highlight=False, soft_wrap=True)
+        sys.exit(3)
     except SystemExit:
         raise
     except KeyboardInterrupt:
