@@ -43,3 +43,29 @@ def test_materialize_our_release(tmp_path: Path) -> None:
 def test_bad_root_spec(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["materialize", str(tmp_path), "--root", "nonsense"])
     assert r.exit_code != 0
+
+
+def test_materialize_facial_r1_jsonl(ws_root: Path, tmp_path: Path) -> None:
+    from fea20k.publish.export import export_round
+
+    exp = export_round(Workspace(ws_root), 0, "facial-r1", tmp_path / "r1").folder
+    first = sorted((exp / "images" / "faces").rglob("*.jpg"))[0]
+    first.unlink()  # the user's copy lacks one image
+    out = tmp_path / "mat"
+    from fea20k.publish.materialize import materialize
+
+    s = materialize(exp / "faces.jsonl", {"faces": exp / "images" / "faces"}, out)
+    n_rows = len((exp / "faces.jsonl").read_text().splitlines())
+    assert s.rows == {"train": n_rows - 1} and [r for _, r in s.missing] == ["image_missing"]
+    ds = datasets.load_dataset(str(out))["train"]
+    assert ds[0]["image"].size == (224, 224) and ds[0]["rationale"].startswith("<think>")
+
+
+def test_cli_include_images_needs_confirmation(tmp_path: Path) -> None:
+    root = make_ws(tmp_path, synthetic=False, images=False)
+    r = CliRunner().invoke(app, ["publish", "--round", "0", "-w", str(root), "--include-images"])
+    assert r.exit_code != 0 and "--i-have-redistribution-rights" in str(r.exception)
+    r = CliRunner().invoke(app, ["publish", "--round", "0", "-w", str(root), "--include-images",
+                                 "--i-have-redistribution-rights", "faces", "--i-have-redistribution-rights", "aus"])
+    assert r.exit_code == 0, r.output
+    assert "with faces" in r.output
