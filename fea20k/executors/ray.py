@@ -152,7 +152,9 @@ def chunk_dataset(stage: MapStage, todo: list[tuple[int, Path]], out_dir: Path, 
     if is_stateful(stage):
         return ds.map_batches(ChunkWorker, fn_constructor_args=spec,
                               compute=ray.data.ActorPoolStrategy(size=workers), **common)
-    return ds.map_batches(_run_chunks_task, fn_args=spec, compute=ray.data.TaskPoolStrategy(size=workers), **common)
+    task_pool = getattr(ray.data, "TaskPoolStrategy", None)  # public with a size from Ray 2.4x; concurrency= before
+    limit = {"compute": task_pool(size=workers)} if task_pool is not None else {"concurrency": workers}
+    return ds.map_batches(_run_chunks_task, fn_args=spec, **limit, **common)
 
 
 def build_stage(module: str, name: str, config: dict[str, Any], ctx: StageContext) -> MapStage:
