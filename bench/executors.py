@@ -17,7 +17,7 @@ executor with 1 and 2 workers, Ray on a local instance of 1 and 2 CPUs) re-runs 
 
 Prints ONE JSON line. Needs the ``ray`` extra. Figures are noisy on a shared machine (the load average is printed).
 
-    python bench/executors.py [--n 400] [--chunk-size 50]
+    python bench/executors.py [--n 2000] [--chunk-size 100]
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def _fit(small: tuple[float, int], large: tuple[float, int]) -> tuple[float, flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=400, help="demo samples")
-    ap.add_argument("--chunk-size", type=int, default=50, help="records per chunk")
+    ap.add_argument("--n", type=int, default=2000, help="demo samples")
+    ap.add_argument("--chunk-size", type=int, default=100, help="records per chunk")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import ray
