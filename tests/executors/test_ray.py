@@ -47,7 +47,6 @@ class CachedCall(MapStage):
 
     def load(self) -> None:
         self.ledger = self.ctx.workspace.ledger
-        self.loads = 1
 
     def process(self, batch: list[FaceRecord]) -> list[FaceRecord]:
         for rec in batch:
