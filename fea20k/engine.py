@@ -88,7 +88,7 @@ def file_digest(path: Path) -> str:
 
 def compute_signature(stage: Stage, upstream_signatures: list[str], workspace_root: Path) -> str:
     """Hash of the stage's config (minus performance knobs), version, curator files read and upstream signatures."""
-    cfg = stage.config.model_dump(mode="json", exclude=set(stage.Config.SIGNATURE_EXCLUDE))
+    cfg = stage.signature_config()
     files = {}
     for p in sorted({Path(p) for p in stage.recipe_files()}):
         try:
@@ -508,7 +508,7 @@ def _run_source(stage: SourceStage, d: Path, chunk_size: int, progress: Progress
 def _flush_source_chunk(stage: SourceStage, d: Path, index: int, buf: list[FaceRecord], t0: float) -> None:
     stats = _chunk_stats(stage.name, 0, buf, 0, stage.ctx.stats, time.perf_counter() - t0)
     write_chunk(d, index, buf, stats.to_dict())
-    _maybe_crash(stage.ctx.stage_key, index)
+    maybe_crash(stage.ctx.stage_key, index)
 
 
 def process_chunk(stage: MapStage, in_path: Path, d: Path, index: int) -> dict[str, Any]:
@@ -520,23 +520,38 @@ def process_chunk(stage: MapStage, in_path: Path, d: Path, index: int) -> dict[s
     out = stage.run_batch(batch)
     stats = _chunk_stats(stage.name, len(batch), out, pre_excluded, stage.ctx.stats, time.perf_counter() - t0)
     write_chunk(d, index, out, stats.to_dict())
-    _maybe_crash(stage.ctx.stage_key, index)
     return stats.to_dict()
 
 
-def _maybe_crash(stage_key: str, index: int) -> None:
+def maybe_crash(stage_key: str, index: int) -> None:
+    """The ``FEA20K_CRASH_AFTER`` fault hook: SIGKILL the build process (called in the driver only)."""
     spec = env_config.crash_after()
     if spec is not None and spec == (stage_key, index):
         logger.warning("FEA20K_CRASH_AFTER: killing the build after %s chunk %d", stage_key, index)
-        os.kill(os.getppid() if mp.parent_process() is not None else os.getpid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 _WORKER_STAGE: MapStage | None = None
 
 
-def _worker_init(cls: type[MapStage], config: dict[str, Any], ctx: StageContext, plugin_root: str) -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker side: end this process as soon as the build process is gone (kill -9, OOM kill), so no orphan keeps
+    working on a stage nobody will finish, or holds the build's output pipes open."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="fea20k-parent-watch", daemon=True).start()
+
+
+def _worker_init(cls: type[MapStage], config: dict[str, Any], ctx: StageContext, plugin_root: str,
+                 parent_pid: int) -> None:
     global _WORKER_STAGE
+    _exit_with_parent(parent_pid)
     load_workspace_plugins(Path(plugin_root))
     stage = cls(config, ctx)
     assert isinstance(stage, MapStage)
@@ -564,24 +579,28 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
     if opts.executor != "local":
         get_map_runner(opts.executor)(stage, todo, d, advance, opts)
     elif stage.workers == "process" and n_workers > 1 and len(todo) > 1:
-        ctx = mp.get_context("forkserver")
+        # spawn: workers are children of the build process itself (not of a fork server), so they can watch it
+        ctx = mp.get_context("spawn")
         cfg = stage.config.model_dump(mode="json")
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(type(stage), cfg, stage.ctx, str(stage.ctx.workspace_root))) as pool:
-            pending: dict[Future[dict[str, Any]], Path] = {}
+                                 initargs=(type(stage), cfg, stage.ctx, str(stage.ctx.workspace_root),
+                                           os.getpid())) as pool:
+            pending: dict[Future[dict[str, Any]], int] = {}
             queue = list(todo)
             while queue or pending:
                 while queue and len(pending) < 2 * n_workers:
                     i, p = queue.pop(0)
-                    pending[pool.submit(_worker_task, p, d, i)] = p
+                    pending[pool.submit(_worker_task, p, d, i)] = i
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    pending.pop(fut)
+                    index = pending.pop(fut)
                     advance(fut.result()["in"])
+                    maybe_crash(stage.ctx.stage_key, index)
     else:
         stage.load()
         for i, p in todo:
             advance(process_chunk(stage, p, d, i)["in"])
+            maybe_crash(stage.ctx.stage_key, i)
     return _merge_chunk_stats(d)
 
 

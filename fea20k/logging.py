@@ -11,14 +11,21 @@ _NOISY = ("httpx", "httpcore", "openai", "urllib3", "filelock", "fsspec", "datas
 
 def setup_cli_logging(level: str, log_file: Path | None = None, quiet: bool = False) -> None:
     """Install a rich console handler (stderr) and an optional plain-text file handler in the workspace."""
-    from rich.console import Console
-    from rich.logging import RichHandler
+    import sys
 
     root = logging.getLogger("fea20k")
     root.setLevel(level)
     for h in list(root.handlers):
         root.removeHandler(h)
-    console = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
+    console: logging.Handler
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        console = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
+    else:  # logs, CI, pipes: one unwrapped line per message, so "file:line: problem" stays greppable
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     console.setLevel("WARNING" if quiet else level)
     root.addHandler(console)
     if log_file is not None:

@@ -112,6 +112,10 @@ class Stage:
         """Anything else that changes outputs and is not in the config (e.g. a source's file fingerprint)."""
         return {}
 
+    def signature_config(self) -> dict[str, Any]:
+        """The configuration as it enters the signature: without the knobs that do not change outputs."""
+        return self.config.model_dump(mode="json", exclude=set(self.Config.SIGNATURE_EXCLUDE))
+
     def load(self) -> None:
         """Heavy initialisation (models, clients). Called once per process before the first batch."""
 

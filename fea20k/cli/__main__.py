@@ -1,4 +1,5 @@
 from fea20k.cli import main
 
 
-main()
+if __name__ == "__main__":  # worker processes re-import this module under another name
+    main()

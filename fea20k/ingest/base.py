@@ -39,6 +39,17 @@ class IngestAdapter(SourceStage):
     def source(self) -> str:
         return self.config.source
 
+    def signature_config(self) -> dict[str, object]:
+        """The root enters the signature relative to the workspace when inside it, so a copied or moved workspace
+        (with its corpora) stays up to date."""
+        cfg = super().signature_config()
+        root = self.root.resolve()
+        try:
+            cfg["root"] = str(root.relative_to(Path(self.ctx.workspace_root).resolve()))
+        except ValueError:
+            cfg["root"] = str(root)
+        return cfg
+
     def check_layout(self, *required: str) -> None:
         """Raise a :class:`SourceLayoutError` unless the root exists and holds every ``required`` relative path."""
         if not self.root.is_dir():
