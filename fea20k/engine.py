@@ -38,10 +38,14 @@ from fea20k.io import (
     atomic_write_json,
     chunk_done,
     completed_chunks,
+    part_name,
     read_chunk,
+    stats_name,
     write_chunk,
+    write_table_atomic,
 )
 from fea20k.record import FaceRecord
+from fea20k.schema import SCHEMA, to_arrow
 from fea20k.stage import (
     AggregateStage,
     MapStage,
@@ -484,6 +488,8 @@ def _run_source(stage: SourceStage, d: Path, chunk_size: int, progress: Progress
     if done:
         logger.info("%s: resuming after %d complete chunk(s)", key, done)
         advance(skip)
+    if stage.columnar:
+        return _run_source_tables(stage, d, chunk_size, advance, done)
     index = done
     buf: list[FaceRecord] = []
     stage.ctx.stats = StageStats()  # counters of skipped records are already in the written chunks
@@ -503,6 +509,62 @@ def _run_source(stage: SourceStage, d: Path, chunk_size: int, progress: Progress
         _flush_source_chunk(stage, d, index, buf, t0)
         advance(len(buf))
     return _merge_chunk_stats(d)
+
+
+def _run_source_tables(stage: SourceStage, d: Path, chunk_size: int, advance: Callable[[int], None],
+                       done: int) -> StageStats:
+    """The columnar path: Arrow tables from the source are re-cut into chunks and written as they are."""
+    import pyarrow as pa
+
+    skip, seen, index = done * chunk_size, 0, done
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    stage.ctx.stats = StageStats()
+    t0 = time.perf_counter()
+    for table in stage.iter_tables():
+        if seen + table.num_rows <= skip:
+            seen += table.num_rows
+            continue
+        if seen < skip:
+            table, seen = table.slice(skip - seen), skip
+        seen += table.num_rows
+        pending.append(table)
+        pending_rows += table.num_rows
+        while pending_rows >= chunk_size:
+            combined = pa.concat_tables(pending)
+            _flush_table_chunk(stage, d, index, combined.slice(0, chunk_size), t0)
+            advance(chunk_size)
+            rest = combined.slice(chunk_size)
+            pending, pending_rows, index, t0 = [rest], rest.num_rows, index + 1, time.perf_counter()
+    if pending_rows or index == 0:
+        combined = pa.concat_tables(pending) if pending else to_arrow([])
+        _flush_table_chunk(stage, d, index, combined, t0)
+        advance(pending_rows)
+    return _merge_chunk_stats(d)
+
+
+def _flush_table_chunk(stage: SourceStage, d: Path, index: int, table: Any, t0: float) -> None:
+    import pyarrow.compute as pc
+
+    table = table.select(SCHEMA.names).cast(SCHEMA)
+    stats = stage.ctx.stats
+    n = table.num_rows
+    excluded = pc.equal(table.column("accepted"), False).fill_null(False)
+    here = pc.and_(excluded, pc.equal(table.column("excluded_at"), stage.name).fill_null(False))
+    n_excluded = int(pc.sum(excluded).as_py() or 0) if n else 0
+    n_here = int(pc.sum(here).as_py() or 0) if n else 0
+    stats.n_out += n
+    stats.kept += n - n_excluded
+    stats.counters["excluded"] += n_here
+    if n_here:
+        reasons = pc.list_flatten(table.column("reasons").filter(here))
+        for item in pc.value_counts(reasons).to_pylist():
+            stats.drop(item["values"], item["counts"])
+    stats.seconds += time.perf_counter() - t0
+    write_table_atomic(d / part_name(index), table)
+    atomic_write_json(d / stats_name(index), stats.to_dict())
+    stage.ctx.stats = StageStats()
+    maybe_crash(stage.ctx.stage_key, index)
 
 
 def _flush_source_chunk(stage: SourceStage, d: Path, index: int, buf: list[FaceRecord], t0: float) -> None:

@@ -35,6 +35,8 @@ from fea20k.stats import StageStats
 
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from fea20k.io import StageOutput
     from fea20k.workspace import Workspace
 
@@ -132,14 +134,33 @@ class Stage:
         return rec.exclude(self.name, *reasons)
 
 
-class SourceStage(Stage, ABC):
-    """Reads one corpus in its release layout and yields records (bad rows as excluded records)."""
+class SourceStage(Stage):
+    """Reads one corpus in its release layout and yields records (bad rows as excluded records).
+
+    Implement ``iter_records`` (one :class:`FaceRecord` at a time), or, for label files of hundreds of thousands of
+    rows, the columnar ``iter_tables`` (Arrow tables with :data:`fea20k.schema.SCHEMA`, built with vectorised
+    operations); the engine writes those tables straight to Parquet and ``iter_records`` is derived from them.
+    """
 
     kind = "source"
 
-    @abstractmethod
     def iter_records(self) -> Iterator[FaceRecord]:
         """Yield every record of the source, in a deterministic order."""
+        if not self.columnar:
+            raise NotImplementedError(f"{type(self).__name__} implements neither iter_records nor iter_tables")
+        from fea20k.schema import from_arrow
+
+        for table in self.iter_tables():
+            yield from from_arrow(table)
+
+    def iter_tables(self) -> Iterator[pa.Table]:
+        """Columnar alternative to ``iter_records``: Arrow tables with the record schema, in a deterministic order."""
+        raise NotImplementedError
+
+    @property
+    def columnar(self) -> bool:
+        """Whether this source yields Arrow tables (``iter_tables``) rather than records."""
+        return type(self).iter_tables is not SourceStage.iter_tables
 
     def estimate_count(self) -> int | None:
         """Number of records ``iter_records`` will yield, when cheap to know (for the progress bar)."""

@@ -171,3 +171,67 @@ def test_unknown_adapter_option_is_an_error(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace("options = { n = 7 }", "options = { n = 7, colour = 1 }"))
     with pytest.raises(ConfigError, match=r"\[sources.b\]: unknown key 'colour'"):
         build_round(ws, 0, quiet=True)
+
+
+class ToyColumnarConfig(StageConfig):
+    source: str
+    root: str
+    n: int = 23
+
+
+@register_stage("ingest.toy_columnar")
+class ToyColumnar(SourceStage):
+    """Yields Arrow tables of uneven sizes; every 5th row excluded with a reason."""
+
+    Config = ToyColumnarConfig
+
+    def iter_tables(self):  # noqa: ANN201
+        import pyarrow as pa
+
+        from fea20k.schema import SCHEMA
+
+        start = 0
+        for size in (7, 1, 9, 100):
+            ids = list(range(start, min(start + size, self.config.n)))
+            if not ids:
+                return
+            start += size
+            bad = [i % 5 == 0 for i in ids]
+            cols = {
+                "id": [f"{self.config.source}/{i:04d}" for i in ids],
+                "source": [self.config.source] * len(ids),
+                "split": ["train"] * len(ids),
+                "accepted": [False if b else None for b in bad],
+                "reasons": [["label_parse_error"] if b else [] for b in bad],
+                "excluded_at": [self.name if b else None for b in bad],
+            }
+            yield pa.table({name: pa.array(cols.get(name, [None] * len(ids)), type=SCHEMA.field(name).type)
+                            for name in SCHEMA.names}, schema=SCHEMA)
+
+
+def test_columnar_source_is_rechunked_counted_and_resumed(tmp_path: Path) -> None:
+    ws = make_ws(tmp_path)
+    cfg = ws / "fea20k.toml"
+    cfg.write_text(cfg.read_text().replace('adapter = "toy_counter"\nroot = "corpora/b"\noptions = { n = 7 }',
+                                           'adapter = "toy_columnar"\nroot = "corpora/b"\noptions = { n = 23 }'))
+    env_ok = build_round(ws, 0, quiet=True, until_stage="ingest")
+    stats = {s.key: s.stats for s in env_ok.stages}["ingest/b"]
+    assert stats.n_out == 23 and stats.kept == 18 and stats.dropped == {"label_parse_error": 5}
+    out = StageOutput([ws / ".fea20k/rounds/0/ingest/b"])
+    assert [len(read_chunk_ids(p)) for p in out.parts] == [4, 4, 4, 4, 4, 3]
+    assert [r.id for r in out.iter_records()] == [f"b/{i:04d}" for i in range(23)]
+    assert [r.id for r in ToyColumnar({"source": "b", "root": "x"}).iter_records()][:2] == ["b/0000", "b/0001"]
+    # a crash after chunk 2: the re-run keeps chunks 0-2 and writes 3-5 from the right rows
+    d = ws / ".fea20k/rounds/0/ingest/b"
+    for p in list(d.glob("part-0000[345]*")) + [d / "_SUCCESS.json"]:
+        p.unlink()
+    again = build_round(ws, 0, quiet=True, until_stage="ingest")
+    assert "ingest/b" in again.ran
+    assert [r.id for r in StageOutput([d]).iter_records()] == [f"b/{i:04d}" for i in range(23)]
+    assert {s.key: s.stats for s in again.stages}["ingest/b"].dropped == {"label_parse_error": 5}
+
+
+def read_chunk_ids(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["id"]).column("id").to_pylist()
