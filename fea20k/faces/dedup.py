@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from fea20k.faces.phash import nearest, phash
 from fea20k.record import FaceRecord
 from fea20k.stage import AggregateStage, StageConfig, register_stage
 
@@ -20,20 +21,6 @@ class DedupConfig(StageConfig):
 
     max_distance: int = Field(4, ge=0, le=64, description="Hamming distance (of 64 bits) at or below which a "
                                                           "frame duplicates an already-kept one")
-
-
-def phash(jpeg: bytes) -> int | None:
-    """64-bit DCT perceptual hash (pHash): 32x32 grey, DCT, top-left 8x8 against its median. None if undecodable."""
-    import cv2
-    import numpy as np
-
-    grey = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_2)
-    if grey is None:
-        return None
-    small = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
-    low = cv2.dct(small)[:8, :8].reshape(-1)
-    bits = low > np.median(low)
-    return int(np.packbits(bits).view(">u8")[0])
 
 
 def group_key(rec: FaceRecord) -> str:
@@ -57,13 +44,10 @@ class _Group:
         self.n = 0
 
     def nearest(self, h: int) -> tuple[int, str] | None:
-        import numpy as np
-
         if self.n == 0:
             return None
-        dist = np.bitwise_count(self.hashes[:self.n] ^ np.uint64(h))
-        j = int(dist.argmin())
-        return int(dist[j]), self.ids[j]
+        j, dist = nearest(self.hashes[:self.n], h)
+        return dist, self.ids[j]
 
     def add(self, h: int, rid: str) -> None:
         import numpy as np
@@ -102,8 +86,9 @@ class Dedup(AggregateStage):
             for rec in chunk:
                 if rec.excluded or rec.face is None:
                     continue
-                h = phash(rec.face)
-                if h is None:
+                try:
+                    h = phash(rec.face)
+                except ValueError:
                     self.stats.add("unhashable")
                     continue
                 rec.meta["phash"] = f"{h:016x}"

@@ -117,7 +117,7 @@ class Leakage(AggregateStage):
                     sides: dict[tuple[str, str], _Side]) -> dict[str, tuple[str, str]]:
         import pyarrow.parquet as pq
 
-        from fea20k.validate.phash import phash
+        from fea20k.faces.phash import phash
 
         ph_rules = [r for r in rules if r.kind == "phash"]
         ph_corpora = set().union(*(r.side_a | r.side_b for r in ph_rules)) if ph_rules else set()
@@ -163,7 +163,7 @@ class Leakage(AggregateStage):
                       decisions: dict[str, tuple[str, str]]) -> None:
         import numpy as np
 
-        from fea20k.validate.phash import nearest
+        from fea20k.faces.phash import nearest
 
         if not a or not b:
             return
