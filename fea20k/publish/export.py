@@ -30,11 +30,12 @@ import logging
 import os
 import shutil
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fea20k.errors import Fea20kUserError
+from fea20k.errors import Fea20kUserError, StageError
 from fea20k.io import StageOutput
 from fea20k.publish.local import replace_dir, upstream_dir
 from fea20k.publish.reviews import load_reviews
@@ -57,6 +58,7 @@ class ExportSummary:
     rows: Counter[str] = field(default_factory=Counter)  # per source
     missing: list[str] = field(default_factory=list)
     skipped_test: int = 0
+    files: dict[str, Path] = field(default_factory=dict)  # what a trainer reads: data, images, stats
 
 
 def image_relpath(rec: FaceRecord) -> str:
@@ -136,15 +138,43 @@ def export_round(ws: Workspace, round_: int, fmt: str, out_dir: Path | None = No
     if fmt not in FORMATS:
         raise Fea20kUserError(f"unknown export format {fmt!r}; choose one of {list(FORMATS)}")
     out_dir = Path(out_dir) if out_dir is not None else ws.root / "exports" / f"round-{round_}" / fmt
+    summary = ExportSummary(folder=out_dir, format=fmt)
+    return export_records(iter_train_records(ws, round_, summary), out_dir, fmt, summary=summary)
+
+
+def export_records(records: Iterable[FaceRecord], out_dir: Path, fmt: str, *, combined: str | None = None,
+                   summary: ExportSummary | None = None) -> ExportSummary:
+    """Write ``records`` (already filtered: accepted training rows) in the ``fmt`` layout of the module docstring.
+
+    The folder is written aside and moved into place when complete (an earlier ``out_dir`` is replaced). Records are
+    streamed: only each row's AU and label names are held for the statistics. Rows without an aligned crop are left
+    out and listed in ``missing_faces.txt``. ``combined`` (``facial-r1`` only): also write ``<combined>.jsonl``, every
+    row with its ``image`` relative to ``images/`` (``<source>/<path>``), and its statistics in ``config.json``, for
+    single-file trainers. A test row is refused (StageError): callers filter them out, this is the last defence.
+    ``summary.files`` gives the paths a trainer reads: ``data`` (the combined file, else ``train.yaml``; for
+    ``messages``, ``messages.jsonl``), ``images`` (``images/``; for ``messages`` the folder itself, as its image paths
+    start with ``images/``) and ``stats`` (``config.json``; absent for ``messages``).
+    """
+    if fmt not in FORMATS:
+        raise Fea20kUserError(f"unknown export format {fmt!r}; choose one of {list(FORMATS)}")
+    out_dir = Path(out_dir)
+    summary = summary if summary is not None else ExportSummary(folder=out_dir, format=fmt)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    summary = ExportSummary(folder=out_dir, format=fmt)
+    (tmp / "images").mkdir(parents=True)
     per_source: dict[str, list[dict[str, Any]]] = {}
     files: dict[str, Any] = {}
+
+    def write(name: str, obj: dict[str, Any]) -> None:
+        if name not in files:
+            files[name] = (tmp / name).open("w", encoding="utf-8")
+        files[name].write(json.dumps(obj, ensure_ascii=False) + "\n")
+
     try:
-        for rec in iter_train_records(ws, round_, summary):
+        for rec in records:
+            if rec.split == "test":
+                raise StageError(f"refusing to export test row {rec.id} for training")
             if rec.face is None:
                 summary.missing.append(rec.id)
                 continue
@@ -156,14 +186,12 @@ def export_round(ws: Workspace, round_: int, fmt: str, out_dir: Path | None = No
             img.write_bytes(rec.face)
             summary.rows[rec.source] += 1
             if fmt == "facial-r1":
-                if rec.source not in files:
-                    files[rec.source] = (tmp / f"{rec.source}.jsonl").open("w", encoding="utf-8")
-                files[rec.source].write(json.dumps(row, ensure_ascii=False) + "\n")
+                write(f"{rec.source}.jsonl", row)
                 per_source.setdefault(rec.source, []).append({"AUs": row["AUs"], "labels": row["labels"]})
+                if combined is not None:
+                    write(f"{combined}.jsonl", {**row, "image": f"{rec.source}/{row['image']}"})
             else:
-                if "messages" not in files:
-                    files["messages"] = (tmp / "messages.jsonl").open("w", encoding="utf-8")
-                files["messages"].write(json.dumps(messages_row(row), ensure_ascii=False) + "\n")
+                write("messages.jsonl", messages_row(row))
     except BaseException:
         for f in files.values():
             f.close()
@@ -173,14 +201,22 @@ def export_round(ws: Workspace, round_: int, fmt: str, out_dir: Path | None = No
         f.close()
     if fmt == "facial-r1":
         stats = {f"{src}.jsonl": statistics(rows) for src, rows in sorted(per_source.items())}
+        if combined is not None:
+            (tmp / f"{combined}.jsonl").touch()
+            stats[f"{combined}.jsonl"] = statistics([r for rows in per_source.values() for r in rows])
         (tmp / "config.json").write_text(json.dumps(stats, indent=1, sort_keys=True), encoding="utf-8")
         (tmp / "train.yaml").write_text(_train_yaml(sorted(per_source)), encoding="utf-8")
+        data = f"{combined}.jsonl" if combined is not None else "train.yaml"
+        summary.files = {"data": out_dir / data,
+                         "images": out_dir / "images", "stats": out_dir / "config.json"}
     else:
+        (tmp / "messages.jsonl").touch()
         info = {"fea20k": {"file_name": "messages.jsonl", "formatting": "sharegpt",
                            "columns": {"messages": "messages", "images": "images"},
                            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                                     "assistant_tag": "assistant"}}}
         (tmp / "dataset_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+        summary.files = {"data": out_dir / "messages.jsonl", "images": out_dir}
     if summary.missing:
         (tmp / "missing_faces.txt").write_text("\n".join(summary.missing) + "\n", encoding="utf-8")
         logger.warning("%d accepted train row(s) have no aligned crop and were not exported; see missing_faces.txt",

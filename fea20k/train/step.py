@@ -259,66 +259,17 @@ class TrainGRPO(_TrainStep):
 
 def export_training_data(rows: list[FaceRecord], export_dir: Path, fmt: str, name: str = "train"
                          ) -> dict[str, Path]:
-    """Write ``rows`` in the layout of ``fea20k export`` (:mod:`fea20k.publish.export`, whose row builders it uses),
-    plus one combined file for single-file trainers. Returns the paths the placeholders point at.
+    """Write ``rows`` in the layout of ``fea20k export`` (:func:`fea20k.publish.export.export_records`), plus, for
+    ``facial-r1``, one combined file for single-file trainers. Returns the paths the placeholders point at.
 
-    ``facial-r1``: ``<source>.jsonl`` per source, ``images/<source>/...``, ``config.json`` (statistics, §6.3),
-    ``train.yaml`` (SFT data configuration, §6.2), and ``<name>.jsonl`` = every row, its ``image`` relative to
-    ``images/`` (``<source>/<path>``) -> {data} = ``<name>.jsonl``, {images} = ``images/``, {stats} = ``config.json``.
-    ``messages``: ``messages.jsonl`` + ``dataset_info.json`` (LLaMA-Factory), images relative to the export folder
-    -> {data} = ``messages.jsonl``, {images} = the export folder, {stats} = "".
-    Rows without an aligned crop are left out and listed in ``missing_faces.txt`` (as ``fea20k export`` does).
+    ``facial-r1``: {data} = ``<name>.jsonl`` (every row, its ``image`` relative to ``images/``), {images} =
+    ``images/``, {stats} = ``config.json``. ``messages``: {data} = ``messages.jsonl``, {images} = the export folder
+    (image paths start with ``images/``), {stats} = "" (no key). Rows without an aligned crop are left out and
+    listed in ``missing_faces.txt``.
     """
-    import json
-    import shutil
+    from fea20k.publish.export import export_records
 
-    from fea20k.publish.export import _train_yaml, facial_r1_row, messages_row, statistics
-
-    if export_dir.exists():
-        shutil.rmtree(export_dir)
-    (export_dir / "images").mkdir(parents=True)
-    per_source: dict[str, list[dict[str, Any]]] = {}
-    combined: list[dict[str, Any]] = []
-    missing: list[str] = []
-    for rec in rows:
-        if rec.split == "test":  # the caller filters; this is the last line of defence
-            raise StageError(f"refusing to export test row {rec.id} for training")
-        if rec.face is None:
-            missing.append(rec.id)
-            continue
-        row = facial_r1_row(rec)
-        rel = Path(row["image"])
-        if ".." in rel.parts or rel.is_absolute():
-            raise StageError(f"record {rec.id}: its id does not give a safe relative image path")
-        img = export_dir / "images" / rec.source / rel
-        img.parent.mkdir(parents=True, exist_ok=True)
-        img.write_bytes(rec.face)
-        per_source.setdefault(rec.source, []).append(row)
-        combined.append({**row, "image": f"{rec.source}/{row['image']}"})
-
-    def write_jsonl(path: Path, items: list[dict[str, Any]]) -> None:
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items), encoding="utf-8")
-
-    if missing:
-        (export_dir / "missing_faces.txt").write_text("\n".join(missing) + "\n", encoding="utf-8")
-        logger.warning("%d accepted train row(s) have no aligned crop and were not exported (missing_faces.txt)",
-                       len(missing))
-    if fmt == "messages":
-        write_jsonl(export_dir / "messages.jsonl", [messages_row(r) for rs in per_source.values() for r in rs])
-        info = {"fea20k": {"file_name": "messages.jsonl", "formatting": "sharegpt",
-                           "columns": {"messages": "messages", "images": "images"},
-                           "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                                    "assistant_tag": "assistant"}}}
-        (export_dir / "dataset_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
-        return {"data": export_dir / "messages.jsonl", "images": export_dir, "stats": Path("")}
-    for src, items in sorted(per_source.items()):
-        write_jsonl(export_dir / f"{src}.jsonl", items)
-    write_jsonl(export_dir / f"{name}.jsonl", combined)
-    stats = {f"{src}.jsonl": statistics(items) for src, items in sorted(per_source.items())}
-    stats[f"{name}.jsonl"] = statistics(combined)
-    (export_dir / "config.json").write_text(json.dumps(stats, indent=1, sort_keys=True), encoding="utf-8")
-    (export_dir / "train.yaml").write_text(_train_yaml(sorted(per_source)), encoding="utf-8")
-    return {"data": export_dir / f"{name}.jsonl", "images": export_dir / "images", "stats": export_dir / "config.json"}
+    return export_records(rows, export_dir, fmt, combined=name if fmt == "facial-r1" else None).files
 
 
 class _Strict(dict):
