@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fea20k.errors import Fea20kUserError
 from fea20k.record import FaceRecord
 from fea20k.schema import SCHEMA, from_arrow, to_arrow
 
@@ -39,6 +40,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode("utf-8"))
+
+
+def iter_jsonl(path: Path, error: type[Exception] = Fea20kUserError, *, comment: str | None = None,
+               hint: str = "") -> Iterator[tuple[int, Any]]:
+    """(line number from 1, parsed value) of each non-blank line of a JSON Lines file, streamed.
+
+    A missing file raises ``error("<path>: file not found")``, a line that does not parse
+    ``error("<path>:<line>: not valid JSON (<reason>)")`` (then ``"; <hint>"`` when given). Lines starting with
+    ``comment`` (after leading blanks) are skipped. Checking the values' shape is the caller's.
+    """
+    try:
+        f = Path(path).open(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    with f:
+        for lineno, line in enumerate(f, 1):
+            text = line.strip()
+            if not text or (comment is not None and text.startswith(comment)):
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise error(f"{path}:{lineno}: not valid JSON ({e.msg})" + (f"; {hint}" if hint else "")) from None
+            yield lineno, obj
 
 
 def write_table_atomic(path: Path, table: pa.Table) -> None:

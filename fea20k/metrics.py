@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fea20k.errors import Fea20kUserError
+from fea20k.io import iter_jsonl
 from fea20k.validate.parse import parse
 
 
@@ -183,21 +184,10 @@ def _block(acc: _Acc, au: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        f = Path(path).open(encoding="utf-8")
-    except FileNotFoundError:
-        raise Fea20kUserError(f"{path}: file not found") from None
-    with f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise Fea20kUserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or "id" not in obj or "prediction" not in obj:
-                raise Fea20kUserError(f"{path}:{i}: each line needs at least 'id' and 'prediction'")
-            yield i, obj
+    for i, obj in iter_jsonl(path):
+        if not isinstance(obj, dict) or "id" not in obj or "prediction" not in obj:
+            raise Fea20kUserError(f"{path}:{i}: each line needs at least 'id' and 'prediction'")
+        yield i, obj
 
 
 def _aus_of(value: Any) -> set[int]:

@@ -18,11 +18,11 @@ How the publish stage applies them:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from fea20k.errors import Fea20kUserError
+from fea20k.io import iter_jsonl
 
 
 DECISIONS = ("accept", "reject")
@@ -53,26 +53,18 @@ def load_reviews(workspace_root: Path, round_: int) -> dict[str, Review]:
         return {}
     out: dict[str, Review] = {}
     fix = 'each line must be {"id": "...", "decision": "accept" or "reject", "note": "..."}'
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ReviewFileError(f"{path}:{lineno}: not valid JSON ({e.msg}); {fix}") from None
-            if not isinstance(obj, dict):
-                raise ReviewFileError(f"{path}:{lineno}: expected a JSON object; {fix}")
-            unknown = sorted(set(obj) - {"id", "decision", "note"})
-            if unknown:
-                raise ReviewFileError(f"{path}:{lineno}: unknown key(s) {unknown}; {fix}")
-            rid, decision, note = obj.get("id"), obj.get("decision"), obj.get("note")
-            if not isinstance(rid, str) or not rid:
-                raise ReviewFileError(f"{path}:{lineno}: missing or empty 'id'; {fix}")
-            if decision not in DECISIONS:
-                raise ReviewFileError(f"{path}:{lineno}: 'decision' is {decision!r}, expected 'accept' or 'reject'")
-            if note is not None and not isinstance(note, str):
-                raise ReviewFileError(f"{path}:{lineno}: 'note' must be a string")
-            out[rid] = Review(id=rid, decision=decision, note=note)
+    for lineno, obj in iter_jsonl(path, ReviewFileError, comment="#", hint=fix):
+        if not isinstance(obj, dict):
+            raise ReviewFileError(f"{path}:{lineno}: expected a JSON object; {fix}")
+        unknown = sorted(set(obj) - {"id", "decision", "note"})
+        if unknown:
+            raise ReviewFileError(f"{path}:{lineno}: unknown key(s) {unknown}; {fix}")
+        rid, decision, note = obj.get("id"), obj.get("decision"), obj.get("note")
+        if not isinstance(rid, str) or not rid:
+            raise ReviewFileError(f"{path}:{lineno}: missing or empty 'id'; {fix}")
+        if decision not in DECISIONS:
+            raise ReviewFileError(f"{path}:{lineno}: 'decision' is {decision!r}, expected 'accept' or 'reject'")
+        if note is not None and not isinstance(note, str):
+            raise ReviewFileError(f"{path}:{lineno}: 'note' must be a string")
+        out[rid] = Review(id=rid, decision=decision, note=note)
     return out

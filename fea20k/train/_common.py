@@ -52,20 +52,11 @@ def check_base_model(path: str | None) -> Path:
 
 def load_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of a Facial-R1 JSONL (§6.1) or chat-messages JSONL export; ``is_valid == false`` rows are skipped."""
+    from fea20k.io import iter_jsonl
+
     if not path.is_file():
         raise TrainerUsageError(f"--data {path}: file not found")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TrainerUsageError(f"{path}:{i}: not JSON ({e})") from None
-            if row.get("is_valid", True) is False:
-                continue
-            rows.append(row)
+    rows = [row for _, row in iter_jsonl(path, TrainerUsageError) if row.get("is_valid", True) is not False]
     if not rows:
         raise TrainerUsageError(f"--data {path}: no rows to train on")
     return rows
