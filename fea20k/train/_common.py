@@ -8,6 +8,8 @@ import argparse
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +149,63 @@ def use_vision(args: argparse.Namespace, model_dir: Path, images: Path | None) -
             raise TrainerUsageError("--modality image needs a vision-language base model and an --images folder")
         return True
     return vision and images is not None
+
+
+@dataclass
+class Inputs:
+    """What both trainers read before any heavy import: the checked model folder, the rows and how to show them."""
+
+    model_dir: Path
+    rows: list[dict[str, Any]]
+    images: Path | None
+    vision: bool
+    emotions: list[str]
+
+
+def prepare_inputs(args: argparse.Namespace) -> Inputs:
+    """Offline mode, then the base model, data rows, image folder, modality and emotion list of the command line."""
+    offline()
+    model_dir = check_base_model(args.base_model)
+    rows = load_rows(args.data)
+    images = resolve_images(args)
+    return Inputs(model_dir=model_dir, rows=rows, images=images, vision=use_vision(args, model_dir, images),
+                  emotions=emotions_from_stats(args.stats, args.data, rows))
+
+
+def trainer_config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The TRL config arguments both trainers set the same way from the command line (``common_args`` plus
+    ``--lr``, ``--logging-steps``, ``--save-steps``); CPU when no CUDA device is visible."""
+    import torch
+
+    return {
+        "output_dir": str(args.output_dir),
+        "num_train_epochs": args.epochs,
+        "max_steps": args.max_steps,
+        "per_device_train_batch_size": args.batch_size,
+        "gradient_accumulation_steps": args.grad_accum,
+        "learning_rate": args.lr,
+        "logging_steps": args.logging_steps,
+        "save_strategy": "steps" if args.save_steps else "no",
+        "save_steps": args.save_steps or 500,
+        "seed": args.seed,
+        "bf16": args.bf16,
+        "report_to": args.report_to,
+        "use_cpu": not torch.cuda.is_available(),
+        "dataloader_num_workers": 0,
+    }
+
+
+def script_main(train: Callable[[argparse.Namespace], Any], parse_args: Callable[[Sequence[str] | None], Any],
+                argv: Sequence[str] | None, log: logging.Logger) -> int:
+    """A trainer script's entry point: plain logging, parse, train; a usage problem is one line and exit 2."""
+    setup_script_logging()
+    args = parse_args(argv)
+    try:
+        train(args)
+    except TrainerUsageError as e:
+        log.error("%s", e)
+        return EXIT_USAGE
+    return 0
 
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> None:

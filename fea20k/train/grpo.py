@@ -26,19 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from fea20k.train._common import (
-    EXIT_USAGE,
     TrainerUsageError,
-    check_base_model,
     common_args,
-    emotions_from_stats,
     image_paths,
     load_model,
-    load_rows,
-    offline,
+    prepare_inputs,
     question_text,
-    resolve_images,
-    setup_script_logging,
-    use_vision,
+    script_main,
+    trainer_config_kwargs,
     write_summary,
 )
 
@@ -116,12 +111,7 @@ def build_dataset(rows: list[dict[str, Any]], emotions: list[str], images: Path 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run GRPO; returns the summary written to ``fea20k_train.json``."""
-    offline()
-    model_dir = check_base_model(args.base_model)
-    rows = load_rows(args.data)
-    images = resolve_images(args)
-    vision = use_vision(args, model_dir, images)
-    emotions = emotions_from_stats(args.stats, args.data, rows)
+    inp = prepare_inputs(args)
     reward_fns, calls = counted_rewards(args.rewards)
     weights = [float(w) for w in args.reward_weights.split(",")] if args.reward_weights else None
     if weights is not None and len(weights) != len(reward_fns):
@@ -129,30 +119,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     from trl import GRPOConfig, GRPOTrainer
 
-    model, processor = load_model(model_dir, vision)
+    model, processor = load_model(inp.model_dir, inp.vision)
     tokenizer = getattr(processor, "tokenizer", processor)
     chat = getattr(tokenizer, "chat_template", None) is not None
-    dataset = build_dataset(rows, emotions, images, vision, chat)
+    dataset = build_dataset(inp.rows, inp.emotions, inp.images, inp.vision, chat)
     config = GRPOConfig(
-        output_dir=str(args.output_dir),
-        num_train_epochs=args.epochs,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum,
-        learning_rate=args.lr,
+        **trainer_config_kwargs(args),
         num_generations=args.num_generations,
         max_completion_length=args.max_completion_length,
         temperature=args.temperature,
         beta=args.beta,
         reward_weights=weights,
-        logging_steps=args.logging_steps,
-        save_strategy="steps" if args.save_steps else "no",
-        save_steps=args.save_steps or 500,
-        seed=args.seed,
-        bf16=args.bf16,
-        report_to=args.report_to,
-        use_cpu=not _cuda(),
-        dataloader_num_workers=0,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=reward_fns, args=config, train_dataset=dataset,
                           processing_class=processor)
@@ -163,9 +140,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                    for h in trainer.state.log_history if any(k.startswith("reward") for k in h)]
     summary = {
         "trainer": "grpo",
-        "base_model": str(model_dir),
-        "rows": len(rows),
-        "vision": vision,
+        "base_model": str(inp.model_dir),
+        "rows": len(inp.rows),
+        "vision": inp.vision,
         "rewards": [f.__name__ for f in reward_fns],
         "reward_calls": dict(calls),
         "reward_logs": reward_logs,
@@ -178,21 +155,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    setup_script_logging()
-    args = parse_args(argv)
-    try:
-        train(args)
-    except TrainerUsageError as e:
-        logger.error("%s", e)
-        return EXIT_USAGE
-    return 0
+    return script_main(train, parse_args, argv, logger)
 
 
 if __name__ == "__main__":

@@ -25,19 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from fea20k.train._common import (
-    EXIT_USAGE,
     TrainerUsageError,
-    check_base_model,
     common_args,
-    emotions_from_stats,
     image_paths,
     load_model,
-    load_rows,
-    offline,
+    prepare_inputs,
     question_text,
-    resolve_images,
-    setup_script_logging,
-    use_vision,
+    script_main,
+    trainer_config_kwargs,
     write_summary,
 )
 
@@ -89,47 +84,24 @@ def build_dataset(rows: list[dict[str, Any]], emotions: list[str], images: Path 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run SFT; returns the summary written to ``fea20k_train.json``."""
-    offline()
-    model_dir = check_base_model(args.base_model)
-    rows = load_rows(args.data)
-    images = resolve_images(args)
-    vision = use_vision(args, model_dir, images)
-    emotions = emotions_from_stats(args.stats, args.data, rows)
+    inp = prepare_inputs(args)
 
-    import torch
     from trl import SFTConfig, SFTTrainer
 
-    model, processor = load_model(model_dir, vision)
+    model, processor = load_model(inp.model_dir, inp.vision)
     tokenizer = getattr(processor, "tokenizer", processor)
     chat = getattr(tokenizer, "chat_template", None) is not None
-    dataset = build_dataset(rows, emotions, images, vision, chat)
-    config = SFTConfig(
-        output_dir=str(args.output_dir),
-        num_train_epochs=args.epochs,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum,
-        learning_rate=args.lr,
-        max_length=args.max_length,
-        completion_only_loss=True,
-        logging_steps=args.logging_steps,
-        save_strategy="steps" if args.save_steps else "no",
-        save_steps=args.save_steps or 500,
-        seed=args.seed,
-        bf16=args.bf16,
-        report_to=args.report_to,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-    )
+    dataset = build_dataset(inp.rows, inp.emotions, inp.images, inp.vision, chat)
+    config = SFTConfig(**trainer_config_kwargs(args), max_length=args.max_length, completion_only_loss=True)
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor)
     result = trainer.train()
     trainer.save_model(str(args.output_dir))
     processor.save_pretrained(str(args.output_dir))
     summary = {
         "trainer": "sft",
-        "base_model": str(model_dir),
+        "base_model": str(inp.model_dir),
         "rows": len(dataset),
-        "vision": vision,
+        "vision": inp.vision,
         "global_step": trainer.state.global_step,
         "train_loss": getattr(result, "training_loss", None),
         "log_history": trainer.state.log_history,
@@ -141,14 +113,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    setup_script_logging()
-    args = parse_args(argv)
-    try:
-        train(args)
-    except TrainerUsageError as e:
-        logger.error("%s", e)
-        return EXIT_USAGE
-    return 0
+    return script_main(train, parse_args, argv, logger)
 
 
 if __name__ == "__main__":
