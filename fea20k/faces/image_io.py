@@ -237,16 +237,13 @@ def read_csv_rows(path: Path, rows: list[int]) -> dict[int, Loaded]:
     wanted = sorted(set(rows))
     if not path.is_file():
         return {r: _fail(IMAGE_MISSING, f"{path}: no such file") for r in wanted}
+    from fea20k.ingest.fer2013 import read_fer_pixels  # the FER2013 adapter's reader
+
     pixels: dict[int, np.ndarray] = {}
     try:
-        from fea20k.ingest.fer2013 import read_fer_pixels  # the FER2013 adapter's reader, when installed
-    except ImportError:
-        pass
-    else:
-        try:
-            pixels = read_fer_pixels(path, wanted)
-        except (OSError, ValueError, csv.Error, Fea20kUserError) as e:
-            logger.debug("%s: FER2013 reader failed (%s); reading the rows here", path, e)
+        pixels = read_fer_pixels(path, wanted)
+    except (OSError, UnicodeDecodeError, csv.Error, Fea20kUserError) as e:
+        logger.debug("%s: FER2013 reader failed (%s); reading the rows here", path, e)
     rest = [r for r in wanted if r not in pixels]
     if rest:  # rows the adapter's reader skipped: tell a bad row (undecodable) from an absent one (missing)
         try:

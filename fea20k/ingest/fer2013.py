@@ -97,9 +97,8 @@ def _open_rows(path: Path) -> tuple[Iterator[list[str]], dict[str, int]]:
 def read_fer_pixels(csv_path: Path | str, row_indices: Iterable[int]) -> dict[int, np.ndarray]:
     """The 48x48 uint8 images of the given 0-based data rows of a FER2013 CSV (streams; stops after the last).
 
-    Rows whose pixel string is not 2,304 integers are absent from the result.
+    Rows whose pixel string is not 2,304 integers in 0-255 are absent from the result.
     """
-    import numpy as np
 
     wanted = set(row_indices)
     out: dict[int, np.ndarray] = {}
@@ -112,12 +111,25 @@ def read_fer_pixels(csv_path: Path | str, row_indices: Iterable[int]) -> dict[in
         raise SourceLayoutError(f"{csv_path}: no 'pixels' column; header {sorted(cols)}")
     for i, row in enumerate(rows):
         if i in wanted and len(row) > pix:
-            values = np.array(row[pix].split(), dtype=np.int64) if row[pix].strip() else np.zeros(0)
-            if values.size == FER_PIXELS and values.min() >= 0 and values.max() <= 255:
-                out[i] = values.astype(np.uint8).reshape(FER_SIDE, FER_SIDE)
+            img = _pixel_image(row[pix])
+            if img is not None:
+                out[i] = img
         if i >= last:
             break
     return out
+
+
+def _pixel_image(text: str) -> np.ndarray | None:
+    """The 48x48 uint8 image of a pixel string, or None when it is not 2,304 integers in 0-255."""
+    import numpy as np
+
+    try:
+        values = np.array(text.split(), dtype=np.int64)
+    except (ValueError, OverflowError):  # a value that is not an integer, or too large for one
+        return None
+    if values.size != FER_PIXELS or values.min() < 0 or values.max() > 255:
+        return None
+    return values.astype(np.uint8).reshape(FER_SIDE, FER_SIDE)
 
 
 class Fer2013CsvConfig(IngestConfig):

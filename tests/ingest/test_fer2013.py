@@ -80,3 +80,15 @@ def test_folder_wrong_layout(tmp_path: Path) -> None:
 def test_real_data() -> None:
     recs = run("fer2013_csv", Path(os.environ["FEA20K_DATA_FER2013"]))
     assert [sum(r.split == s for r in recs) for s in ("train", "val", "test")] == [28_709, 3_589, 3_589]
+
+
+def test_pixel_reader_leaves_out_rows_that_are_not_2304_integers(tmp_path: Path) -> None:
+    px = " ".join(["7"] * 2304)
+    bad = {"words": "not numbers", "float": " ".join(["1.5"] * 2304), "huge": " ".join(["9" * 30] * 2304),
+           "range": " ".join(["256"] * 2304), "short": "1 2 3", "empty": ""}
+    lines = ["emotion,pixels,Usage", f"0,{px},Training"] + [f"0,{v},Training" for v in bad.values()]
+    lines.append(f"0,{px},Training")
+    (tmp_path / "fer2013.csv").write_text("\n".join(lines) + "\n")
+    pixels = read_fer_pixels(tmp_path / "fer2013.csv", range(len(bad) + 3))
+    assert sorted(pixels) == [0, len(bad) + 1]
+    assert all(p.shape == (48, 48) and int(p[0, 0]) == 7 for p in pixels.values())
