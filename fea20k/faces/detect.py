@@ -13,9 +13,10 @@ Backends:
   2. OpenCV 5 wheels (``opencv-python-headless`` 5.0, installed in our reference environment) ship no cascades and no
      ``CascadeClassifier``. We deliberately do not pin OpenCV < 5 (InsightFace pulls ``opencv-python``, whose version
      then decides what ``cv2`` is anyway); instead the fallback uses the LBP frontal-face cascade that scikit-image
-     ships (``skimage.data.lbp_frontal_face_cascade_filename()``). It gives a box only: align then makes a box crop,
-     not a landmark alignment (recorded in provenance).
-  3. Neither available: a clear error saying what to install.
+     ships (``skimage.data.lbp_frontal_face_cascade_filename()``); scikit-image is a core dependency, so this works
+     on a plain ``pip install fea20k``. It gives a box only: align then makes a box crop, not a landmark alignment
+     (recorded in provenance).
+  3. Neither available (scikit-image removed by hand): a clear error saying what to install.
 
 ``pip install 'fea20k[faces]'`` installs ``opencv-python`` beside ``opencv-python-headless``; both write the same
 ``cv2`` package (checked with insightface 2.1 / opencv 5.0.0.93: ``cv2`` imports, decodes and warps). Uninstalling
