@@ -56,6 +56,7 @@ class DirIndex:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._dirs: dict[str, dict[str, tuple[str, int]]] = {}
+        self._columns: dict[str, tuple[object, object, object]] = {}
 
     def listing(self, reldir: str) -> dict[str, tuple[str, int]]:
         """``{lower-case name: (real name, size)}`` of the files in ``root/reldir`` (empty when it is absent)."""
@@ -81,6 +82,39 @@ class DirIndex:
             return None
         return (f"{reldir}/{hit[0]}" if reldir else hit[0]), hit[1]
 
+    def _arrays(self, reldir: str) -> tuple[object, object, object]:
+        """``(lower-case relative paths, real relative paths, sizes)`` of ``reldir``'s files, as arrays (cached)."""
+        cached = self._columns.get(reldir)
+        if cached is None:
+            import numpy as np
+            import pyarrow as pa
+
+            items = self.listing(reldir).items()
+            cached = (pa.array([f"{reldir}/{k}" for k, _ in items], pa.string()),
+                      pa.array([f"{reldir}/{v[0]}" for _, v in items], pa.string()),
+                      np.array([v[1] for _, v in items], dtype=np.int64))
+            self._columns[reldir] = cached
+        return cached
+
+    def lookup_many(self, relpaths: object) -> tuple[object, object]:
+        """Vectorised :meth:`lookup` of an Arrow string array of ``dir/name`` paths: ``(real relative paths, null
+        where absent; sizes as a numpy array, -1 where absent)``. One hash lookup per row (``pc.index_in``)
+        against the listings of the folders this array mentions."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        dirs = pc.replace_substring_regex(relpaths, r"/[^/]*$", "")
+        parts = [self._arrays(reldir) for reldir in pc.unique(dirs).drop_null().to_pylist()]
+        keys = pa.concat_arrays([p[0] for p in parts]) if parts else pa.array([], pa.string())
+        real = pa.concat_arrays([p[1] for p in parts]) if parts else pa.array([], pa.string())
+        sizes = np.concatenate([p[2] for p in parts] + [np.array([-1], dtype=np.int64)])
+        names = pc.utf8_lower(pc.replace_substring_regex(relpaths, r"^.*/", ""))
+        idx = pc.index_in(pc.binary_join_element_wise(dirs, names, "/"), value_set=keys)
+        found = pc.take(real, idx)
+        size_arr = sizes[pc.fill_null(idx, len(keys)).to_numpy()]
+        return found, size_arr
+
 
 def first_existing(root: Path, candidates: list[str]) -> str | None:
     """The first of ``candidates`` (relative paths) that exists under ``root``."""
@@ -96,3 +130,89 @@ def rel_stem(relpath: str) -> str:
     if "." in name:
         name = name.rsplit(".", 1)[0]
     return f"{head}{sep}{name}"
+
+
+# ------------------------------------------------------------------------------------------- columnar helpers
+# Used by the columnar adapters (``iter_tables``): Arrow arrays built with vectorised operations, no per-row Python.
+
+
+def table_of(n: int, columns: dict[str, object]) -> object:
+    """A table with exactly :data:`fea20k.schema.SCHEMA`: ``columns`` (arrays, or scalars repeated ``n`` times) and
+    nulls for every other field."""
+    import pyarrow as pa
+
+    from fea20k.schema import SCHEMA
+
+    arrays = []
+    for f in SCHEMA:
+        value = columns.get(f.name)
+        if value is None:
+            arrays.append(pa.nulls(n, f.type))
+        elif isinstance(value, (pa.Array, pa.ChunkedArray)):
+            arrays.append(value.cast(f.type) if value.type != f.type else value)
+        else:
+            arrays.append(pa.repeat(pa.scalar(value, f.type), n))
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def reasons_of(reason: object) -> object:
+    """A string array of one exclusion reason per row (null = none) -> the ``reasons`` list column."""
+    import numpy as np
+    import pyarrow as pa
+
+    valid = np.asarray(reason.is_valid(), dtype=bool)  # type: ignore[attr-defined]
+    offsets = np.zeros(len(valid) + 1, dtype=np.int32)
+    np.cumsum(valid, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), reason.drop_null())  # type: ignore[attr-defined]
+
+
+def exclusion_columns(reason: object, stage: str) -> dict[str, object]:
+    """``accepted`` / ``reasons`` / ``excluded_at`` of rows excluded for ``reason`` (null: not excluded)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    excluded = reason.is_valid()  # type: ignore[attr-defined]
+    return {"accepted": pc.if_else(excluded, pa.scalar(False), pa.scalar(None, pa.bool_())),
+            "reasons": reasons_of(reason),
+            "excluded_at": pc.if_else(excluded, pa.scalar(stage), pa.scalar(None, pa.string()))}
+
+
+def json_string(arr: object) -> object:
+    """Strings -> JSON string literals (quotes, backslashes escaped; null -> ``null``). Control characters are not
+    escaped: callers route rows holding them to their per-row path."""
+    import pyarrow.compute as pc
+
+    escaped = pc.replace_substring(pc.replace_substring(arr, "\\", "\\\\"), '"', '\\"')
+    return pc.fill_null(pc.binary_join_element_wise('"', escaped, '"', ""), "null")
+
+
+def json_float(arr: object) -> object:
+    """Floats -> JSON number text as ``json.dumps`` reads back (``1.0`` stays a float; null -> ``null``).
+    Non-finite values must be nulled (or routed elsewhere) by the caller."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = pc.cast(arr, pa.string())
+    whole = pc.match_substring_regex(text, r"^-?\d+$")
+    return pc.fill_null(pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text), "null")
+
+
+def has_control_chars(arr: object) -> object:
+    """Boolean array: the string holds a control character (JSON would need \\u escapes)."""
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pc.match_substring_regex(arr, "[\\x00-\\x1f]"), False)
+
+
+def nested_points(flat: object, has: object, per_row: int) -> object:
+    """``list<list<float32>>`` landmarks from ``flat`` (x0, y0, x1, ... of the rows where ``has``; numpy) and the
+    boolean mask ``has`` (numpy): ``per_row`` points of 2 values each; rows without landmarks are null."""
+    import numpy as np
+    import pyarrow as pa
+
+    values = pa.array(np.ascontiguousarray(flat, dtype=np.float32).reshape(-1))
+    inner = pa.ListArray.from_arrays(pa.array(np.arange(0, len(values) + 1, 2, dtype=np.int32)), values)
+    counts = np.asarray(has, dtype=np.int32) * per_row
+    offsets = np.zeros(len(counts) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), inner, mask=pa.array(~np.asarray(has, dtype=bool)))

@@ -8,12 +8,13 @@ test set (there is no public test set), so ``validation.csv`` / ``val_set`` map 
 from __future__ import annotations
 
 import csv
-import gc
 import io
+import json
 import logging
 import os
 from collections.abc import Iterator
-from typing import ClassVar, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -29,13 +30,22 @@ from fea20k.ingest._common import (
     LABEL_OUT_OF_RANGE,
     LABEL_PARSE_ERROR,
     DirIndex,
+    exclusion_columns,
+    has_control_chars,
+    json_float,
+    json_string,
+    nested_points,
     rel_stem,
+    table_of,
     warn_line,
 )
 from fea20k.ingest.base import IngestAdapter, IngestConfig
 from fea20k.record import FaceRecord, ImageRef
 from fea20k.stage import register_stage
 
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +160,8 @@ AffectNet/
             )
         return lists, images or CSV_LAYOUTS[0][1]
 
-    def iter_records(self) -> Iterator[FaceRecord]:
+    def iter_tables(self) -> Iterator[pa.Table]:
+        """One Arrow table per CSV block (columnar path; ``iter_records`` is derived from it)."""
         lists, images = self._detect()
         index = DirIndex(self.root) if self.config.check_images else None
         for name, split_raw in CSV_FILES:
@@ -159,14 +170,20 @@ AffectNet/
                 logger.info("%s: %s not present; skipped", self.source, path)
                 continue
             split = "train" if split_raw == "train" else self.config.val_split
-            yield from self._read_csv(path, images, split, split_raw, index)
+            yield from self._csv_tables(path, images, split, split_raw, index)
 
     # ------------------------------------------------------------------------------------------- CSV reading
 
-    def _read_csv(self, path: os.PathLike[str], images: str, split: str, split_raw: str,
-                  index: DirIndex | None) -> Iterator[FaceRecord]:
+    def _csv_tables(self, path: Path, images: str, split: str, split_raw: str,
+                    index: DirIndex | None) -> Iterator[pa.Table]:
+        """Stream ``path`` block by block. Well-formed rows are built column-wise (:meth:`_fast_table`); the rare
+        odd rows (non-numeric label or box, bad landmarks, control characters) go through :meth:`_row`, and rows
+        with the wrong column count through :meth:`_malformed`; all are put back in file order."""
+        import numpy as np
         import pyarrow as pa
         import pyarrow.csv as pacsv
+
+        from fea20k.schema import to_arrow
 
         bad: list[tuple[int, str]] = []
 
@@ -193,18 +210,152 @@ AffectNet/
         )
         line = 2  # 1-based line of the next data row (line 1 is the header)
         for batch in reader:
-            cols = _parse_columns(batch)
-            landmarks = _parse_landmarks(batch.column("facial_landmarks"))
+            n = batch.num_rows
             bad.sort()
-            for row in zip(*cols, landmarks, strict=True):
-                while bad and bad[0][0] <= line:
-                    n, text = bad.pop(0)
-                    yield self._malformed(path, n, text, images, split, split_raw)
-                    line = max(line, n + 1)
-                yield self._row(path, line, row, images, split, split_raw, index)
-                line += 1
-        for n, text in sorted(bad):
-            yield self._malformed(path, n, text, images, split, split_raw)
+            lines = line + np.arange(n, dtype=np.int64)
+            for number, _ in bad:  # malformed rows hold their own line numbers
+                lines[lines >= number] += 1
+            last = int(lines[-1]) if n else line - 1
+            here = [b for b in bad if b[0] <= last]
+            del bad[:len(here)]
+            tables, order = [], []
+            if n:
+                fast, slow_rows = self._fast_table(path, batch, lines, images, split, split_raw, index)
+                tables.append(fast)
+                order.append(lines[np.setdiff1d(np.arange(n), slow_rows, assume_unique=True)])
+                if len(slow_rows):
+                    tables.append(to_arrow(self._slow_rows(path, batch, slow_rows, lines, images, split,
+                                                           split_raw, index)))
+                    order.append(lines[slow_rows])
+            if here:
+                tables.append(to_arrow([self._malformed(path, num, text, images, split, split_raw)
+                                        for num, text in here]))
+                order.append(np.array([num for num, _ in here], dtype=np.int64))
+            line = max(last, here[-1][0] if here else 0) + 1
+            if not tables:
+                continue
+            if len(tables) == 1:
+                yield tables[0]
+            else:
+                yield pa.concat_tables(tables).take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+        if bad:
+            bad.sort()
+            yield to_arrow([self._malformed(path, num, text, images, split, split_raw) for num, text in bad])
+
+    def _fast_table(self, path: Path, batch: pa.RecordBatch, lines: Any, images: str, split: str, split_raw: str,
+                    index: DirIndex | None) -> tuple[pa.Table, Any]:
+        """The well-formed rows of ``batch`` as a table built column-wise, and the positions of the other rows."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        n = batch.num_rows
+        sub = pc.utf8_trim_whitespace(batch.column("subDirectory_filePath"))
+        expr, expr_ok = _numbers(batch.column("expression"), pa.int64())
+        box = [_numbers(batch.column(c), pa.float64()) for c in ("face_x", "face_y", "face_width", "face_height")]
+        va = [_numbers(batch.column(c), pa.float64()) for c in ("valence", "arousal")]
+        flat, has_lnd, lnd_bad = _landmark_values(batch.column("facial_landmarks"))
+        slow = ~expr_ok | lnd_bad | np.asarray(pc.fill_null(pc.equal(sub, ""), True), dtype=bool)
+        slow |= np.asarray(has_control_chars(sub), dtype=bool)
+        for values, ok in box:
+            slow |= ~ok | ~np.isfinite(values)
+        for values, _ in va:
+            slow |= np.isinf(values)
+        slow_rows = np.flatnonzero(slow)
+        if len(slow_rows):
+            keep = ~slow
+            keep_arr = pa.array(keep)
+            flat = flat.reshape(-1, N_LANDMARK_VALUES)[keep[has_lnd]]
+            has_lnd = has_lnd[keep]
+            sub = sub.filter(keep_arr)
+            expr = expr[keep]
+            box = [(v[keep], ok[keep]) for v, ok in box]
+            va = [(v[keep], ok[keep]) for v, ok in va]
+            lines = lines[keep]
+            n = int(keep.sum())
+        # labels: one lookup table over ids 0..10 (+ one slot for "outside 0..10")
+        in_range = (expr >= 0) & (expr <= 10)
+        slot = np.where(in_range, expr, 11)
+        emotions: list[str | None] = []
+        reasons: list[str | None] = []
+        for raw in range(11):
+            emotion, reason = classify_expression(raw, self.config.classes)
+            emotions.append(emotion)
+            reasons.append(reason)
+        slot_arr = pa.array(slot)
+        emotion = pc.take(pa.array([*emotions, None], pa.string()), slot_arr)
+        reason = pc.take(pa.array([*reasons, LABEL_OUT_OF_RANGE], pa.string()), slot_arr)
+        for i in np.flatnonzero(~in_range).tolist():
+            warn_line(path, int(lines[i]), f"expression {int(expr[i])} is outside 0..10")
+        relpath = pc.binary_join_element_wise(images, sub, "/")
+        image_path = relpath
+        if index is not None:
+            checked = np.asarray(reason.is_null(), dtype=bool)
+            rows = np.flatnonzero(checked)
+            real, size = index.lookup_many(relpath.filter(pa.array(checked)))
+            pick = np.full(n, -1, dtype=np.int64)
+            pick[rows] = np.arange(len(rows))
+            image_path = pc.coalesce(pc.take(real, pa.array(pick, mask=pick < 0)), relpath)
+            codes = np.zeros(n, dtype=np.int8)
+            codes[rows[size < 0]] = 1
+            codes[rows[size == 0]] = 2
+            reason = pc.coalesce(reason, pc.take(pa.array([None, IMAGE_MISSING, IMAGE_UNDECODABLE], pa.string()),
+                                                 pa.array(codes)))
+        (x, _), (y, _), (w, _), (h, _) = box
+        positive = (w > 0) & (h > 0)
+        n_nonpositive = int((~positive).sum())
+        if n_nonpositive:
+            self.stats.add("bbox_nonpositive", n_nonpositive)
+        bbox = pa.ListArray.from_arrays(
+            pa.array(np.concatenate([[0], np.cumsum(positive.astype(np.int32) * 4)]).astype(np.int32)),
+            pa.array(np.stack([x, y, w, h], axis=1)[positive].reshape(-1).astype(np.float32)),
+            mask=pa.array(~positive))
+        key = pc.replace_substring_regex(sub, r"\.[^./]*$", "", max_replacements=1)
+        valence, arousal = (pa.array(v, mask=np.isnan(v) | (v == NOT_APPLICABLE)) for v, _ in va)
+        no_box: object = ""
+        if n_nonpositive:
+            raw_box = pc.binary_join_element_wise(*(json_float(pa.array(v)) for v in (x, y, w, h)), ", ")
+            raw_box = pc.binary_join_element_wise(', "bbox_raw": [', raw_box, "]", "")
+            no_box = pc.if_else(pa.array(positive), "", raw_box)
+        meta = pc.binary_join_element_wise(
+            '{"affectnet_key": ', json_string(key), ', "arousal": ', json_float(arousal),
+            no_box,
+            f', "corpus": "{self.corpus}", "raw_label": ', pc.cast(pa.array(expr), pa.string()),
+            f', "split_raw": {json.dumps(split_raw)}, "valence": ', json_float(valence), "}", "")
+        from fea20k.schema import IMAGE_REF
+
+        image = pa.StructArray.from_arrays([pa.repeat(pa.scalar(self.source), n), image_path,
+                                            pa.nulls(n, pa.int32())], fields=list(IMAGE_REF))
+        table = table_of(n, {
+            "id": pc.binary_join_element_wise(f"{self.source}/{images}", key, "/"),
+            "source": self.source, "split": split, "image": image,
+            "bbox": bbox, "landmarks": nested_points(flat, has_lnd, N_LANDMARK_VALUES // 2),
+            "landmark_scheme": pc.if_else(pa.array(has_lnd), "ibug68", pa.scalar(None, pa.string())),
+            "emotion": emotion,
+            "emotion_origin": pc.if_else(emotion.is_valid(), "gt", pa.scalar(None, pa.string())),
+            **exclusion_columns(reason, self.name),
+            "meta": meta,
+        })
+        return table, slow_rows
+
+    def _slow_rows(self, path: Path, batch: pa.RecordBatch, rows: Any, lines: Any, images: str, split: str,
+                   split_raw: str, index: DirIndex | None) -> list[FaceRecord]:
+        """The odd rows of ``batch`` through the per-row path (one warning each, naming file and line)."""
+        import pyarrow as pa
+
+        picked = batch.take(pa.array(rows))
+        cols = {name: picked.column(name).to_pylist() for name in CSV_COLUMNS}
+        out = []
+        for k, i in enumerate(rows.tolist()):
+            raw_expr = cols["expression"][k]
+            expr = _to_number(raw_expr, int)
+            va = [va_value(v) if v is not None else None
+                  for v in (_to_number(cols[c][k], float) for c in ("valence", "arousal"))]
+            row = (cols["subDirectory_filePath"][k],
+                   *(_to_number(cols[c][k], float) for c in ("face_x", "face_y", "face_width", "face_height")),
+                   expr, *va, raw_expr, _parse_landmark_string(cols["facial_landmarks"][k]))
+            out.append(self._row(path, int(lines[i]), row, images, split, split_raw, index))
+        return out
 
     def _new(self, relpath: str, **fields: object) -> FaceRecord:
         rec = FaceRecord(id=f"{self.source}/{rel_stem(relpath)}", source=self.source,
@@ -269,64 +420,11 @@ AffectNet/
         return rec
 
 
-def _parse_columns(batch: object) -> list[list]:
-    """The scalar columns of a CSV batch as Python lists: sub, x, y, w, h, expression (int or None), valence,
-    arousal (-2 -> None), raw expression text. Vectorised casts; a column that fails to cast is parsed row by row."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    def numbers(name: str, kind: type) -> list:
-        col = batch.column(name)  # type: ignore[attr-defined]
-        try:
-            return pc.cast(col, pa.int64() if kind is int else pa.float64()).to_pylist()
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            return [_to_number(v, kind) for v in col.to_pylist()]
-
-    va = [[None if v is None or v == NOT_APPLICABLE or v != v else v for v in numbers(n, float)]
-          for n in ("valence", "arousal")]
-    return [batch.column("subDirectory_filePath").to_pylist(),  # type: ignore[attr-defined]
-            *(numbers(n, float) for n in ("face_x", "face_y", "face_width", "face_height")),
-            numbers("expression", int), *va, batch.column("expression").to_pylist()]  # type: ignore[attr-defined]
-
-
 def _to_number(value: str | None, kind: type) -> float | int | None:
     try:
         return kind(value) if value is not None else None
     except ValueError:
         return None
-
-
-def _parse_landmarks(column: object) -> list[list[list[float]] | None | str]:
-    """The ``facial_landmarks`` column of a batch -> per row 68 [x, y] pairs, None (empty) or an error string.
-
-    Vectorised (Arrow split + cast, one numpy reshape) when every row is well formed; row by row otherwise.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column  # type: ignore[attr-defined]
-    n = len(arr)
-    if n and arr.null_count == 0:
-        parts = pc.split_pattern(arr, ";")
-        lengths = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
-        if (lengths == N_LANDMARK_VALUES).all():
-            try:
-                flat = pc.cast(pc.list_flatten(parts), pa.float64()).to_numpy(zero_copy_only=False)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                flat = None
-            if flat is not None:
-                # millions of small lists: the cyclic GC would rescan them on every allocation burst (4x slower)
-                was_enabled = gc.isenabled()
-                gc.disable()
-                try:
-                    return flat.reshape(n, N_LANDMARK_VALUES // 2, 2).tolist()
-                finally:
-                    if was_enabled:
-                        gc.enable()
-    out: list[list[list[float]] | None | str] = []
-    for s in arr.to_pylist():
-        out.append(_parse_landmark_string(s))
-    return out
 
 
 def _parse_landmark_string(s: str | None) -> list[list[float]] | None | str:
@@ -473,3 +571,53 @@ AffectNet/
                 return self.exclude(rec, IMAGE_UNDECODABLE)
             rec.bbox = [0.0, 0.0, float(w), float(h)]
         return rec
+
+
+def _numbers(column: pa.Array | pa.ChunkedArray, kind: pa.DataType) -> tuple[Any, Any]:
+    """A CSV text column as numbers: ``(numpy values, numpy mask of rows that parsed)``; float: NaN, int: 0 where
+    not. Vectorised cast; a column that fails to cast is parsed row by row (as Python's ``int``/``float`` do)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        arr = pc.cast(column, kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        conv = int if pa.types.is_integer(kind) else float
+        arr = pa.array([_to_number(v, conv) for v in column.to_pylist()], kind)
+    ok = np.asarray(arr.is_valid(), dtype=bool)
+    values = np.asarray(pc.fill_null(arr, 0 if pa.types.is_integer(kind) else float("nan")))
+    return values, ok
+
+
+_DECIMAL = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
+
+
+def _landmark_values(column: pa.Array | pa.ChunkedArray) -> tuple[Any, Any, Any]:
+    """The ``facial_landmarks`` column -> ``(flat float64 values of the rows with landmarks, has landmarks, bad)``.
+
+    Vectorised: split on ``;``, one cast of all tokens. A row is *bad* (left to the per-row path, which decides)
+    when it does not hold exactly 136 plain decimal tokens; null (empty) rows have no landmarks.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    parts = pc.split_pattern(arr, ";")
+    lengths = np.asarray(pc.fill_null(pc.list_value_length(parts), 0))
+    valid = np.asarray(arr.is_valid(), dtype=bool)
+    has = valid & (lengths == N_LANDMARK_VALUES)
+    bad = valid & ~has
+    for _ in range(2):
+        chosen = parts if has.all() else parts.filter(pa.array(has))
+        tokens = pc.list_flatten(chosen)
+        try:
+            return np.asarray(pc.cast(tokens, pa.float64())), has, bad
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            odd = pc.invert(pc.match_substring_regex(tokens, _DECIMAL))
+            rows = np.flatnonzero(has)[np.unique(np.asarray(pc.list_parent_indices(chosen).filter(odd)))]
+            has[rows] = False
+            bad[rows] = True
+    bad |= has  # tokens that look decimal yet do not cast (overflow, ...): every row to the per-row path
+    return np.zeros(0), np.zeros_like(has), bad

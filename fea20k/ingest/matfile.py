@@ -1,0 +1,135 @@
+"""A small reader for the simple MATLAB v5 ``.mat`` files DISFA ships (one numeric matrix such as ``pts`` 66x2).
+
+``scipy.io.loadmat`` costs ~70 µs per file, most of it generic machinery; DISFA has one landmark file per frame
+(130,815 of them). :func:`read_matrix` parses the common case directly: a v5 file (little- or big-endian header)
+whose variables are plain real numeric matrices, stored as such or inside ``miCOMPRESSED`` (zlib) elements.
+Anything else (v4 or v7.3 files, cell/struct/char/sparse/logical/complex arrays, an odd element) falls back to
+``scipy.io.loadmat``, so the result is always what scipy reads, with the matrix's class dtype (``mat_dtype=True``:
+a double matrix MATLAB stored as ``miUINT8`` comes back as float64).
+
+Format: MATLAB "MAT-File Format" (v5): 128-byte header (text, subsystem offset, version 0x0100, endian indicator
+``IM`` little / ``MI`` big), then data elements, each an 8-byte tag (type, byte count) or a 4-byte "small element"
+tag (byte count in the upper 16 bits) with up to 4 bytes of data; elements are padded to 8 bytes except
+``miCOMPRESSED``. A ``miMATRIX`` holds array flags (class in the low byte), dimensions (int32), name and real part.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from typing import Any
+
+
+# element data types -> numpy dtype codes (no byte order)
+_MI_TYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8"}
+MI_INT8, MI_UINT32, MI_INT32, MI_MATRIX, MI_COMPRESSED = 1, 6, 5, 14, 15
+# array classes (mxDOUBLE_CLASS = 6 ... mxUINT64_CLASS = 15) -> numpy dtype codes
+_MX_CLASSES = {6: "f8", 7: "f4", 8: "i1", 9: "u1", 10: "i2", 11: "u2", 12: "i4", 13: "u4", 14: "i8", 15: "u8"}
+_FLAG_COMPLEX, _FLAG_LOGICAL = 0x0800, 0x0200
+
+
+class _Unusual(Exception):  # noqa: N818 - internal signal: "not the simple form, ask scipy"
+    pass
+
+
+def read_matrix(path: str | os.PathLike[str], name: str) -> Any:
+    """The variable ``name`` of the ``.mat`` file at ``path`` as a numpy array (what ``scipy.io.loadmat`` gives).
+
+    Raises ``KeyError`` when the file has no such variable, ``OSError`` when it cannot be read, and scipy's errors
+    (``ValueError``, ``MatReadError``, ...) for files only scipy can judge.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    return read_matrix_bytes(data, name)
+
+
+def read_matrix_bytes(data: bytes, name: str) -> Any:
+    """:func:`read_matrix` on the bytes of a ``.mat`` file."""
+    try:
+        found = parse_simple(data, name)
+    except _Unusual:
+        found = None
+    if found is not None:
+        return found
+    import scipy.io
+
+    return scipy.io.loadmat(io.BytesIO(data), variable_names=[name], mat_dtype=True)[name]
+
+
+def parse_simple(data: bytes, name: str) -> Any:
+    """``name`` parsed by the fast path; ``None`` when the file is not the simple v5 form (or lacks ``name``)."""
+    if len(data) < 136:
+        return None
+    indicator = data[126:128]
+    if indicator == b"IM":
+        bo = "<"
+    elif indicator == b"MI":
+        bo = ">"
+    else:
+        return None
+    if struct.unpack_from(bo + "H", data, 124)[0] != 0x0100:
+        return None
+    want = name.encode("ascii", "replace")
+    pos, end = 128, len(data)
+    while pos + 8 <= end:
+        mtype, nbytes = struct.unpack_from(bo + "II", data, pos)
+        body = pos + 8
+        if mtype == MI_COMPRESSED:
+            inner = zlib.decompress(data[body:body + nbytes])
+            itype, inbytes = struct.unpack_from(bo + "II", inner, 0)
+            if itype != MI_MATRIX:
+                raise _Unusual
+            arr = _matrix(inner, 8, 8 + inbytes, bo, want)
+            pos = body + nbytes
+        elif mtype == MI_MATRIX:
+            arr = _matrix(data, body, body + nbytes, bo, want)
+            pos = body + nbytes + (-nbytes % 8)
+        else:
+            raise _Unusual
+        if arr is not None:
+            return arr
+    return None
+
+
+def _element(buf: bytes, pos: int, bo: str) -> tuple[int, int, int, int]:
+    """``(type, data start, byte count, next element position)`` of the sub-element at ``pos``."""
+    first = struct.unpack_from(bo + "I", buf, pos)[0]
+    if first >> 16:  # small data element: 2-byte count, 2-byte type, data in the next 4 bytes
+        return first & 0xFFFF, pos + 4, first >> 16, pos + 8
+    nbytes = struct.unpack_from(bo + "I", buf, pos + 4)[0]
+    return first, pos + 8, nbytes, pos + 8 + nbytes + (-nbytes % 8)
+
+
+def _matrix(buf: bytes, pos: int, end: int, bo: str, want: bytes) -> Any:
+    """The miMATRIX body in ``buf[pos:end]`` as an array when its name is ``want``; ``None`` for another name."""
+    import numpy as np
+
+    mtype, start, nbytes, pos = _element(buf, pos, bo)
+    if mtype != MI_UINT32 or nbytes < 4:
+        raise _Unusual
+    flags = struct.unpack_from(bo + "I", buf, start)[0]
+    dtype = _MX_CLASSES.get(flags & 0xFF)
+    mtype, start, nbytes, pos = _element(buf, pos, bo)
+    if mtype != MI_INT32:
+        raise _Unusual
+    dims = struct.unpack_from(f"{bo}{nbytes // 4}i", buf, start)
+    mtype, start, nbytes, pos = _element(buf, pos, bo)
+    if mtype != MI_INT8:
+        raise _Unusual
+    if buf[start:start + nbytes] != want:
+        return None
+    if dtype is None or flags & (_FLAG_COMPLEX | _FLAG_LOGICAL):
+        raise _Unusual  # char, cell, struct, sparse, logical or complex: scipy's job
+    mtype, start, nbytes, pos = _element(buf, pos, bo)
+    stored = _MI_TYPES.get(mtype)
+    if stored is None or start + nbytes > end:
+        raise _Unusual
+    count = 1
+    for d in dims:
+        count *= d
+    values = np.frombuffer(buf, dtype=bo + stored, count=nbytes // int(stored[1]), offset=start)
+    if values.size != count:
+        raise _Unusual
+    return values.astype(dtype).reshape(dims, order="F")
