@@ -6,7 +6,8 @@ concurrency) that runs the repair loop:
 1. render the prompt (task), with the LAST failed attempt's reply and problems as feedback, never a growing log;
 2. look the canonical request up in the ledger's request cache; on a miss, check the budget, call the backend, and
    write the reply to the cache and the call(s) to the ledger at once (a ``kill -9`` loses no paid call);
-3. parse the reply (format) and run the validator checks (``fea20k.validate.checks``); accept, or feed back.
+3. parse the reply with the one parser and judge its format with the validate stage's format check
+   (:meth:`Task.parse_response`), then run the validator checks (``fea20k.validate.checks``); accept, or feed back.
 
 Every record ends annotated (``rationale.text``) or excluded with ``annotation_failed``, its every attempt's raw
 text in ``rationale.raw`` and why each failed in ``rationale.errors``. Offline backends (``rules``) write from the
@@ -136,6 +137,24 @@ class AnnotateStage(MapStage):
             return None
         return self.ctx.workspace.ledger.checkpoint(self.ctx.round - 1)
 
+    def previous_checkpoint_identity(self) -> str | None:
+        """The previous round's registered checkpoint as ``path`` (+ ``@<train signature>`` when registered with
+        one): the same row :meth:`previous_checkpoint` resolves, so a retrain into the same folder differs too."""
+        if self.ctx.round <= 0:
+            return None
+        row = self.ctx.workspace.ledger.conn.execute(
+            "SELECT path, signature FROM checkpoints WHERE round = ? ORDER BY created", (self.ctx.round - 1,),
+        ).fetchall()
+        if not row:
+            return None
+        path, signature = row[-1]
+        return f"{path}@{signature}" if signature else str(path)
+
+    def request_identity(self) -> str | None:
+        """The weights' identity hashed into every request key beside the model name (see
+        :func:`fea20k.annotate.task.request_key`): the backend's own (a local checkpoint) by default."""
+        return self.backend.identity
+
     @property
     def repairs(self) -> bool:
         return self.config.repair and not self.backend.offline
@@ -158,14 +177,16 @@ class AnnotateStage(MapStage):
             return
         self.backend.check()
         self._checker: Callable[[str, FaceRecord], Any] | None = None
+        self._synonyms: dict[str, str] | None = None  # None: the task's own (workspace vocabulary)
         if self.repairs:
-            self._checker = self._load_checker()
+            self._checker, self._synonyms = self._load_checker()
         self._loop: asyncio.AbstractEventLoop | None = None
         if not self.backend.offline:
             _ = self.task  # template errors surface before any call
             self._loop = asyncio.new_event_loop()
             self._loop.run_until_complete(self.backend.start())
         self._budget = _Budget(cap=self.spec.budget_usd, spent=self._spent_before())
+        self._identity = None if self.backend.offline else self.request_identity()
         self._loaded = True
 
     def close(self) -> None:
@@ -176,7 +197,8 @@ class AnnotateStage(MapStage):
             self._loop = None
         self._loaded = False
 
-    def _load_checker(self) -> Callable[[str, FaceRecord], Any]:
+    def _load_checker(self) -> tuple[Callable[[str, FaceRecord], Any], dict[str, str] | None]:
+        """The repair loop's check function and its rule set's synonym map (the task parses with the same)."""
         path = self.ctx.workspace.data_file(self.config.validators)
         try:
             from fea20k.validate.checks import check_text, load_ruleset
@@ -184,7 +206,7 @@ class AnnotateStage(MapStage):
             raise ConfigError(f"stage {self.name}: the repair loop needs fea20k.validate.checks ({e}); set "
                               f"[stages.\"{self.name}\"] repair = false to annotate without it") from None
         rules = load_ruleset(path)
-        return lambda text, rec: check_text(text, rec, rules)
+        return (lambda text, rec: check_text(text, rec, rules)), rules.synonyms
 
     def _spent_before(self) -> float:
         row = self.ctx.workspace.ledger.conn.execute(
@@ -244,7 +266,7 @@ class AnnotateStage(MapStage):
             known = {part["image_url"]["url"]: ref for part in messages[0]["content"]
                      if part.get("type") == "image_url"} if ref else None
             req = Request(rec=rec, messages=messages, params=params, model=backend.model,
-                          key=request_key(backend.model, messages, params, known),
+                          key=request_key(backend.model, messages, params, known, self._identity),
                           est_tokens=len(text) // 4 + (IMAGE_TOKENS if image else 0) + spec.max_tokens)
             reply = await self._call(req)
             if reply is None:
@@ -262,8 +284,8 @@ class AnnotateStage(MapStage):
                                     attempt=attempt + 1)
                 self.stats.add("retries_repair")
                 continue
-            issues = task.parse_response(reply.text, rec).issues
-            explained = issues
+            parsed = task.parse_response(reply.text, rec, self._synonyms)
+            issues, explained = parsed.reasons, parsed.issues
             if not issues and self._checker is not None:
                 result = self._checker(reply.text or "", rec)
                 issues = [] if result.passed else (list(result.reasons) or ["failed the validator checks"])

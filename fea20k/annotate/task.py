@@ -4,6 +4,10 @@ A task knows nothing about transport: :meth:`Task.format_prompt` returns OpenAI-
 crop as a ``data:`` URL), :meth:`Task.parse_response` reads a reply into a :class:`ParsedReply` with the format
 problems found. Backends send the messages; the annotate stages run the repair loop.
 
+A reply is read by the one parser (:func:`fea20k.validate.parse.parse`) and its format judged by the validate
+stage's own format check (:func:`fea20k.validate.checks.check_format`, reference rule, strict mode), so a reply the
+task accepts is never rejected by ``validate`` for its format, and the reasons carry the same names.
+
 The request-cache key is computed here too (:func:`request_key`), from the model, the messages with every image's
 bytes replaced by their sha256, and the sampling parameters, so a client and a test server agree on it.
 """
@@ -13,7 +17,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,12 +27,15 @@ from fea20k.annotate.spec import AnnotatorSpec, annotator_file
 from fea20k.errors import ConfigError
 from fea20k.record import FaceRecord
 from fea20k.settings import StrictModel, read_toml, validate_model
+from fea20k.validate.checks import FormatRules, RuleSet, check_format
+from fea20k.validate.parse import Parsed, parse
 from fea20k.vocab import Vocab
 
 
-# docs/facial-r1.md §3: nothing before <think>, nothing after </answer>, only whitespace between the blocks.
-FORMAT_RE = re.compile(r"<think>(.*?)</think>\s*<answer>(.*?)</answer>", re.DOTALL)
-AU_TOKEN_RE = re.compile(r"AU\d+")
+# The task's own format rule: the validate stage's format check in strict mode (docs/facial-r1.md §3: nothing
+# before <think>, nothing after </answer>, one answer block, the answer exactly a canonical word when the emotion is
+# known). AU token spelling is left to the validator rule set of the repair loop.
+TASK_FORMAT = FormatRules(mode="strict", single_answer=True, canonical_answer=True, canonical_au_tokens=False)
 
 
 @dataclass(frozen=True)
@@ -43,17 +49,31 @@ class Feedback:
 
 @dataclass
 class ParsedReply:
-    """A reply split into its blocks; ``issues`` lists format problems (empty when the format is right)."""
+    """A reply read by the one parser. ``reasons``: the failed format checks' codes (the validate stage's names,
+    plus ``emotion_unknown`` for an answer outside the record's emotion set); ``issues``: the same as sentences for
+    the model (``annotators/feedback.toml``). Both empty when the format is right."""
 
     text: str
-    think: str | None = None
-    answer: str | None = None
-    aus: list[int] = field(default_factory=list)
+    parsed: Parsed
+    reasons: list[str] = field(default_factory=list)
     issues: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.issues
+        return not self.reasons
+
+    @property
+    def think(self) -> str | None:
+        return self.parsed.think
+
+    @property
+    def answer(self) -> str | None:
+        return self.parsed.first_answer
+
+    @property
+    def aus(self) -> list[int]:
+        """AU numbers named in the think block (any spelling the parser reads)."""
+        return sorted(self.parsed.aus(("think",)))
 
 
 # ---------------------------------------------------------------------------------------------- request keys
@@ -113,13 +133,18 @@ SAMPLING_KEYS = ("temperature", "max_tokens", "top_p", "seed")
 
 
 def request_key(model: str | None, messages: list[dict[str, Any]], params: dict[str, Any],
-                known: dict[str, str] | None = None) -> str:
-    """sha256 of the canonical request: model, messages (image bytes -> their hash), sampling parameters."""
-    canon = {
+                known: dict[str, str] | None = None, identity: str | None = None) -> str:
+    """sha256 of the canonical request: model, messages (image bytes -> their hash), sampling parameters, and the
+    identity of the weights behind the model name when the caller knows it (``identity``: e.g. the checkpoint a
+    ``vllm serve`` of the trained model serves under the fixed name ``facial-r1``; absent from the key when None,
+    so keys without one stay what they were)."""
+    canon: dict[str, Any] = {
         "model": model,
         "messages": canonical_messages(messages, known),
         "params": {k: params[k] for k in SAMPLING_KEYS if params.get(k) is not None},
     }
+    if identity is not None:
+        canon["identity"] = identity
     return hashlib.sha256(json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -197,6 +222,10 @@ class Task:
         if not isinstance(messages, dict) or not all(isinstance(v, str) for v in messages.values()):
             raise ConfigError(f"{self.feedback_path}: [messages] must map reason codes to strings")
         self.feedback_messages: dict[str, str] = messages
+        syn = {e: e for e in vocab.emotions}
+        syn.update({k.lower(): v for k, v in vocab.synonyms.items()})
+        self.synonyms = syn  # the parser's synonym map, from the workspace's validators/vocab.toml
+        self.format_rules = RuleSet(format=TASK_FORMAT)
 
     def explain(self, reasons: list[str], result: Any = None) -> list[str]:
         """The failed checks as sentences for the model (``annotators/feedback.toml``); unknown codes pass through.
@@ -266,27 +295,21 @@ class Task:
         return [{"role": "user", "content": content}]
 
     # -- reply
-    def parse_response(self, text: str | None, rec: FaceRecord) -> ParsedReply:
-        """Split a reply into think/answer and list its format problems (docs/facial-r1.md §3)."""
-        text = text or ""
-        parsed = ParsedReply(text=text)
-        if not text.strip():
-            parsed.issues.append("the reply is empty")
-            return parsed
-        m = FORMAT_RE.fullmatch(text.strip())
-        if m is None:
-            parsed.issues.append("the reply must be exactly <think>one paragraph</think> followed by "
-                                 "<answer>one word</answer>, with nothing before or after")
-            return parsed
-        parsed.think, parsed.answer = m.group(1).strip(), m.group(2).strip()
-        parsed.aus = sorted({int(t[2:]) for t in AU_TOKEN_RE.findall(parsed.think)})
-        if not parsed.think:
-            parsed.issues.append("the <think> block is empty")
-        allowed = self.emotion_set(rec)
-        if parsed.answer not in allowed:
-            parsed.issues.append(f"the <answer> must be exactly one word from: {', '.join(allowed)} "
-                                 f"(got {parsed.answer[:40]!r})")
-        return parsed
+    def parse_response(self, text: str | None, rec: FaceRecord,
+                       synonyms: dict[str, str] | None = None) -> ParsedReply:
+        """Read a reply with the one parser and judge its format with the validate stage's format check (strict
+        reference rule), then check the answer is in ``rec``'s emotion set. ``synonyms``: the repair loop's rule
+        set's map, so the reply is parsed exactly as its checks will parse it (default: the task's vocabulary)."""
+        p = parse(text, mode="tolerant", synonyms=synonyms if synonyms is not None else self.synonyms)
+        reasons: list[str] = []
+        check_format(p, rec, self.format_rules, reasons, {})
+        if not reasons and p.emotion not in self.emotion_set(rec):
+            reasons.append("emotion_unknown")
+        issues = self.explain(reasons)
+        if reasons == ["emotion_unknown"] or "answer_not_canonical" in reasons:
+            allowed = ", ".join(self.emotion_set(rec))
+            issues = [f"{issues[0]} (one word from: {allowed}; got {(p.first_answer or '')[:40]!r})"]
+        return ParsedReply(text=p.text, parsed=p, reasons=reasons, issues=issues)
 
 
 class DraftTask(Task):

@@ -91,7 +91,7 @@ def fake_checks(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """Install the stand-in validator module (helper E's real one is written in parallel)."""
     get_stage_class("annotate.draft")  # stage discovery first, so other families import the real module
     mod = types.ModuleType("fea20k.validate.checks")
-    mod.load_ruleset = lambda path: {"path": str(path)}  # type: ignore[attr-defined]
+    mod.load_ruleset = lambda path: types.SimpleNamespace(path=str(path), synonyms=None)  # type: ignore[attr-defined]
     mod.check_text = fake_check_text  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "fea20k.validate.checks", mod)
     return mod

@@ -97,17 +97,35 @@ def test_feedback_replaces_and_prompt_does_not_grow(ws: Path) -> None:
     assert max(lengths) - min(lengths) <= 2 and max(lengths) < len(base) + 2000
 
 
-def test_parse_response(ws: Path) -> None:
+def test_parse_response_is_the_one_parser_and_the_validate_format_check(ws: Path) -> None:
+    from fea20k.validate.checks import check_text, default_ruleset
+
     task = _task(ws)
     rec = FaceRecord(id="raf/3", source="raf", emotion="sadness", meta={"corpus": "rafdb_basic"})
     ok = task.parse_response("<think>The lip corners droop (AU15) and au1 x.</think>\n<answer>sadness</answer>", rec)
-    assert ok.ok and ok.answer == "sadness" and ok.aus == [15]
-    assert "empty" in task.parse_response("", rec).issues[0]
-    assert "exactly <think>" in task.parse_response("Sure! <think>a</think><answer>sadness</answer>", rec).issues[0]
-    bad = task.parse_response("<think>x (AU4)</think>\n<answer>Sad</answer>", rec)
-    assert bad.issues and "one word from: anger" in bad.issues[0]
-    contempt = task.parse_response("<think>x</think><answer>contempt</answer>", rec)
-    assert contempt.issues  # not in RAF-DB's 7-class set
+    assert ok.ok and ok.answer == "sadness" and ok.aus == [1, 15]  # the one parser reads "au1" as AU1
+    assert ok.parsed.format_ok and ok.parsed.emotion == "sadness"
+    cases = {
+        "": "empty_rationale",
+        "Sure! <think>a</think><answer>sadness</answer>": "text_outside_tags",
+        "  <think>a</think><answer>sadness</answer>": "text_outside_tags",  # the reference rule: no strip
+        "<think>a</think>": "no_answer_tag",
+        "<answer>sadness</answer>": "no_think_tag",
+        "<think>a</think><answer>sadness</answer><answer>anger</answer>": "multiple_answer_tags",
+        "<think>x (AU4)</think>\n<answer>Sad</answer>": "answer_not_canonical",
+        "<think>x</think><answer>contempt</answer>": "emotion_unknown",  # not in RAF-DB's 7-class set
+    }
+    rules = default_ruleset()
+    for text, reason in cases.items():
+        got = task.parse_response(text, rec)
+        assert got.reasons == [reason], text
+        assert got.issues and got.issues[0].startswith(task.feedback_messages[reason])
+        if reason != "emotion_unknown":  # the validate stage names the same format failure
+            assert reason in check_text(text, rec, rules).reasons
+    assert "one word from: anger" in task.parse_response("<think>x</think><answer>Sad</answer>", rec).issues[0]
+    # an AU-only record may answer any listed emotion, in any spelling the parser normalises
+    au_only = FaceRecord(id="d/3", source="d", aus={4: 1}, au_coded=[4], meta={"corpus": "disfa"})
+    assert task.parse_response("<think>x (AU4)</think><answer>Angry</answer>", au_only).ok
 
 
 def test_regenerate_task_same_prompt(ws: Path) -> None:
