@@ -37,6 +37,12 @@ class Regenerate(AnnotateStage):
     Config = RegenerateConfig
     task_cls = RegenerateTask
 
+    def request_identity(self) -> str | None:
+        """The round N-1 checkpoint (path and train signature), also behind ``vllm serve``: the openai backend only
+        sees the served name (``facial-r1``), so without it a sample re-asked in round N would get round N-1's
+        model's cached answer. A backend that knows its weights (in-process vllm) says so itself."""
+        return self.backend.identity or self.previous_checkpoint_identity()
+
     def signature_extra(self) -> dict[str, Any]:
         """Also the round N-1 checkpoint: when round N-1 is retrained, round N regenerates (train area)."""
         return {**super().signature_extra(), "checkpoint": self.previous_checkpoint()}

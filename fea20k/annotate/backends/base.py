@@ -90,6 +90,12 @@ class Backend:
         """The model name recorded in provenance and hashed into request keys."""
         return self.spec.model
 
+    @property
+    def identity(self) -> str | None:
+        """What identifies the weights behind :attr:`model` when the name alone does not (e.g. a local
+        checkpoint path), hashed into request keys; None when the model name says it all."""
+        return None
+
     def recipe_files(self) -> list[Path]:
         """Curator files this backend reads (hashed into the stage signature)."""
         return []

@@ -82,6 +82,13 @@ class VLLMBackend(Backend):
     def model(self) -> str | None:
         return self.spec.model or (str(self.checkpoint_path) if hasattr(self, "checkpoint_path") else None)
 
+    @property
+    def identity(self) -> str | None:
+        """The resolved checkpoint directory (the annotator's, or the previous round's registered one)."""
+        if hasattr(self, "checkpoint_path"):
+            return str(self.checkpoint_path)
+        return self.spec.checkpoint or self.checkpoint
+
     def check(self) -> None:
         require("vllm", "vllm")
         self.checkpoint_path = resolve_checkpoint(self.spec, self.spec_path, self.checkpoint)
