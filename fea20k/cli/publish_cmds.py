@@ -76,12 +76,11 @@ def publish(
 
 
 def _publish_to_folder(ws, folder: Path, to: Path, round_: int, dry_run: bool, mode: str) -> None:  # noqa: ANN001
-    import os
     import shutil
 
     from fea20k.errors import Fea20kUserError
     from fea20k.publish.hub import release_files
-    from fea20k.publish.local import replace_dir
+    from fea20k.publish.local import building_dir
 
     files = release_files(folder)
     to = to.expanduser()
@@ -92,15 +91,11 @@ def _publish_to_folder(ws, folder: Path, to: Path, round_: int, dry_run: bool, m
         return
     if to.exists() and any(to.iterdir()) and not (to / "README.md").is_file():
         raise Fea20kUserError(f"--to {to}: the folder exists and is not a release; pass a new or empty folder")
-    to.parent.mkdir(parents=True, exist_ok=True)
-    tmp = to.with_name(f".{to.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    for rel, p in files:
-        dst = tmp / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(p, dst)
-    replace_dir(tmp, to)
+    with building_dir(to) as tmp:
+        for rel, p in files:
+            dst = tmp / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, dst)
     ws.ledger.record_release(round_, str(to.resolve()), None)
     console.print(f"wrote release round-{round_} ({mode}, {len(files)} files) to {to}; "
                   f"load it with datasets.load_dataset({str(to)!r})")

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,7 +35,7 @@ from typing import Any
 
 from fea20k.errors import Fea20kUserError, StageError
 from fea20k.io import StageOutput
-from fea20k.publish.local import replace_dir, upstream_dir
+from fea20k.publish.local import building_dir, upstream_dir
 from fea20k.publish.reviews import load_reviews
 from fea20k.record import FaceRecord
 from fea20k.workspace import Workspace
@@ -159,10 +157,37 @@ def export_records(records: Iterable[FaceRecord], out_dir: Path, fmt: str, *, co
         raise Fea20kUserError(f"unknown export format {fmt!r}; choose one of {list(FORMATS)}")
     out_dir = Path(out_dir)
     summary = summary if summary is not None else ExportSummary(folder=out_dir, format=fmt)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "images").mkdir(parents=True)
+    with building_dir(out_dir) as tmp:
+        (tmp / "images").mkdir()
+        per_source = _write_rows(records, tmp, fmt, combined, summary)
+        if fmt == "facial-r1":
+            stats = {f"{src}.jsonl": statistics(rows) for src, rows in sorted(per_source.items())}
+            if combined is not None:
+                (tmp / f"{combined}.jsonl").touch()
+                stats[f"{combined}.jsonl"] = statistics([r for rows in per_source.values() for r in rows])
+            (tmp / "config.json").write_text(json.dumps(stats, indent=1, sort_keys=True), encoding="utf-8")
+            (tmp / "train.yaml").write_text(_train_yaml(sorted(per_source)), encoding="utf-8")
+            data = f"{combined}.jsonl" if combined is not None else "train.yaml"
+            summary.files = {"data": out_dir / data,
+                             "images": out_dir / "images", "stats": out_dir / "config.json"}
+        else:
+            (tmp / "messages.jsonl").touch()
+            info = {"fea20k": {"file_name": "messages.jsonl", "formatting": "sharegpt",
+                               "columns": {"messages": "messages", "images": "images"},
+                               "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                                        "assistant_tag": "assistant"}}}
+            (tmp / "dataset_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+            summary.files = {"data": out_dir / "messages.jsonl", "images": out_dir}
+        if summary.missing:
+            (tmp / "missing_faces.txt").write_text("\n".join(summary.missing) + "\n", encoding="utf-8")
+            logger.warning("%d accepted train row(s) have no aligned crop and were not exported; see "
+                           "missing_faces.txt", len(summary.missing))
+    return summary
+
+
+def _write_rows(records: Iterable[FaceRecord], tmp: Path, fmt: str, combined: str | None,
+                summary: ExportSummary) -> dict[str, list[dict[str, Any]]]:
+    """Write the crops and the JSONL file(s) of ``records`` into ``tmp``; the AU and label names per source."""
     per_source: dict[str, list[dict[str, Any]]] = {}
     files: dict[str, Any] = {}
 
@@ -192,38 +217,10 @@ def export_records(records: Iterable[FaceRecord], out_dir: Path, fmt: str, *, co
                     write(f"{combined}.jsonl", {**row, "image": f"{rec.source}/{row['image']}"})
             else:
                 write("messages.jsonl", messages_row(row))
-    except BaseException:
+    finally:
         for f in files.values():
             f.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for f in files.values():
-        f.close()
-    if fmt == "facial-r1":
-        stats = {f"{src}.jsonl": statistics(rows) for src, rows in sorted(per_source.items())}
-        if combined is not None:
-            (tmp / f"{combined}.jsonl").touch()
-            stats[f"{combined}.jsonl"] = statistics([r for rows in per_source.values() for r in rows])
-        (tmp / "config.json").write_text(json.dumps(stats, indent=1, sort_keys=True), encoding="utf-8")
-        (tmp / "train.yaml").write_text(_train_yaml(sorted(per_source)), encoding="utf-8")
-        data = f"{combined}.jsonl" if combined is not None else "train.yaml"
-        summary.files = {"data": out_dir / data,
-                         "images": out_dir / "images", "stats": out_dir / "config.json"}
-    else:
-        (tmp / "messages.jsonl").touch()
-        info = {"fea20k": {"file_name": "messages.jsonl", "formatting": "sharegpt",
-                           "columns": {"messages": "messages", "images": "images"},
-                           "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                                    "assistant_tag": "assistant"}}}
-        (tmp / "dataset_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
-        summary.files = {"data": out_dir / "messages.jsonl", "images": out_dir}
-    if summary.missing:
-        (tmp / "missing_faces.txt").write_text("\n".join(summary.missing) + "\n", encoding="utf-8")
-        logger.warning("%d accepted train row(s) have no aligned crop and were not exported; see missing_faces.txt",
-                       len(summary.missing))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    replace_dir(tmp, out_dir)
-    return summary
+    return per_source
 
 
 def messages_row(row: dict[str, Any]) -> dict[str, Any]:

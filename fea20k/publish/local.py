@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,62 +165,59 @@ def build_release(
     seen_review_ids: set[str] = set()
     max_bytes = shard_max_bytes or ws.config.publish.shard_max_mb << 20
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    writer = ReleaseWriter(tmp, vocab.emotions, images, shard_max_bytes=max_bytes)
-    try:
-        for part in inputs.parts:
-            _publish_part(pq.read_table(part, schema=SCHEMA), writer, reviews, review_cols, seen_review_ids, facts)
-        shards = writer.finish()
-    except BaseException:
-        writer.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    unknown = sorted(set(reviews) - seen_review_ids)
-    if unknown:
-        facts.reviews["unknown id"] += len(unknown)
-        logger.warning("%s: %d review(s) name ids not in round %d's release, e.g. %s",
-                       reviews_path(ws.root, round_).name, len(unknown), round_, unknown[:3])
+    with building_dir(out_dir) as tmp:
+        writer = ReleaseWriter(tmp, vocab.emotions, images, shard_max_bytes=max_bytes)
+        try:
+            for part in inputs.parts:
+                _publish_part(pq.read_table(part, schema=SCHEMA), writer, reviews, review_cols, seen_review_ids,
+                              facts)
+            shards = writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        unknown = sorted(set(reviews) - seen_review_ids)
+        if unknown:
+            facts.reviews["unknown id"] += len(unknown)
+            logger.warning("%s: %d review(s) name ids not in round %d's release, e.g. %s",
+                           reviews_path(ws.root, round_).name, len(unknown), round_, unknown[:3])
 
-    # release notes against the previous round's local release
-    prev = ws.release_dir(round_ - 1) if round_ > 0 else None
-    prev_digests = release_digests(prev) if prev is not None else None
-    notes = compare(round_, facts.row_digests, prev_digests, round_ - 1 if prev_digests is not None else None)
-    (tmp / NOTES_FILE).write_text(notes.markdown(), encoding="utf-8")
+        # release notes against the previous round's local release
+        prev = ws.release_dir(round_ - 1) if round_ > 0 else None
+        prev_digests = release_digests(prev) if prev is not None else None
+        notes = compare(round_, facts.row_digests, prev_digests, round_ - 1 if prev_digests is not None else None)
+        (tmp / NOTES_FILE).write_text(notes.markdown(), encoding="utf-8")
 
-    # the card
-    import yaml
+        # the card
+        import yaml
 
-    from fea20k import __version__
+        from fea20k import __version__
 
-    src_facts = source_facts({k: v for k, v in ws.config.sources.items() if k in sources_seen}, terms)
-    front = {
-        "pretty_name": terms.release.pretty_name,
-        "license": terms.release.license,
-        "language": ["en"],
-        "task_categories": ["image-classification", "image-text-to-text"],
-        "tags": ["facial-expression-recognition", "action-units", "emotion", "rationale", "fea20k"],
-        "configs": writer.configs_yaml(),
-        "dataset_info": writer.dataset_info(shards),
-    }
-    recipe_bytes = ws.recipe_path.read_bytes()
-    import hashlib
+        src_facts = source_facts({k: v for k, v in ws.config.sources.items() if k in sources_seen}, terms)
+        front = {
+            "pretty_name": terms.release.pretty_name,
+            "license": terms.release.license,
+            "language": ["en"],
+            "task_categories": ["image-classification", "image-text-to-text"],
+            "tags": ["facial-expression-recognition", "action-units", "emotion", "rationale", "fea20k"],
+            "configs": writer.configs_yaml(),
+            "dataset_info": writer.dataset_info(shards),
+        }
+        recipe_bytes = ws.recipe_path.read_bytes()
+        import hashlib
 
-    ctx = card_context(
-        facts=facts, round_=round_, sources=[src_facts[s] for s in sorted(src_facts)], release=terms.release,
-        include_images=images, emotions=vocab.emotions, au_names=vocab.au_names, recipe_name=ws.recipe.name,
-        recipe_sha256=hashlib.sha256(recipe_bytes).hexdigest()[:16],
-        curation_sha256=tree_digest(ws.root, CURATOR_FOLDERS)[:16], fea20k_version=__version__,
-        front_matter=yaml.safe_dump(front, sort_keys=False, allow_unicode=True),
-        n_rejected=writer.rows["rejected"],
-    )
-    (tmp / "README.md").write_text(render_card(ws.data_file(card_template), ctx), encoding="utf-8")
-    manifest = {"round": round_, "include_images": images, "rows": writer.rows,
-                "inputs": [str(d.relative_to(ws.root)) if d.is_relative_to(ws.root) else d.name for d in inputs.dirs]}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
-    replace_dir(tmp, out_dir)
+        ctx = card_context(
+            facts=facts, round_=round_, sources=[src_facts[s] for s in sorted(src_facts)], release=terms.release,
+            include_images=images, emotions=vocab.emotions, au_names=vocab.au_names, recipe_name=ws.recipe.name,
+            recipe_sha256=hashlib.sha256(recipe_bytes).hexdigest()[:16],
+            curation_sha256=tree_digest(ws.root, CURATOR_FOLDERS)[:16], fea20k_version=__version__,
+            front_matter=yaml.safe_dump(front, sort_keys=False, allow_unicode=True),
+            n_rejected=writer.rows["rejected"],
+        )
+        (tmp / "README.md").write_text(render_card(ws.data_file(card_template), ctx), encoding="utf-8")
+        manifest = {"round": round_, "include_images": images, "rows": writer.rows,
+                    "inputs": [str(d.relative_to(ws.root)) if d.is_relative_to(ws.root) else d.name
+                               for d in inputs.dirs]}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
     logger.info("release round-%d: %s (%s)", round_, dict(writer.rows), "with faces" if images else "annotations-only")
     return ReleaseSummary(folder=out_dir, round=round_, include_images=images, rows=dict(writer.rows), shards=shards,
                           notes_summary=notes.summary(), blocked=[b.source for b in blocked])
@@ -289,6 +287,23 @@ def _vocab(ws: Workspace) -> Any:
 
     d = ws.data_file("validators")
     return load_vocab(d if (d / "vocab.toml").is_file() else None)
+
+
+@contextmanager
+def building_dir(final: Path) -> Iterator[Path]:
+    """A fresh, empty folder beside ``final`` to write into; moved into place (:func:`replace_dir`) when the block
+    completes, removed when it raises, so ``final`` is never half-written."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, final)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +28,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from fea20k.errors import Fea20kUserError
-from fea20k.publish.local import replace_dir
+from fea20k.publish.local import building_dir
 from fea20k.publish.release import CONFIG_SPLITS, SPLIT_DIRS, ReleaseWriter
 from fea20k.record import FaceRecord, ImageRef, Rationale
 from fea20k.stage import StageContext, get_stage_class
@@ -137,38 +135,32 @@ def materialize(release: Path, roots: dict[str, Path], out_dir: Path, align_conf
         align = get_stage_class("faces.align")(align_config or {},
                                               StageContext(workspace_root=ws_root, round=0, stage_key="faces.align"))
         align.load()
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        writer = ReleaseWriter(tmp, vocab.emotions, include_images=True, shard_max_bytes=shard_max_bytes)
-        source = _jsonl_records(release, ws_root, roots) if is_jsonl else records_from_release(release)
-        try:
-            buf: list[tuple[str, FaceRecord]] = []
-            for item in source:
-                buf.append(item)
-                if len(buf) >= CHUNK:
-                    _flush(align, buf, roots, writer, summary)
-                    buf = []
-            _flush(align, buf, roots, writer, summary)
-            shards = writer.finish()
-        except BaseException:
-            writer.abort()
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        finally:
-            align.close()
-        import yaml
+        with building_dir(out_dir) as tmp:
+            writer = ReleaseWriter(tmp, vocab.emotions, include_images=True, shard_max_bytes=shard_max_bytes)
+            source = _jsonl_records(release, ws_root, roots) if is_jsonl else records_from_release(release)
+            try:
+                buf: list[tuple[str, FaceRecord]] = []
+                for item in source:
+                    buf.append(item)
+                    if len(buf) >= CHUNK:
+                        _flush(align, buf, roots, writer, summary)
+                        buf = []
+                _flush(align, buf, roots, writer, summary)
+                shards = writer.finish()
+            except BaseException:
+                writer.abort()
+                raise
+            finally:
+                align.close()
+            import yaml
 
-        front = {"configs": writer.configs_yaml(), "dataset_info": writer.dataset_info(shards)}
-        body = (f"# {release.name}, materialized\n\nFaces rebuilt locally from your own copies of the corpora by "
-                "`fea20k materialize`. They remain under the source corpora's licences: do not redistribute this "
-                f"folder. Rows whose image could not be found are listed in `{MISSING_FILE}`.\n")
-        (tmp / "README.md").write_text("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n" + body,
-                                       encoding="utf-8")
-        (tmp / MISSING_FILE).write_text("".join(f"{i}\t{r}\n" for i, r in summary.missing), encoding="utf-8")
-        replace_dir(tmp, out_dir)
+            front = {"configs": writer.configs_yaml(), "dataset_info": writer.dataset_info(shards)}
+            body = (f"# {release.name}, materialized\n\nFaces rebuilt locally from your own copies of the corpora "
+                    "by `fea20k materialize`. They remain under the source corpora's licences: do not redistribute "
+                    f"this folder. Rows whose image could not be found are listed in `{MISSING_FILE}`.\n")
+            (tmp / "README.md").write_text("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n" + body,
+                                           encoding="utf-8")
+            (tmp / MISSING_FILE).write_text("".join(f"{i}\t{r}\n" for i, r in summary.missing), encoding="utf-8")
     summary.rows = {k: v for k, v in writer.rows.items() if v}
     return summary
 

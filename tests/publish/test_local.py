@@ -9,7 +9,7 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from fea20k.publish.local import ImagesNotAllowedError, build_release, release_manifest
+from fea20k.publish.local import ImagesNotAllowedError, build_release, building_dir, release_manifest
 from fea20k.workspace import Workspace
 
 from .conftest import EMOTIONS, make_records, make_ws, write_reviews, write_validate
@@ -134,3 +134,18 @@ def test_cli_publish_to_folder(ws_root: Path, tmp_path: Path) -> None:
     (other / "x.txt").write_text("mine")
     r = CliRunner().invoke(app, ["publish", "--round", "0", "-w", str(ws_root), "--to", str(other)])
     assert r.exit_code != 0 and (other / "x.txt").exists()
+
+
+def test_building_dir_replaces_on_success_and_leaves_the_old_folder_on_failure(tmp_path: Path) -> None:
+    final = tmp_path / "out" / "release"
+    with building_dir(final) as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert sorted(p.name for p in final.iterdir()) == ["a.txt"]
+    with pytest.raises(RuntimeError), building_dir(final) as tmp:
+        (tmp / "b.txt").write_text("2")
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in final.iterdir()) == ["a.txt"]
+    assert sorted(p.name for p in final.parent.iterdir()) == ["release"]  # nothing left aside
+    with building_dir(final) as tmp:
+        (tmp / "c.txt").write_text("3")
+    assert sorted(p.name for p in final.iterdir()) == ["c.txt"]
