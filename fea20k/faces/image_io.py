@@ -231,7 +231,7 @@ def read_video_frames(path: Path, frames: list[int]) -> dict[int, Loaded]:
 
 
 def read_csv_rows(path: Path, rows: list[int]) -> dict[int, Loaded]:
-    """FER2013-style CSV rows (0-based data-row index) as 48x48 grey images, via the FER2013 adapter when present."""
+    """FER2013-style CSV rows (0-based data-row index) as grey images, via the FER2013 adapter's reader first."""
     import numpy as np
 
     wanted = sorted(set(rows))
