@@ -216,3 +216,60 @@ def nested_points(flat: object, has: object, per_row: int) -> object:
     offsets = np.zeros(len(counts) + 1, dtype=np.int32)
     np.cumsum(counts, out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), inner, mask=pa.array(~np.asarray(has, dtype=bool)))
+
+
+def reason_lists(codes: object, names: list[str | None], stage: str) -> dict[str, object]:
+    """``accepted`` / ``reasons`` / ``excluded_at`` from ``codes`` (numpy ``(rows, slots)``: 0 = no reason, else an
+    index into ``names``; a row's reasons in slot order)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    codes = np.asarray(codes)
+    mask = codes > 0
+    counts = mask.sum(axis=1)
+    offsets = np.zeros(len(codes) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    values = pc.take(pa.array(names, pa.string()), pa.array(codes[mask].astype(np.int32)))
+    excluded = pa.array(counts > 0)
+    return {"accepted": pc.if_else(excluded, pa.scalar(False), pa.scalar(None, pa.bool_())),
+            "reasons": pa.ListArray.from_arrays(pa.array(offsets), values),
+            "excluded_at": pc.if_else(excluded, pa.scalar(stage), pa.scalar(None, pa.string()))}
+
+
+def parse_int_pairs(raw: bytes) -> tuple[object, object] | None:
+    """``"a,b"`` lines of non-negative integers (LF or CRLF, final newline optional) -> two int64 numpy arrays,
+    vectorised over the bytes; ``None`` when the text is anything else (callers then parse line by line)."""
+    import numpy as np
+
+    b = np.frombuffer(raw, dtype=np.uint8)
+    if b.size == 0:
+        return None
+    if (b == 13).any():
+        b = b[b != 13]
+    if b[-1] != 10:
+        b = np.concatenate([b, np.array([10], dtype=np.uint8)])
+    digit = (b >= 48) & (b <= 57)
+    newline, comma = b == 10, b == 44
+    if not (digit | newline | comma).all():
+        return None
+    ends = np.flatnonzero(newline)
+    commas = np.flatnonzero(comma)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    if len(commas) != len(ends) or not ((commas > starts) & (commas < ends - 1)).all():
+        return None  # one comma per line with digits on both sides (this also rules out blank lines)
+    return _digits_value(b, starts, commas), _digits_value(b, commas + 1, ends)
+
+
+def _digits_value(b: object, starts: object, ends: object) -> object:
+    """Integer value of the all-digit fields ``b[starts[i]:ends[i]]`` (numpy), one pass per digit position."""
+    import numpy as np
+
+    lengths = ends - starts
+    value = np.zeros(len(starts), dtype=np.int64)
+    scale = np.ones(len(starts), dtype=np.int64)
+    for k in range(1, int(lengths.max()) + 1 if len(lengths) else 1):
+        live = lengths >= k
+        value += np.where(live, (b[np.where(live, ends - k, 0)].astype(np.int64) - 48) * scale, 0)
+        scale *= 10
+    return value

@@ -12,7 +12,9 @@ import io
 import json
 import logging
 import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -100,7 +102,7 @@ def va_value(value: float) -> float | None:
 class AffectNetCsvConfig(IngestConfig):
     """Options of the legacy CSV release."""
 
-    SIGNATURE_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"block_size_mb"})
+    SIGNATURE_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"block_size_mb", "threads"})
 
     classes: Literal[7, 8] = Field(8, description="7: contempt rows excluded (label_out_of_range); 8: kept")
     lists_dir: str | None = Field(None, description="folder of training.csv/validation.csv (auto-detected)")
@@ -108,6 +110,7 @@ class AffectNetCsvConfig(IngestConfig):
     check_images: bool = Field(True, description="check every image exists and is not empty (one listing per dir)")
     val_split: Literal["val", "test"] = "test"
     block_size_mb: int = Field(8, ge=1, description="CSV read block size (performance only)")
+    threads: int = Field(2, ge=1, le=16, description="threads parsing landmark strings (performance only)")
 
 
 @register_stage("ingest.affectnet_csv")
@@ -179,7 +182,6 @@ AffectNet/
         """Stream ``path`` block by block. Well-formed rows are built column-wise (:meth:`_fast_table`); the rare
         odd rows (non-numeric label or box, bad landmarks, control characters) go through :meth:`_row`, and rows
         with the wrong column count through :meth:`_malformed`; all are put back in file order."""
-        import numpy as np
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
@@ -208,42 +210,63 @@ AffectNet/
             convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                                  include_columns=list(CSV_COLUMNS), strings_can_be_null=True),
         )
-        line = 2  # 1-based line of the next data row (line 1 is the header)
-        for batch in reader:
-            n = batch.num_rows
-            bad.sort()
-            lines = line + np.arange(n, dtype=np.int64)
-            for number, _ in bad:  # malformed rows hold their own line numbers
-                lines[lines >= number] += 1
-            last = int(lines[-1]) if n else line - 1
-            here = [b for b in bad if b[0] <= last]
-            del bad[:len(here)]
-            tables, order = [], []
-            if n:
-                fast, slow_rows = self._fast_table(path, batch, lines, images, split, split_raw, index)
-                tables.append(fast)
-                order.append(lines[np.setdiff1d(np.arange(n), slow_rows, assume_unique=True)])
-                if len(slow_rows):
-                    tables.append(to_arrow(self._slow_rows(path, batch, slow_rows, lines, images, split,
-                                                           split_raw, index)))
-                    order.append(lines[slow_rows])
-            if here:
-                tables.append(to_arrow([self._malformed(path, num, text, images, split, split_raw)
-                                        for num, text in here]))
-                order.append(np.array([num for num, _ in here], dtype=np.int64))
-            line = max(last, here[-1][0] if here else 0) + 1
-            if not tables:
-                continue
-            if len(tables) == 1:
-                yield tables[0]
-            else:
-                yield pa.concat_tables(tables).take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+        # the landmark strings (most of the work, in Arrow kernels that release the GIL) are parsed by a thread
+        # pool, up to `threads` blocks ahead of the block being assembled; memory: a few blocks
+        with ThreadPoolExecutor(max_workers=self.config.threads) as pool:
+            pending: deque[tuple[pa.RecordBatch, Future]] = deque()
+            state = {"line": 2}  # 1-based line of the next data row (line 1 is the header)
+            for batch in reader:
+                pending.append((batch, pool.submit(_landmark_values, batch.column("facial_landmarks"))))
+                if len(pending) > self.config.threads:
+                    batch, parsed = pending.popleft()
+                    yield from self._assemble(path, batch, parsed.result(), bad, state, images, split, split_raw,
+                                              index)
+            while pending:
+                batch, parsed = pending.popleft()
+                yield from self._assemble(path, batch, parsed.result(), bad, state, images, split, split_raw, index)
         if bad:
             bad.sort()
             yield to_arrow([self._malformed(path, num, text, images, split, split_raw) for num, text in bad])
 
-    def _fast_table(self, path: Path, batch: pa.RecordBatch, lines: Any, images: str, split: str, split_raw: str,
-                    index: DirIndex | None) -> tuple[pa.Table, Any]:
+    def _assemble(self, path: Path, batch: pa.RecordBatch, landmarks: tuple[Any, Any, Any],
+                  bad: list[tuple[int, str]], state: dict[str, int], images: str, split: str, split_raw: str,
+                  index: DirIndex | None) -> Iterator[pa.Table]:
+        """One block's table: well-formed rows built column-wise, odd rows through the per-row path, rows with
+        the wrong column count (``bad``, from the CSV reader) put back at their line."""
+        import numpy as np
+        import pyarrow as pa
+
+        from fea20k.schema import to_arrow
+
+        line, n = state["line"], batch.num_rows
+        bad.sort()
+        lines = line + np.arange(n, dtype=np.int64)
+        for number, _ in bad:  # malformed rows hold their own line numbers
+            lines[lines >= number] += 1
+        last = int(lines[-1]) if n else line - 1
+        here = [b for b in bad if b[0] <= last]
+        del bad[:len(here)]
+        tables, order = [], []
+        if n:
+            fast, slow_rows = self._fast_table(path, batch, landmarks, lines, images, split, split_raw, index)
+            tables.append(fast)
+            order.append(lines[np.setdiff1d(np.arange(n), slow_rows, assume_unique=True)])
+            if len(slow_rows):
+                tables.append(to_arrow(self._slow_rows(path, batch, slow_rows, lines, images, split, split_raw,
+                                                       index)))
+                order.append(lines[slow_rows])
+        if here:
+            tables.append(to_arrow([self._malformed(path, num, text, images, split, split_raw)
+                                    for num, text in here]))
+            order.append(np.array([num for num, _ in here], dtype=np.int64))
+        state["line"] = max(last, here[-1][0] if here else 0) + 1
+        if len(tables) == 1:
+            yield tables[0]
+        elif tables:
+            yield pa.concat_tables(tables).take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+
+    def _fast_table(self, path: Path, batch: pa.RecordBatch, landmarks: tuple[Any, Any, Any], lines: Any,
+                    images: str, split: str, split_raw: str, index: DirIndex | None) -> tuple[pa.Table, Any]:
         """The well-formed rows of ``batch`` as a table built column-wise, and the positions of the other rows."""
         import numpy as np
         import pyarrow as pa
@@ -254,7 +277,7 @@ AffectNet/
         expr, expr_ok = _numbers(batch.column("expression"), pa.int64())
         box = [_numbers(batch.column(c), pa.float64()) for c in ("face_x", "face_y", "face_width", "face_height")]
         va = [_numbers(batch.column(c), pa.float64()) for c in ("valence", "arousal")]
-        flat, has_lnd, lnd_bad = _landmark_values(batch.column("facial_landmarks"))
+        flat, has_lnd, lnd_bad = landmarks
         slow = ~expr_ok | lnd_bad | np.asarray(pc.fill_null(pc.equal(sub, ""), True), dtype=bool)
         slow |= np.asarray(has_control_chars(sub), dtype=bool)
         for values, ok in box:

@@ -17,16 +17,31 @@ import json
 import logging
 import os
 import re
+import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from fea20k.ingest._common import (
+    IMAGE_MISSING,
+    LABEL_OUT_OF_RANGE,
+    LABEL_PARSE_ERROR,
+    nested_points,
+    parse_int_pairs,
+    reason_lists,
+    rel_stem,
+    table_of,
+)
 from fea20k.ingest.base import IngestAdapter, IngestConfig
-from fea20k.record import FaceRecord
 from fea20k.stage import register_stage
+
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 logger = logging.getLogger(__name__)
@@ -42,6 +57,7 @@ _SUBJECT = re.compile(r"^sn\d{3}$", re.IGNORECASE)
 _TRAILING_NUMBER = re.compile(r"^(.*?)(\d+)$")
 _LM_SN = re.compile(r"^sn\d{3}_(\d+)_lm\.mat$", re.IGNORECASE)
 _LM_L0 = re.compile(r"^l(\d+)_lm\.mat$", re.IGNORECASE)
+LABEL_PROBLEMS = (LABEL_PARSE_ERROR, LABEL_OUT_OF_RANGE)
 
 
 class DisfaConfig(IngestConfig):
@@ -69,6 +85,9 @@ class DisfaConfig(IngestConfig):
     au_change: bool = False
     test_fold: int = Field(1, ge=1, le=3)
     landmarks: bool = True
+    threads: int = Field(4, ge=1, le=32, description="threads reading landmark files (performance only)")
+
+    SIGNATURE_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"threads"})
 
 
 @dataclass
@@ -197,70 +216,137 @@ DISFA/
         return {k: [(int(a), int(b)) for a, b in v] for k, v in raw.items()}
 
     # -- reading
-    def iter_records(self) -> Iterator[FaceRecord]:
+    def iter_tables(self) -> Iterator[pa.Table]:
+        """One Arrow table per subject (columnar path; ``iter_records`` is derived from it)."""
         import numpy as np
 
         subjects = self.subjects()
         splits = self.split_table()
         bad_ranges = self.bad_landmark_ranges()
         thr = self.config.threshold
-        for subj, label_dir in subjects:
-            labels = self._read_labels(subj, label_dir)
-            n = labels.intensity.shape[0]
-            if n == 0:
-                logger.warning("%s: no label lines in %s; subject skipped", self.source, label_dir)
-                continue
-            split, split_raw = splits.get(subj, (None, None))
-            if split is None:
-                logger.warning("%s: subject %s is not in %s; split left empty", self.source, subj, SPLITS_FILE.name)
-                self.stats.add("subject_not_in_split_table")
-            frames = self._frame_source(subj)
-            landmarks = self._landmark_files(subj) if self.config.landmarks else {}
-            present = np.where(labels.intensity < 0, -1, labels.intensity >= thr)
-            keep = np.arange(0, n, self.config.stride)
-            if self.config.au_change and len(keep) > 1:
-                p = present[keep]
-                keep = keep[np.concatenate([[True], (p[1:] != p[:-1]).any(axis=1)])]
-            self.stats.add("sampled_out", n - len(keep))
-            bad = np.zeros(n + 1, dtype=bool)
-            for a, b in bad_ranges.get(subj, ()):
-                bad[max(a, 1) - 1:min(b, n)] = True
-            for t in keep.tolist():
-                yield self._record(subj, t, labels, present[t], frames, landmarks, split, split_raw, bool(bad[t]))
+        with ThreadPoolExecutor(max_workers=self.config.threads) as pool:
+            for subj, label_dir in subjects:
+                labels = self._read_labels(subj, label_dir)
+                n = labels.intensity.shape[0]
+                if n == 0:
+                    logger.warning("%s: no label lines in %s; subject skipped", self.source, label_dir)
+                    continue
+                split, split_raw = splits.get(subj, (None, None))
+                if split is None:
+                    logger.warning("%s: subject %s is not in %s; split left empty", self.source, subj,
+                                   SPLITS_FILE.name)
+                    self.stats.add("subject_not_in_split_table")
+                frames = self._frame_source(subj)
+                landmarks = self._landmark_files(subj) if self.config.landmarks else {}
+                present = np.where(labels.intensity < 0, -1, labels.intensity >= thr)
+                keep = np.arange(0, n, self.config.stride)
+                if self.config.au_change and len(keep) > 1:
+                    p = present[keep]
+                    keep = keep[np.concatenate([[True], (p[1:] != p[:-1]).any(axis=1)])]
+                self.stats.add("sampled_out", n - len(keep))
+                bad = np.zeros(n + 1, dtype=bool)
+                for a, b in bad_ranges.get(subj, ()):
+                    bad[max(a, 1) - 1:min(b, n)] = True
+                yield self._subject_table(subj, keep, labels, present, frames, landmarks, split, split_raw,
+                                          bad[keep], pool)
 
-    def _record(self, subj: str, t: int, labels: _Labels, present: Any, frames: _FrameSource,
-                landmarks: dict[int, Path], split: str | None, split_raw: str | None,
-                bad_landmarks: bool) -> FaceRecord:
-        row = labels.intensity[t].tolist()
-        pres = present.tolist()
-        aus = {au: (None if v < 0 else int(p)) for au, v, p in zip(DISFA_AUS, row, pres, strict=True)}
-        intensity = {au: float(v) for au, v in zip(DISFA_AUS, row, strict=True) if v >= 0}
+    def _subject_table(self, subj: str, keep: Any, labels: _Labels, present: Any, frames: _FrameSource,
+                       landmarks: dict[int, Path], split: str | None, split_raw: str | None, bad_landmarks: Any,
+                       pool: ThreadPoolExecutor) -> pa.Table:
+        """The kept frames of one subject as a table, built column-wise."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from fea20k.schema import IMAGE_REF
+
+        k, n_aus = len(keep), len(DISFA_AUS)
+        t_arr = pa.array(keep, pa.int64())
+        t_text = pc.cast(t_arr, pa.string())
         if frames.kind == "folder":
-            rec = self.make_record(f"{frames.rel}/{frames.name_of(t)}")
+            paths = pa.array([f"{frames.rel}/{frames.name_of(t)}" for t in keep.tolist()], pa.string())
+            ids = pc.binary_join_element_wise(
+                self.source, pc.replace_substring_regex(paths, r"\.[^./]*$", "", max_replacements=1), "/")
+            frame_col = pa.nulls(k, pa.int32())
+            missing = ~np.isin(keep, np.fromiter(frames.files, dtype=np.int64, count=len(frames.files)))
         else:
-            rec = self.make_record(frames.rel, frame=t)
-        rec.split, rec.subject = split, subj
-        rec.aus, rec.au_intensity, rec.au_coded, rec.aus_origin = aus, intensity, list(DISFA_AUS), "gt"
-        rec.meta.update(label_frame=t + 1, frame=t, au_threshold=self.config.threshold,
-                        benchmark_aus=list(BENCHMARK_AUS), split_raw=split_raw, camera=self.config.camera)
-        if bad_landmarks:
-            rec.meta["bad_landmarks"] = True
-        lm = landmarks.get(t)
-        if lm is not None:
-            pts = self._load_landmarks(lm)
-            if pts is not None:
-                rec.landmarks, rec.landmark_scheme = pts, "disfa66"
-        elif self.config.landmarks:
-            self.stats.add("landmarks_missing")
-        problem = labels.problems.get(t)
-        if problem is not None:
-            self.exclude(rec, problem)
-        if frames.kind == "folder":
-            if t not in frames.files:
-                self.exclude(rec, "image_missing")
-        elif frames.kind == "none" or (frames.n_video_frames is not None and t >= frames.n_video_frames):
-            self.exclude(rec, "image_missing")
-        return rec
+            paths = pa.repeat(pa.scalar(frames.rel), k)
+            ids = pc.binary_join_element_wise(f"{self.source}/{rel_stem(frames.rel)}", t_text, "#")
+            frame_col = pa.array(keep, pa.int32())
+            if frames.kind == "none":
+                missing = np.ones(k, dtype=bool)
+            elif frames.n_video_frames is not None:
+                missing = keep >= frames.n_video_frames
+            else:
+                missing = np.zeros(k, dtype=bool)
+        image = pa.StructArray.from_arrays([pa.repeat(pa.scalar(self.source), k), paths, frame_col],
+                                           fields=list(IMAGE_REF))
+        # AUs: 12 per frame (None where the AU file is missing or the line was bad); intensities where known
+        intensity = labels.intensity[keep]
+        known = intensity >= 0
+        au_keys = pa.array(np.tile(np.asarray(DISFA_AUS, dtype=np.int16), k))
+        step = np.arange(0, k * n_aus + 1, n_aus, dtype=np.int32)
+        aus = pa.MapArray.from_arrays(pa.array(step), au_keys,
+                                      pa.array(present[keep].reshape(-1).astype(np.int8), mask=~known.reshape(-1)))
+        offsets = np.zeros(k + 1, dtype=np.int32)
+        np.cumsum(known.sum(axis=1), out=offsets[1:])
+        au_intensity = pa.MapArray.from_arrays(
+            pa.array(offsets), pa.array(np.tile(np.asarray(DISFA_AUS, dtype=np.int16), k)[known.reshape(-1)]),
+            pa.array(intensity[known].astype(np.float32)))
+        au_coded = pa.ListArray.from_arrays(pa.array(step), au_keys)
+        # reasons: the label problem of the frame (if any), then image_missing
+        codes = np.zeros((k, 2), dtype=np.int8)
+        names = [None, *LABEL_PROBLEMS, IMAGE_MISSING]
+        for i, t in enumerate(keep.tolist()) if labels.problems else ():
+            problem = labels.problems.get(t)
+            if problem is not None:
+                codes[i, 0] = names.index(problem)
+        codes[missing, 1] = names.index(IMAGE_MISSING)
+        exclusion = reason_lists(codes, names, self.name)
+        # landmarks, read by the thread pool
+        points, has = self._read_points(keep, landmarks, pool)
+        meta = pc.binary_join_element_wise(
+            f'{{"au_threshold": {self.config.threshold}, "benchmark_aus": {json.dumps(list(BENCHMARK_AUS))}, '
+            f'"camera": {json.dumps(self.config.camera)}, "corpus": {json.dumps(self.corpus)}, "frame": ', t_text,
+            ', "label_frame": ', pc.cast(pc.add(t_arr, 1), pa.string()),
+            f', "split_raw": {json.dumps(split_raw)}',
+            pc.if_else(pa.array(bad_landmarks, pa.bool_()), ', "bad_landmarks": true}', "}"), "")
+        return table_of(k, {
+            "id": ids, "source": self.source, "split": split, "subject": subj, "image": image,
+            "landmarks": nested_points(points, has, 66),
+            "landmark_scheme": pc.if_else(pa.array(has), "disfa66", pa.scalar(None, pa.string())),
+            "aus": aus, "au_intensity": au_intensity, "au_coded": au_coded, "aus_origin": "gt",
+            **exclusion, "meta": meta,
+        })
+
+    def _read_points(self, keep: Any, landmarks: dict[int, Path], pool: ThreadPoolExecutor) -> tuple[Any, Any]:
+        """``(points (m, 66, 2) of the kept frames that have a readable landmark file, mask of those frames)``.
+        Files are read by the pool in a few large slices (file I/O overlaps; one warning per bad file)."""
+        import numpy as np
+
+        k = len(keep)
+        has = np.zeros(k, dtype=bool)
+        if not self.config.landmarks:
+            return np.zeros((0, 66, 2)), has
+        rows = [i for i, t in enumerate(keep.tolist()) if t in landmarks]
+        if k > len(rows):
+            self.stats.add("landmarks_missing", k - len(rows))
+        if not rows:
+            return np.zeros((0, 66, 2)), has
+        paths = [landmarks[int(keep[i])] for i in rows]
+        size = -(-len(paths) // self.config.threads)
+        results: list[Any] = []
+        for part in pool.map(_read_pts_files, [paths[j:j + size] for j in range(0, len(paths), size)]):
+            results.extend(part)
+        good = []
+        for i, path, res in zip(rows, paths, results, strict=True):
+            if isinstance(res, str):
+                logger.warning("%s: %s; landmarks left empty", path, res)
+                self.stats.add("landmarks_bad")
+                continue
+            has[i] = True
+            good.append(res)
+        return (np.stack(good) if good else np.zeros((0, 66, 2))), has
 
     def _read_labels(self, subj: str, label_dir: Path) -> _Labels:
         import numpy as np
@@ -294,13 +380,12 @@ DISFA/
         import numpy as np
 
         raw = path.read_bytes()
-        try:
-            arr = np.array(raw.replace(b",", b" ").split(), dtype=np.int64).reshape(-1, 2)
-            frames, values = arr[:, 0], arr[:, 1]
-            if len(frames) and frames.min() >= 1 and values.min() >= 0 and values.max() <= MAX_INTENSITY:
+        pairs = parse_int_pairs(raw)
+        if pairs is not None:
+            frames, values = pairs
+            if len(frames) and frames.min() >= 1 and values.max() <= MAX_INTENSITY:
                 return frames, values
-        except ValueError:
-            pass  # a malformed line somewhere: find it line by line below
+        # a malformed line somewhere (or spaces, a blank line): find it line by line below
         good_f: list[int] = []
         good_v: list[int] = []
         for lineno, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
@@ -426,22 +511,6 @@ DISFA/
         out.update(sn_form)  # SNxxx_<t:04d>_lm.mat (0-based) wins where both forms exist
         return out
 
-    def _load_landmarks(self, path: Path) -> list[list[float]] | None:
-        import scipy.io
-        from scipy.io.matlab import MatReadError
-
-        try:
-            pts = scipy.io.loadmat(str(path))["pts"]
-        except (OSError, ValueError, KeyError, TypeError, MatReadError) as e:
-            logger.warning("%s: unreadable landmark file (%s); landmarks left empty", path, e)
-            self.stats.add("landmarks_bad")
-            return None
-        if pts.shape != (66, 2):
-            logger.warning("%s: pts has shape %s, expected (66, 2); landmarks left empty", path, pts.shape)
-            self.stats.add("landmarks_bad")
-            return None
-        return pts.astype(float).tolist()
-
 
 def _video_frame_count(path: Path) -> int | None:
     """Frame count from the container (no decoding), or None when it does not say."""
@@ -453,3 +522,23 @@ def _video_frame_count(path: Path) -> int | None:
     finally:
         cap.release()
     return n if n > 0 else None
+
+
+def _read_pts_files(paths: list[Path]) -> list[Any]:
+    """Each file's ``pts`` as a (66, 2) float64 array, or a string saying why not (run in a worker thread)."""
+    from scipy.io.matlab import MatReadError
+
+    from fea20k.ingest.matfile import read_matrix
+
+    out: list[Any] = []
+    for path in paths:
+        try:
+            pts = read_matrix(path, "pts")
+        except (OSError, ValueError, KeyError, TypeError, MatReadError, zlib.error) as e:
+            out.append(f"unreadable landmark file ({e!r})")
+            continue
+        if pts.shape != (66, 2):
+            out.append(f"pts has shape {pts.shape}, expected (66, 2)")
+            continue
+        out.append(pts.astype(float, copy=False))
+    return out

@@ -49,7 +49,7 @@ def read_matrix_bytes(data: bytes, name: str) -> Any:
     """:func:`read_matrix` on the bytes of a ``.mat`` file."""
     try:
         found = parse_simple(data, name)
-    except _Unusual:
+    except (_Unusual, struct.error, zlib.error, ValueError):  # truncated or odd: scipy decides (and explains)
         found = None
     if found is not None:
         return found
