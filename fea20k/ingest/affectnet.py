@@ -278,7 +278,7 @@ AffectNet/
         box = [_numbers(batch.column(c), pa.float64()) for c in ("face_x", "face_y", "face_width", "face_height")]
         va = [_numbers(batch.column(c), pa.float64()) for c in ("valence", "arousal")]
         flat, has_lnd, lnd_bad = landmarks
-        slow = ~expr_ok | lnd_bad | np.asarray(pc.fill_null(pc.equal(sub, ""), True), dtype=bool)
+        slow = ~expr_ok | lnd_bad | np.asarray(pc.fill_null(pc.equal(pc.binary_length(sub), 0), True), dtype=bool)
         slow |= np.asarray(has_control_chars(sub), dtype=bool)
         for values, ok in box:
             slow |= ~ok | ~np.isfinite(values)

@@ -85,7 +85,8 @@ class DisfaConfig(IngestConfig):
     au_change: bool = False
     test_fold: int = Field(1, ge=1, le=3)
     landmarks: bool = True
-    threads: int = Field(4, ge=1, le=32, description="threads reading landmark files (performance only)")
+    threads: int = Field(1, ge=1, le=32, description="threads reading landmark files (performance only; the "
+                         "parsing holds the GIL, so more than 1 helps only on slow storage)")
 
     SIGNATURE_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"threads"})
 
@@ -251,7 +252,7 @@ DISFA/
                                           bad[keep], pool)
 
     def _subject_table(self, subj: str, keep: Any, labels: _Labels, present: Any, frames: _FrameSource,
-                       landmarks: dict[int, Path], split: str | None, split_raw: str | None, bad_landmarks: Any,
+                       landmarks: dict[int, str], split: str | None, split_raw: str | None, bad_landmarks: Any,
                        pool: ThreadPoolExecutor) -> pa.Table:
         """The kept frames of one subject as a table, built column-wise."""
         import numpy as np
@@ -319,7 +320,7 @@ DISFA/
             **exclusion, "meta": meta,
         })
 
-    def _read_points(self, keep: Any, landmarks: dict[int, Path], pool: ThreadPoolExecutor) -> tuple[Any, Any]:
+    def _read_points(self, keep: Any, landmarks: dict[int, str], pool: ThreadPoolExecutor) -> tuple[Any, Any]:
         """``(points (m, 66, 2) of the kept frames that have a readable landmark file, mask of those frames)``.
         Files are read by the pool in a few large slices (file I/O overlaps; one warning per bad file)."""
         import numpy as np
@@ -484,25 +485,26 @@ DISFA/
                         return p
         return None
 
-    def _landmark_files(self, subj: str) -> dict[int, Path]:
+    def _landmark_files(self, subj: str) -> dict[int, str]:
         """0-based video frame -> landmark file; the l0XXXX numbering base is decided per subject and logged."""
         top = self._child(self.root, "Landmark_Points")
         d = self._child(top, subj) if top is not None else None
         if d is None or not d.is_dir():
             logger.info("%s: %s has no Landmark_Points folder; landmarks left empty", self.source, subj)
             return {}
-        sn_form: dict[int, Path] = {}
-        l0_form: dict[int, Path] = {}
+        sn_form: dict[int, str] = {}
+        l0_form: dict[int, str] = {}
         for inner in sorted(p for p in d.iterdir() if p.is_dir()):
+            prefix = f"{inner}{os.sep}"  # plain strings: a Path per file costs more than reading it
             for name in os.listdir(inner):
                 m = _LM_SN.match(name)
                 if m is not None:
-                    sn_form.setdefault(int(m.group(1)), inner / name)
+                    sn_form.setdefault(int(m.group(1)), prefix + name)
                     continue
                 m = _LM_L0.match(name)
                 if m is not None:
-                    l0_form.setdefault(int(m.group(1)), inner / name)
-        out: dict[int, Path] = {}
+                    l0_form.setdefault(int(m.group(1)), prefix + name)
+        out: dict[int, str] = {}
         if l0_form:
             base = 0 if 0 in l0_form else 1
             logger.info("%s: %s l0XXXX_lm.mat landmarks are %d-based (%s)", self.source, subj, base,
@@ -524,7 +526,7 @@ def _video_frame_count(path: Path) -> int | None:
     return n if n > 0 else None
 
 
-def _read_pts_files(paths: list[Path]) -> list[Any]:
+def _read_pts_files(paths: list[str]) -> list[Any]:
     """Each file's ``pts`` as a (66, 2) float64 array, or a string saying why not (run in a worker thread)."""
     from scipy.io.matlab import MatReadError
 

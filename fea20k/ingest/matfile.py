@@ -28,6 +28,11 @@ MI_INT8, MI_UINT32, MI_INT32, MI_MATRIX, MI_COMPRESSED = 1, 6, 5, 14, 15
 # array classes (mxDOUBLE_CLASS = 6 ... mxUINT64_CLASS = 15) -> numpy dtype codes
 _MX_CLASSES = {6: "f8", 7: "f4", 8: "i1", 9: "u1", 10: "i2", 11: "u2", 12: "i4", 13: "u4", 14: "i8", 15: "u8"}
 _FLAG_COMPLEX, _FLAG_LOGICAL = 0x0800, 0x0200
+_READ_SIZE = 1 << 16
+# the structure of the last uncompressed file read: (name, file size, end of the structure bytes, the bytes
+# data[124:end] (version, endian, tags, flags, dims, name), data offset, stored dtype, count, class dtype, dims).
+# DISFA's per-frame files share it, so the next file is checked with one comparison and read with one frombuffer.
+_last_layout: tuple[Any, ...] | None = None
 
 
 class _Unusual(Exception):  # noqa: N818 - internal signal: "not the simple form, ask scipy"
@@ -40,13 +45,25 @@ def read_matrix(path: str | os.PathLike[str], name: str) -> Any:
     Raises ``KeyError`` when the file has no such variable, ``OSError`` when it cannot be read, and scipy's errors
     (``ValueError``, ``MatReadError``, ...) for files only scipy can judge.
     """
-    with open(path, "rb") as f:
-        data = f.read()
-    return read_matrix_bytes(data, name)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))  # no file object: this runs once per frame
+    try:
+        chunks = [os.read(fd, _READ_SIZE)]
+        while len(chunks[-1]) == _READ_SIZE:
+            chunks.append(os.read(fd, _READ_SIZE))
+    finally:
+        os.close(fd)
+    return read_matrix_bytes(chunks[0] if len(chunks) == 1 else b"".join(chunks), name)
 
 
 def read_matrix_bytes(data: bytes, name: str) -> Any:
     """:func:`read_matrix` on the bytes of a ``.mat`` file."""
+    layout = _last_layout
+    if layout is not None and layout[0] == name and layout[1] == len(data) and \
+            data[124:layout[2]] == layout[3]:  # same structure as the previous file: only the numbers differ
+        import numpy as np
+
+        _, _, _, _, offset, stored, count, dtype, dims = layout
+        return np.frombuffer(data, dtype=stored, count=count, offset=offset).astype(dtype).reshape(dims, order="F")
     try:
         found = parse_simple(data, name)
     except (_Unusual, struct.error, zlib.error, ValueError):  # truncated or odd: scipy decides (and explains)
@@ -84,7 +101,7 @@ def parse_simple(data: bytes, name: str) -> Any:
             arr = _matrix(inner, 8, 8 + inbytes, bo, want)
             pos = body + nbytes
         elif mtype == MI_MATRIX:
-            arr = _matrix(data, body, body + nbytes, bo, want)
+            arr = _matrix(data, body, body + nbytes, bo, want, remember=data)
             pos = body + nbytes + (-nbytes % 8)
         else:
             raise _Unusual
@@ -102,8 +119,10 @@ def _element(buf: bytes, pos: int, bo: str) -> tuple[int, int, int, int]:
     return first, pos + 8, nbytes, pos + 8 + nbytes + (-nbytes % 8)
 
 
-def _matrix(buf: bytes, pos: int, end: int, bo: str, want: bytes) -> Any:
-    """The miMATRIX body in ``buf[pos:end]`` as an array when its name is ``want``; ``None`` for another name."""
+def _matrix(buf: bytes, pos: int, end: int, bo: str, want: bytes, remember: bytes | None = None) -> Any:
+    """The miMATRIX body in ``buf[pos:end]`` as an array when its name is ``want``; ``None`` for another name.
+    ``remember``: the whole file, when ``buf`` is it (uncompressed): its layout is kept for the next file."""
+    global _last_layout
     import numpy as np
 
     mtype, start, nbytes, pos = _element(buf, pos, bo)
@@ -132,4 +151,7 @@ def _matrix(buf: bytes, pos: int, end: int, bo: str, want: bytes) -> Any:
     values = np.frombuffer(buf, dtype=bo + stored, count=nbytes // int(stored[1]), offset=start)
     if values.size != count:
         raise _Unusual
+    if remember is not None:
+        _last_layout = (want.decode("ascii", "replace"), len(remember), start, remember[124:start], start,
+                        bo + stored, count, dtype, dims)
     return values.astype(dtype).reshape(dims, order="F")
