@@ -4,8 +4,9 @@
 (130,815 of them). :func:`read_matrix` parses the common case directly: a v5 file (little- or big-endian header)
 whose variables are plain real numeric matrices, stored as such or inside ``miCOMPRESSED`` (zlib) elements.
 Anything else (v4 or v7.3 files, cell/struct/char/sparse/logical/complex arrays, an odd element) falls back to
-``scipy.io.loadmat``, so the result is always what scipy reads, with the matrix's class dtype (``mat_dtype=True``:
-a double matrix MATLAB stored as ``miUINT8`` comes back as float64).
+``scipy.io.loadmat``, so the values are always what scipy reads. The fast path returns the matrix's class dtype
+(as scipy's ``mat_dtype=True``: a double matrix MATLAB stored as ``miUINT8`` comes back as float64); the fallback
+returns scipy's default reading.
 
 Format: MATLAB "MAT-File Format" (v5): 128-byte header (text, subsystem offset, version 0x0100, endian indicator
 ``IM`` little / ``MI`` big), then data elements, each an 8-byte tag (type, byte count) or a 4-byte "small element"
@@ -72,7 +73,7 @@ def read_matrix_bytes(data: bytes, name: str) -> Any:
         return found
     import scipy.io
 
-    return scipy.io.loadmat(io.BytesIO(data), variable_names=[name], mat_dtype=True)[name]
+    return scipy.io.loadmat(io.BytesIO(data), variable_names=[name])[name]
 
 
 def parse_simple(data: bytes, name: str) -> Any:

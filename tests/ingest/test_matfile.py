@@ -1,0 +1,101 @@
+"""ingest/matfile.py: the fast MATLAB v5 reader agrees with scipy.io.loadmat, and falls back to it when it must."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fea20k.ingest import matfile
+from fea20k.ingest.matfile import parse_simple, read_matrix, read_matrix_bytes
+
+
+scipy_io = pytest.importorskip("scipy.io")
+
+
+def _savemat(variables: dict[str, object], compress: bool) -> bytes:
+    buf = io.BytesIO()
+    scipy_io.savemat(buf, variables, do_compression=compress)
+    return buf.getvalue()
+
+
+def _scipy(data: bytes, name: str) -> np.ndarray:
+    return scipy_io.loadmat(io.BytesIO(data), mat_dtype=True)[name]
+
+
+def _element(bo: str, mtype: int, payload: bytes) -> bytes:
+    return struct.pack(bo + "II", mtype, len(payload)) + payload + b"\0" * (-len(payload) % 8)
+
+
+def _hand_written(bo: str, values: np.ndarray, stored: str, mi_type: int, compress: bool = False) -> bytes:
+    """A v5 file as MATLAB writes it, in byte order ``bo``: one double matrix ``pts`` stored as ``stored``."""
+    rows, cols = values.shape
+    body = (_element(bo, 6, struct.pack(bo + "II", 6, 0))  # array flags: mxDOUBLE_CLASS
+            + _element(bo, 5, struct.pack(bo + "ii", rows, cols))
+            + _element(bo, 1, b"pts")
+            + _element(bo, mi_type, values.ravel(order="F").astype(bo + stored).tobytes()))
+    matrix = struct.pack(bo + "II", 14, len(body)) + body
+    if compress:
+        packed = zlib.compress(matrix)
+        matrix = struct.pack(bo + "II", 15, len(packed)) + packed
+    header = b"MATLAB 5.0 MAT-file, hand-written".ljust(116, b" ") + b"\0" * 8
+    header += struct.pack(bo + "H", 0x0100) + (b"IM" if bo == "<" else b"MI")
+    return header + matrix
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_savemat_files_read_as_scipy_does(compress: bool) -> None:
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 500, (66, 2))
+    data = _savemat({"before": np.arange(5.0), "pts": pts, "ints": np.int16([[1, -2, 3]])}, compress)
+    got = parse_simple(data, "pts")
+    assert got is not None and got.dtype == np.float64 and got.shape == (66, 2)
+    assert np.array_equal(got, pts) and np.array_equal(got, _scipy(data, "pts"))
+    ints = parse_simple(data, "ints")
+    assert ints.dtype == np.int16 and np.array_equal(ints, _scipy(data, "ints"))
+    assert parse_simple(data, "absent") is None
+    with pytest.raises(KeyError):
+        read_matrix_bytes(data, "absent")
+
+
+@pytest.mark.parametrize("bo", ["<", ">"])
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize(("stored", "mi_type"), [("f8", 9), ("u1", 2), ("i2", 3)])
+def test_hand_written_byte_orders_and_storage_types(bo: str, compress: bool, stored: str, mi_type: int) -> None:
+    """Big-endian headers, and a double matrix MATLAB stored as uint8/int16 (class dtype float64 comes back)."""
+    values = np.arange(132, dtype=np.float64).reshape(66, 2) % (100 if stored != "f8" else 1000)
+    data = _hand_written(bo, values, stored, mi_type, compress)
+    got = parse_simple(data, "pts")
+    assert got.dtype == np.float64 and np.array_equal(got, values)
+    assert np.array_equal(got, _scipy(data, "pts"))
+
+
+def test_unusual_content_falls_back_to_scipy(tmp_path: Path) -> None:
+    data = _savemat({"pts": "a string", "cell": np.array([[1.0, 2.0]], dtype=object),
+                     "flag": np.array([[True, False]]), "z": np.array([[1 + 2j]])}, False)
+    for name in ("pts", "flag", "z"):
+        assert np.array_equal(read_matrix_bytes(data, name), scipy_io.loadmat(io.BytesIO(data))[name])
+    assert read_matrix_bytes(data, "z")[0, 0] == 1 + 2j
+    path = tmp_path / "x.mat"
+    path.write_bytes(data[:150])  # truncated: scipy's own error, not a struct.error
+    with pytest.raises((ValueError, OSError, TypeError)):
+        read_matrix(path, "pts")
+
+
+def test_layout_cache_reads_each_file_own_numbers(tmp_path: Path) -> None:
+    """Same-structure files (DISFA's per-frame landmarks) take the cached layout; each gives its own values."""
+    paths = []
+    for t in range(3):
+        path = tmp_path / f"SN001_{t:04d}_lm.mat"
+        path.write_bytes(_savemat({"pts": np.full((66, 2), t + 0.5)}, False))
+        paths.append(path)
+    for t, path in enumerate(paths):
+        got = read_matrix(path, "pts")
+        assert got.shape == (66, 2) and (got == t + 0.5).all()
+    assert matfile._last_layout is not None and matfile._last_layout[1] == paths[0].stat().st_size
+    other = _savemat({"pts": np.zeros((2, 66))}, False)  # same size, other dims: not taken for the cached layout
+    assert read_matrix_bytes(other, "pts").shape == (2, 66)
