@@ -30,7 +30,7 @@ from pydantic import Field
 
 from fea20k.annotate.backends import Backend, Reply, Request, get_backend
 from fea20k.annotate.spec import AnnotatorSpec, load_annotator
-from fea20k.annotate.task import DraftTask, Feedback, Task, image_ref, prompt_text, request_key
+from fea20k.annotate.task import DraftTask, Feedback, Task, image_data_url, image_ref, prompt_text, request_key
 from fea20k.errors import BudgetExceededError, ConfigError
 from fea20k.record import FaceRecord, Rationale
 from fea20k.stage import MapStage, StageConfig
@@ -258,13 +258,13 @@ class AnnotateStage(MapStage):
             return self._fail(rec)
         feedback: Feedback | None = None
         params = spec.sampling()
-        ref = image_ref(image) if image else None
+        # the image is encoded and hashed once per record, not per attempt
+        url = image_data_url(image) if image else None
+        known = {url: image_ref(image)} if image and url else None
         for attempt in range(1, spec.max_attempts + 1):
-            messages = task.format_prompt(rec, feedback, image=image)
+            messages = task.format_prompt(rec, feedback, image_url=url)
             text = prompt_text(messages)
             rat.prompt_hash = hashlib.sha256(text.encode()).hexdigest()[:16]
-            known = {part["image_url"]["url"]: ref for part in messages[0]["content"]
-                     if part.get("type") == "image_url"} if ref else None
             req = Request(rec=rec, messages=messages, params=params, model=backend.model,
                           key=request_key(backend.model, messages, params, known, self._identity),
                           est_tokens=len(text) // 4 + (IMAGE_TOKENS if image else 0) + spec.max_tokens)

@@ -284,13 +284,16 @@ class Task:
             feedback=fb,
         ).strip()
 
-    def format_prompt(self, rec: FaceRecord, feedback: Feedback | None = None,
-                      image: bytes | None = None) -> list[dict[str, Any]]:
-        """OpenAI-style chat messages: one user turn with the face (data URL) and the prompt text."""
-        data = image if image is not None else rec.face
+    def format_prompt(self, rec: FaceRecord, feedback: Feedback | None = None, image: bytes | None = None,
+                      image_url: str | None = None) -> list[dict[str, Any]]:
+        """OpenAI-style chat messages: one user turn with the face (data URL) and the prompt text. ``image_url``:
+        the face's data URL when the caller already has it (the repair loop encodes it once per record)."""
+        if image_url is None:
+            data = image if image is not None else rec.face
+            image_url = image_data_url(data) if data else None
         content: list[dict[str, Any]] = []
-        if data:
-            content.append({"type": "image_url", "image_url": {"url": image_data_url(data)}})
+        if image_url:
+            content.append({"type": "image_url", "image_url": {"url": image_url}})
         content.append({"type": "text", "text": self.render(rec, feedback)})
         return [{"role": "user", "content": content}]
 

@@ -163,3 +163,22 @@ def test_repair_loop_with_the_real_validator_checks(ws: Path) -> None:
     assert stage.stats.counters["repaired"] >= 1
     first_failures = [r.rationale.errors[0] for r in out if r.rationale.errors]
     assert first_failures and all(e.startswith("attempt 1: ") for e in first_failures)
+
+
+def test_request_body_splices_image_urls_and_equals_the_plain_encoding() -> None:
+    import json
+
+    from fea20k.annotate.backends import Request
+    from fea20k.annotate.backends.openai_compat import request_body
+    from fea20k.annotate.task import image_data_url
+    from fea20k.record import FaceRecord
+    from tests.annotate.conftest import jpeg
+
+    rec = FaceRecord(id="x/1", source="x")
+    params = {"temperature": 0.0, "max_tokens": 64}
+    for text in ('Say "hi" \\ \u00e9\n', "a prompt naming @@fea20k-image-url-0@@ itself"):
+        msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(jpeg(1))}},
+                                             {"type": "image_url", "image_url": {"url": 'http://x/"q"'}},
+                                             {"type": "text", "text": text}]}]
+        body = request_body(Request(rec=rec, messages=msgs, params=params, model="m"))
+        assert json.loads(body) == {"model": "m", "messages": msgs, **params}
