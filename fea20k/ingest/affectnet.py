@@ -109,7 +109,7 @@ class AffectNetCsvConfig(IngestConfig):
     images_dir: str | None = Field(None, description="folder of the <subdir>/<hash>.jpg images (auto-detected)")
     check_images: bool = Field(True, description="check every image exists and is not empty (one listing per dir)")
     val_split: Literal["val", "test"] = "test"
-    block_size_mb: int = Field(8, ge=1, description="CSV read block size (performance only)")
+    block_size_mb: int = Field(4, ge=1, description="CSV read block size (performance only)")
     threads: int = Field(2, ge=1, le=16, description="threads parsing landmark strings (performance only)")
 
 
