@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -329,25 +328,26 @@ DISFA/
         has = np.zeros(k, dtype=bool)
         if not self.config.landmarks:
             return np.zeros((0, 66, 2)), has
-        rows = [i for i, t in enumerate(keep.tolist()) if t in landmarks]
+        rows = np.flatnonzero(np.isin(keep, np.fromiter(landmarks, dtype=np.int64, count=len(landmarks))))
         if k > len(rows):
             self.stats.add("landmarks_missing", k - len(rows))
-        if not rows:
+        if len(rows) == 0:
             return np.zeros((0, 66, 2)), has
-        paths = [landmarks[int(keep[i])] for i in rows]
+        paths = [landmarks[t] for t in keep[rows].tolist()]
         size = -(-len(paths) // self.config.threads)
-        results: list[Any] = []
-        for part in pool.map(_read_pts_files, [paths[j:j + size] for j in range(0, len(paths), size)]):
-            results.extend(part)
-        good = []
-        for i, path, res in zip(rows, paths, results, strict=True):
-            if isinstance(res, str):
-                logger.warning("%s: %s; landmarks left empty", path, res)
-                self.stats.add("landmarks_bad")
-                continue
-            has[i] = True
-            good.append(res)
-        return (np.stack(good) if good else np.zeros((0, 66, 2))), has
+        slices = [paths[j:j + size] for j in range(0, len(paths), size)]
+        parts = list(pool.map(_read_pts_files, slices)) if len(slices) > 1 else [_read_pts_files(paths)]
+        points = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        ok = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+        bad: dict[int, str] = {}
+        for j, part in enumerate(parts):
+            bad.update({j * size + i: why for i, why in part[2].items()})
+        for i in sorted(bad):
+            logger.warning("%s: %s; landmarks left empty", paths[i], bad[i])
+        if bad:
+            self.stats.add("landmarks_bad", len(bad))
+        has[rows[ok]] = True
+        return points[ok], has
 
     def _read_labels(self, subj: str, label_dir: Path) -> _Labels:
         import numpy as np
@@ -526,21 +526,32 @@ def _video_frame_count(path: Path) -> int | None:
     return n if n > 0 else None
 
 
-def _read_pts_files(paths: list[str]) -> list[Any]:
-    """Each file's ``pts`` as a (66, 2) float64 array, or a string saying why not (run in a worker thread)."""
-    from scipy.io.matlab import MatReadError
+def _read_pts_files(paths: list[str]) -> tuple[Any, Any, dict[int, str]]:
+    """``(points (n, 66, 2) float64, readable mask (n,), {index: why not} for the unreadable)`` of the landmark
+    files ``paths`` (rows of ``points`` where the mask is False are zeros). Runs in the driver or a worker thread."""
+    import numpy as np
 
-    from fea20k.ingest.matfile import read_matrix
+    from fea20k.ingest.matfile import read_matrices
 
-    out: list[Any] = []
-    for path in paths:
-        try:
-            pts = read_matrix(path, "pts")
-        except (OSError, ValueError, KeyError, TypeError, MatReadError, zlib.error) as e:
-            out.append(f"unreadable landmark file ({e!r})")
-            continue
-        if pts.shape != (66, 2):
-            out.append(f"pts has shape {pts.shape}, expected (66, 2)")
-            continue
-        out.append(pts.astype(float, copy=False))
-    return out
+    n = len(paths)
+    values, fast, others = read_matrices(paths, "pts")
+    bad: dict[int, str] = {}
+    if values.shape[1:] != (66, 2):
+        bad.update(dict.fromkeys(np.flatnonzero(fast).tolist(),
+                                 f"pts has shape {values.shape[1:]}, expected (66, 2)"))
+        fast = np.zeros(n, dtype=bool)
+    elif fast.all():
+        return values, fast, bad  # every file shares the layout: no copy
+    points = np.zeros((n, 66, 2))
+    if fast.any():
+        points[fast] = values
+    ok = fast.copy()
+    for i, pts in others.items():
+        if isinstance(pts, BaseException):
+            bad[i] = f"unreadable landmark file ({pts!r})"
+        elif pts.shape != (66, 2):
+            bad[i] = f"pts has shape {pts.shape}, expected (66, 2)"
+        else:
+            points[i] = pts
+            ok[i] = True
+    return points, ok, bad

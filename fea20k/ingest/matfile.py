@@ -20,6 +20,7 @@ import io
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -54,6 +55,89 @@ def read_matrix(path: str | os.PathLike[str], name: str) -> Any:
     finally:
         os.close(fd)
     return read_matrix_bytes(chunks[0] if len(chunks) == 1 else b"".join(chunks), name)
+
+
+def read_matrices(paths: Sequence[str], name: str) -> tuple[Any, Any, dict[int, Any]]:
+    """``name`` of many ``.mat`` files that mostly share one structure (DISFA's per-frame landmark files).
+
+    Returns ``(values, fast, others)``: ``fast`` is a boolean numpy mask of the files laid out exactly as the cached
+    layout (the first readable file sets it), ``values`` their matrices stacked, shape ``(fast.sum(), *dims)``;
+    ``others`` maps the index of every other file to what :func:`read_matrix` gives for it, or to the exception it
+    raises (``OSError``, ``KeyError``, ``ValueError``, ``TypeError``, ``zlib.error``, scipy's ``MatReadError``).
+    Files are read with one open/read/close each into one buffer and parsed with a handful of numpy operations.
+    """
+    import numpy as np
+
+    n = len(paths)
+    others: dict[int, Any] = {}
+    first = 0
+    layout = None
+    while first < n and layout is None:  # the first readable file decides the layout (read the usual way)
+        try:
+            others[first] = read_matrix(paths[first], name)
+        except _read_errors() as e:
+            others[first] = e
+        layout = _last_layout if _last_layout is not None and _last_layout[0] == name else None
+        first += 1
+    if layout is None:  # no plain file: nothing is shared
+        return np.zeros((0,)), np.zeros(n, dtype=bool), others
+    first -= 1  # read that file again below, with the others of its layout
+    del others[first]
+    _, size, end, structure, offset, stored, count, dtype, dims = layout
+    buf = bytearray(n * size)
+    view = memoryview(buf)
+    same = np.zeros(n, dtype=bool)
+    odd: dict[int, bytes] = {}
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+    want = size + 1  # one more byte than the layout's size tells a larger file at once
+    op, rd, cl = os.open, os.read, os.close
+    for i in range(first, n):
+        try:
+            fd = op(paths[i], flags)
+            try:
+                data = rd(fd, want)
+                if len(data) == want:  # larger than the layout: read the rest
+                    chunks = [data]
+                    while chunks[-1]:
+                        chunks.append(rd(fd, _READ_SIZE))
+                    data = b"".join(chunks)
+            finally:
+                cl(fd)
+        except OSError as e:
+            others[i] = e
+            continue
+        if len(data) == size:
+            view[i * size:(i + 1) * size] = data
+            same[i] = True
+        else:
+            odd[i] = data
+    rows = np.frombuffer(buf, dtype=np.uint8).reshape(n, size)
+    ref = np.frombuffer(structure, dtype=np.uint8)
+    if same.all():  # the usual case: strided views, no row copies
+        fast = (rows[:, 124:end] == ref).all(axis=1)
+    else:
+        fast = same.copy()
+        idx = np.flatnonzero(same)
+        fast[idx] = (rows[idx, 124:end] == ref).all(axis=1)
+    for i in np.flatnonzero(same & ~fast).tolist():  # the layout's size, another structure
+        odd[i] = bytes(rows[i])
+    for i in sorted(odd):
+        try:
+            others[i] = read_matrix_bytes(odd[i], name)
+        except _read_errors() as e:
+            others[i] = e
+    block = rows[:, offset:offset + count * np.dtype(stored).itemsize]
+    if not fast.all():
+        block = block[fast]
+    values = block.view(stored).astype(dtype).reshape((len(block), *dims[::-1]))
+    return values.transpose(0, *range(len(dims), 0, -1)), fast, others
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a broken or odd file can raise (scipy's fallback included)."""
+    from scipy.io.matlab import MatReadError
+
+    return (OSError, ValueError, KeyError, TypeError, MatReadError, zlib.error)
 
 
 def read_matrix_bytes(data: bytes, name: str) -> Any:
