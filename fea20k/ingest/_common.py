@@ -273,3 +273,41 @@ def _digits_value(b: object, starts: object, ends: object) -> object:
         value += np.where(live, (b[np.where(live, ends - k, 0)].astype(np.int64) - 48) * scale, 0)
         scale *= 10
     return value
+
+
+# ------------------------------------------------------------------------------------------- process pools
+# An adapter may read files in worker processes for the duration of one iteration (e.g. DISFA's landmark files).
+
+
+def process_pool(workers: int) -> object:
+    """A "spawn" ``ProcessPoolExecutor`` of ``workers`` processes that exit as soon as this process dies (no
+    orphans when the driver is killed). Submit functions of light modules (the workers import them)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)
+
+
+def pool_ready() -> bool:
+    """A no-op job: its future is done once a worker has started (submit it first to learn when that is)."""
+    return True
+
+
+def _worker_init() -> None:
+    """Worker initializer: a daemon thread ends the worker when its parent process is gone; numpy is imported."""
+    import multiprocessing
+    import threading
+    from multiprocessing.connection import wait
+
+    import numpy  # noqa: F401 - every job needs it; import it before the first one
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

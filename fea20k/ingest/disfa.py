@@ -17,8 +17,9 @@ import json
 import logging
 import os
 import re
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -31,10 +32,13 @@ from fea20k.ingest._common import (
     LABEL_PARSE_ERROR,
     nested_points,
     parse_int_pairs,
+    pool_ready,
+    process_pool,
     reason_lists,
     rel_stem,
     table_of,
 )
+from fea20k.ingest._disfa_landmarks import read_subject
 from fea20k.ingest.base import IngestAdapter, IngestConfig
 from fea20k.stage import register_stage
 
@@ -54,9 +58,8 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 FRAME_FOLDER_NAMES = ("images", "frames", "img", "imgs", "frame_images")  # where users put extracted frames
 _SUBJECT = re.compile(r"^sn\d{3}$", re.IGNORECASE)
 _TRAILING_NUMBER = re.compile(r"^(.*?)(\d+)$")
-_LM_SN = re.compile(r"^sn\d{3}_(\d+)_lm\.mat$", re.IGNORECASE)
-_LM_L0 = re.compile(r"^l(\d+)_lm\.mat$", re.IGNORECASE)
 LABEL_PROBLEMS = (LABEL_PARSE_ERROR, LABEL_OUT_OF_RANGE)
+POOL_MIN_FRAMES = 2000  # kept frames of a subject from which a process pool reads landmarks (DISFA: 4,845)
 
 
 class DisfaConfig(IngestConfig):
@@ -84,10 +87,14 @@ class DisfaConfig(IngestConfig):
     au_change: bool = False
     test_fold: int = Field(1, ge=1, le=3)
     landmarks: bool = True
-    threads: int = Field(1, ge=1, le=32, description="threads reading landmark files (performance only; the "
-                         "parsing holds the GIL, so more than 1 helps only on slow storage)")
+    threads: int = Field(1, ge=1, le=32, description="threads reading landmark files when no process pool "
+                         "does (performance only; > 1 helps only on slow storage)")
 
-    SIGNATURE_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"threads"})
+    processes: int | None = Field(None, ge=0, le=32, description="worker processes reading landmark files "
+                                  "(performance only): None = 2 (or the cores, if fewer) once a subject keeps "
+                                  "POOL_MIN_FRAMES frames, unless threads > 1; 0 = none")
+
+    SIGNATURE_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"threads", "processes"})
 
 
 @dataclass
@@ -217,49 +224,118 @@ DISFA/
 
     # -- reading
     def iter_tables(self) -> Iterator[pa.Table]:
-        """One Arrow table per subject (columnar path; ``iter_records`` is derived from it)."""
+        """One Arrow table per subject (columnar path; ``iter_records`` is derived from it).
+
+        Landmark files (listing + reading, :func:`read_subject`) are shared between the driver and a pool when the
+        config asks for one (``processes``: by default a process pool once a subject keeps
+        :data:`POOL_MIN_FRAMES` frames; or ``threads``): free workers take the next subjects, and whenever the
+        driver would wait for a worker it reads a later, unassigned subject itself. Tables come out in subject
+        order; the pool is shut down when the iteration ends or is abandoned."""
+        pool: Any = None
+        ready: Any = None  # a process pool's first job: nothing is handed to workers that are not up yet
+        workers = 0
+        parts = self._subject_parts()
+        pending: deque[list[Any]] = deque()  # [part, None | Future | SubjectLandmarks] in subject order
+        try:
+            while True:
+                while len(pending) < workers + 2:
+                    part = next(parts, None)
+                    if part is None:
+                        break
+                    pending.append([part, None])
+                    if pool is None and part[-1] is not None:
+                        pool, ready, workers = self._start_pool(len(part[1]))
+                if not pending:
+                    return
+                if pool is not None and (ready is None or ready.done()):
+                    busy = sum(isinstance(e[1], Future) and not e[1].done() for e in pending)
+                    for e in pending:
+                        if busy >= workers:
+                            break
+                        if e[1] is None and e[0][-1] is not None:
+                            e[1] = pool.submit(read_subject, e[0][-1], e[0][1])
+                            busy += 1
+                head = pending[0]
+                if isinstance(head[1], Future) and not head[1].done():
+                    spare = next((e for e in reversed(pending) if e[1] is None and e[0][-1] is not None), None)
+                    if spare is not None:  # work instead of waiting
+                        spare[1] = read_subject(spare[0][-1], spare[0][1])
+                        continue
+                pending.popleft()
+                yield self._subject_table(*head)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _start_pool(self, n_frames: int) -> tuple[Any, Any, int]:
+        """``(pool, its readiness future or None, workers)`` for reading landmarks, or ``(None, None, 0)``."""
+        if self._wants_pool(n_frames):
+            workers = self._processes()
+            pool = process_pool(workers)
+            return pool, pool.submit(pool_ready), workers  # type: ignore[attr-defined]
+        if self.config.threads > 1:
+            return ThreadPoolExecutor(max_workers=self.config.threads), None, self.config.threads
+        return None, None, 0
+
+    def _processes(self) -> int:
+        return self.config.processes if self.config.processes is not None else min(2, os.cpu_count() or 1)
+
+    def _wants_pool(self, n_frames: int) -> bool:
+        """A process pool pays off for big subjects only (starting one costs ~0.2 s of CPU)."""
+        if self.config.processes is None:
+            return self.config.threads == 1 and n_frames >= POOL_MIN_FRAMES and self._processes() > 1
+        return self.config.processes > 0
+
+    def _subject_parts(self) -> Iterator[tuple[Any, ...]]:
+        """Per subject: ``(subj, keep, labels, present, frames, split, split_raw, bad landmark flags of the kept
+        frames, its Landmark_Points folder or None)``; labels are read and sampled here."""
         import numpy as np
 
         subjects = self.subjects()
         splits = self.split_table()
         bad_ranges = self.bad_landmark_ranges()
         thr = self.config.threshold
-        with ThreadPoolExecutor(max_workers=self.config.threads) as pool:
-            for subj, label_dir in subjects:
-                labels = self._read_labels(subj, label_dir)
-                n = labels.intensity.shape[0]
-                if n == 0:
-                    logger.warning("%s: no label lines in %s; subject skipped", self.source, label_dir)
-                    continue
-                split, split_raw = splits.get(subj, (None, None))
-                if split is None:
-                    logger.warning("%s: subject %s is not in %s; split left empty", self.source, subj,
-                                   SPLITS_FILE.name)
-                    self.stats.add("subject_not_in_split_table")
-                frames = self._frame_source(subj)
-                landmarks = self._landmark_files(subj) if self.config.landmarks else {}
-                present = np.where(labels.intensity < 0, -1, labels.intensity >= thr)
-                keep = np.arange(0, n, self.config.stride)
-                if self.config.au_change and len(keep) > 1:
-                    p = present[keep]
-                    keep = keep[np.concatenate([[True], (p[1:] != p[:-1]).any(axis=1)])]
-                self.stats.add("sampled_out", n - len(keep))
-                bad = np.zeros(n + 1, dtype=bool)
-                for a, b in bad_ranges.get(subj, ()):
-                    bad[max(a, 1) - 1:min(b, n)] = True
-                yield self._subject_table(subj, keep, labels, present, frames, landmarks, split, split_raw,
-                                          bad[keep], pool)
+        top = self._child(self.root, "Landmark_Points") if self.config.landmarks else None
+        for subj, label_dir in subjects:
+            labels = self._read_labels(subj, label_dir)
+            n = labels.intensity.shape[0]
+            if n == 0:
+                logger.warning("%s: no label lines in %s; subject skipped", self.source, label_dir)
+                continue
+            split, split_raw = splits.get(subj, (None, None))
+            if split is None:
+                logger.warning("%s: subject %s is not in %s; split left empty", self.source, subj,
+                               SPLITS_FILE.name)
+                self.stats.add("subject_not_in_split_table")
+            frames = self._frame_source(subj)
+            present = np.where(labels.intensity < 0, -1, labels.intensity >= thr)
+            keep = np.arange(0, n, self.config.stride)
+            if self.config.au_change and len(keep) > 1:
+                p = present[keep]
+                keep = keep[np.concatenate([[True], (p[1:] != p[:-1]).any(axis=1)])]
+            self.stats.add("sampled_out", n - len(keep))
+            bad = np.zeros(n + 1, dtype=bool)
+            for a, b in bad_ranges.get(subj, ()):
+                bad[max(a, 1) - 1:min(b, n)] = True
+            folder = None
+            if self.config.landmarks:
+                d = self._child(top, subj) if top is not None else None
+                if d is None or not d.is_dir():
+                    logger.info("%s: %s has no Landmark_Points folder; landmarks left empty", self.source, subj)
+                else:
+                    folder = str(d)
+            yield subj, keep, labels, present, frames, split, split_raw, bad[keep], folder
 
-    def _subject_table(self, subj: str, keep: Any, labels: _Labels, present: Any, frames: _FrameSource,
-                       landmarks: dict[int, str], split: str | None, split_raw: str | None, bad_landmarks: Any,
-                       pool: ThreadPoolExecutor) -> pa.Table:
-        """The kept frames of one subject as a table, built column-wise."""
+    def _subject_table(self, part: tuple[Any, ...], landmarks: Any) -> pa.Table:
+        """The kept frames of one subject (``part``: from :meth:`_subject_parts`) as a table, built column-wise;
+        ``landmarks``: its :func:`read_subject` result, a pool's future of it, or None (read here)."""
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
 
         from fea20k.schema import IMAGE_REF
 
+        subj, keep, labels, present, frames, split, split_raw, bad_landmarks, lm_folder = part
         k, n_aus = len(keep), len(DISFA_AUS)
         t_arr = pa.array(keep, pa.int64())
         t_text = pc.cast(t_arr, pa.string())
@@ -304,7 +380,7 @@ DISFA/
         codes[missing, 1] = names.index(IMAGE_MISSING)
         exclusion = reason_lists(codes, names, self.name)
         # landmarks, read by the thread pool
-        points, has = self._read_points(keep, landmarks, pool)
+        points, has = self._read_points(subj, keep, lm_folder, landmarks)
         meta = pc.binary_join_element_wise(
             f'{{"au_threshold": {self.config.threshold}, "benchmark_aus": {json.dumps(list(BENCHMARK_AUS))}, '
             f'"camera": {json.dumps(self.config.camera)}, "corpus": {json.dumps(self.corpus)}, "frame": ', t_text,
@@ -319,35 +395,29 @@ DISFA/
             **exclusion, "meta": meta,
         })
 
-    def _read_points(self, keep: Any, landmarks: dict[int, str], pool: ThreadPoolExecutor) -> tuple[Any, Any]:
-        """``(points (m, 66, 2) of the kept frames that have a readable landmark file, mask of those frames)``.
-        Files are read by the pool in a few large slices (file I/O overlaps; one warning per bad file)."""
+    def _read_points(self, subj: str, keep: Any, folder: str | None, landmarks: Any) -> tuple[Any, Any]:
+        """``(points (m, 66, 2) of the kept frames that have a readable landmark file, mask of those frames)``, from
+        ``landmarks`` (see :meth:`_subject_table`); the numbering decision is logged, one warning per bad file."""
         import numpy as np
 
-        k = len(keep)
-        has = np.zeros(k, dtype=bool)
-        if not self.config.landmarks:
-            return np.zeros((0, 66, 2)), has
-        rows = np.flatnonzero(np.isin(keep, np.fromiter(landmarks, dtype=np.int64, count=len(landmarks))))
-        if k > len(rows):
-            self.stats.add("landmarks_missing", k - len(rows))
-        if len(rows) == 0:
-            return np.zeros((0, 66, 2)), has
-        paths = [landmarks[t] for t in keep[rows].tolist()]
-        size = -(-len(paths) // self.config.threads)
-        slices = [paths[j:j + size] for j in range(0, len(paths), size)]
-        parts = list(pool.map(_read_pts_files, slices)) if len(slices) > 1 else [_read_pts_files(paths)]
-        points = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-        ok = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
-        bad: dict[int, str] = {}
-        for j, part in enumerate(parts):
-            bad.update({j * size + i: why for i, why in part[2].items()})
-        for i in sorted(bad):
-            logger.warning("%s: %s; landmarks left empty", paths[i], bad[i])
-        if bad:
-            self.stats.add("landmarks_bad", len(bad))
-        has[rows[ok]] = True
-        return points[ok], has
+        has = np.zeros(len(keep), dtype=bool)
+        if folder is None:
+            return np.zeros((0, 66, 2), dtype=np.float32), has
+        got = landmarks.result() if isinstance(landmarks, Future) else landmarks or read_subject(folder, keep)
+        if got.l0_base is not None:
+            logger.info("%s: %s l0XXXX_lm.mat landmarks are %d-based (%s)", self.source, subj, got.l0_base,
+                        "l00000_lm.mat exists" if got.l0_base == 0 else "no l00000_lm.mat")
+        if len(keep) > len(got.rows):
+            self.stats.add("landmarks_missing", len(keep) - len(got.rows))
+        for i in sorted(got.problems):
+            path, why = got.problems[i]
+            logger.warning("%s: %s; landmarks left empty", path,
+                           f"pts has shape {why}, expected (66, 2)" if isinstance(why, tuple) else
+                           f"unreadable landmark file ({why!r})")
+        if got.problems:
+            self.stats.add("landmarks_bad", len(got.problems))
+        has[got.rows[got.ok]] = True
+        return got.points, has
 
     def _read_labels(self, subj: str, label_dir: Path) -> _Labels:
         import numpy as np
@@ -485,34 +555,6 @@ DISFA/
                         return p
         return None
 
-    def _landmark_files(self, subj: str) -> dict[int, str]:
-        """0-based video frame -> landmark file; the l0XXXX numbering base is decided per subject and logged."""
-        top = self._child(self.root, "Landmark_Points")
-        d = self._child(top, subj) if top is not None else None
-        if d is None or not d.is_dir():
-            logger.info("%s: %s has no Landmark_Points folder; landmarks left empty", self.source, subj)
-            return {}
-        sn_form: dict[int, str] = {}
-        l0_form: dict[int, str] = {}
-        for inner in sorted(p for p in d.iterdir() if p.is_dir()):
-            prefix = f"{inner}{os.sep}"  # plain strings: a Path per file costs more than reading it
-            for name in os.listdir(inner):
-                m = _LM_SN.match(name)
-                if m is not None:
-                    sn_form.setdefault(int(m.group(1)), prefix + name)
-                    continue
-                m = _LM_L0.match(name)
-                if m is not None:
-                    l0_form.setdefault(int(m.group(1)), prefix + name)
-        out: dict[int, str] = {}
-        if l0_form:
-            base = 0 if 0 in l0_form else 1
-            logger.info("%s: %s l0XXXX_lm.mat landmarks are %d-based (%s)", self.source, subj, base,
-                        "l00000_lm.mat exists" if base == 0 else "no l00000_lm.mat")
-            out.update({k - base: v for k, v in l0_form.items()})
-        out.update(sn_form)  # SNxxx_<t:04d>_lm.mat (0-based) wins where both forms exist
-        return out
-
 
 def _video_frame_count(path: Path) -> int | None:
     """Frame count from the container (no decoding), or None when it does not say."""
@@ -524,34 +566,3 @@ def _video_frame_count(path: Path) -> int | None:
     finally:
         cap.release()
     return n if n > 0 else None
-
-
-def _read_pts_files(paths: list[str]) -> tuple[Any, Any, dict[int, str]]:
-    """``(points (n, 66, 2) float64, readable mask (n,), {index: why not} for the unreadable)`` of the landmark
-    files ``paths`` (rows of ``points`` where the mask is False are zeros). Runs in the driver or a worker thread."""
-    import numpy as np
-
-    from fea20k.ingest.matfile import read_matrices
-
-    n = len(paths)
-    values, fast, others = read_matrices(paths, "pts")
-    bad: dict[int, str] = {}
-    if values.shape[1:] != (66, 2):
-        bad.update(dict.fromkeys(np.flatnonzero(fast).tolist(),
-                                 f"pts has shape {values.shape[1:]}, expected (66, 2)"))
-        fast = np.zeros(n, dtype=bool)
-    elif fast.all():
-        return values, fast, bad  # every file shares the layout: no copy
-    points = np.zeros((n, 66, 2))
-    if fast.any():
-        points[fast] = values
-    ok = fast.copy()
-    for i, pts in others.items():
-        if isinstance(pts, BaseException):
-            bad[i] = f"unreadable landmark file ({pts!r})"
-        elif pts.shape != (66, 2):
-            bad[i] = f"pts has shape {pts.shape}, expected (66, 2)"
-        else:
-            points[i] = pts
-            ok[i] = True
-    return points, ok, bad

@@ -57,13 +57,15 @@ def read_matrix(path: str | os.PathLike[str], name: str) -> Any:
     return read_matrix_bytes(chunks[0] if len(chunks) == 1 else b"".join(chunks), name)
 
 
-def read_matrices(paths: Sequence[str], name: str) -> tuple[Any, Any, dict[int, Any]]:
+def read_matrices(paths: Sequence[str], name: str, dtype: Any = None) -> tuple[Any, Any, dict[int, Any]]:
     """``name`` of many ``.mat`` files that mostly share one structure (DISFA's per-frame landmark files).
 
     Returns ``(values, fast, others)``: ``fast`` is a boolean numpy mask of the files laid out exactly as the cached
-    layout (the first readable file sets it), ``values`` their matrices stacked, shape ``(fast.sum(), *dims)``;
+    layout (the first readable file sets it), ``values`` their matrices stacked, shape ``(fast.sum(), *dims)``, of
+    the matrix class's dtype or ``dtype`` (C order);
     ``others`` maps the index of every other file to what :func:`read_matrix` gives for it, or to the exception it
-    raises (``OSError``, ``KeyError``, ``ValueError``, ``TypeError``, ``zlib.error``, scipy's ``MatReadError``).
+    raises (``OSError``, ``KeyError``, ``ValueError``, ``TypeError``, ``IndexError``, ``zlib.error``, scipy's
+    ``MatReadError``).
     Files are read with one open/read/close each into one buffer and parsed with a handful of numpy operations.
     """
     import numpy as np
@@ -83,34 +85,39 @@ def read_matrices(paths: Sequence[str], name: str) -> tuple[Any, Any, dict[int, 
         return np.zeros((0,)), np.zeros(n, dtype=bool), others
     first -= 1  # read that file again below, with the others of its layout
     del others[first]
-    _, size, end, structure, offset, stored, count, dtype, dims = layout
+    _, size, end, structure, offset, stored, count, class_dtype, dims = layout
     buf = bytearray(n * size)
     view = memoryview(buf)
-    same = np.zeros(n, dtype=bool)
     odd: dict[int, bytes] = {}
     flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
     want = size + 1  # one more byte than the layout's size tells a larger file at once
     op, rd, cl = os.open, os.read, os.close
-    for i in range(first, n):
+    pos = first * size
+    for i in range(first, n):  # the hot loop: three system calls per file, nothing else per file
         try:
             fd = op(paths[i], flags)
-            try:
-                data = rd(fd, want)
-                if len(data) == want:  # larger than the layout: read the rest
-                    chunks = [data]
-                    while chunks[-1]:
-                        chunks.append(rd(fd, _READ_SIZE))
-                    data = b"".join(chunks)
-            finally:
-                cl(fd)
         except OSError as e:
             others[i] = e
+            pos += size
             continue
-        if len(data) == size:
-            view[i * size:(i + 1) * size] = data
-            same[i] = True
-        else:
-            odd[i] = data
+        try:
+            data = rd(fd, want)
+            if len(data) != size:  # another size: read it all, parse it on its own
+                chunks = [data]
+                while len(chunks[-1]) and len(data) == want:
+                    chunks.append(rd(fd, _READ_SIZE))
+                odd[i] = b"".join(chunks)
+            else:
+                view[pos:pos + size] = data
+        except OSError as e:
+            others[i] = e
+        finally:
+            cl(fd)
+        pos += size
+    same = np.ones(n, dtype=bool)
+    same[:first] = False
+    same[list(odd)] = False
+    same[list(others)] = False
     rows = np.frombuffer(buf, dtype=np.uint8).reshape(n, size)
     ref = np.frombuffer(structure, dtype=np.uint8)
     if same.all():  # the usual case: strided views, no row copies
@@ -129,15 +136,51 @@ def read_matrices(paths: Sequence[str], name: str) -> tuple[Any, Any, dict[int, 
     block = rows[:, offset:offset + count * np.dtype(stored).itemsize]
     if not fast.all():
         block = block[fast]
-    values = block.view(stored).astype(dtype).reshape((len(block), *dims[::-1]))
-    return values.transpose(0, *range(len(dims), 0, -1)), fast, others
+    values = block.view(stored).reshape((len(block), *dims[::-1])).transpose(0, *range(len(dims), 0, -1))
+    return np.array(values, dtype=dtype or class_dtype, order="C"), fast, others
+
+
+def read_stack(paths: Sequence[str], name: str, shape: tuple[int, ...], dtype: Any = "f8"
+               ) -> tuple[Any, Any, dict[int, Any]]:
+    """``name`` of each file in ``paths`` as one array ``(len(paths), *shape)`` of ``dtype``; for files of one
+    structure this costs three system calls per file (:func:`read_matrices`). Meant to run in a worker process too:
+    this module imports nothing heavy.
+
+    Returns ``(values, ok, problems)``: ``ok`` marks the files read (their rows of ``values``; the other rows are
+    zeros); ``problems`` maps each other index to the exception reading it raised or, for a matrix of another
+    shape, that shape (a tuple).
+    """
+    import numpy as np
+
+    n = len(paths)
+    values, fast, others = read_matrices(paths, name, dtype)
+    problems: dict[int, Any] = {}
+    if values.shape[1:] != tuple(shape):
+        problems.update(dict.fromkeys(np.flatnonzero(fast).tolist(), values.shape[1:]))
+        fast = np.zeros(n, dtype=bool)
+    elif fast.all():
+        return values, fast, problems  # every file shares the layout: no copy
+    out = np.zeros((n, *shape), dtype=dtype)
+    if fast.any():
+        out[fast] = values
+    ok = fast.copy()
+    for i, got in others.items():
+        if isinstance(got, BaseException):
+            problems[i] = got
+        elif got.shape != tuple(shape):
+            problems[i] = got.shape
+        else:
+            out[i] = got
+            ok[i] = True
+    return out, ok, problems
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
-    """What reading a broken or odd file can raise (scipy's fallback included)."""
+    """What reading a broken or odd file can raise (scipy's fallback included: IndexError for a file shorter than
+    its header)."""
     from scipy.io.matlab import MatReadError
 
-    return (OSError, ValueError, KeyError, TypeError, MatReadError, zlib.error)
+    return (OSError, ValueError, KeyError, TypeError, IndexError, MatReadError, zlib.error)
 
 
 def read_matrix_bytes(data: bytes, name: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +230,85 @@ def test_real_disfa_27_subjects() -> None:
     first = [r for r in stage.iter_records() if r.subject == subjects[0]]
     assert 4800 <= len(first) <= 4900 and all(len(r.aus) == 12 for r in first)
     assert SN001 is not None
+
+
+def _records_and_stats(root: Path, **options: object) -> tuple[list[FaceRecord], dict]:
+    stage = Disfa({"source": "disfa", "root": str(root), **options})
+    return list(stage.iter_records()), dict(stage.stats.counters)
+
+
+def test_landmark_pools_give_the_same_records(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Process pool, thread pool and the driver alone: same records, counters and warnings; a corrupt and a
+    wrong-shape landmark file are left empty with one warning each; the pool's workers are gone afterwards."""
+    import multiprocessing
+
+    import scipy.io
+
+    root, expected = build_disfa(tmp_path)
+    lm = root / "Landmark_Points" / "SN001" / "tmp_frame_lm"
+    (lm / "SN001_0001_lm.mat").write_bytes(b"MATLAB 5.0 MAT-file" + b"\0" * 40)  # corrupt
+    scipy.io.savemat(str(lm / "SN001_0004_lm.mat"), {"pts": np.zeros((2, 66))})  # wrong shape
+    runs = {}
+    for options in ({"processes": 0}, {"processes": 2}, {"processes": 1}, {"processes": 0, "threads": 3}):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="fea20k"):
+            recs, stats = _records_and_stats(root, **options)
+        msgs = sorted(r.getMessage() for r in caplog.records if "landmark" in r.getMessage())
+        runs[json.dumps(options)] = (recs, stats, msgs)
+        assert not multiprocessing.active_children()
+    first = next(iter(runs.values()))
+    for key, run in runs.items():
+        assert run == first, key
+    recs, stats, msgs = first
+    assert [r.id for r in recs] == [e["id"] for e in expected]
+    sn001 = {r.meta["frame"]: r.landmarks for r in recs if r.subject == "SN001"}
+    assert [t for t, v in sn001.items() if v is None] == [1, 3, 4]  # corrupt, absent, wrong shape
+    assert stats["landmarks_bad"] == 2 and stats["landmarks_missing"] == 1
+    assert sum("unreadable landmark file" in m for m in msgs) == 1
+    assert sum("pts has shape (2, 66), expected (66, 2)" in m for m in msgs) == 1
+    assert any("SN003 l0XXXX_lm.mat landmarks are 1-based" in m for m in msgs)
+
+
+def test_abandoned_iteration_shuts_the_pool_down(tree: tuple[Path, list[dict]]) -> None:
+    import multiprocessing
+
+    root, _ = tree
+    tables = Disfa({"source": "disfa", "root": str(root), "processes": 2}).iter_tables()
+    assert next(tables).num_rows > 0
+    tables.close()
+    assert not multiprocessing.active_children()
+
+
+def test_pool_workers_exit_when_the_driver_dies(tmp_path: Path) -> None:
+    """The driver is killed without shutting its pool down: the workers notice and exit."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent("""
+        import os
+        from fea20k.ingest._common import pool_ready, process_pool
+
+        if __name__ == "__main__":
+            pool = process_pool(2)
+            pool.submit(pool_ready).result()
+            print(" ".join(str(p) for p in pool._processes), flush=True)
+            os._exit(0)  # no shutdown, like a killed process
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2], check=True)
+    pids = [int(p) for p in out.stdout.split()]
+    assert pids  # workers start on demand
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

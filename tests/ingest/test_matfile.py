@@ -99,3 +99,58 @@ def test_layout_cache_reads_each_file_own_numbers(tmp_path: Path) -> None:
     assert matfile._last_layout is not None and matfile._last_layout[1] == paths[0].stat().st_size
     other = _savemat({"pts": np.zeros((2, 66))}, False)  # same size, other dims: not taken for the cached layout
     assert read_matrix_bytes(other, "pts").shape == (2, 66)
+
+
+def test_read_matrices_and_read_stack_on_a_mixed_folder(tmp_path: Path) -> None:
+    """Many same-layout files in one buffer; every other file (missing, truncated, compressed, same size but another
+    structure, another shape) gets exactly what read_matrix gives for it, or its exception."""
+    files = {}
+    for t in range(6):
+        files[f"good{t}"] = _savemat({"pts": np.arange(132.0).reshape(66, 2) * (t + 1) + 0.25}, False)
+    files["compressed"] = _savemat({"pts": np.full((66, 2), 7.5)}, True)
+    files["truncated"] = files["good0"][:150]
+    files["other_name"] = _savemat({"qts": np.full((66, 2), 1.0)}, False)  # same size, another structure
+    files["wide"] = _savemat({"pts": np.full((2, 66), 3.0)}, False)  # same size, other dims
+    files["big_endian"] = _hand_written(">", np.full((66, 2), 9.0), "f8", 9)
+    paths = []
+    for key, data in files.items():
+        (tmp_path / f"{key}.mat").write_bytes(data)
+        paths.append(str(tmp_path / f"{key}.mat"))
+    paths.insert(3, str(tmp_path / "missing.mat"))
+    names = [Path(p).stem for p in paths]
+    matfile._last_layout = None
+    values, fast, others = matfile.read_matrices(paths, "pts")
+    assert fast.tolist() == [n.startswith("good") for n in names]  # good0 set the layout
+    assert values.shape == (6, 66, 2) and values.dtype == np.float64 and values.flags.c_contiguous
+    for t, v in enumerate(values):  # the (66, 2) matrix, not its Fortran-order bytes
+        assert np.array_equal(v, np.arange(132.0).reshape(66, 2) * (t + 1) + 0.25)
+    assert set(others) == {i for i, f in enumerate(fast) if not f}
+    for i in others:
+        try:
+            want = read_matrix(paths[i], "pts")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            assert type(others[i]) is type(e), names[i]
+        else:
+            assert np.array_equal(others[i], want), names[i]
+    assert isinstance(others[names.index("missing")], FileNotFoundError)
+    assert isinstance(others[names.index("other_name")], KeyError)
+    points, ok, problems = matfile.read_stack(paths, "pts", (66, 2), "f4")
+    assert points.dtype == np.float32 and points.shape == (len(paths), 66, 2)
+    read = {n: float(points[i, 0, 0]) for i, n in enumerate(names) if ok[i]}
+    assert read == {**{f"good{t}": 0.25 for t in range(6)}, "compressed": 7.5, "big_endian": 9.0}
+    assert np.array_equal(points[names.index("good2")], np.arange(132.0).reshape(66, 2) * 3 + 0.25)
+    assert problems[names.index("wide")] == (2, 66)
+    assert {names[i] for i in problems} == {"missing", "truncated", "other_name", "wide"}
+    assert not points[~ok].any()
+
+
+def test_read_stack_when_no_file_is_plain(tmp_path: Path) -> None:
+    """Only compressed files (no shared layout) and an unreadable one: each read on its own."""
+    paths = []
+    for t in range(3):
+        (tmp_path / f"{t}.mat").write_bytes(_savemat({"pts": np.full((66, 2), float(t))}, True))
+        paths.append(str(tmp_path / f"{t}.mat"))
+    matfile._last_layout = None
+    points, ok, problems = matfile.read_stack([str(tmp_path / "none.mat"), *paths], "pts", (66, 2))
+    assert ok.tolist() == [False, True, True, True] and list(problems) == [0]
+    assert [p[5, 1] for p in points[1:]] == [0.0, 1.0, 2.0]
