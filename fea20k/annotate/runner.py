@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_TOKENS = 255  # rough input-token cost of one image, for the tokens-per-minute limiter and the budget
 STATUS_EVERY = 0.25  # seconds between live-status updates
+WINDOW = 2  # records in the repair loop at once, per unit of concurrency (see AnnotateStage.process)
 
 
 class AnnotateConfig(StageConfig):
@@ -221,7 +222,10 @@ class AnnotateStage(MapStage):
             return self._process_offline(batch)
         assert self._loop is not None
         self._live = _Live()
-        coros = [self._annotate(rec) for rec in batch]
+        # at most WINDOW * concurrency records in the loop at once: a record's prompt, key and body are built as a
+        # call slot frees up (one waits, ready, behind each call in flight), not all before the first call is sent
+        window = asyncio.Semaphore(WINDOW * self.spec.concurrency)
+        coros = [_within(window, self._annotate, rec) for rec in batch]
         finished = self._loop.run_until_complete(_gather_or_cancel(coros))
         self._status(force=True)
         if self._budget.hit:
@@ -367,6 +371,12 @@ class AnnotateStage(MapStage):
         live.last = now
         self.ctx.status(f"done {live.done} · failed {live.failed} · retrying {self.backend.retrying} · "
                         f"tokens {live.tokens} · ${live.cost:.4f}")
+
+
+async def _within(window: asyncio.Semaphore, annotate: Callable[[FaceRecord], Awaitable[bool]],
+                  rec: FaceRecord) -> bool:
+    async with window:
+        return await annotate(rec)
 
 
 async def _gather_or_cancel(coros: list[Awaitable[bool]]) -> list[bool]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from fea20k.annotate.backends import register_backend
 from fea20k.annotate.backends.base import Backend, CallLog, Reply, Request
+from fea20k.annotate.task import DataURL
 from fea20k.errors import ConfigError, Fea20kUserError
 
 
@@ -115,8 +116,8 @@ def request_body(req: Request) -> bytes:
             parts = []
             for part in content:
                 url = part.get("image_url", {}).get("url") if part.get("type") == "image_url" else None
-                if isinstance(url, str) and url.isascii() and url.isprintable() and '"' not in url \
-                        and "\\" not in url and "@@" not in url:
+                if isinstance(url, DataURL) or (isinstance(url, str) and url.isascii() and url.isprintable()
+                                                and '"' not in url and "\\" not in url and "@@" not in url):
                     parts.append({**part, "image_url": {**part["image_url"], "url": _URL_SLOT.format(len(urls))}})
                     urls.append(url)
                 else:
@@ -178,6 +179,8 @@ class OpenAIBackend(Backend):
                                   timeout=self.spec.timeout, http_client=self._http_client(),
                                   default_headers={h: Omit() for h in TELEMETRY_HEADERS})
         del key
+        # the absolute URL: the client parses a relative one and joins it to base_url on every request
+        self.url = f"{str(self.client.base_url).rstrip('/')}/chat/completions"
         self.sem = asyncio.Semaphore(self.spec.concurrency)
         self.limiter = RateLimiter(self.spec.rpm, self.spec.tpm)
         self.rng = random.Random()
@@ -221,7 +224,7 @@ class OpenAIBackend(Backend):
                     # the client's generic POST with the body as bytes (its default Content-Type is JSON) and the
                     # reply as bytes: `chat.completions.create` would transform and copy every message part and
                     # build pydantic models of the reply, which costs milliseconds per request on base64 images
-                    body = await self.client.post("/chat/completions", cast_to=bytes, content=payload)
+                    body = await self.client.post(self.url, cast_to=bytes, content=payload)
                 except openai.APIStatusError as e:
                     status = e.status_code
                     last_error = f"http_{status}: {_short(_body_text(e))}"
