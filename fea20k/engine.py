@@ -32,7 +32,6 @@ from typing import Any
 from fea20k import config as env_config
 from fea20k.errors import ConfigError, Fea20kUserError
 from fea20k.io import (
-    PART_GLOB,
     StageOutput,
     atomic_write_bytes,
     atomic_write_json,
@@ -458,18 +457,22 @@ def _chunk_stats(stage_name: str, n_in: int, out: list[FaceRecord], pre_excluded
                  seconds: float) -> StageStats:
     """Fill the engine's counts into the stats a stage collected for one chunk."""
     base.n_in += n_in
-    base.n_out += len(out)
-    excluded_here = 0
-    for rec in out:
-        if rec.excluded and rec.excluded_at == stage_name:
-            excluded_here += 1
-            for reason in rec.reasons:
-                base.drop(reason)
-    base.kept += sum(1 for r in out if not r.excluded)
-    base.counters["excluded"] += excluded_here
+    _count_output(stage_name, out, base)
     base.counters["passed_through_excluded"] += pre_excluded
     base.seconds += seconds
     return base
+
+
+def _count_output(stage_name: str, out: list[FaceRecord], stats: StageStats) -> None:
+    """Records out, kept, and those this stage excluded, by reason."""
+    stats.n_out += len(out)
+    for rec in out:
+        if not rec.excluded:
+            stats.kept += 1
+        elif rec.excluded_at == stage_name:
+            stats.counters["excluded"] += 1
+            for reason in rec.reasons:
+                stats.drop(reason)
 
 
 def _merge_chunk_stats(d: Path) -> StageStats:
@@ -676,35 +679,19 @@ def _run_aggregate(stage: AggregateStage, inputs: StageOutput, d: Path, chunk_si
                    key: str) -> StageStats:
     for p in d.glob("part-*"):
         p.unlink()  # aggregate stages are cheap and not resumable mid-way: start over
-    advance, status = progress.task(key, inputs.count())
+    n_in = inputs.count()
+    advance, status = progress.task(key, n_in)
     stage.ctx.status_hook = status
     stage.ctx.stats = StageStats()
     stage.load()
     t0 = time.perf_counter()
-    index = 0
-    total_out = 0
-    for chunk in _rechunk(stage.run(inputs), chunk_size):
-        write_chunk(d, index, chunk, StageStats(n_out=len(chunk)).to_dict())
-        index += 1
-        total_out += len(chunk)
     stats = stage.ctx.stats
-    n_in = inputs.count()
+    for index, chunk in enumerate(_rechunk(stage.run(inputs), chunk_size)):
+        write_table_atomic(d / part_name(index), to_arrow(chunk))
+        _count_output(stage.name, chunk, stats)
     stats.n_in = n_in
     advance(n_in)
-    merged = _merge_chunk_stats(d)
-    stats.n_out = merged.n_out
-    # exclusions an aggregate stage made are counted from its output
-    for p in sorted(d.glob(PART_GLOB)):
-        for rec in read_chunk(p, columns=["accepted", "reasons", "excluded_at", "id", "source"]):
-            if rec.excluded and rec.excluded_at == stage.name:
-                stats.counters["excluded"] += 1
-                for r in rec.reasons:
-                    stats.drop(r)
-            elif not rec.excluded:
-                stats.kept += 1
     stats.seconds = time.perf_counter() - t0
-    for p in d.glob("part-*.stats.json"):
-        p.unlink()
     atomic_write_json(d / "stats.json", stats.to_dict())
     return stats
 

@@ -7,21 +7,13 @@ import numpy as np
 import pytest
 
 from fea20k.faces.phash import hamming, nearest, phash
+from tests.fixtures.images import smooth_jpeg
 
 
 def _scene(seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
     return cv2.resize(small, (320, 240), interpolation=cv2.INTER_CUBIC)
-
-
-def _jpeg(seed: int, quality: int = 95, shift: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    img = cv2.resize(rng.integers(0, 256, (8, 8), dtype=np.uint8), (112, 112), interpolation=cv2.INTER_CUBIC)
-    img = np.clip(img.astype(int) + shift, 0, 255).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    assert ok
-    return buf.tobytes()
 
 
 def test_phash_is_stable_under_small_changes_and_differs_across_images() -> None:
@@ -33,8 +25,8 @@ def test_phash_is_stable_under_small_changes_and_differs_across_images() -> None
 
 
 def test_phash_is_stable_and_discriminative_on_grey_crops() -> None:
-    assert hamming(phash(_jpeg(1)), phash(_jpeg(1, quality=60, shift=8))) <= 4
-    assert hamming(phash(_jpeg(1)), phash(_jpeg(2))) > 12
+    assert hamming(phash(smooth_jpeg(1)), phash(smooth_jpeg(1, quality=60, shift=8))) <= 4
+    assert hamming(phash(smooth_jpeg(1)), phash(smooth_jpeg(2))) > 12
 
 
 def test_undecodable_bytes_raise_value_error() -> None:

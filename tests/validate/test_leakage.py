@@ -4,23 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from fea20k.errors import ConfigError
 from fea20k.io import StageOutput, write_chunk
 from fea20k.record import FaceRecord, ImageRef
 from fea20k.validate.leakage import Leakage
-
-
-def _jpeg(seed: int, quality: int = 95, shift: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    img = cv2.resize(rng.integers(0, 256, (8, 8), dtype=np.uint8), (112, 112), interpolation=cv2.INTER_CUBIC)
-    img = np.clip(img.astype(int) + shift, 0, 255).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    assert ok
-    return buf.tobytes()
+from tests.fixtures.images import smooth_jpeg
 
 
 def _rec(rid: str, corpus: str, split: str, **kw: object) -> FaceRecord:
@@ -42,17 +32,17 @@ def _run(tmp_path: Path, chunks: list[list[FaceRecord]], **cfg: object) -> tuple
 def test_rules(tmp_path: Path) -> None:
     chunks = [
         [
-            _rec("raf/test_0001", "rafdb_basic", "test", face=_jpeg(1)),
-            _rec("raf/train_00001", "rafdb_basic", "train", face=_jpeg(3)),
+            _rec("raf/test_0001", "rafdb_basic", "test", face=smooth_jpeg(1)),
+            _rec("raf/train_00001", "rafdb_basic", "train", face=smooth_jpeg(3)),
             _rec("disfa/SN001#0", "disfa", "test", subject="SN001"),
             _rec("disfa/SN002#0", "disfa", "train", subject="SN002"),
             _rec("aff/val/1/abc", "affectnet_csv", "test", meta={"affectnet_key": "1/abc"}),
             _rec("fer/fer2013#4", "fer2013_csv", "test", image=ImageRef("fer", "fer2013.csv", 4)),
         ],
         [
-            _rec("rafau/0001", "rafau", "train", face=_jpeg(1, quality=70, shift=5)),  # twin of RAF-DB test
-            _rec("rafau/0002", "rafau", "train", face=_jpeg(3, quality=70)),  # twin of RAF-DB train: no leak
-            _rec("rafau/0003", "rafau", "train", face=_jpeg(9)),
+            _rec("rafau/0001", "rafau", "train", face=smooth_jpeg(1, quality=70, shift=5)),  # twin of RAF-DB test
+            _rec("rafau/0002", "rafau", "train", face=smooth_jpeg(3, quality=70)),  # twin of RAF-DB train: no leak
+            _rec("rafau/0003", "rafau", "train", face=smooth_jpeg(9)),
             _rec("dplus/SN001/0", "disfaplus", "train", subject="SN001"),
             _rec("dplus/SN002/0", "disfaplus", "train", subject="SN002"),
             _rec("dplus/SN003/0", "disfaplus", "train", subject="SN003"),
@@ -81,8 +71,8 @@ def test_rules(tmp_path: Path) -> None:
 
 def test_twin_in_test_on_b_side_excludes_a(tmp_path: Path) -> None:
     out, _ = _run(tmp_path, [[
-        _rec("raf/train_00001", "rafdb_basic", "train", face=_jpeg(5)),
-        _rec("rafau/0005", "rafau", "test", face=_jpeg(5, quality=80)),
+        _rec("raf/train_00001", "rafdb_basic", "train", face=smooth_jpeg(5)),
+        _rec("rafau/0005", "rafau", "test", face=smooth_jpeg(5, quality=80)),
     ]])
     assert out["raf/train_00001"].reasons == ["leak_duplicate"]
     assert out["raf/train_00001"].meta["leak_twin"] == "rafau/0005"
