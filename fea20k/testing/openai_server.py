@@ -3,7 +3,12 @@
 It runs on its own event loop in a background thread, binds 127.0.0.1 on a free port, and stops by itself after
 ``lifetime`` seconds (or on :meth:`OpenAIServer.stop` / leaving the ``with`` block). It offers:
 
-* a fixed ``latency`` per request and at most ``max_concurrent`` requests served at once (the rest queue);
+* a fixed ``latency`` per request and at most ``max_concurrent`` requests served at once (the rest queue, first
+  come first served). Service slots are kept on the server's clock: a slot is free again exactly ``latency`` after
+  its request started, like a model server's batch slot, however long this Python process then takes to write the
+  reply. (An ``asyncio.Semaphore`` held across the sleep would also count this loop's own lag behind its timers:
+  64 replies due at once are written one after another, so every slot stayed busy a few ms too long and the server
+  could not reach its own nominal rate of ``max_concurrent / latency``.);
 * fault injection, by ``FaultPlan.rate`` (deterministic per request and repeat) or by ``FaultPlan.schedule``
   (request ordinal -> fault): ``"429"`` (with ``Retry-After``), ``"500"``, ``"drop"`` (connection closed without
   a response), ``"malformed_json"``, ``"bad_format"`` (well-formed JSON whose text breaks ``<think>/<answer>``),
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import json
 import re
 import threading
@@ -156,7 +162,7 @@ class OpenAIServer:
         from aiohttp import web
 
         self._stop = asyncio.Event()
-        self._sem = asyncio.Semaphore(self.max_concurrent)
+        self._slots_free_at = [0.0] * self.max_concurrent  # a heap: when each service slot is next free
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._handle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -193,45 +199,49 @@ class OpenAIServer:
         fault = self.faults.pick(ordinal, key, repeat)
         entry = {"ordinal": ordinal, "key": key, "fault": fault, "t": time.monotonic()}
         self.log.append(entry)
-        async with self._sem:
+        if self.latency:
+            now = time.monotonic()
+            start = max(now, heapq.heappop(self._slots_free_at))
+            heapq.heappush(self._slots_free_at, start + self.latency)
+            entry["t_served"] = start
+            await asyncio.sleep(start + self.latency - now)
+        else:
             entry["t_served"] = time.monotonic()
-            if self.latency:
-                await asyncio.sleep(self.latency)
-            if fault == "429":
-                return web.json_response({"error": {"message": "rate limited", "type": "rate_limit"}}, status=429,
-                                         headers={"Retry-After": f"{self.faults.retry_after:g}"})
-            if fault == "500":
-                return web.json_response({"error": {"message": "injected server error"}}, status=500)
-            if fault == "drop":
-                if request.transport is not None:
-                    request.transport.abort()
-                return web.Response(status=500)  # never reaches the client: the connection is gone
-            if fault == "malformed_json":
-                return web.Response(text='{"id": "chatcmpl-x", "choices": [{"message": ', status=200,
-                                    content_type="application/json")
-            text = prompt_text(messages)
-            if fault == "bad_format":
-                content = "The person in the picture looks like they are feeling something."
-            elif fault == "empty":
-                content = ""
-            elif self.reply_policy is not None:
-                content = self.reply_policy(text, body)
-            else:
-                wrong = self._wrong(key, repeat)
-                content = gold_reply(text, wrong=wrong)
-            with self._lock:
-                self.answered[key] += 1
-            n_images = sum(1 for m in messages if isinstance(m.get("content"), list)
-                           for p in m["content"] if p.get("type") == "image_url")
-            usage = {"prompt_tokens": len(text) // 4 + 85 * n_images, "completion_tokens": len(content) // 4 + 1}
-            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-            return web.json_response({
-                "id": f"chatcmpl-{ordinal}", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": "stop"}],
-                "usage": usage,
-            })
+        if fault == "429":
+            return web.json_response({"error": {"message": "rate limited", "type": "rate_limit"}}, status=429,
+                                     headers={"Retry-After": f"{self.faults.retry_after:g}"})
+        if fault == "500":
+            return web.json_response({"error": {"message": "injected server error"}}, status=500)
+        if fault == "drop":
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)  # never reaches the client: the connection is gone
+        if fault == "malformed_json":
+            return web.Response(text='{"id": "chatcmpl-x", "choices": [{"message": ', status=200,
+                                content_type="application/json")
+        text = prompt_text(messages)
+        if fault == "bad_format":
+            content = "The person in the picture looks like they are feeling something."
+        elif fault == "empty":
+            content = ""
+        elif self.reply_policy is not None:
+            content = self.reply_policy(text, body)
+        else:
+            wrong = self._wrong(key, repeat)
+            content = gold_reply(text, wrong=wrong)
+        with self._lock:
+            self.answered[key] += 1
+        n_images = sum(1 for m in messages if isinstance(m.get("content"), list)
+                       for p in m["content"] if p.get("type") == "image_url")
+        usage = {"prompt_tokens": len(text) // 4 + 85 * n_images, "completion_tokens": len(content) // 4 + 1}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return web.json_response({
+            "id": f"chatcmpl-{ordinal}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": "stop"}],
+            "usage": usage,
+        })
 
     def _wrong(self, key: str, repeat: int) -> bool:
         if self.wrong_rate <= 0:
