@@ -43,6 +43,7 @@ from fea20k.io import (
     write_chunk,
     write_table_atomic,
 )
+from fea20k.procs import exit_with_parent
 from fea20k.record import FaceRecord
 from fea20k.schema import SCHEMA, to_arrow
 from fea20k.stage import (
@@ -599,24 +600,9 @@ def maybe_crash(stage_key: str, index: int) -> None:
 _WORKER_STAGE: MapStage | None = None
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Worker side: end this process as soon as the build process is gone (kill -9, OOM kill), so no orphan keeps
-    working on a stage nobody will finish, or holds the build's output pipes open."""
-    import threading
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="fea20k-parent-watch", daemon=True).start()
-
-
-def _worker_init(cls: type[MapStage], config: dict[str, Any], ctx: StageContext, plugin_root: str,
-                 parent_pid: int) -> None:
+def _worker_init(cls: type[MapStage], config: dict[str, Any], ctx: StageContext, plugin_root: str) -> None:
     global _WORKER_STAGE
-    _exit_with_parent(parent_pid)
+    exit_with_parent()
     load_workspace_plugins(Path(plugin_root))
     stage = cls(config, ctx)
     assert isinstance(stage, MapStage)
@@ -648,8 +634,7 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
         ctx = mp.get_context("spawn")
         cfg = stage.config.model_dump(mode="json")
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(type(stage), cfg, stage.ctx, str(stage.ctx.workspace_root),
-                                           os.getpid())) as pool:
+                                 initargs=(type(stage), cfg, stage.ctx, str(stage.ctx.workspace_root))) as pool:
             pending: dict[Future[dict[str, Any]], int] = {}
             queue = list(todo)
             while queue or pending:

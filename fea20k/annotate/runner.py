@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from fea20k.annotate.backends import Backend, Reply, Request, get_backend
+from fea20k.annotate.clients import LIVE_FIELDS, SharedBudget, share
 from fea20k.annotate.spec import AnnotatorSpec, load_annotator
 from fea20k.annotate.task import DraftTask, Feedback, Task, image_data_url, image_ref, prompt_text, request_key
 from fea20k.errors import BudgetExceededError, ConfigError
@@ -47,7 +48,7 @@ WINDOW = 2  # records in the repair loop at once, per unit of concurrency (see A
 class AnnotateConfig(StageConfig):
     """Configuration shared by the annotate stages."""
 
-    SIGNATURE_EXCLUDE = frozenset({"budget_usd", "concurrency"})
+    SIGNATURE_EXCLUDE = frozenset({"budget_usd", "concurrency", "processes"})
 
     annotator: str = "rules"  # annotators/<name>.toml
     gold_in_prompt: bool = True  # show the ground-truth AUs/emotion in the prompt (recorded per record)
@@ -56,6 +57,7 @@ class AnnotateConfig(StageConfig):
     repair: bool = True  # re-ask with the failed checks as feedback (model backends only)
     budget_usd: float | None = Field(None, ge=0)  # override the annotator's budget cap (not in the signature)
     concurrency: int | None = Field(None, ge=1, le=4096)  # override the annotator's concurrency
+    processes: int | None = Field(None, ge=1, le=64)  # override the annotator's client processes
 
 
 @dataclass
@@ -86,6 +88,12 @@ class _Budget:
         self.reserved += est
         return True
 
+    def release(self, est: float) -> None:
+        self.reserved -= est
+
+    def charge(self, cost: float) -> None:
+        self.spent += cost
+
 
 class AnnotateStage(MapStage):
     """Base of the annotate stages (see the module docstring). Subclasses set ``task_cls`` and the Config."""
@@ -114,6 +122,14 @@ class AnnotateStage(MapStage):
             updates["concurrency"] = self.config.concurrency
         if self.config.budget_usd is not None:
             updates["budget_usd"] = self.config.budget_usd
+        if self.config.processes is not None:
+            updates["processes"] = self.config.processes
+        client = getattr(self, "_client", None)
+        if client is not None:  # client k of n (see as_client): this process's share of the limits
+            k, n = client[0], client[1]
+            merged = {**spec.model_dump(), **updates}
+            updates.update(processes=1, concurrency=share(merged["concurrency"], k, n),
+                           rpm=share(merged["rpm"], k, n), tpm=share(merged["tpm"], k, n))
         return (spec.model_copy(update=updates) if updates else spec), path
 
     @property
@@ -173,6 +189,11 @@ class AnnotateStage(MapStage):
     def signature_extra(self) -> dict[str, Any]:
         return {"annotator": self.spec.signature_dump()}
 
+    def as_client(self, k: int, n: int, budget: Any, live: Any) -> None:
+        """Make this stage client process ``k`` of ``n`` (:mod:`fea20k.annotate.clients`): its share of the
+        concurrency and rate limits, the build's shared budget, and row ``k`` of the shared live status."""
+        self._client = (k, n, budget, live)
+
     def load(self) -> None:
         if getattr(self, "_loaded", False):
             return
@@ -182,15 +203,42 @@ class AnnotateStage(MapStage):
         if self.repairs:
             self._checker, self._synonyms = self._load_checker()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: Any = None
+        client = getattr(self, "_client", None)
         if not self.backend.offline:
             _ = self.task  # template errors surface before any call
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self.backend.start())
-        self._budget = _Budget(cap=self.spec.budget_usd, spent=self._spent_before())
+            if self.spec.processes > 1:
+                self._pool = self._start_pool()
+            else:
+                self._loop = asyncio.new_event_loop()
+                self._loop.run_until_complete(self.backend.start())
+        if self._pool is not None:
+            self._budget: _Budget | SharedBudget = SharedBudget(self.spec.budget_usd, self._pool.budget_array)
+        elif client is not None:
+            self._budget = SharedBudget(self.spec.budget_usd, client[2])
+        else:
+            self._budget = _Budget(cap=self.spec.budget_usd, spent=self._spent_before())
         self._identity = None if self.backend.offline else self.request_identity()
         self._loaded = True
 
+    def _start_pool(self) -> Any:
+        spec, path = self._spec_and_path
+        if not self.backend.client_processes:
+            raise ConfigError(f"{path}: processes = {spec.processes} splits the calls over client processes, which "
+                              f"only a remote endpoint allows; backend {spec.backend!r} runs its model in this "
+                              "process: set processes = 1")
+        from fea20k.annotate.clients import ClientPool
+
+        logger.info("%s: %d client processes, %d requests in flight each (about)", self.name, spec.processes,
+                    share(spec.concurrency, 0, spec.processes))
+        return ClientPool(type(self), self.config.model_dump(mode="json"), self.ctx, spec.processes,
+                          self._spent_before())
+
     def close(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.close()
+            self._pool = None
         loop = getattr(self, "_loop", None)
         if loop is not None:
             loop.run_until_complete(self.backend.aclose())
@@ -220,22 +268,56 @@ class AnnotateStage(MapStage):
         self.load()
         if self.backend.offline:
             return self._process_offline(batch)
+        if self._pool is not None:
+            return self._process_sharded(batch)
+        finished = self._run_loop(batch)
+        if self._budget.hit:
+            raise self._budget_error(sum(finished), len(batch))
+        return batch
+
+    def process_shard(self, batch: list[FaceRecord]) -> dict[str, Any]:
+        """Client-process side of :meth:`_process_sharded`: annotate ``batch`` in place, report how it ended."""
+        self.load()
+        finished = self._run_loop(batch)
+        return {"finished": sum(finished), "budget_hit": self._budget.hit}
+
+    def _run_loop(self, batch: list[FaceRecord]) -> list[bool]:
         assert self._loop is not None
         self._live = _Live()
         # at most WINDOW * concurrency records in the loop at once: a record's prompt, key and body are built as a
         # call slot frees up (one waits, ready, behind each call in flight), not all before the first call is sent
-        window = asyncio.Semaphore(WINDOW * self.spec.concurrency)
-        coros = [_within(window, self._annotate, rec) for rec in batch]
-        finished = self._loop.run_until_complete(_gather_or_cancel(coros))
+        finished = self._loop.run_until_complete(_run_all(self._annotate, batch, WINDOW * self.spec.concurrency))
         self._status(force=True)
-        if self._budget.hit:
-            done = sum(finished)
-            raise BudgetExceededError(
-                f"annotator {self.spec.name!r}: budget cap ${self._budget.cap:.4f} reached "
-                f"(${self._budget.spent:.4f} spent in round {self.ctx.round}, stage {self.ctx.stage_key}); "
-                f"{done} of {len(batch)} record(s) of this chunk finished, their replies are cached. Raise "
-                f"budget_usd in {self._spec_and_path[1]} or [stages.\"{self.name}\"] and re-run to continue")
-        return batch
+        return finished
+
+    def _process_sharded(self, batch: list[FaceRecord]) -> list[FaceRecord]:
+        """Deal ``batch`` round-robin to the client processes; their records come back in input order."""
+        pool = self._pool
+        n = pool.n
+        self._live = _Live()
+        shards = [batch[k::n] for k in range(n)]
+        results = pool.run(shards, tick=self._status)
+        out = list(batch)
+        finished, hit = 0, False
+        for k, (recs, result) in enumerate(results):
+            for j, rec in enumerate(recs):
+                rec.face = batch[k + j * n].face  # crops are not sent back (see clients._client_main)
+                out[k + j * n] = rec
+            for name, value in result["counters"].items():
+                self.stats.add(name, value)
+            finished += result["finished"]
+            hit = hit or result["budget_hit"]
+        self._status(force=True)
+        if hit:
+            raise self._budget_error(finished, len(batch))
+        return out
+
+    def _budget_error(self, done: int, total: int) -> BudgetExceededError:
+        return BudgetExceededError(
+            f"annotator {self.spec.name!r}: budget cap ${self._budget.cap:.4f} reached "
+            f"(${self._budget.spent:.4f} spent in round {self.ctx.round}, stage {self.ctx.stage_key}); "
+            f"{done} of {total} record(s) of this chunk finished, their replies are cached. Raise "
+            f"budget_usd in {self._spec_and_path[1]} or [stages.\"{self.name}\"] and re-run to continue")
 
     def _process_offline(self, batch: list[FaceRecord]) -> list[FaceRecord]:
         backend = self.backend
@@ -332,8 +414,8 @@ class AnnotateStage(MapStage):
         try:
             reply = await self.backend.complete(req)
         finally:
-            self._budget.reserved -= est
-        self._budget.spent += reply.cost
+            self._budget.release(est)
+        self._budget.charge(reply.cost)
         with ledger.transaction():
             if reply.answered:
                 ledger.cache_put(req.key, self.spec.name, req.model, reply.to_cache(), reply.tokens_in,
@@ -364,28 +446,50 @@ class AnnotateStage(MapStage):
             return None
 
     def _status(self, force: bool = False) -> None:
+        """Refresh the live status line: this process's counters, or the client processes' summed ones."""
         now = time.monotonic()
-        live = self._live
+        live = getattr(self, "_live", None) or _Live()
         if not force and now - live.last < STATUS_EVERY:
             return
         live.last = now
-        self.ctx.status(f"done {live.done} · failed {live.failed} · retrying {self.backend.retrying} · "
-                        f"tokens {live.tokens} · ${live.cost:.4f}")
+        client = getattr(self, "_client", None)
+        if client is not None:  # a client process: publish its row; the build process shows the sum
+            k, m = client[0], len(LIVE_FIELDS)
+            client[3][k * m:(k + 1) * m] = [live.done, live.failed, live.tokens, live.cost, self.backend.retrying]
+            return
+        if self._pool is not None:
+            t = self._pool.live_totals()
+            done, failed, retrying, tokens, cost = (int(t["done"]), int(t["failed"]), int(t["retrying"]),
+                                                    int(t["tokens"]), t["cost"])
+        else:
+            done, failed, retrying, tokens, cost = live.done, live.failed, self.backend.retrying, live.tokens, \
+                live.cost
+        self.ctx.status(f"done {done} · failed {failed} · retrying {retrying} · tokens {tokens} · ${cost:.4f}")
 
 
-async def _within(window: asyncio.Semaphore, annotate: Callable[[FaceRecord], Awaitable[bool]],
-                  rec: FaceRecord) -> bool:
-    async with window:
-        return await annotate(rec)
+async def _run_all(annotate: Callable[[FaceRecord], Awaitable[bool]], batch: list[FaceRecord],
+                   width: int) -> list[bool]:
+    """``annotate`` every record, at most ``width`` at once, in input order: ``width`` worker tasks take the next
+    record as they finish one (no task per record waiting its turn). On the first exception the other workers are
+    cancelled and it is re-raised."""
+    results = [False] * len(batch)
+    todo = iter(range(len(batch)))
 
+    async def worker() -> None:
+        for i in todo:  # shared: each index is taken by exactly one worker
+            results[i] = await annotate(batch[i])
 
-async def _gather_or_cancel(coros: list[Awaitable[bool]]) -> list[bool]:
-    """Run every coroutine; on the first exception cancel the others and re-raise it."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
+    tasks: list[asyncio.Future[None]] = []
     try:
-        return list(await asyncio.gather(*tasks))
+        for _ in range(min(width, len(batch))):
+            tasks.append(asyncio.ensure_future(worker()))
+            # one new worker per loop pass: the first request is on the wire while later ones are still being
+            # built, instead of every worker building its request before any is sent
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
     except BaseException:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+    return results

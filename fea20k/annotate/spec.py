@@ -22,7 +22,7 @@ class AnnotatorSpec(StrictModel):
     # Keys that change how fast or how expensively replies arrive, never what they say: kept out of signatures.
     TRANSPORT_KEYS: ClassVar[frozenset[str]] = frozenset({
         "base_url", "api_key_env", "concurrency", "rpm", "tpm", "timeout", "max_retries", "backoff_base",
-        "backoff_max", "price_in", "price_out", "budget_usd", "description", "http_client",
+        "backoff_max", "price_in", "price_out", "budget_usd", "description", "http_client", "processes",
     })
 
     name: str = ""
@@ -41,7 +41,10 @@ class AnnotatorSpec(StrictModel):
     max_tokens: int = Field(1024, ge=1)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = None
-    concurrency: int = Field(16, ge=1, le=4096)
+    concurrency: int = Field(16, ge=1, le=4096)  # requests in flight (all client processes together)
+    # openai: client processes the calls are split over (for endpoints faster than one process can feed, several
+    # hundred requests/s); each gets an equal share of concurrency, rpm and tpm; the budget stays shared
+    processes: int = Field(1, ge=1, le=64)
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     timeout: float = Field(60.0, gt=0)

@@ -295,19 +295,9 @@ def pool_ready() -> bool:
 
 
 def _worker_init() -> None:
-    """Worker initializer: a daemon thread ends the worker when its parent process is gone; numpy is imported."""
-    import multiprocessing
-    import threading
-    from multiprocessing.connection import wait
-
+    """Worker initializer: the worker ends when its parent process is gone; numpy is imported."""
     import numpy  # noqa: F401 - every job needs it; import it before the first one
 
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
+    from fea20k.procs import exit_with_parent
 
-    def watch() -> None:
-        wait([parent.sentinel])
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+    exit_with_parent()

@@ -75,6 +75,7 @@ class Backend:
     name: ClassVar[str] = ""
     offline: ClassVar[bool] = False  # writes from the record itself: no prompt, no cache, no cost, no repair
     needs_image: ClassVar[bool] = True
+    client_processes: ClassVar[bool] = False  # may run as several client processes (a remote endpoint)
 
     def __init__(self, spec: AnnotatorSpec, *, annotators_dir: Path, spec_path: Path, vocab: Vocab,
                  checkpoint: str | None = None) -> None:

@@ -159,6 +159,8 @@ def parse_completion(body: bytes | str) -> tuple[str | None, dict[str, Any], str
 class OpenAIBackend(Backend):
     """Async client for OpenAI-compatible endpoints with limits, retries, and cost accounting."""
 
+    client_processes = True
+
     def check(self) -> None:
         if not self.spec.base_url:
             raise ConfigError(f"{self.spec_path}: backend 'openai' needs `base_url` (e.g. https://api.openai.com/v1 "

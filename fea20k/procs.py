@@ -1,0 +1,23 @@
+"""Helpers for the worker processes fea20k starts (stage pools, ingest pools, annotate client processes)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+
+def exit_with_parent() -> None:
+    """Worker side (a ``multiprocessing`` child): end this process as soon as its parent is gone (kill -9, OOM
+    kill), so no orphan keeps working on a stage nobody will finish, or holds the build's output pipes open."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a multiprocessing child: nothing to watch
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fea20k-exit-with-parent", daemon=True).start()
