@@ -197,6 +197,11 @@ class AnnotateStage(MapStage):
     def load(self) -> None:
         if getattr(self, "_loaded", False):
             return
+        spec, path = self._spec_and_path
+        if spec.processes > 1 and not self.backend.client_processes:
+            raise ConfigError(f"{path}: processes = {spec.processes} splits the calls over client processes, which "
+                              f"only a remote endpoint allows; backend {spec.backend!r} runs in this process: set "
+                              "processes = 1")
         self.backend.check()
         self._checker: Callable[[str, FaceRecord], Any] | None = None
         self._synonyms: dict[str, str] | None = None  # None: the task's own (workspace vocabulary)
@@ -222,11 +227,7 @@ class AnnotateStage(MapStage):
         self._loaded = True
 
     def _start_pool(self) -> Any:
-        spec, path = self._spec_and_path
-        if not self.backend.client_processes:
-            raise ConfigError(f"{path}: processes = {spec.processes} splits the calls over client processes, which "
-                              f"only a remote endpoint allows; backend {spec.backend!r} runs its model in this "
-                              "process: set processes = 1")
+        spec = self.spec
         from fea20k.annotate.clients import ClientPool
 
         logger.info("%s: %d client processes, %d requests in flight each (about)", self.name, spec.processes,
@@ -366,8 +367,10 @@ class AnnotateStage(MapStage):
                 rat.errors.append(f"attempt {attempt}: {reply.error}")
                 if reply.fatal:
                     break
-                feedback = Feedback(previous=reply.raw[: spec.feedback_max_chars], issues=[reply.error],
-                                    attempt=attempt + 1)
+                # the model's own text only: a broken envelope (not JSON, no content) is kept in rationale.raw,
+                # but quoting it would put the server's reply id and timestamp into the prompt, so the repair
+                # request would differ on every run and never be answered from the cache
+                feedback = Feedback(previous=reply.text or "", issues=[reply.error], attempt=attempt + 1)
                 self.stats.add("retries_repair")
                 continue
             parsed = task.parse_response(reply.text, rec, self._synonyms)

@@ -12,6 +12,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from fea20k.engine import build_round
 from fea20k.io import StageOutput
 from fea20k.testing.openai_server import OpenAIServer
@@ -50,10 +52,10 @@ class ToyFaces(SourceStage):
 '''
 
 
-def _workspace(root: Path, base_url: str, n: int) -> Path:
+def _workspace(root: Path, base_url: str, n: int, processes: int = 1) -> Path:
     ws = init_workspace(root)
     (ws / "annotators" / "toy_faces.py").write_text(PLUGIN)
-    write_annotator(ws, "loop", base_url, concurrency=4)
+    write_annotator(ws, "loop", base_url, concurrency=4, processes=processes)
     (ws / "pipelines" / "toy.toml").write_text(textwrap.dedent("""
         name = "toy"
         chunk_size = 10
@@ -91,17 +93,44 @@ def _records(ws: Path) -> list[tuple]:
     return [(r.id, r.rationale.text, r.rationale.attempts, r.excluded) for r in out.iter_records()]
 
 
-def test_kill_9_mid_stage_then_rerun(tmp_path: Path) -> None:
+def _children(pid: int) -> list[int]:
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            out.append(int(status.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_kill_9_mid_stage_then_rerun(tmp_path: Path, processes: int) -> None:
     n = 40
     with OpenAIServer(latency=0.03, max_concurrent=4) as srv:
-        ws = _workspace(tmp_path / "ws", srv.base_url, n)
+        ws = _workspace(tmp_path / "ws", srv.base_url, n, processes)
         proc = _build(ws)
         deadline = time.monotonic() + 60
         while srv.total < 15 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         assert proc.poll() is None, proc.communicate()
+        clients = _children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        if processes > 1:  # the client processes were working, and end with the build
+            assert len(clients) >= processes
+            deadline = time.monotonic() + 10
+            while any(_alive(p) for p in clients) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not any(_alive(p) for p in clients)
         answered_before = _cached_keys(ws)
         counts_before = {k: srv.counts[k] for k in answered_before}
         assert 10 <= len(answered_before) < n

@@ -182,3 +182,26 @@ def test_request_body_splices_image_urls_and_equals_the_plain_encoding() -> None
                                              {"type": "text", "text": text}]}]
         body = request_body(Request(rec=rec, messages=msgs, params=params, model="m"))
         assert json.loads(body) == {"model": "m", "messages": msgs, **params}
+
+
+def test_repair_after_a_broken_envelope_quotes_no_reply_body(ws: Path) -> None:
+    """An empty or non-JSON reply is kept whole in rationale.raw, but the repair prompt quotes only the model's
+    text: the reply id and timestamp would make the repair request differ on every run (and miss the cache)."""
+    seen: list[str] = []
+
+    def reply(text: str, body: dict) -> str:
+        seen.append(text)
+        return "<think>The lip corners rise (AU12).</think>\n<answer>happiness</answer>"
+
+    raws = []
+    for i, fault in enumerate(("empty", "malformed_json")):
+        with OpenAIServer(faults=FaultPlan(schedule={1: fault}), reply=reply) as srv:
+            write_annotator(ws, f"loop{i}", srv.base_url)
+            stage = make_stage(ws, annotator=f"loop{i}", repair=False)
+            (rec,) = stage.run_batch(make_records(1))
+            stage.close()
+        assert rec.rationale.attempts == 2 and rec.rationale.text
+        raws.append(rec.rationale.raw[0])
+    assert '"created"' in raws[0] and raws[1].startswith('{"id": "chatcmpl-x"')  # kept whole for the audit
+    assert len(seen) == 2 and all("chatcmpl" not in t and '"created"' not in t for t in seen)
+    assert all("(empty reply)" in t for t in seen)
