@@ -12,7 +12,9 @@ line with, from the same run:
 * ``server_cap_req_per_s``: the server's own ceiling, measured with a bare aiohttp client (128 requests in flight,
   nothing else done per request). For 2,000 requests it cannot pass 625/s: 2,000 / 64 slots is 31.25 rounds of
   100 ms, so the last round runs a quarter full;
-* ``sequential_req_per_s``: a plain sequential ``openai`` client loop (``--seq`` requests), for comparison.
+* ``sequential_req_per_s``: a plain sequential ``openai`` client loop (``--seq`` requests), for comparison;
+* ``cpu_steal_pct``: the CPU time the hypervisor took for other guests during each stage run. On a shared 2-core VM
+  a few % of steal moves these rates by tens of requests/s; read the figures beside it.
 
     python bench/annotate.py [--n 2000] [--seq 40]
 
@@ -61,18 +63,32 @@ def _jpeg(i: int) -> bytes:
     return buf.getvalue()
 
 
-def _run_stage(ws: Path, annotator: str, recs: list) -> tuple[float, int, int]:
-    """Seconds ``annotate.draft`` takes for ``recs`` (client start-up excluded), records annotated, calls made."""
+def _cpu_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat, or (0, 0) where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (values[7] if len(values) > 7 else 0), sum(values[:8])
+
+
+def _run_stage(ws: Path, annotator: str, recs: list) -> tuple[float, int, int, float | None]:
+    """Seconds ``annotate.draft`` takes for ``recs`` (client start-up excluded), records annotated, calls made, and
+    the share of CPU time the hypervisor stole meanwhile (in %; a shared VM's noise, None where unknown)."""
     from fea20k.stage import StageContext, get_stage_class
 
     stage = get_stage_class("annotate.draft")({"annotator": annotator, "repair": False},
                                               StageContext(workspace_root=ws, round=0, stage_key="annotate.draft"))
     stage.load()  # client (and client-process) start-up is not part of the request rate
+    steal0, total0 = _cpu_ticks()
     t0 = time.perf_counter()
     out = stage.run_batch(recs)
     seconds = time.perf_counter() - t0
+    steal1, total1 = _cpu_ticks()
     stage.close()
-    return seconds, sum(1 for r in out if r.rationale and r.rationale.text), int(stage.stats.counters["calls"])
+    steal = round(100 * (steal1 - steal0) / (total1 - total0), 1) if total1 > total0 else None
+    return seconds, sum(1 for r in out if r.rationale and r.rationale.text), int(stage.stats.counters["calls"]), steal
 
 
 async def _bare_client(url: str, bodies: list[bytes], n: int, in_flight: int) -> float:
@@ -120,7 +136,7 @@ def main() -> None:
                 f'backend = "openai"\nmodel = "bench-{name}"\nbase_url = "{base_url}"\nconcurrency = {concurrency}\n'
                 f"processes = {processes}\nmax_retries = 3\nmax_attempts = 1\ntimeout = 30.0\n")
             runs[name] = _run_stage(ws, f"bench_{name}", [copy.copy(r) for r in recs])
-        stage_s, ok, calls = runs["two"]
+        stage_s, ok, calls, steal = runs["two"]
 
         from fea20k.annotate.backends import Request
         from fea20k.annotate.backends.openai_compat import request_body
@@ -147,14 +163,16 @@ def main() -> None:
     server.join(10)
     ideal = SERVED_AT_ONCE / LATENCY
     stage_rps = args.n / stage_s
-    one_s, one_ok, _ = runs["one"]
+    one_s, one_ok, _, one_steal = runs["one"]
     print(json.dumps({
         "n": args.n, "annotated": ok, "calls": calls, "stage_seconds": round(stage_s, 3),
         "stage_req_per_s": round(stage_rps, 1), "ideal_req_per_s": ideal,
         "ratio_to_ideal": round(stage_rps / ideal, 3), "stage_config": "processes=2, concurrency=96",
+        "cpu_steal_pct": steal,
         "stage_1proc_req_per_s": round(args.n / one_s, 1),
         "stage_1proc_ratio_to_ideal": round(args.n / one_s / ideal, 3),
         "stage_1proc_annotated": one_ok, "stage_1proc_config": "processes=1, concurrency=64",
+        "stage_1proc_cpu_steal_pct": one_steal,
         "server_cap_req_per_s": round(args.n / cap_s, 1),
         "sequential_n": args.seq, "sequential_req_per_s": round(args.seq / seq_s, 2),
         "speedup_vs_sequential": round(stage_rps / (args.seq / seq_s), 1),
