@@ -6,8 +6,12 @@ list of OpenAI-style messages whose content parts are ``{"type": "text", "text":
 offline inference / ``LLM.chat``). This is the same message list the ``openai`` backend sends, rendered with the
 checkpoint's own chat template exactly as ``vllm serve`` renders it, so both backends produce the same prompts.
 
-Requests arrive one coroutine per record; they are gathered into batches (everything pending while the previous
-batch runs) and generated in a worker thread. Building the conversations and sampling arguments is pure and
+Requests arrive one coroutine per record. A batch is cut once the queue stops growing for a loop pass (the stage
+starts its records one per pass, so the first batch holds them all, not just the first) or reaches the annotator's
+``concurrency``; it is generated in a worker thread while the next batch queues. A batch the engine rejects with a
+``ValueError`` (e.g. one prompt longer than ``max_model_len``) is retried request by request, so one bad prompt
+fails its own record (a failed attempt with the engine's reason), not the batch; any other engine error fails the
+stage (resumable: answered requests are cached). Building the conversations and sampling arguments is pure and
 tested on CPU without vllm (:func:`build_conversation`, :func:`sampling_kwargs`).
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +30,6 @@ from fea20k.errors import ConfigError, require
 
 
 logger = logging.getLogger(__name__)
-
-MAX_BATCH = 256
 
 
 def build_conversation(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -110,26 +113,51 @@ class VLLMBackend(Backend):
         return await fut
 
     async def _drain(self) -> None:
+        limit = self.spec.concurrency
         while self.pending:
-            await asyncio.sleep(0)  # let every ready coroutine enqueue before cutting the batch
-            batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
-            convs = [build_conversation(r.messages or []) for r, _ in batch]
+            while len(self.pending) < limit:  # let the queue fill while records keep arriving
+                seen = len(self.pending)
+                await asyncio.sleep(0)
+                if len(self.pending) == seen:
+                    break
+            batch, self.pending = self.pending[:limit], self.pending[limit:]
             try:
-                outputs = await asyncio.to_thread(self.llm.chat, convs, self.params, use_tqdm=False)
+                replies = await asyncio.to_thread(self._generate, [req for req, _ in batch])
             except Exception as e:  # noqa: BLE001 - handed to every waiting record's coroutine, then re-raised there
                 for _, fut in batch:
-                    fut.set_exception(e)
+                    if not fut.done():
+                        fut.set_exception(e)
                 continue
-            for (_, fut), out in zip(batch, outputs, strict=True):
-                text = out.outputs[0].text if out.outputs else ""
-                t_in = len(out.prompt_token_ids or [])
-                t_out = len(out.outputs[0].token_ids) if out.outputs else 0
-                cost = self.cost_of(t_in, t_out)
-                error = None if text.strip() else "empty_reply: the model returned no text"
-                call = CallLog("error" if error else "ok", error, t_in, t_out, cost)
-                fut.set_result(Reply(text=text if not error else None, raw=text, error=error, tokens_in=t_in,
-                                     tokens_out=t_out, cost=cost, calls=[call],
-                                     finish_reason=out.outputs[0].finish_reason if out.outputs else None))
+            for (_, fut), reply in zip(batch, replies, strict=True):
+                if not fut.done():  # a record cancelled meanwhile (the stage is stopping) needs no answer
+                    fut.set_result(reply)
+
+    def _generate(self, reqs: list[Request]) -> list[Reply]:
+        """One ``LLM.chat`` call for ``reqs`` (worker thread); a batch the engine rejects is asked one by one."""
+        convs = [build_conversation(r.messages or []) for r in reqs]
+        t0 = time.perf_counter()
+        try:
+            outputs = self.llm.chat(convs, self.params, use_tqdm=False)
+        except ValueError as e:
+            if len(reqs) == 1:
+                error = f"engine_rejected: {' '.join(str(e).split())[:300]}"
+                return [Reply(text=None, error=error, fatal=True, calls=[CallLog("error", error)])]
+            logger.warning("vLLM rejected a batch of %d (%s); asking one by one", len(reqs), e)
+            return [reply for req in reqs for reply in self._generate([req])]
+        seconds = time.perf_counter() - t0
+        return [self._reply(out, seconds) for out in outputs]
+
+    def _reply(self, out: Any, seconds: float) -> Reply:
+        """A :class:`Reply` from one ``vllm.RequestOutput`` (tokens counted from the engine's own ids)."""
+        first = out.outputs[0] if out.outputs else None
+        text = first.text if first is not None else ""
+        t_in = len(out.prompt_token_ids or [])
+        t_out = len(first.token_ids) if first is not None else 0
+        cost = self.cost_of(t_in, t_out)
+        error = None if text.strip() else "empty_reply: the model returned no text"
+        call = CallLog("error" if error else "ok", error, t_in, t_out, cost, seconds)
+        return Reply(text=None if error else text, raw=text, error=error, tokens_in=t_in, tokens_out=t_out,
+                     cost=cost, calls=[call], finish_reason=first.finish_reason if first is not None else None)
 
     async def aclose(self) -> None:
         self.llm = None
