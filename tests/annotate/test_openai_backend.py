@@ -11,6 +11,7 @@ import pytest
 
 from fea20k.errors import BudgetExceededError, Fea20kUserError
 from fea20k.testing.openai_server import FaultPlan, OpenAIServer
+from fea20k.validate.checks import check_text, load_ruleset
 from tests.annotate.conftest import make_records, make_stage, write_annotator
 
 
@@ -19,39 +20,45 @@ def _calls(ws: Path) -> list[tuple]:
         return conn.execute("SELECT status, error, cost, annotator FROM calls").fetchall()
 
 
-def test_faulty_endpoint_every_record_annotated_or_failed_with_reason(ws: Path, fake_checks) -> None:
-    recs = make_records(48)
+def test_faulty_endpoint_every_record_annotated_or_failed_with_reason(ws: Path) -> None:
+    """A fifth of the calls faulty (429 with Retry-After, 500, dropped connections, malformed JSON, empty replies and
+    well-formed replies that break <think>/<answer>) plus wrong answers, judged by the real validator checks: every
+    record ends annotated or excluded with its reasons and raw replies, none lost, none silently empty."""
+    n = 120
+    recs = make_records(n)
     with OpenAIServer(latency=0.005, faults=FaultPlan(rate=0.2, retry_after=0.01, seed=3), wrong_rate=0.15) as srv:
         write_annotator(ws, "loop", srv.base_url)
         stage = make_stage(ws, annotator="loop")
         out = stage.run_batch(recs)
         stage.close()
         total = srv.total
-    assert [r.id for r in out] == [r.id for r in make_records(48)]
-    faults = {e["fault"] for e in srv.log if e["fault"]}
-    assert {"429", "500", "drop", "malformed_json", "bad_format", "empty"} <= faults
+    assert [r.id for r in out] == [r.id for r in make_records(n)]
+    faults = [e["fault"] for e in srv.log if e["fault"]]
+    assert {"429", "500", "drop", "malformed_json", "bad_format", "empty"} <= set(faults)
+    assert 0.12 <= len(faults) / total <= 0.28  # a fifth of the calls, give or take the sampling
     annotated = [r for r in out if r.rationale.text]
     failed = [r for r in out if not r.rationale.text]
-    assert len(annotated) + len(failed) == 48 and len(annotated) >= 40
+    assert len(annotated) + len(failed) == n and len(annotated) >= 0.85 * n
+    rules = load_ruleset(ws / "validators" / "default.toml")
     for r in annotated:
-        assert not r.excluded and r.rationale.text.startswith("<think>") and "</answer>" in r.rationale.text
+        assert not r.excluded and check_text(r.rationale.text, r, rules).passed
         assert r.rationale.attempts == len(r.rationale.raw) == len(r.rationale.errors) + 1
         assert r.rationale.gold_in_prompt and r.rationale.model == "loop-model" and r.rationale.prompt_hash
         assert "teacher via openai (loop-model)" in r.provenance["annotate.draft"]
     for r in failed:
-        assert r.excluded and r.reasons == ["annotation_failed"] and r.rationale.errors
-        assert r.rationale.raw  # what came back is kept, even when it was garbage
+        assert r.excluded and r.reasons == ["annotation_failed"]
+        assert r.rationale.errors and all(e.startswith("attempt ") for e in r.rationale.errors)
+        assert len(r.rationale.raw) == r.rationale.attempts  # what came back is kept, even when it was garbage
     repaired = [r for r in annotated if r.rationale.attempts > 1]
     assert repaired, "the repair loop never ran"
-    assert any("malformed_json" in e for r in out for e in r.rationale.errors) or any(
-        "not JSON" in e for r in out for e in r.rationale.errors)
+    assert any("malformed_json" in e for r in out for e in r.rationale.errors)
     s = stage.stats.counters
     assert s["retries"] > 0 and s["calls"] == total == len(_calls(ws))  # every HTTP call is in the ledger
     assert s["tokens_in"] > 0 and s["cost_usd"] == pytest.approx(sum(c[2] for c in _calls(ws)))
-    assert stage.stats.counters["failed"] == len(failed)
+    assert s.get("failed", 0) == len(failed)
 
 
-def test_rerun_hits_cache_and_makes_no_call(ws: Path, fake_checks) -> None:
+def test_rerun_hits_cache_and_makes_no_call(ws: Path) -> None:
     with OpenAIServer(latency=0.0, faults=FaultPlan(rate=0.2, seed=1)) as srv:
         write_annotator(ws, "loop", srv.base_url)
         first = make_stage(ws, annotator="loop")
@@ -113,8 +120,8 @@ def test_budget_cap_stops_then_higher_cap_continues(ws: Path) -> None:
         assert more.stats.counters["cache_hits"] == len(before)
 
 
-def test_api_key_never_stored_or_logged(ws: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-                                        fake_checks) -> None:
+def test_api_key_never_stored_or_logged(ws: Path, monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
     secret = "sk-test-LEAKCHECK-8f3a9c2e71d04b56"
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     caplog.set_level(logging.DEBUG)
@@ -148,18 +155,15 @@ def test_signature_ignores_transport_and_budget(ws: Path) -> None:
 
 
 def test_repair_loop_with_the_real_validator_checks(ws: Path) -> None:
-    checks = pytest.importorskip("fea20k.validate.checks")
-    if not (ws / "validators" / "default.toml").is_file():
-        pytest.skip("validators/default.toml not shipped yet")
     with OpenAIServer(wrong_rate=0.4) as srv:
         write_annotator(ws, "loop", srv.base_url, max_attempts=4)
         stage = make_stage(ws, annotator="loop")
         out = stage.run_batch(make_records(16))
         stage.close()
-    rules = checks.load_ruleset(ws / "validators" / "default.toml")
+    rules = load_ruleset(ws / "validators" / "default.toml")
     for r in out:
         if r.rationale.text:
-            assert checks.check_text(r.rationale.text, r, rules).passed
+            assert check_text(r.rationale.text, r, rules).passed
     assert stage.stats.counters["repaired"] >= 1
     first_failures = [r.rationale.errors[0] for r in out if r.rationale.errors]
     assert first_failures and all(e.startswith("attempt 1: ") for e in first_failures)
