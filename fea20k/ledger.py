@@ -206,6 +206,17 @@ class Ledger:
         ).fetchone()
         return {"calls": row[0], "tokens_in": row[1], "tokens_out": row[2], "cost_usd": row[3]}
 
+    def cost_by_stage(self, round_: int) -> dict[str | None, dict[str, Any]]:
+        """Calls, tokens and cost of one round per stage key (only stages that made calls), in one query; the
+        figures of :meth:`cost_summary`, split."""
+        rows = self.conn.execute(
+            "SELECT stage, COUNT(*), COALESCE(SUM(tokens_in),0), COALESCE(SUM(tokens_out),0), COALESCE(SUM(cost),0) "
+            "FROM calls WHERE round = ? GROUP BY stage ORDER BY stage",
+            (round_,),
+        ).fetchall()
+        return {stage: {"calls": calls, "tokens_in": t_in, "tokens_out": t_out, "cost_usd": cost}
+                for stage, calls, t_in, t_out, cost in rows}
+
     # -- checkpoints and releases
     def record_checkpoint(self, round_: int, stage: str, path: str, signature: str | None = None) -> None:
         self.conn.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -42,23 +43,34 @@ def build_summary_table(result: BuildResult) -> Table:
     return t
 
 
-def status_table(round_: int, statuses: list[StageStatus], cost: dict[str, Any] | None = None) -> Table:
-    """Each stage of a round with its state and counts."""
+def cost_text(cost: dict[str, Any] | None) -> str:
+    """``calls · tokens · $cost`` of a :meth:`~fea20k.ledger.Ledger.cost_summary`-shaped dict; empty for no calls."""
+    if not cost or not cost.get("calls"):
+        return ""
+    return f"{cost['calls']:,} · {cost['tokens_in'] + cost['tokens_out']:,} · ${cost['cost_usd']:.4f}"
+
+
+def status_table(round_: int, statuses: list[StageStatus], cost: dict[str, Any] | None = None,
+                 stage_costs: dict[str | None, dict[str, Any]] | None = None) -> Table:
+    """Each stage of a round with its state, counts and the model calls it made (``stage_costs``, from
+    :meth:`~fea20k.ledger.Ledger.cost_by_stage`); the round's total ``cost`` in the title."""
     title = f"round {round_}"
     if cost and cost.get("calls"):
         title += f" · {cost['calls']} model calls · {cost['tokens_in'] + cost['tokens_out']:,} tokens · " \
                  f"${cost['cost_usd']:.4f}"
     t = Table(title=title)
-    for col in ("stage", "status", "in", "out", "kept", "excluded (by reason)", "signature"):
+    for col in ("stage", "status", "in", "out", "kept", "excluded (by reason)", "model calls · tokens · $",
+                "signature"):
         t.add_column(col)
+    stage_costs = stage_costs or {}
     for s in statuses:
         st = s.stats or {}
         style = _STATUS_STYLE.get(s.status, "")
         status = f"[{style}]{s.status}[/{style}]" if style else s.status
-        if s.error:
-            status += f"\n[red]{s.error}[/red]"
+        if s.error:  # messages quote TOML tables such as [stages."annotate.draft"]: not markup
+            status += f"\n[red]{escape(s.error)}[/red]"
         t.add_row(s.key, status, str(st.get("in", "")), str(st.get("out", "")), str(st.get("kept", "")),
-                  _dropped_text(st.get("dropped", {})), s.signature)
+                  _dropped_text(st.get("dropped", {})), cost_text(stage_costs.get(s.key)), s.signature)
     return t
 
 
@@ -67,8 +79,6 @@ def round_chain_table(links: list[RoundLink]) -> Table:
     t = Table(title="rounds: pool → accepted → release → checkpoint → next round")
     for col in ("round", "pool", "accepted", "release rows", "release", "checkpoint", "state", "next round"):
         t.add_column(col, justify="right" if col in {"round", "pool", "accepted", "release rows"} else "left")
-
-    from rich.markup import escape
 
     def num(v: int | None) -> str:
         return "" if v is None else f"{v:,}"

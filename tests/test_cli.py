@@ -52,3 +52,61 @@ def test_init_creates_workspace(tmp_path: Path) -> None:
         assert (tmp_path / "ws" / folder).is_dir()
     assert (tmp_path / "ws" / "validators" / "vocab.toml").is_file()
     assert (tmp_path / "ws" / ".fea20k" / "ledger.sqlite").is_file()
+
+
+def table_cells(text: str) -> tuple[str, list[str], dict[str, list[str]]]:
+    """The first rich table printed in ``text``: its title, its header cells and each row's cells keyed by the first
+    (a row's continuation lines, such as the error under a failed status, are joined to its cells with a space).
+    Print it wide enough (``COLUMNS``) that no cell wraps."""
+    lines = text.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("┏"))
+    header: list[str] = []
+    rows: dict[str, list[str]] = {}
+    last: list[str] | None = None
+    for line in lines[top:]:
+        if line.startswith("└"):
+            break
+        if line.startswith("┃"):
+            header = [c.strip() for c in line.split("┃")[1:-1]]
+        if not line.startswith("│"):
+            continue
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if cells[0]:
+            last = rows[cells[0]] = cells
+        elif last is not None:
+            last[:] = [f"{a} {b}".strip() for a, b in zip(last, cells, strict=True)]
+    return lines[top - 1].strip(), header, rows
+
+
+def test_status_shows_model_calls_per_stage(tmp_path: Path) -> None:
+    import sqlite3
+
+    from fea20k.engine import build_round
+    from fea20k.workspace import Workspace
+    from tests.test_engine import make_ws
+
+    ws = make_ws(tmp_path)
+    build_round(ws, 0, quiet=True)
+    ledger = Workspace(ws).ledger
+    for round_, stage, status, t_in, t_out, cost in [
+        (0, "faces.toy_upper", "ok", 120, 30, 0.0015), (0, "faces.toy_upper", "error", 0, 0, 0.0),
+        (0, "faces.toy_upper", "ok", 1100, 900, 0.0204), (0, "validate.toy_threshold", "ok", 50, 5, 0.0001),
+        (1, "faces.toy_upper", "ok", 999, 999, 9.0),  # another round: not in round 0's figures
+    ]:
+        ledger.record_call(round=round_, stage=stage, annotator="loop", model="m", status=status, error=None,
+                           tokens_in=t_in, tokens_out=t_out, cost=cost, seconds=0.1)
+    ledger.close()
+    r = CliRunner().invoke(app, ["status", "-w", str(ws), "--round", "0"], env={"COLUMNS": "300"})
+    assert r.exit_code == 0, r.output
+    title, header, rows = table_cells(r.output)
+    col = header.index("model calls · tokens · $")
+    with sqlite3.connect(ws / ".fea20k" / "ledger.sqlite") as conn:
+        calls = conn.execute("SELECT stage, tokens_in, tokens_out, cost FROM calls WHERE round = 0").fetchall()
+    for key, cells in rows.items():  # each stage's cell is the sum of its rows of the calls table
+        mine = [c for c in calls if c[0] == key]
+        want = f"{len(mine):,} · {sum(c[1] + c[2] for c in mine):,} · ${sum(c[3] for c in mine):.4f}" if mine else ""
+        assert cells[col] == want, key
+    assert rows["faces.toy_upper"][col] == "3 · 2,150 · $0.0219"  # errors count as calls
+    assert rows["validate.toy_threshold"][col] == "1 · 55 · $0.0001"
+    assert rows["ingest/a"][col] == rows["publish.toy_count"][col] == ""  # no model calls: an empty cell
+    assert title == "round 0 · 4 model calls · 2,205 tokens · $0.0220"

@@ -52,7 +52,7 @@ class SharedBudget:
 
     def __init__(self, cap: float | None, array: Any) -> None:
         self.cap = cap
-        self._a = array  # multiprocessing.Array("d", 2): spent, reserved
+        self._a = array  # multiprocessing.Array("d", 3): spent, reserved, 1.0 once a call was refused
         self.hit = False
         self.calls_refused = 0
 
@@ -62,7 +62,9 @@ class SharedBudget:
 
     def try_reserve(self, est: float) -> bool:
         with self._a.get_lock():
-            if self.cap is not None and self._a[0] + self._a[1] + est > self.cap:
+            # sticky across the client processes: once one is refused, all stop calling (see _Budget.try_reserve)
+            if self._a[2] or (self.cap is not None and self._a[0] + self._a[1] + est > self.cap):
+                self._a[2] = 1.0
                 self.hit = True
                 self.calls_refused += 1
                 return False
@@ -84,7 +86,7 @@ class ClientPool:
     def __init__(self, stage_cls: type, config: dict[str, Any], ctx: Any, n: int, spent_before: float) -> None:
         self.n = n
         mpctx = mp.get_context("spawn")  # children of the build itself, so they can watch it (fork is unsafe here)
-        self.budget_array = mpctx.Array("d", [spent_before, 0.0])
+        self.budget_array = mpctx.Array("d", [spent_before, 0.0, 0.0])
         self.live = mpctx.Array("d", n * len(LIVE_FIELDS))
         self.conns: list[Any] = []
         self.procs: list[Any] = []

@@ -81,7 +81,9 @@ class _Budget:
     notes: list[str] = field(default_factory=list)
 
     def try_reserve(self, est: float) -> bool:
-        if self.cap is not None and self.spent + self.reserved + est > self.cap:
+        # once a call is refused, every later one is too: the stage stops at the cap instead of slipping calls in
+        # as reservations of finished calls free up
+        if self.hit or (self.cap is not None and self.spent + self.reserved + est > self.cap):
             self.hit = True
             self.calls_refused += 1
             return False
@@ -317,8 +319,9 @@ class AnnotateStage(MapStage):
         return BudgetExceededError(
             f"annotator {self.spec.name!r}: budget cap ${self._budget.cap:.4f} reached "
             f"(${self._budget.spent:.4f} spent in round {self.ctx.round}, stage {self.ctx.stage_key}); "
-            f"{done} of {total} record(s) of this chunk finished, their replies are cached. Raise "
-            f"budget_usd in {self._spec_and_path[1]} or [stages.\"{self.name}\"] and re-run to continue")
+            f"{done} of {total} record(s) of this chunk finished; the chunks written before it and every answered "
+            f"call are kept. Raise budget_usd in {self._spec_and_path[1]} or [stages.\"{self.name}\"] and re-run "
+            "to continue")
 
     def _process_offline(self, batch: list[FaceRecord]) -> list[FaceRecord]:
         backend = self.backend

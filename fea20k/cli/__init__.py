@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import sys
 
+from rich.markup import escape
+
 # Command modules register themselves on `app` when imported.
-from fea20k.cli import audit_cmds, eval_cmds, publish_cmds, sources_cmds, workspace_cmds  # noqa: F401
+from fea20k.cli import annotate_cmds, audit_cmds, eval_cmds, publish_cmds, sources_cmds, workspace_cmds  # noqa: F401
 from fea20k.cli.app import app, err_console
 from fea20k.errors import BudgetExceededError, Fea20kUserError
 
 
 def main() -> None:
     """Console-script entry point."""
+    # messages are escaped: they quote TOML tables such as [stages."annotate.draft"], which are not markup
     try:
         app(standalone_mode=False)
     except Fea20kUserError as e:
-        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except BudgetExceededError as e:
-        err_console.print(f"[yellow]stopped:[/yellow] {e}; completed work is kept — raise the budget and re-run "
-                          "to continue", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]stopped:[/yellow] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(3)
     except SystemExit:
         raise

@@ -19,7 +19,7 @@ def init(
     from fea20k.workspace import init_workspace
 
     init_workspace(directory, force=force)
-    console.print(f"workspace ready in [bold]{directory}[/bold]; add [sources.*] to {directory / 'fea20k.toml'}")
+    console.print(f"workspace ready in [bold]{directory}[/bold]; add \\[sources.*] to {directory / 'fea20k.toml'}")
 
 
 @app.command()
@@ -72,7 +72,8 @@ def status(
     workspace: WorkspaceOpt = Path("."),
     round_: Annotated[int | None, typer.Option("--round", "-r", min=0, help="Only this round.")] = None,
 ) -> None:
-    """Rounds and stages: up to date / stale / running / failed, with counts and cost so far."""
+    """Rounds and stages: up to date / stale / running / failed, with counts and the model calls, tokens and cost
+    so far (per stage, and per round in the title)."""
     from fea20k.engine import round_status
     from fea20k.report import status_table
     from fea20k.workspace import Workspace
@@ -80,7 +81,7 @@ def status(
     ws = Workspace(workspace)
     rounds = [round_] if round_ is not None else _rounds_with_state(ws)
     for r in rounds:
-        console.print(status_table(r, round_status(ws, r), ws.ledger.cost_summary(r)))
+        console.print(status_table(r, round_status(ws, r), ws.ledger.cost_summary(r), ws.ledger.cost_by_stage(r)))
     from fea20k.report import round_chain_table
     from fea20k.train.chain import round_chain
 

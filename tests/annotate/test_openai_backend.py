@@ -105,6 +105,7 @@ def test_budget_cap_stops_then_higher_cap_continues(ws: Path) -> None:
         stage = make_stage(ws, annotator="loop", repair=False)
         with pytest.raises(BudgetExceededError, match=r"budget cap \$1.0000 reached.*re-run to continue"):
             stage.run_batch(make_records(40))
+        assert not stage._budget.try_reserve(0.0)  # sticky: no call slips in once one was refused
         stage.close()
         spent = sum(c[2] for c in _calls(ws))
         per_call = max(c[2] for c in _calls(ws))
