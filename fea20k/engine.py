@@ -227,9 +227,19 @@ def round_status(ws: Workspace, round_: int) -> list[StageStatus]:
                 status = "stale"
             else:
                 status = "not run"
+            if stats is None and status in ("running", "interrupted", "failed"):
+                stats = _partial_stats(d)
             out.append(StageStatus(round_, ps.key, status, ps.signature, stats,
                                    state.error if state and status == "failed" else None))
     return out
+
+
+def _partial_stats(d: Path) -> dict[str, Any] | None:
+    """Counts of the chunks a stopped or running stage has written so far (``chunks`` says how many), or None."""
+    n = completed_chunks(d)
+    if not n:
+        return None
+    return {**_merge_chunk_stats(d).to_dict(), "chunks": n}
 
 
 def _outputs_present(ps: PlannedStage) -> bool:

@@ -69,6 +69,8 @@ def status_table(round_: int, statuses: list[StageStatus], cost: dict[str, Any] 
         status = f"[{style}]{s.status}[/{style}]" if style else s.status
         if s.error:  # messages quote TOML tables such as [stages."annotate.draft"]: not markup
             status += f"\n[red]{escape(s.error)}[/red]"
+        if st.get("chunks"):  # a stopped or running stage: the counts of the chunks written so far
+            status += f"\n{st['chunks']} chunk(s) written so far"
         t.add_row(s.key, status, str(st.get("in", "")), str(st.get("out", "")), str(st.get("kept", "")),
                   _dropped_text(st.get("dropped", {})), cost_text(stage_costs.get(s.key)), s.signature)
     return t

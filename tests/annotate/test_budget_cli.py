@@ -48,7 +48,8 @@ def _status(ws: Path) -> tuple[str, dict[str, str]]:
     assert proc.returncode == 0, err.decode()
     title, header, rows = table_cells(out.decode())
     row = rows[STAGE]
-    return title, {"status": row[header.index("status")], "cost": row[header.index("model calls · tokens · $")]}
+    return title, {"status": row[header.index("status")], "cost": row[header.index("model calls · tokens · $")],
+                   "in": row[header.index("in")], "kept": row[header.index("kept")]}
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -86,6 +87,8 @@ def test_budget_cap_stops_build_then_higher_cap_resumes(tmp_path: Path, processe
         title, row = _status(ws)
         assert row["status"].startswith("failed BudgetExceededError: ") and f"budget cap ${CAP:.4f}" in row["status"]
         assert row["cost"] == _cost_cell(calls)
+        assert f"{len(parts)} chunk(s) written so far" in row["status"]  # and their counts
+        assert row["in"] == row["kept"] == str(10 * len(parts))
         assert title.endswith(f"· {len(calls)} model calls · {sum(c[1] + c[2] for c in calls):,} tokens · "
                               f"${spent:.4f}")
 
