@@ -98,6 +98,22 @@ def test_transport_gives_up_with_reason(ws: Path) -> None:
         assert "transport_failed after 2 retries: http_500" in r.rationale.errors[-1]
 
 
+def test_a_refused_request_fails_its_record_at_once(ws: Path) -> None:
+    """A 400 (e.g. the prompt over the context length) is neither retried nor repaired: one call, the server's
+    message kept in the record."""
+    with OpenAIServer(faults=FaultPlan(schedule={1: "400"})) as srv:
+        write_annotator(ws, "loop", srv.base_url, max_attempts=3, concurrency=1)  # the first record asks first
+        stage = make_stage(ws, annotator="loop")
+        refused, ok = stage.run_batch(make_records(2))
+        stage.close()
+        assert srv.total == 2  # the refused record's one call, and the other record's
+    assert refused.excluded and refused.reasons == ["annotation_failed"] and refused.rationale.attempts == 1
+    assert refused.rationale.errors == ["attempt 1: http_400: {\"error\": {\"message\": \"This model's maximum "
+                                        "context length is 4096 tokens.\", \"type\": \"invalid_request_error\"}}"]
+    assert "maximum context length" in refused.rationale.raw[0]
+    assert ok.rationale.text and not ok.excluded
+
+
 def test_budget_cap_stops_then_higher_cap_continues(ws: Path) -> None:
     recs = make_records(40)
     with OpenAIServer(latency=0.01) as srv:

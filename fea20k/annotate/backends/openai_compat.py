@@ -235,8 +235,9 @@ class OpenAIBackend(Backend):
                         raise Fea20kUserError(
                             f"annotator {self.spec.name!r}: the endpoint {self.spec.base_url} refused the key "
                             f"(HTTP {status}); check the key in ${self.spec.api_key_env}") from None
-                    if status not in RETRYABLE_STATUS:
-                        return Reply(text=None, raw=_body_text(e), error=last_error, calls=calls, retries=attempt)
+                    if status not in RETRYABLE_STATUS:  # the request itself is refused: re-asking cannot help
+                        return Reply(text=None, raw=_body_text(e), error=last_error, fatal=True, calls=calls,
+                                     retries=attempt)
                     retry_after = retry_after_seconds(e.response.headers)
                 except openai.APITimeoutError:
                     last_error = f"timeout after {self.spec.timeout:g}s"
