@@ -13,7 +13,7 @@ It runs on its own event loop in a background thread, binds 127.0.0.1 on a free 
   (request ordinal -> fault): ``"429"`` (with ``Retry-After``), ``"500"``, ``"drop"`` (connection closed without
   a response), ``"malformed_json"``, ``"bad_format"`` (well-formed JSON whose text breaks ``<think>/<answer>``),
   ``"empty"`` (empty message content); and, only when named, ``"400"`` (a client error: the request itself is
-  refused, as for a prompt over the context length);
+  refused, as for a prompt over the context length) and ``"404"`` (no such model);
 * a counter per canonical request (:func:`fea20k.annotate.task.request_key`, the key the client caches under),
   and a log of every request with its outcome;
 * a reply policy that, by default, answers a correct rationale from the ground-truth block it finds in the prompt
@@ -213,6 +213,9 @@ class OpenAIServer:
                                      headers={"Retry-After": f"{self.faults.retry_after:g}"})
         if fault == "500":
             return web.json_response({"error": {"message": "injected server error"}}, status=500)
+        if fault == "404":
+            return web.json_response({"error": {"message": f"The model `{body.get('model')}` does not exist.",
+                                                "type": "NotFoundError"}}, status=404)
         if fault == "400":  # a client error no retry or repair fixes (e.g. the prompt exceeds the context)
             return web.json_response({"error": {"message": "This model's maximum context length is 4096 tokens.",
                                                 "type": "invalid_request_error"}}, status=400)

@@ -114,6 +114,16 @@ def test_a_refused_request_fails_its_record_at_once(ws: Path) -> None:
     assert ok.rationale.text and not ok.excluded
 
 
+def test_an_unknown_model_stops_the_stage_with_one_clear_line(ws: Path) -> None:
+    with OpenAIServer(faults=FaultPlan(rate=1.0, kinds=("404",))) as srv:
+        write_annotator(ws, "loop", srv.base_url, model="no-such-model")
+        stage = make_stage(ws, annotator="loop")
+        with pytest.raises(Fea20kUserError, match=r"HTTP 404 for model 'no-such-model' .*check `model` and "):
+            stage.run_batch(make_records(4))
+        stage.close()
+        assert srv.total <= 4  # the calls in flight at most, no retries
+
+
 def test_budget_cap_stops_then_higher_cap_continues(ws: Path) -> None:
     recs = make_records(40)
     with OpenAIServer(latency=0.01) as srv:

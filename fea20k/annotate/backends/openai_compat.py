@@ -235,6 +235,11 @@ class OpenAIBackend(Backend):
                         raise Fea20kUserError(
                             f"annotator {self.spec.name!r}: the endpoint {self.spec.base_url} refused the key "
                             f"(HTTP {status}); check the key in ${self.spec.api_key_env}") from None
+                    if status == 404:  # every request would get it: a wrong model name or base URL, not a bad record
+                        raise Fea20kUserError(
+                            f"annotator {self.spec.name!r} ({self.spec_path}): {self.url} answered HTTP 404 for "
+                            f"model {self.spec.model!r} ({_short(_body_text(e), 120)}); check `model` and `base_url`"
+                        ) from None
                     if status not in RETRYABLE_STATUS:  # the request itself is refused: re-asking cannot help
                         return Reply(text=None, raw=_body_text(e), error=last_error, fatal=True, calls=calls,
                                      retries=attempt)
