@@ -16,6 +16,10 @@ from fea20k.errors import ConfigError
 from fea20k.settings import StrictModel, read_toml, validate_model
 
 
+# TOML files of annotators/ that are data the annotators read, not annotators
+DATA_FILES = frozenset({"emotion_sets", "feedback"})
+
+
 class AnnotatorSpec(StrictModel):
     """One annotator definition (the whole ``annotators/<name>.toml``)."""
 
@@ -63,6 +67,9 @@ class AnnotatorSpec(StrictModel):
     def _backend_needs(self) -> AnnotatorSpec:
         if self.backend == "openai" and not self.model:
             raise ValueError("backend 'openai' needs `model`")
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend 'openai' needs `base_url` (e.g. https://api.openai.com/v1, or "
+                             "http://127.0.0.1:8000/v1 for vllm serve)")
         if self.backend == "rules" and not self.phrases:
             raise ValueError("backend 'rules' needs `phrases` (a phrase-template file under annotators/)")
         return self
@@ -85,7 +92,7 @@ def load_annotator(annotators_dir: Path, name: str) -> tuple[AnnotatorSpec, Path
     """Read and validate ``annotators_dir/<name>.toml``; returns the spec and the file's path."""
     path = Path(annotators_dir) / f"{name}.toml"
     if not path.is_file():
-        available = sorted(p.stem for p in Path(annotators_dir).glob("*.toml") if p.stem != "emotion_sets")
+        available = sorted(p.stem for p in Path(annotators_dir).glob("*.toml") if p.stem not in DATA_FILES)
         raise ConfigError(f"{path}: annotator {name!r} not found; available: {available}")
     data = read_toml(path)
     spec = validate_model(AnnotatorSpec, data, str(path))

@@ -74,12 +74,14 @@ def test_missing_or_broken_template_and_data_files_are_errors(ws: Path) -> None:
     (ann / "typo.toml").write_text('backend = "openai"\nmodel = "m"\nbase_url = "http://x/v1"\n'
                                    'prompt = "prompts/typo.md.j2"\n')
     (ann / "nobackend.toml").write_text('backend = "nonesuch"\n')
+    (ann / "nourl.toml").write_text('backend = "openai"\nmodel = "m"\n')
     (ann / "rules" / "phrases.toml").write_text("openers = []\n")  # breaks `rules`
     rows = _rows(ws)
     assert "prompts/missing.md.j2" in (rows["notpl"].error or "")
     assert "prompts/typo.md.j2: template error" in (rows["typo"].error or "") and "emotons" in rows["typo"].error
     assert "annotators/nobackend.toml" in (rows["nobackend"].error or "") and "nonesuch" in rows["nobackend"].error
     assert "rules/phrases.toml" in (rows["rules"].error or "")
+    assert "annotators/nourl.toml" in (rows["nourl"].error or "") and "needs `base_url`" in rows["nourl"].error
     assert rows["teacher"].ok and rows["facial-r1"].ok
 
 
