@@ -7,13 +7,13 @@ import os
 import sqlite3
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 from fea20k.io import StageOutput
 from fea20k.workspace import init_workspace
 from tests.annotate.conftest import write_annotator
+from tests.toy_workspace_config import write_toy_config
 
 
 PLUGIN = '''
@@ -62,24 +62,8 @@ def toy_workspace(root: Path, base_url: str, n: int, processes: int = 1, **annot
     ws = init_workspace(root)
     (ws / "annotators" / "toy_faces.py").write_text(PLUGIN)
     loop_annotator(ws, base_url, processes, **annotator)
-    (ws / "pipelines" / "toy.toml").write_text(textwrap.dedent(f"""
-        name = "toy"
-        chunk_size = 10
-        [rounds.0]
-        steps = ["ingest", "{STAGE}"]
-        [stages."{STAGE}"]
-        annotator = "{ANNOTATOR}"
-        repair = false
-    """))
-    (ws / "fea20k.toml").write_text(textwrap.dedent(f"""
-        [workspace]
-        name = "toy"
-        recipe = "pipelines/toy.toml"
-        [sources.toy]
-        adapter = "toy_faces"
-        root = "corpora/toy"
-        options = {{ n = {n} }}
-    """))
+    write_toy_config(ws, adapter="toy_faces", steps=["ingest", STAGE], chunk_size=10, options=f"n = {n}",
+                     stages=f'[stages."{STAGE}"]\nannotator = "{ANNOTATOR}"\nrepair = false')
     return ws
 
 

@@ -4,7 +4,6 @@ the vectorised rows equal the per-row path, odd rows keep their place and line n
 from __future__ import annotations
 
 import logging
-import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from fea20k.workspace import init_workspace
 from tests.fixtures.corpora import build_affectnet_csv
 from tests.fixtures.raf_disfa import build_disfa
 from tests.ingest._helpers import run
+from tests.toy_workspace_config import write_toy_config
 
 
 pytest.importorskip("scipy")
@@ -25,21 +25,8 @@ pytest.importorskip("scipy")
 
 def _engine_records(tmp_path: Path, adapter: str, root: Path, options: str = "") -> tuple[list, object]:
     ws = init_workspace(tmp_path / "ws")
-    (ws / "pipelines" / "ingest_only.toml").write_text(textwrap.dedent("""
-        name = "ingest_only"
-        chunk_size = 4
-        [rounds.0]
-        steps = ["ingest"]
-    """))
-    (ws / "fea20k.toml").write_text(textwrap.dedent(f"""
-        [workspace]
-        name = "t"
-        recipe = "pipelines/ingest_only.toml"
-        [sources.src]
-        adapter = "{adapter}"
-        root = "{root.as_posix()}"
-        options = {{ {options} }}
-    """))
+    write_toy_config(ws, adapter=adapter, steps=["ingest"], chunk_size=4, source="src", root=root.as_posix(),
+                     options=options, recipe="ingest_only")
     env = build_round(ws, 0, quiet=True, until_stage="ingest")
     stats = {s.key: s.stats for s in env.stages}["ingest/src"]
     return list(StageOutput([ws / ".fea20k/rounds/0/ingest/src"]).iter_records()), stats

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 from fea20k.record import FaceRecord, ImageRef, Rationale
 from fea20k.stage import SourceStage, StageConfig, register_stage
 from fea20k.workspace import init_workspace
+from tests.toy_workspace_config import write_toy_config
 
 
 FILLER = "The face shows a clear expression with several visible facial movements:"
@@ -83,19 +83,6 @@ class ToyDrafts(SourceStage):
 
 def make_round_ws(tmp_path: Path, n_template: int = 25) -> Path:
     ws = init_workspace(tmp_path / "ws")
-    (ws / "pipelines" / "toy.toml").write_text(textwrap.dedent("""
-        name = "toy"
-        chunk_size = 8
-        [rounds.0]
-        steps = ["ingest", "validate"]
-    """))
-    (ws / "fea20k.toml").write_text(textwrap.dedent(f"""
-        [workspace]
-        name = "toy"
-        recipe = "pipelines/toy.toml"
-        [sources.toy]
-        adapter = "validate_toy"
-        root = "corpora/toy"
-        options = {{ n_template = {n_template} }}
-    """))
+    write_toy_config(ws, adapter="validate_toy", steps=["ingest", "validate"], chunk_size=8,
+                     options=f"n_template = {n_template}")
     return ws
