@@ -1,4 +1,5 @@
-"""``kill -9`` of ``fea20k build`` in the middle of annotate.draft, then a re-run: same records, no paid call
+"""``kill -9`` of ``fea20k build`` in the middle of annotate.draft on an endpoint failing a fifth of the calls
+(429 with Retry-After, 500, dropped connections), then a re-run: the records of an uninterrupted build, no paid call
 repeated for any request answered before the kill (the server's own counter says so)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fea20k.engine import build_round
-from fea20k.testing.openai_server import OpenAIServer
+from fea20k.testing.openai_server import FaultPlan, OpenAIServer
 from tests.annotate.toy_workspace import build, cached_keys, records, toy_workspace
 
 
@@ -34,14 +35,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
+# transport faults only: the client retries them within the call, so a request re-sent after the kill (its fault
+# drawn anew) still ends in the same record; faults that reach the record are covered by test_openai_backend
+FAULTS = {"rate": 0.2, "kinds": ("429", "500", "drop"), "retry_after": 0.01, "seed": 7}
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_kill_9_mid_stage_then_rerun(tmp_path: Path, processes: int) -> None:
     n = 40
-    with OpenAIServer(latency=0.03, max_concurrent=4) as srv:
+    with OpenAIServer(latency=0.03, max_concurrent=4, faults=FaultPlan(**FAULTS)) as srv:
         ws = toy_workspace(tmp_path / "ws", srv.base_url, n, processes)
         proc = build(ws)
         deadline = time.monotonic() + 60
-        while srv.total < 15 and proc.poll() is None and time.monotonic() < deadline:
+        while sum(srv.answered.values()) < 15 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         assert proc.poll() is None, proc.communicate()
         clients = _children(proc.pid)
@@ -63,7 +69,8 @@ def test_kill_9_mid_stage_then_rerun(tmp_path: Path, processes: int) -> None:
         assert len(cached_keys(ws)) == n
         # only the calls in flight at the kill (at most `concurrency`, replies lost with the process) were repeated
         assert sum(srv.answered.values()) - n <= 4
-    with OpenAIServer(latency=0.0) as ref_srv:  # the same build, uninterrupted
+        assert any(e["fault"] for e in srv.log)
+    with OpenAIServer(latency=0.0, faults=FaultPlan(**FAULTS)) as ref_srv:  # the same build, uninterrupted
         ref = toy_workspace(tmp_path / "ref", ref_srv.base_url, n)
         build_round(ref, 0, quiet=True)
     got, want = records(ws), records(ref)
