@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from fea20k.cli import app
@@ -110,3 +111,27 @@ def test_status_shows_model_calls_per_stage(tmp_path: Path) -> None:
     assert rows["validate.toy_threshold"][col] == "1 · 55 · $0.0001"
     assert rows["ingest/a"][col] == rows["publish.toy_count"][col] == ""  # no model calls: an empty cell
     assert title == "round 0 · 4 model calls · 2,205 tokens · $0.0220"
+
+
+def test_a_command_exit_code_reaches_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+
+    import fea20k.cli as cli
+
+    probe = typer.Typer()
+
+    @probe.command()
+    def fail() -> None:
+        raise typer.Exit(code=4)
+
+    @probe.command()
+    def succeed() -> None:
+        raise typer.Exit()
+
+    monkeypatch.setattr(cli, "app", probe)
+    monkeypatch.setattr("sys.argv", ["fea20k", "fail"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 4
+    monkeypatch.setattr("sys.argv", ["fea20k", "succeed"])
+    cli.main()  # exit code 0: returns normally

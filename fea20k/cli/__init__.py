@@ -20,7 +20,10 @@ def main() -> None:
     """Console-script entry point."""
     # messages are escaped: they quote TOML tables such as [stages."annotate.draft"], which are not markup
     try:
-        app(standalone_mode=False)
+        # without standalone mode click returns a command's typer.Exit code instead of exiting with it
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except Fea20kUserError as e:
         err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
