@@ -17,6 +17,7 @@ Every answered call is still written to the ledger by the worker that made it, b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
@@ -47,26 +48,35 @@ def share(total: int | None, k: int, n: int) -> int | None:
     return max(1, total // n + (1 if k < total % n else 0))
 
 
-class SharedBudget:
-    """The budget's running totals in shared memory (spent before + this run, reserved for calls in flight)."""
+class Budget:
+    """Spending against the cap: ``totals`` holds spent (before this run + this run), reserved (estimated cost of
+    calls in flight) and 1.0 once a call was refused. Shared by the client processes as a
+    ``multiprocessing.Array("d", 3)``, or local to one process (:meth:`local`)."""
 
-    def __init__(self, cap: float | None, array: Any) -> None:
+    def __init__(self, cap: float | None, totals: Any) -> None:
         self.cap = cap
-        self._a = array  # multiprocessing.Array("d", 3): spent, reserved, 1.0 once a call was refused
-        self.hit = False
-        self.calls_refused = 0
+        self._a = totals
+
+    @classmethod
+    def local(cls, cap: float | None, spent: float) -> Budget:
+        """A budget for one process, starting from what the ledger says was ``spent`` before."""
+        return cls(cap, _LocalTotals([spent, 0.0, 0.0]))
 
     @property
     def spent(self) -> float:
         return float(self._a[0])
 
+    @property
+    def hit(self) -> bool:
+        """Whether a call was refused (by any process sharing the totals)."""
+        return bool(self._a[2])
+
     def try_reserve(self, est: float) -> bool:
         with self._a.get_lock():
-            # sticky across the client processes: once one is refused, all stop calling (see _Budget.try_reserve)
+            # once a call is refused, every later one is too, in every client process: the stage stops at the cap
+            # instead of slipping calls in as the reservations of finished calls free up
             if self._a[2] or (self.cap is not None and self._a[0] + self._a[1] + est > self.cap):
                 self._a[2] = 1.0
-                self.hit = True
-                self.calls_refused += 1
                 return False
             self._a[1] += est
             return True
@@ -78,6 +88,14 @@ class SharedBudget:
     def charge(self, cost: float) -> None:
         with self._a.get_lock():
             self._a[0] += cost
+
+
+class _LocalTotals(list):
+    """The totals of a one-process :class:`Budget`: a list with the shared array's ``get_lock`` (a no-op lock:
+    one event loop)."""
+
+    def get_lock(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
 
 
 class ClientPool:

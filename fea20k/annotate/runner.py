@@ -21,7 +21,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from fea20k.annotate.backends import Backend, Reply, Request, get_backend
-from fea20k.annotate.clients import LIVE_FIELDS, SharedBudget, share
+from fea20k.annotate.clients import LIVE_FIELDS, Budget, share
 from fea20k.annotate.spec import AnnotatorSpec, load_annotator
 from fea20k.annotate.task import DraftTask, Feedback, Task, image_data_url, image_ref, prompt_text, request_key
 from fea20k.errors import BudgetExceededError, ConfigError
@@ -69,32 +69,6 @@ class _Live:
     tokens: int = 0
     cost: float = 0.0
     last: float = 0.0
-
-
-@dataclass
-class _Budget:
-    cap: float | None
-    spent: float = 0.0  # before this run (ledger) + this run
-    reserved: float = 0.0  # estimated cost of calls in flight
-    hit: bool = False
-    calls_refused: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    def try_reserve(self, est: float) -> bool:
-        # once a call is refused, every later one is too: the stage stops at the cap instead of slipping calls in
-        # as reservations of finished calls free up
-        if self.hit or (self.cap is not None and self.spent + self.reserved + est > self.cap):
-            self.hit = True
-            self.calls_refused += 1
-            return False
-        self.reserved += est
-        return True
-
-    def release(self, est: float) -> None:
-        self.reserved -= est
-
-    def charge(self, cost: float) -> None:
-        self.spent += cost
 
 
 class AnnotateStage(MapStage):
@@ -220,11 +194,11 @@ class AnnotateStage(MapStage):
                 self._loop = asyncio.new_event_loop()
                 self._loop.run_until_complete(self.backend.start())
         if self._pool is not None:
-            self._budget: _Budget | SharedBudget = SharedBudget(self.spec.budget_usd, self._pool.budget_array)
+            self._budget = Budget(self.spec.budget_usd, self._pool.budget_array)
         elif client is not None:
-            self._budget = SharedBudget(self.spec.budget_usd, client[2])
+            self._budget = Budget(self.spec.budget_usd, client[2])
         else:
-            self._budget = _Budget(cap=self.spec.budget_usd, spent=self._spent_before())
+            self._budget = Budget.local(self.spec.budget_usd, self._spent_before())
         self._identity = None if self.backend.offline else self.request_identity()
         self._loaded = True
 
