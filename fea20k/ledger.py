@@ -198,24 +198,29 @@ class Ledger:
 
     def cost_summary(self, round_: int | None = None) -> dict[str, float]:
         """Tokens and cost of the calls actually made (cache hits cost nothing), for a round or overall."""
-        where, args = ("WHERE round = ?", (round_,)) if round_ is not None else ("", ())
-        row = self.conn.execute(
-            f"SELECT COUNT(*), COALESCE(SUM(tokens_in),0), COALESCE(SUM(tokens_out),0), COALESCE(SUM(cost),0) "
-            f"FROM calls {where}",
-            args,
-        ).fetchone()
-        return {"calls": row[0], "tokens_in": row[1], "tokens_out": row[2], "cost_usd": row[3]}
+        return self._costs(None, round_)[None]
 
     def cost_by_stage(self, round_: int) -> dict[str | None, dict[str, Any]]:
         """Calls, tokens and cost of one round per stage key (only stages that made calls), in one query; the
         figures of :meth:`cost_summary`, split."""
+        return self._costs("stage", round_)
+
+    def cost_by_annotator(self) -> dict[str | None, dict[str, Any]]:
+        """Calls, tokens and cost per annotator name over all rounds (only annotators that made calls)."""
+        return self._costs("annotator", None)
+
+    def _costs(self, group: str | None, round_: int | None) -> dict[str | None, dict[str, Any]]:
+        """The calls, tokens and cost of :meth:`cost_summary`, per value of column ``group`` (None: one total)."""
+        key = group or "NULL"
+        where, args = ("WHERE round = ?", (round_,)) if round_ is not None else ("", ())
+        grouping = f"GROUP BY {group} ORDER BY {group}" if group else ""
         rows = self.conn.execute(
-            "SELECT stage, COUNT(*), COALESCE(SUM(tokens_in),0), COALESCE(SUM(tokens_out),0), COALESCE(SUM(cost),0) "
-            "FROM calls WHERE round = ? GROUP BY stage ORDER BY stage",
-            (round_,),
+            f"SELECT {key}, COUNT(*), COALESCE(SUM(tokens_in),0), COALESCE(SUM(tokens_out),0), COALESCE(SUM(cost),0) "
+            f"FROM calls {where} {grouping}",
+            args,
         ).fetchall()
-        return {stage: {"calls": calls, "tokens_in": t_in, "tokens_out": t_out, "cost_usd": cost}
-                for stage, calls, t_in, t_out, cost in rows}
+        return {k: {"calls": calls, "tokens_in": t_in, "tokens_out": t_out, "cost_usd": cost}
+                for k, calls, t_in, t_out, cost in rows}
 
     # -- checkpoints and releases
     def record_checkpoint(self, round_: int, stage: str, path: str, signature: str | None = None) -> None:

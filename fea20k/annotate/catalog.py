@@ -155,14 +155,6 @@ def _default_vocab(annotators_dir: Path) -> Vocab:
     return load_vocab(validators if (validators / "vocab.toml").is_file() else None)
 
 
-def _spent(ledger: Ledger) -> dict[str, tuple[int, int, int, float]]:
-    rows = ledger.conn.execute(
-        "SELECT annotator, COUNT(*), COALESCE(SUM(tokens_in),0), COALESCE(SUM(tokens_out),0), COALESCE(SUM(cost),0) "
-        "FROM calls GROUP BY annotator"
-    ).fetchall()
-    return {name: (int(c), int(t_in), int(t_out), float(cost)) for name, c, t_in, t_out, cost in rows}
-
-
 def _emotion_sets(annotators_dir: Path, spec: AnnotatorSpec, spec_path: Path, vocab: Vocab) -> EmotionSets:
     from fea20k.annotate.task import EmotionSets
 
@@ -215,7 +207,7 @@ def _try_out(annotators_dir: Path, spec: AnnotatorSpec, spec_path: Path, vocab: 
         raise ConfigError(f"{task.template_path}: template error: {e}") from None
 
 
-def _row(annotators_dir: Path, path: Path, vocab: Vocab, spent: dict[str, tuple[int, int, int, float]] | None,
+def _row(annotators_dir: Path, path: Path, vocab: Vocab, spent: dict[str | None, dict[str, Any]] | None,
          ) -> AnnotatorRow:
     from fea20k.annotate.backends import get_backend
 
@@ -272,9 +264,10 @@ def _row(annotators_dir: Path, path: Path, vocab: Vocab, spent: dict[str, tuple[
     return row
 
 
-def _fill_spent(row: AnnotatorRow, name: str, spent: dict[str, tuple[int, int, int, float]] | None) -> None:
+def _fill_spent(row: AnnotatorRow, name: str, spent: dict[str | None, dict[str, Any]] | None) -> None:
     if spent is not None:
-        row.calls, row.tokens_in, row.tokens_out, row.cost = spent.get(name, (0, 0, 0, 0.0))
+        c = spent.get(name) or {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0}
+        row.calls, row.tokens_in, row.tokens_out, row.cost = c["calls"], c["tokens_in"], c["tokens_out"], c["cost_usd"]
 
 
 def annotator_rows(annotators_dir: Path, ledger: Ledger | None = None, *, vocab: Vocab | None = None,
@@ -286,7 +279,7 @@ def annotator_rows(annotators_dir: Path, ledger: Ledger | None = None, *, vocab:
     if not annotators_dir.is_dir():
         raise ConfigError(f"{annotators_dir}: no annotators folder; run `fea20k init` to create the default one")
     vocab = vocab if vocab is not None else _default_vocab(annotators_dir)
-    spent = _spent(ledger) if ledger is not None else None
+    spent = ledger.cost_by_annotator() if ledger is not None else None
     return [_row(annotators_dir, path, vocab, spent) for path in annotator_files(annotators_dir)]
 
 
