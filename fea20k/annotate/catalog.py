@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fea20k.annotate.spec import AnnotatorSpec, annotator_file, load_annotator
+from fea20k.annotate.spec import AnnotatorSpec, load_annotator
 from fea20k.errors import ConfigError, Fea20kUserError
 from fea20k.record import FaceRecord
-from fea20k.settings import read_toml, validate_model
+from fea20k.settings import read_toml
 from fea20k.vocab import Vocab, load_vocab
 
 
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from fea20k.annotate.backends.base import Backend
-    from fea20k.annotate.task import EmotionSets
     from fea20k.ledger import Ledger
 
 # Where the face goes in a previewed request: the real request carries the aligned crop as a JPEG data URL.
@@ -149,19 +148,10 @@ def annotator_names(annotators_dir: Path) -> list[str]:
     return [p.stem for p in annotator_files(annotators_dir)]
 
 
-def _default_vocab(annotators_dir: Path) -> Vocab:
+def default_vocab(annotators_dir: Path) -> Vocab:
     """The vocabulary of the workspace holding ``annotators_dir`` (its ``validators/``), else the shipped one."""
     validators = Path(annotators_dir).parent / "validators"
     return load_vocab(validators if (validators / "vocab.toml").is_file() else None)
-
-
-def _emotion_sets(annotators_dir: Path, spec: AnnotatorSpec, spec_path: Path, vocab: Vocab) -> EmotionSets:
-    from fea20k.annotate.task import EmotionSets
-
-    path = annotator_file(annotators_dir, spec.emotion_sets, spec_path)
-    sets = validate_model(EmotionSets, read_toml(path), str(path))
-    sets.check(vocab, str(path))
-    return sets
 
 
 def _backend(annotators_dir: Path, spec: AnnotatorSpec, spec_path: Path, vocab: Vocab) -> Backend:
@@ -278,7 +268,7 @@ def annotator_rows(annotators_dir: Path, ledger: Ledger | None = None, *, vocab:
     annotators_dir = Path(annotators_dir)
     if not annotators_dir.is_dir():
         raise ConfigError(f"{annotators_dir}: no annotators folder; run `fea20k init` to create the default one")
-    vocab = vocab if vocab is not None else _default_vocab(annotators_dir)
+    vocab = vocab if vocab is not None else default_vocab(annotators_dir)
     spent = ledger.cost_by_annotator() if ledger is not None else None
     return [_row(annotators_dir, path, vocab, spent) for path in annotator_files(annotators_dir)]
 
@@ -388,7 +378,9 @@ def preview(annotators_dir: Path, vocab: Vocab, name: str, *, emotion: str | Non
         raise ConfigError(f"{annotators_dir}: no annotator {name!r}; available: {names}")
     spec, path = load_annotator(annotators_dir, name)
     rec = preview_record(vocab, emotion=emotion, aus=aus, corpus=corpus)
-    sets = _emotion_sets(annotators_dir, spec, path, vocab)
+    from fea20k.annotate.task import load_emotion_sets
+
+    _, sets = load_emotion_sets(annotators_dir, spec, path, vocab)
     notes = []
     if corpus and corpus not in sets.corpus:
         notes.append(f"corpus {corpus!r} has no list under [corpus] in {spec.emotion_sets}; the default list applies")
@@ -411,8 +403,7 @@ def preview(annotators_dir: Path, vocab: Vocab, name: str, *, emotion: str | Non
     task = DraftTask(spec, annotators_dir, path, vocab, gold_in_prompt=gold)
     fb = None
     if feedback:
-        bare = [c for c in feedback if c not in task.feedback_messages
-                and c.rstrip("0123456789.").rstrip("_") not in task.feedback_messages]
+        bare = [c for c in feedback if task.feedback_key(c) is None]
         if bare:
             notes.append(f"reason code(s) {bare} have no sentence in {spec.feedback}; they are quoted as they are")
         fb = Feedback(previous=PREVIOUS_PLACEHOLDER, issues=task.explain(list(feedback)), attempt=2)

@@ -202,6 +202,15 @@ class EmotionSets(StrictModel):
 # ---------------------------------------------------------------------------------------------- tasks
 
 
+def load_emotion_sets(annotators_dir: Path, spec: AnnotatorSpec, spec_path: Path,
+                      vocab: Vocab) -> tuple[Path, EmotionSets]:
+    """The annotator's emotion-sets file, validated and checked against the vocabulary: (its path, the sets)."""
+    path = annotator_file(annotators_dir, spec.emotion_sets, spec_path)
+    sets = validate_model(EmotionSets, read_toml(path), str(path))
+    sets.check(vocab, str(path))
+    return path, sets
+
+
 class Task:
     """Renders a record's prompt from the annotator's Jinja2 template and parses replies."""
 
@@ -215,9 +224,7 @@ class Task:
         self.vocab = vocab
         self.gold_in_prompt = gold_in_prompt
         self.template_path = annotator_file(annotators_dir, spec.prompt, spec_path)
-        self.emotion_sets_path = annotator_file(annotators_dir, spec.emotion_sets, spec_path)
-        self.emotion_sets = validate_model(EmotionSets, read_toml(self.emotion_sets_path), str(self.emotion_sets_path))
-        self.emotion_sets.check(vocab, str(self.emotion_sets_path))
+        self.emotion_sets_path, self.emotion_sets = load_emotion_sets(annotators_dir, spec, spec_path, vocab)
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
         try:
             self.template = env.from_string(self.template_path.read_text(encoding="utf-8"))
@@ -243,10 +250,18 @@ class Task:
         }
         out = []
         for code in reasons:
-            key = code if code in self.feedback_messages else code.rstrip("0123456789.").rstrip("_")
-            msg = self.feedback_messages.get(key)
+            key = self.feedback_key(code)
+            msg = self.feedback_messages[key] if key else ""
             out.append(msg.format(**values) if msg else code)
         return out
+
+    def feedback_key(self, code: str) -> str | None:
+        """The key of ``annotators/feedback.toml`` that explains reason ``code`` (``au_f1_below_0.6`` ->
+        ``au_f1_below``), or None when it has no sentence."""
+        if code in self.feedback_messages:
+            return code
+        key = code.rstrip("0123456789.").rstrip("_")
+        return key if key in self.feedback_messages else None
 
     # -- prompt
     def emotion_set(self, rec: FaceRecord) -> list[str]:

@@ -63,18 +63,18 @@ def annotators(
 
 def _locate(workspace: Path | None) -> tuple[Path, Any, Any]:
     """The annotators folder, vocabulary and ledger of ``workspace`` (or the shipped folder, no ledger)."""
-    from fea20k.vocab import load_vocab
+    from fea20k.annotate.catalog import default_vocab
 
     if workspace is None:
         from fea20k.resources import data_path
 
-        return data_path("annotators"), load_vocab(), None
-    from fea20k.workspace import Workspace
+        annotators_dir, ledger = data_path("annotators"), None
+    else:
+        from fea20k.workspace import Workspace
 
-    ws = Workspace(workspace)
-    validators = ws.data_file("validators")
-    vocab = load_vocab(validators if (validators / "vocab.toml").is_file() else None)
-    return ws.data_file("annotators"), vocab, ws.ledger
+        ws = Workspace(workspace)
+        annotators_dir, ledger = ws.data_file("annotators"), ws.ledger
+    return annotators_dir, default_vocab(annotators_dir), ledger
 
 
 def _list(annotators_dir: Path, vocab: Any, ledger: Any, name: str | None, as_json: bool) -> None:
