@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from fea20k.cli import app
 from fea20k.errors import Fea20kUserError
 from fea20k.workspace import Workspace, init_workspace
-from tests.test_cli import HEAVY
+from tests.test_cli import heavy_modules_imported_by
 
 
 SECRET = "sk-test-NEVER-PRINT-0c0ffee"
@@ -89,16 +89,8 @@ def test_key_shown_as_set_never_its_value(ws: Path) -> None:
 
 
 def test_listing_imports_no_heavy_module(ws: Path) -> None:
-    code = (
-        "import sys\n"
-        "from typer.testing import CliRunner\n"
-        "from fea20k.cli import app\n"
-        f"r = CliRunner().invoke(app, ['annotators', '-w', {str(ws)!r}])\n"
-        "assert r.exit_code == 0, r.output\n"
-        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"imported by the listing: {out.stdout.strip()}"
+    imported = heavy_modules_imported_by(["annotators", "-w", str(ws)])
+    assert imported == "", f"imported by the listing: {imported}"
 
 
 def test_preview_prints_the_prompt_verbatim_then_the_sampling(ws: Path) -> None:

@@ -15,17 +15,23 @@ from fea20k.cli import app
 HEAVY = ("torch", "vllm", "ray", "insightface", "onnxruntime", "transformers", "trl", "datasets", "cv2")
 
 
-def test_help_imports_no_heavy_module() -> None:
+def heavy_modules_imported_by(args: list[str]) -> str:
+    """The heavy modules (comma-separated) that ``fea20k ARGS`` imports, run in a fresh interpreter."""
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from fea20k.cli import app\n"
-        "r = CliRunner().invoke(app, ['--help'])\n"
+        f"r = CliRunner().invoke(app, {args!r})\n"
         "assert r.exit_code == 0, r.output\n"
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"imported at --help: {out.stdout.strip()}"
+    return out.stdout.strip()
+
+
+def test_help_imports_no_heavy_module() -> None:
+    imported = heavy_modules_imported_by(["--help"])
+    assert imported == "", f"imported at --help: {imported}"
 
 
 def test_every_command_has_help() -> None:
