@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator
-
 from fea20k.annotate.spec import AnnotatorSpec, annotator_file
 from fea20k.errors import ConfigError
+from fea20k.prompt import EmotionSets, Feedback, PromptContract, PromptInputs
+from fea20k.prompt import load_emotion_sets as load_sets_file
 from fea20k.record import FaceRecord
-from fea20k.settings import StrictModel, read_toml, validate_model
+from fea20k.settings import read_toml
 from fea20k.validate.checks import FormatRules, RuleSet, check_format
 from fea20k.validate.parse import Parsed, parse
 from fea20k.vocab import Vocab
@@ -36,15 +36,6 @@ from fea20k.vocab import Vocab
 # before <think>, nothing after </answer>, one answer block, the answer exactly a canonical word when the emotion is
 # known). AU token spelling is left to the validator rule set of the repair loop.
 TASK_FORMAT = FormatRules(mode="strict", single_answer=True, canonical_answer=True, canonical_au_tokens=False)
-
-
-@dataclass(frozen=True)
-class Feedback:
-    """What the previous attempt got wrong. Only the LAST attempt's reply and issues: the prompt never grows."""
-
-    previous: str
-    issues: list[str]
-    attempt: int = 2  # the attempt this feedback is for (keeps a repeated prompt from being a cache hit)
 
 
 @dataclass
@@ -167,38 +158,6 @@ def prompt_text(messages: list[dict[str, Any]]) -> str:
     return "\n".join(chunks)
 
 
-# ---------------------------------------------------------------------------------------------- emotion sets
-
-
-class EmotionSets(StrictModel):
-    """``annotators/emotion_sets.toml``: allowed answers per source name, per corpus, and a default."""
-
-    default: list[str] = Field(min_length=1)
-    corpus: dict[str, list[str]] = Field(default_factory=dict)
-    source: dict[str, list[str]] = Field(default_factory=dict)
-
-    @field_validator("corpus", "source")
-    @classmethod
-    def _non_empty(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        for key, emos in v.items():
-            if not emos:
-                raise ValueError(f"{key}: the emotion list is empty; list at least one emotion")
-        return v
-
-    def check(self, vocab: Vocab, where: str) -> None:
-        for key, emos in [("default", self.default), *self.corpus.items(), *self.source.items()]:
-            bad = [e for e in emos if e not in vocab.emotions]
-            if bad:
-                raise ConfigError(f"{where}: {key}: {bad} not canonical emotion names {list(vocab.emotions)}")
-
-    def for_record(self, rec: FaceRecord) -> list[str]:
-        """The emotion list of ``rec``'s source; the ground-truth emotion is always in it."""
-        emos = self.source.get(rec.source) or self.corpus.get(str(rec.meta.get("corpus", ""))) or self.default
-        if rec.emotion and rec.emotion not in emos:
-            emos = [*emos, rec.emotion]
-        return list(emos)
-
-
 # ---------------------------------------------------------------------------------------------- tasks
 
 
@@ -206,31 +165,24 @@ def load_emotion_sets(annotators_dir: Path, spec: AnnotatorSpec, spec_path: Path
                       vocab: Vocab) -> tuple[Path, EmotionSets]:
     """The annotator's emotion-sets file, validated and checked against the vocabulary: (its path, the sets)."""
     path = annotator_file(annotators_dir, spec.emotion_sets, spec_path)
-    sets = validate_model(EmotionSets, read_toml(path), str(path))
-    sets.check(vocab, str(path))
-    return path, sets
+    return path, load_sets_file(path, vocab)
 
 
 class Task:
-    """Renders a record's prompt from the annotator's Jinja2 template and parses replies."""
+    """Renders a record's prompt through the annotator's prompt contract (:mod:`fea20k.prompt`) and parses
+    replies."""
 
     origin: ClassVar[str] = "teacher"  # who wrote the rationale, for provenance
 
     def __init__(self, spec: AnnotatorSpec, annotators_dir: Path, spec_path: Path, vocab: Vocab,
                  gold_in_prompt: bool = True) -> None:
-        import jinja2
-
         self.spec = spec
         self.vocab = vocab
         self.gold_in_prompt = gold_in_prompt
-        self.template_path = annotator_file(annotators_dir, spec.prompt, spec_path)
-        self.emotion_sets_path, self.emotion_sets = load_emotion_sets(annotators_dir, spec, spec_path, vocab)
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
-        try:
-            self.template = env.from_string(self.template_path.read_text(encoding="utf-8"))
-        except jinja2.TemplateSyntaxError as e:
-            raise ConfigError(f"{self.template_path}:{e.lineno}: template syntax error: {e.message}") from None
-        self.template_hash = hashlib.sha256(self.template_path.read_bytes()).hexdigest()[:12]
+        self.contract = PromptContract.for_annotator(annotators_dir, spec, spec_path, vocab)
+        self.template_path = self.contract.template_path
+        self.template_hash = self.contract.template_hash
+        self.emotion_sets_path, self.emotion_sets = self.contract.emotion_sets_path, self.contract.emotion_sets
         self.feedback_path = annotator_file(annotators_dir, spec.feedback, spec_path)
         messages = read_toml(self.feedback_path).get("messages", {})
         if not isinstance(messages, dict) or not all(isinstance(v, str) for v in messages.values()):
@@ -263,48 +215,26 @@ class Task:
         key = code.rstrip("0123456789.").rstrip("_")
         return key if key in self.feedback_messages else None
 
-    # -- prompt
+    # -- prompt (all of it from the contract)
     def emotion_set(self, rec: FaceRecord) -> list[str]:
         return self.emotion_sets.for_record(rec)
 
     def aus_in_play(self, rec: FaceRecord) -> list[int]:
-        """AUs whose definitions the prompt lists: the source's coded and present AUs, or else the prototype AUs
-        of the emotions the answer may take."""
-        aus = set(rec.au_coded) | set(rec.present_aus())
-        if not aus:
-            for emo in self.emotion_set(rec):
-                core, optional = self.vocab.prototypes.get(emo, (frozenset(), frozenset()))
-                aus |= core | optional
-        known = [a for a in sorted(aus) if a in self.vocab.au_names]
-        return known or sorted(self.vocab.au_names)
+        """AUs whose definitions the prompt lists (see :meth:`PromptContract.au_definitions`)."""
+        return [a for a, _ in self.contract.inputs(rec).au_definitions]
+
+    def inputs(self, rec: FaceRecord) -> PromptInputs:
+        """The record's prompt inputs, with the ground-truth block when this task shows it."""
+        return self.contract.inputs(rec, gold=self.gold_in_prompt)
 
     def gold(self, rec: FaceRecord) -> dict[str, Any] | None:
         """The ground-truth block's content, or None when it is off or there is nothing to show."""
-        if not self.gold_in_prompt:
-            return None
-        coded = bool(rec.au_coded) or bool(rec.present_aus())
-        aus = [f"AU{a}" for a in rec.present_aus()] if coded else None
-        if aus is None and not rec.emotion:
-            return None
-        return {"aus": aus, "emotion": rec.emotion}
+        block = self.inputs(rec).gold
+        return dict(block) if block else None
 
     def render(self, rec: FaceRecord, feedback: Feedback | None = None) -> str:
         """The prompt text for ``rec`` (the optional feedback is the last attempt's only)."""
-        question = str(rec.meta.get("question") or self.spec.question).replace("<image>", "").strip()
-        fb = None
-        if feedback is not None:
-            prev = feedback.previous or "(empty reply)"
-            if len(prev) > self.spec.feedback_max_chars:
-                prev = prev[: self.spec.feedback_max_chars] + " [...]"
-            fb = {"previous": prev, "issues": feedback.issues or ["unspecified"], "attempt": feedback.attempt,
-                  "max_attempts": self.spec.max_attempts}
-        return self.template.render(
-            question=question,
-            emotions=self.emotion_set(rec),
-            au_definitions=[(a, self.vocab.au_names[a]) for a in self.aus_in_play(rec)],
-            gold=self.gold(rec),
-            feedback=fb,
-        ).strip()
+        return self.contract.user_text(self.inputs(rec), feedback)
 
     def format_prompt(self, rec: FaceRecord, feedback: Feedback | None = None, image: bytes | None = None,
                       image_url: str | None = None) -> list[dict[str, Any]]:
@@ -313,11 +243,7 @@ class Task:
         if image_url is None:
             data = image if image is not None else rec.face
             image_url = image_data_url(data) if data else None
-        content: list[dict[str, Any]] = []
-        if image_url:
-            content.append({"type": "image_url", "image_url": {"url": image_url}})
-        content.append({"type": "text", "text": self.render(rec, feedback)})
-        return [{"role": "user", "content": content}]
+        return self.contract.messages(self.inputs(rec), image_url, feedback)
 
     # -- reply
     def parse_response(self, text: str | None, rec: FaceRecord,

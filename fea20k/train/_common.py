@@ -16,7 +16,6 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_QUESTION = "What is the emotion of this face?"  # docs/facial-r1.md §4.1: an empty question becomes this
 SUMMARY_FILE = "fea20k_train.json"
 EXIT_USAGE = 2
 
@@ -74,14 +73,16 @@ def emotions_from_stats(stats: Path | None, data: Path, rows: list[dict[str, Any
     return sorted({str(r["labels"][0]) for r in rows if r.get("labels")})
 
 
-def question_text(row: dict[str, Any], emotions: list[str]) -> str:
-    """The user turn: the row's question (``<image>`` tokens removed, empty -> the default) and the answer format."""
-    q = str(row.get("question") or "").replace("<image>", "").strip() or DEFAULT_QUESTION
-    fmt = ("Reason about the facial action units inside <think> </think>, then give one emotion word inside "
-           "<answer> </answer>")
-    if emotions:
-        fmt += f" from: {', '.join(emotions)}"
-    return f"{q}\n{fmt}."
+def training_prompt(row: dict[str, Any], emotions: list[str], contract: Any = None) -> str:
+    """The user turn's text of a row, from the one prompt contract (:mod:`fea20k.prompt`): the ``prompt`` a fea20k
+    export wrote (byte-identical to what the regenerating annotator asks), else the row rendered through
+    ``contract`` (default: the shipped ``facial-r1`` annotator's) from its question, ``emotions`` and AUs."""
+    if row.get("prompt"):
+        return str(row["prompt"])
+    from fea20k.prompt import PromptContract
+
+    contract = contract or PromptContract.shipped()
+    return contract.user_text(contract.inputs_for_row(row, emotions))
 
 
 def image_paths(row: dict[str, Any], images: Path | None) -> list[Path]:

@@ -31,7 +31,7 @@ from fea20k.train._common import (
     image_paths,
     load_model,
     prepare_inputs,
-    question_text,
+    training_prompt,
     script_main,
     trainer_config_kwargs,
     write_summary,
@@ -92,7 +92,7 @@ def build_dataset(rows: list[dict[str, Any]], emotions: list[str], images: Path 
 
     records = []
     for row in rows:
-        text = question_text(row, emotions)
+        text = training_prompt(row, emotions)
         if vision:
             from PIL import Image
 

@@ -30,7 +30,7 @@ from fea20k.train._common import (
     image_paths,
     load_model,
     prepare_inputs,
-    question_text,
+    training_prompt,
     script_main,
     trainer_config_kwargs,
     write_summary,
@@ -63,7 +63,7 @@ def build_dataset(rows: list[dict[str, Any]], emotions: list[str], images: Path 
         target = str(row.get("description") or "")
         if not target:
             continue
-        text = question_text(row, emotions)
+        text = training_prompt(row, emotions)
         if vision:
             from PIL import Image
 
