@@ -30,9 +30,9 @@ from fea20k.train._common import (
     image_paths,
     load_model,
     prepare_inputs,
-    training_prompt,
     script_main,
     trainer_config_kwargs,
+    training_prompt,
     write_summary,
 )
 
