@@ -226,8 +226,8 @@ class PromptContract:
                                         au_definitions=list(inputs.au_definitions),
                                         gold=dict(inputs.gold) if inputs.gold else None, feedback=fb).strip()
         except jinja2.UndefinedError as e:
-            raise ConfigError(f"{self.template_path}: template error: {e.message}; the template's variables are question, emotions, "
-                              "au_definitions, gold and feedback") from None
+            raise ConfigError(f"{self.template_path}: template error: {e.message}; the template's variables are "
+                              "question, emotions, au_definitions, gold and feedback") from None
 
     def messages(self, inputs: PromptInputs, image_url: str | None = None,
                  feedback: Feedback | None = None) -> list[dict[str, Any]]:

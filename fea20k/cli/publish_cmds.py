@@ -109,16 +109,23 @@ def export(
     workspace: WorkspaceOpt = Path("."),
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default exports/round-N/FORMAT).",
                                              file_okay=False)] = None,
+    annotator: Annotated[str | None, typer.Option(
+        "--annotator", help="Render the prompts with this annotator's contract (default: the recipe's "
+                            "annotate.regenerate annotator, the one that will ask the trained model).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Export round N's accepted TRAIN rows (never test) for training: Facial-R1 JSONL or chat messages."""
+    """Export round N's accepted TRAIN rows (never test) for training: Facial-R1 JSONL or chat messages, each row
+    with the exact prompt the trained model is later asked with."""
+    from fea20k.prompt import CONTRACT_FILE, read_contract_file
     from fea20k.publish.export import export_round
     from fea20k.workspace import Workspace
 
     setup_logging(workspace, quiet)
-    summary = export_round(Workspace(workspace), round_, fmt, out)
+    summary = export_round(Workspace(workspace), round_, fmt, out, annotator=annotator)
     total = sum(summary.rows.values())
+    contract = read_contract_file(summary.folder) or {}
     console.print(f"exported {total} train row(s) as {fmt} to {summary.folder} "
+                  f"(prompt contract {contract.get('id', '-')}, in {CONTRACT_FILE}) "
                   f"({', '.join(f'{k} {v}' for k, v in sorted(summary.rows.items()))}); "
                   f"{summary.skipped_test} test row(s) withheld"
                   + (f"; {len(summary.missing)} without a face (missing_faces.txt)" if summary.missing else ""))

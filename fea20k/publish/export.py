@@ -7,18 +7,26 @@ Only accepted rows of the training side are exported: the sources' train and val
 ``facial-r1`` (``docs/facial-r1.md`` §6)::
 
     <out>/<source>.jsonl        one row per sample: id, dataset, image, question, AUs ["AU1", ...], labels
-                                [emotion] ([] for AU-only sources), description (the rationale), meta_info
+                                [emotion] ([] for AU-only sources), description (the rationale), meta_info, and
+                                prompt: the exact user-turn text of the prompt contract (fea20k.prompt), without
+                                the ground-truth block, which the trainers use verbatim
     <out>/images/<source>/...   the aligned crops; ``image`` is relative to this per-dataset folder
     <out>/config.json           statistics file (§6.3): per JSONL file, the fraction of rows carrying each AU and
                                 each label, 4 decimals
     <out>/train.yaml            SFT data configuration (§6.2): json_path, image_root, sampling_strategy "all"
+    <out>/prompt_contract.json  which prompt contract rendered ``prompt`` (id, template, version)
 
 ``messages`` (LLaMA-Factory "sharegpt" style, also read by TRL's chat-template collators)::
 
-    <out>/messages.jsonl        {"id", "messages": [{"role": "user", "content": "<image>question"},
+    <out>/messages.jsonl        {"id", "messages": [{"role": "user", "content": "<image>" + prompt},
                                  {"role": "assistant", "content": rationale}], "images": ["images/<source>/..."]}
     <out>/images/<source>/...
     <out>/dataset_info.json     the LLaMA-Factory dataset description of messages.jsonl
+    <out>/prompt_contract.json
+
+The prompt contract is the one of the annotator that will ask the trained model (the recipe's
+``annotate.regenerate`` annotator, ``facial-r1`` by default; ``fea20k export --annotator`` names another), so the
+text the model trains on is the text it is asked with in the next round.
 
 Rows whose aligned crop is missing are not exported; their ids are listed in ``<out>/missing_faces.txt``.
 """
@@ -34,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from fea20k.errors import Fea20kUserError, StageError
-from fea20k.io import StageOutput
+from fea20k.io import StageOutput, atomic_write_json
+from fea20k.prompt import CONTRACT_FILE, DEFAULT_QUESTION, PromptContract
 from fea20k.publish.local import building_dir, upstream_dir
 from fea20k.publish.reviews import load_reviews
 from fea20k.record import FaceRecord
@@ -44,8 +53,6 @@ from fea20k.workspace import Workspace
 logger = logging.getLogger(__name__)
 
 FORMATS = ("facial-r1", "messages")
-# The question Facial-R1's loaders use when a row's question is empty (docs/facial-r1.md §4.1).
-DEFAULT_QUESTION = "What is the emotion of this face?"
 TRAIN_SPLITS = ("train", "val")
 
 
@@ -66,11 +73,13 @@ def image_relpath(rec: FaceRecord) -> str:
     return rel.replace("#", "_f") + ".jpg"
 
 
-def facial_r1_row(rec: FaceRecord, question: str = DEFAULT_QUESTION) -> dict[str, Any]:
-    """One Facial-R1 JSONL row (§6.1)."""
+def facial_r1_row(rec: FaceRecord, contract: PromptContract | None = None) -> dict[str, Any]:
+    """One Facial-R1 JSONL row (§6.1), with ``prompt`` (the contract's user text, no ground-truth block) when a
+    contract is given."""
     rat = rec.rationale
     img = rec.image
-    return {
+    question = contract.question(rec.meta.get("question")) if contract else DEFAULT_QUESTION
+    row: dict[str, Any] = {
         "id": rec.id,
         "dataset": rec.source,
         "image": image_relpath(rec),
@@ -95,8 +104,12 @@ def facial_r1_row(rec: FaceRecord, question: str = DEFAULT_QUESTION) -> dict[str
             "image_source": img.root if img else None,
             "image_path": img.path if img else None,
             "image_frame": img.frame if img else None,
+            "prompt_contract": contract.id if contract else None,
         },
     }
+    if contract is not None:
+        row["prompt"] = contract.user_text(contract.inputs(rec, gold=False))
+    return row
 
 
 def statistics(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -131,17 +144,29 @@ def iter_train_records(ws: Workspace, round_: int, summary: ExportSummary) -> An
         yield rec
 
 
-def export_round(ws: Workspace, round_: int, fmt: str, out_dir: Path | None = None) -> ExportSummary:
-    """Write the ``fmt`` export of round ``round_`` into ``out_dir`` (default ``exports/round-N/<fmt>``)."""
+def export_round(ws: Workspace, round_: int, fmt: str, out_dir: Path | None = None,
+                 annotator: str | None = None) -> ExportSummary:
+    """Write the ``fmt`` export of round ``round_`` into ``out_dir`` (default ``exports/round-N/<fmt>``), its prompts
+    rendered through ``annotator``'s contract (default: the annotator that regenerates in round N+1)."""
     if fmt not in FORMATS:
         raise Fea20kUserError(f"unknown export format {fmt!r}; choose one of {list(FORMATS)}")
     out_dir = Path(out_dir) if out_dir is not None else ws.root / "exports" / f"round-{round_}" / fmt
     summary = ExportSummary(folder=out_dir, format=fmt)
-    return export_records(iter_train_records(ws, round_, summary), out_dir, fmt, summary=summary)
+    contract = contract_for_workspace(ws, annotator)
+    return export_records(iter_train_records(ws, round_, summary), out_dir, fmt, summary=summary, contract=contract)
+
+
+def contract_for_workspace(ws: Workspace, annotator: str | None = None) -> PromptContract:
+    """The prompt contract a model trained on this workspace's exports is asked with: ``annotator``'s, else the
+    recipe's ``annotate.regenerate`` annotator's (``facial-r1`` when the recipe does not name one)."""
+    from fea20k.vocab import load_vocab
+
+    name = annotator or str(ws.recipe.stages.get("annotate.regenerate", {}).get("annotator") or "facial-r1")
+    return PromptContract.named(ws.data_file("annotators"), name, load_vocab(ws.data_file("validators")))
 
 
 def export_records(records: Iterable[FaceRecord], out_dir: Path, fmt: str, *, combined: str | None = None,
-                   summary: ExportSummary | None = None) -> ExportSummary:
+                   summary: ExportSummary | None = None, contract: PromptContract | None = None) -> ExportSummary:
     """Write ``records`` (already filtered: accepted training rows) in the ``fmt`` layout of the module docstring.
 
     The folder is written aside and moved into place when complete (an earlier ``out_dir`` is replaced). Records are
@@ -151,7 +176,9 @@ def export_records(records: Iterable[FaceRecord], out_dir: Path, fmt: str, *, co
     single-file trainers. A test row is refused (StageError): callers filter them out, this is the last defence.
     ``summary.files`` gives the paths a trainer reads: ``data`` (the combined file, else ``train.yaml``; for
     ``messages``, ``messages.jsonl``), ``images`` (``images/``; for ``messages`` the folder itself, as its image paths
-    start with ``images/``) and ``stats`` (``config.json``; absent for ``messages``).
+    start with ``images/``) and ``stats`` (``config.json``; absent for ``messages``). ``contract``: the prompt
+    contract whose user text every row carries (``prompt``; the ``messages`` user turn), recorded in
+    ``prompt_contract.json``; None writes the bare question (data for trainers with prompts of their own).
     """
     if fmt not in FORMATS:
         raise Fea20kUserError(f"unknown export format {fmt!r}; choose one of {list(FORMATS)}")
@@ -159,7 +186,9 @@ def export_records(records: Iterable[FaceRecord], out_dir: Path, fmt: str, *, co
     summary = summary if summary is not None else ExportSummary(folder=out_dir, format=fmt)
     with building_dir(out_dir) as tmp:
         (tmp / "images").mkdir()
-        per_source = _write_rows(records, tmp, fmt, combined, summary)
+        per_source = _write_rows(records, tmp, fmt, combined, summary, contract)
+        if contract is not None:
+            atomic_write_json(tmp / CONTRACT_FILE, contract.describe())
         if fmt == "facial-r1":
             stats = {f"{src}.jsonl": statistics(rows) for src, rows in sorted(per_source.items())}
             if combined is not None:
@@ -186,7 +215,7 @@ def export_records(records: Iterable[FaceRecord], out_dir: Path, fmt: str, *, co
 
 
 def _write_rows(records: Iterable[FaceRecord], tmp: Path, fmt: str, combined: str | None,
-                summary: ExportSummary) -> dict[str, list[dict[str, Any]]]:
+                summary: ExportSummary, contract: PromptContract | None) -> dict[str, list[dict[str, Any]]]:
     """Write the crops and the JSONL file(s) of ``records`` into ``tmp``; the AU and label names per source."""
     per_source: dict[str, list[dict[str, Any]]] = {}
     files: dict[str, Any] = {}
@@ -203,7 +232,7 @@ def _write_rows(records: Iterable[FaceRecord], tmp: Path, fmt: str, combined: st
             if rec.face is None:
                 summary.missing.append(rec.id)
                 continue
-            row = facial_r1_row(rec)
+            row = facial_r1_row(rec, contract)
             if ".." in Path(row["image"]).parts or Path(row["image"]).is_absolute():
                 raise Fea20kUserError(f"record {rec.id}: its id does not give a safe relative image path")
             img = tmp / "images" / rec.source / row["image"]
@@ -224,11 +253,12 @@ def _write_rows(records: Iterable[FaceRecord], tmp: Path, fmt: str, combined: st
 
 
 def messages_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A Facial-R1 row as a chat sample: user turn = image + question, assistant turn = the rationale."""
+    """A Facial-R1 row as a chat sample: user turn = image + the contract's prompt (else the question), assistant turn
+    = the rationale."""
     return {
         "id": row["id"],
         "messages": [
-            {"role": "user", "content": "<image>" + row["question"]},
+            {"role": "user", "content": "<image>" + (row.get("prompt") or row["question"])},
             {"role": "assistant", "content": row["description"]},
         ],
         "images": [f"images/{row['dataset']}/{row['image']}"],

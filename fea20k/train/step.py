@@ -120,10 +120,13 @@ class _TrainStep(AggregateStage):
         return str(p if p.is_absolute() else ws.root / p)
 
     def signature_extra(self) -> dict[str, Any]:
-        """Round N-1's checkpoint when this step starts from it (known at plan time; same-round steps are upstream)."""
+        """Round N-1's checkpoint when this step starts from it (known at plan time; same-round steps are upstream),
+        and the prompt contract the export is rendered with (an edited template retrains)."""
+        contract = self._contract(say=False)
+        extra: dict[str, Any] = {"prompt_contract": contract.id if contract is not None else None}
         if self.config.start_from == "previous_round" and self.ctx.round > 0:
-            return {"start": self.ctx.workspace.ledger.checkpoint(self.ctx.round - 1)}
-        return {}
+            extra["start"] = self.ctx.workspace.ledger.checkpoint(self.ctx.round - 1)
+        return extra
 
     def recipe_files(self) -> list[Path]:
         """Human reviews of rounds 0..N: a row a reviewer rejected is never trained on."""
@@ -146,7 +149,9 @@ class _TrainStep(AggregateStage):
             raise TrainerFailedError(
                 f"{self.name} (round {self.ctx.round}): {len(rows)} accepted {'/'.join(self.config.splits)} row(s) "
                 f"to train on, fewer than min_rows = {self.config.min_rows} ({self._where})")
-        files = export_training_data(rows, export_dir, self.config.format, name=f"round-{self.ctx.round}")
+        contract = self._contract()
+        files = export_training_data(rows, export_dir, self.config.format, name=f"round-{self.ctx.round}",
+                                     contract=contract)
         out_dir = self._output_dir()
         values = {
             "data": str(files["data"]),
@@ -183,6 +188,19 @@ class _TrainStep(AggregateStage):
         logger.info("%s (round %d): checkpoint %s (%d rows, %.1fs)", self.name, self.ctx.round, ckpt, len(rows),
                     seconds)
         yield from inputs.iter_chunks()
+
+    def _contract(self, say: bool = True) -> Any:
+        """The prompt contract of the annotator that asks this checkpoint in round N+1 (see
+        :func:`fea20k.publish.export.contract_for_workspace`); None, said in one line, when it asks no prompt."""
+        from fea20k.publish.export import contract_for_workspace
+
+        try:
+            return contract_for_workspace(self.ctx.workspace)
+        except ConfigError as e:
+            if say:
+                logger.warning("%s (round %d): the export carries no prompt contract: %s", self.name, self.ctx.round,
+                               e)
+            return None
 
     def _training_rows(self, inputs: StageOutput) -> list[FaceRecord]:
         """Accepted rows of the configured splits, minus human rejects; test rows never (counted, and asserted)."""
@@ -257,8 +275,8 @@ class TrainGRPO(_TrainStep):
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def export_training_data(rows: list[FaceRecord], export_dir: Path, fmt: str, name: str = "train"
-                         ) -> dict[str, Path]:
+def export_training_data(rows: list[FaceRecord], export_dir: Path, fmt: str, name: str = "train",
+                         contract: Any = None) -> dict[str, Path]:
     """Write ``rows`` in the layout of ``fea20k export`` (:func:`fea20k.publish.export.export_records`), plus, for
     ``facial-r1``, one combined file for single-file trainers. Returns the paths the placeholders point at.
 
@@ -269,7 +287,8 @@ def export_training_data(rows: list[FaceRecord], export_dir: Path, fmt: str, nam
     """
     from fea20k.publish.export import export_records
 
-    return export_records(rows, export_dir, fmt, combined=name if fmt == "facial-r1" else None).files
+    return export_records(rows, export_dir, fmt, combined=name if fmt == "facial-r1" else None,
+                          contract=contract).files
 
 
 class _Strict(dict):

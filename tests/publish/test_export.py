@@ -25,7 +25,9 @@ def test_facial_r1_export(ws_root: Path) -> None:
     s = export_round(Workspace(ws_root), 0, "facial-r1")
     out = ws_root / "exports" / "round-0" / "facial-r1"
     assert s.folder == out and sorted(p.name for p in out.iterdir()) == [
-        "aus.jsonl", "config.json", "faces.jsonl", "images", "train.yaml"]
+        "aus.jsonl", "config.json", "faces.jsonl", "images", "prompt_contract.json", "train.yaml"]
+    contract = json.loads((out / "prompt_contract.json").read_text())
+    assert contract["template"] == "prompts/facial_r1.md.j2" and contract["id"].startswith("prompts/facial_r1.md.j2@")
     rows = _rows(out / "faces.jsonl") + _rows(out / "aus.jsonl")
     expected = {r.id for r in records if r.accepted and r.split in ("train", "val")} - {
         "faces/Image/original/train_00000"}
@@ -38,7 +40,11 @@ def test_facial_r1_export(ws_root: Path) -> None:
         assert row["AUs"] == [f"AU{k}" for k in rec.present_aus()]
         assert row["labels"] == ([rec.emotion] if rec.emotion else [])
         assert (out / "images" / rec.source / row["image"]).read_bytes() == rec.face
-        assert set(row) == {"id", "dataset", "image", "question", "AUs", "labels", "description", "meta_info"}
+        # the contract's user text, never the ground-truth block
+        assert row["prompt"].startswith(row["question"]) and "Ground truth" not in row["prompt"]
+        assert row["meta_info"]["prompt_contract"] == contract["id"]
+        assert set(row) == {"id", "dataset", "image", "question", "AUs", "labels", "description", "meta_info",
+                            "prompt"}
     stats = json.loads((out / "config.json").read_text())
     aus_rows = _rows(out / "aus.jsonl")
     assert stats["aus.jsonl"]["AUs"]["AU1"] == 1.0
@@ -56,7 +62,10 @@ def test_messages_export_never_has_test_rows(ws_root: Path) -> None:
     test_ids = {rec.id for rec in make_records() if rec.split == "test"}
     assert rows and not test_ids & {row["id"] for row in rows}
     first = rows[0]
-    assert first["messages"][0] == {"role": "user", "content": "<image>What is the emotion of this face?"}
+    user = first["messages"][0]
+    assert user["role"] == "user" and user["content"].startswith("<image>What is the emotion of this face?\n\n")
+    assert "AU definitions:" in user["content"] and "Ground truth" not in user["content"]
+    assert "prompt contract prompts/facial_r1.md.j2@" in " ".join(r.output.split())
     assert first["messages"][1]["role"] == "assistant" and first["messages"][1]["content"].startswith("<think>")
     assert (ws_root / "msg" / first["images"][0]).is_file()
     bad = CliRunner().invoke(app, ["export", "--round", "0", "--format", "csv", "-w", str(ws_root)])
