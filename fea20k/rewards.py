@@ -23,6 +23,13 @@ Definitions (reference behaviour unless marked **departure**):
   **Departure** in both AU rewards: mentions are read by the shared parser, so ``AU04``, ``AU 4`` and ``L12`` count
   as AU4 / AU12; the reference's ``AU\\d+`` on upper-cased text counts ``au12`` but not ``AU 12`` and treats
   ``AU01`` and ``AU1`` as different AUs. Ground-truth AUs may be ints, ``"AU4"`` strings or ``{au: 0/1}`` maps.
+* ``au_reference_reward`` (``"au_reference"``, opt-in): 2·F1 − 1 parsed exactly as the reference code does, for
+  reproducing its runs. The text of the **first** ``<think>(.*?)</think>`` (DOTALL, IGNORECASE; none -> nothing
+  predicted) is upper-cased and the predictions are ``re.findall(r"AU\\d+", ...)`` as strings: ``au12`` counts as
+  ``AU12``, ``AU 12`` and ``AU-12`` count as nothing, ``AU01`` and ``AU1`` are different tokens. Ground truth = the
+  upper-cased strings of ``AUs`` (``"AU4"``; an int ``4`` becomes ``"4"`` and never matches, as in the reference).
+  Empty ground truth -> 0.0; no predicted AU -> −1.0; else 2·F1 − 1 over the two string sets. The tolerant rewards
+  above stay the default.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ RewardFn = Callable[..., list[float]]
 
 _SOLUTION_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>")  # no DOTALL, as the reference (§4.3.1)
 _AU_TOKEN_RE = re.compile(r"^\s*(?:AU)?\s*0*(\d+)\s*$", re.IGNORECASE)
+_REFERENCE_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
+_REFERENCE_AU_RE = re.compile(r"AU\d+")
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -164,6 +173,27 @@ def au_score(text: str, gt: set[int]) -> float:
     return 2.0 * au_f1_score(text, gt) - 1.0
 
 
+def au_reference_score(text: str, gt: Iterable[Any] | str | None) -> float:
+    """R_AU parsed exactly as the reference code does (module docstring): string AU tokens of the first think block,
+    upper-cased, against the upper-cased ground-truth strings; 2·F1 − 1, 0.0 without ground truth, −1.0 without
+    a prediction."""
+    if gt is None:
+        gt = []
+    elif isinstance(gt, str):  # one AU, not its characters
+        gt = [gt]
+    truth = {str(a).upper() for a in gt}
+    if not truth:
+        return 0.0
+    m = _REFERENCE_THINK_RE.search(text)
+    pred = set(_REFERENCE_AU_RE.findall(m.group(1).upper())) if m else set()
+    if not pred:
+        return -1.0
+    tp = len(pred & truth)
+    precision, recall = tp / len(pred), tp / len(truth)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return 2.0 * f1 - 1.0
+
+
 # ---------------------------------------------------------------------------------------------- TRL reward fns
 
 
@@ -213,8 +243,18 @@ def au_f1_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
 
 
 def au_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
-    """R_AU as the reference code computes it: 2·F1 − 1 in [−1, 1] (TRL reward function)."""
+    """R_AU with the reference code's formula, 2·F1 − 1 in [−1, 1], and the shared tolerant parser (TRL reward
+    function); ``au_reference_reward`` also parses as the reference does."""
     return _au_batch(au_score, completions, kwargs)
+
+
+def au_reference_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
+    """R_AU with the reference code's exact parsing (string tokens; see the module docstring) (TRL reward function)."""
+    n = len(completions)
+    col = _column(kwargs, ("AUs", "aus", "au_labels"), n)
+    if col is None:
+        raise ValueError("AU reward: pass the ground-truth AUs as AUs= or aus=")
+    return [au_reference_score(completion_text(c), a) for c, a in zip(completions, col, strict=True)]
 
 
 REWARDS: dict[str, RewardFn] = {
@@ -223,4 +263,5 @@ REWARDS: dict[str, RewardFn] = {
     "accuracy_reference": accuracy_reward_reference,
     "au_f1": au_f1_reward,
     "au": au_reward,
+    "au_reference": au_reference_reward,
 }

@@ -9,6 +9,8 @@ from fea20k.rewards import (
     accuracy_reward,
     accuracy_reward_reference,
     au_f1_reward,
+    au_reference_reward,
+    au_reference_score,
     au_reward,
     completion_text,
     format_reward,
@@ -117,5 +119,45 @@ def test_inputs_helpers_and_registry() -> None:
     assert completion_text([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]) == "a"
     assert completion_text({"role": "assistant", "content": "b"}) == "b"
     assert gt_emotion(labels=[]) == "" and gt_emotion(solution="fear") == "fear"
-    assert set(REWARDS) == {"format", "accuracy", "accuracy_reference", "au_f1", "au"}
+    assert set(REWARDS) == {"format", "accuracy", "accuracy_reference", "au_f1", "au", "au_reference"}
     assert accuracy_reward.__name__ == "accuracy_reward"
+
+
+def _two_f1_minus_1(tp: int, n_pred: int, n_gt: int) -> float:
+    p, r = tp / n_pred, tp / n_gt
+    return 2 * (2 * p * r / (p + r) if p + r else 0.0) - 1
+
+
+@pytest.mark.parametrize(
+    ("completion", "aus", "expected"),
+    [
+        (T("(AU4) (AU15)"), ["AU4", "AU15"], 1.0),
+        (T("(AU04)"), ["AU4"], -1.0),  # zero-padded: the token AU04 is not AU4 (F1 0 -> 2*0-1)
+        (T("(AU01) (AU1)"), ["AU1"], _two_f1_minus_1(1, 2, 1)),  # AU01 and AU1 are different predictions
+        (T("(AU 4)"), ["AU4"], -1.0),  # a space: no token, nothing predicted
+        (T("(AU-4) (AU4)"), ["AU4"], 1.0),  # AU-4 is not counted, AU4 is
+        (T("(au12)"), ["AU12"], 1.0),  # the think text is upper-cased first
+        (T("(AU12)"), ["au12"], 1.0),  # and so is the ground truth
+        ("no think block (AU4)", ["AU4"], -1.0),  # AUs outside a think block do not count
+        ("<THINK>(AU4)</Think><answer>x</answer>", ["AU4"], 1.0),  # tags matched case-insensitively
+        ("<think>(AU4)</think><think>(AU15)</think>", ["AU4", "AU15"], _two_f1_minus_1(1, 1, 2)),  # first block
+        ("<think>(AU4)</think><answer>(AU15)</answer>", ["AU4", "AU15"], _two_f1_minus_1(1, 1, 2)),
+        (T("(AU4)"), [], 0.0),  # no ground truth
+        (T("nothing"), [], 0.0),
+        (T("(AU4)"), [4], -1.0),  # an int ground truth is the string "4": never matched, as in the reference
+        # a typical mix: predicted {AU4, AU7, AU23, AU12}, gt {AU4, AU7, AU24}: P 2/4, R 2/3, F1 4/7, 2F1-1 1/7
+        (T("brows down (AU4), lids tight (au7), lips pressed (AU23), and a smile (AU12) (AU 24)"),
+         ["AU4", "AU7", "AU24"], 1 / 7),
+    ],
+)
+def test_au_reference_reward(completion: str, aus: list[object], expected: float) -> None:
+    assert au_reference_reward([completion], AUs=[aus]) == [pytest.approx(expected)]
+    assert au_reference_score(completion, aus) == pytest.approx(expected)
+
+
+def test_au_reference_reward_inputs() -> None:
+    assert au_reference_score(T("(AU4)"), "AU4") == 1.0  # one string is one AU, not its characters
+    assert au_reference_score(T("(AU4)"), None) == 0.0
+    assert au_reference_reward([[{"role": "assistant", "content": T("(AU4)")}]], aus=[["AU4"]]) == [1.0]
+    with pytest.raises(ValueError, match="AUs="):
+        au_reference_reward([GOOD])
