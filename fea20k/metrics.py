@@ -227,13 +227,13 @@ def samples_from_lines(path: Path) -> Iterator[EvalSample]:
                          rationale=obj.get("description") or obj.get("rationale"))
 
 
-def _release_test(release: Path) -> tuple[dict[str, dict[str, Any]], list[str] | None]:
-    """The release's test rows by id (labels only) and the emotion ClassLabel names."""
+def _release_test(release: Path, split: str = "test") -> tuple[dict[str, dict[str, Any]], list[str] | None]:
+    """The release's ``split`` rows by id (labels only) and the emotion ClassLabel names."""
     import pyarrow.parquet as pq
 
-    files = sorted(Path(release).glob("data/test-*.parquet"))
+    files = sorted(Path(release).glob(f"data/{split}-*.parquet"))
     if not files:
-        raise Fea20kUserError(f"{release}: no data/test-*.parquet; pass the folder `fea20k build` published "
+        raise Fea20kUserError(f"{release}: no data/{split}-*.parquet; pass the folder `fea20k build` published "
                               "(e.g. <workspace>/releases/round-0)")
     rows: dict[str, dict[str, Any]] = {}
     names: list[str] | None = None
@@ -271,9 +271,10 @@ def _rationale_text(value: Any) -> str | None:
     return value
 
 
-def samples_from_release(path: Path, release: Path, missing: list[str]) -> Iterator[EvalSample]:
-    """Prediction lines ``{id, prediction}`` joined to the release's test split; unknown ids go to ``missing``."""
-    rows, names = _release_test(release)
+def samples_from_release(path: Path, release: Path, missing: list[str], split: str = "test"
+                         ) -> Iterator[EvalSample]:
+    """Prediction lines ``{id, prediction}`` joined to the release's ``split``; unknown ids go to ``missing``."""
+    rows, names = _release_test(release, split)
     for _, obj in _read_jsonl(path):
         row = rows.get(str(obj["id"]))
         if row is None:
@@ -287,14 +288,15 @@ def samples_from_release(path: Path, release: Path, missing: list[str]) -> Itera
                          rationale=_rationale_text(row.get("rationale")), au_coded=bool(coded))
 
 
-def evaluate_file(predictions: Path, release: Path | None = None) -> dict[str, Any]:
-    """``fea20k eval``: metrics of a predictions JSONL, joined to a release's test split when given."""
+def evaluate_file(predictions: Path, release: Path | None = None, split: str = "test") -> dict[str, Any]:
+    """``fea20k eval``: metrics of a predictions JSONL, joined to a release's ``split`` when given."""
     missing: list[str] = []
-    samples = samples_from_release(predictions, release, missing) if release else samples_from_lines(predictions)
+    samples = (samples_from_release(predictions, release, missing, split) if release
+               else samples_from_lines(predictions))
     result = evaluate(samples)
     result["unknown_ids"] = len(missing)
     if missing:
-        logger.warning("%d prediction id(s) are not in the release's test split (first: %s)", len(missing),
+        logger.warning("%d prediction id(s) are not in the release's %s split (first: %s)", len(missing), split,
                        missing[0])
     return result
 

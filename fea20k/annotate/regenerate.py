@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from fea20k.annotate.runner import AnnotateConfig, AnnotateStage
 from fea20k.annotate.task import RegenerateTask
+from fea20k.prompt import CONTRACT_FILE, read_contract_file
 from fea20k.stage import register_stage
 
+
+logger = logging.getLogger(__name__)
 
 class RegenerateConfig(AnnotateConfig):
     """``[stages."annotate.regenerate"]``: the trained-model annotator and its repair settings."""
@@ -46,3 +51,26 @@ class Regenerate(AnnotateStage):
     def signature_extra(self) -> dict[str, Any]:
         """Also the round N-1 checkpoint: when round N-1 is retrained, round N regenerates (train area)."""
         return {**super().signature_extra(), "checkpoint": self.previous_checkpoint()}
+
+    def load(self) -> None:
+        first = not getattr(self, "_loaded", False)
+        super().load()
+        if first and not self.backend.offline and getattr(self, "_client", None) is None:
+            self.check_prompt_contract()
+
+    def check_prompt_contract(self) -> str | None:
+        """Say in one line when the checkpoint was trained on prompts of another contract than this annotator's
+        (its ``prompt_contract.json``, written by the trainers): the model would be asked with text it never saw.
+        Returns the line (None when they agree or the checkpoint records none)."""
+        ckpt = self.backend.identity or self.previous_checkpoint()
+        if not ckpt or not Path(ckpt).is_dir():
+            return None
+        trained = read_contract_file(Path(ckpt))
+        if not trained or trained.get("id") == self.task.contract.id:
+            return None
+        line = (f"{self.name} (round {self.ctx.round}): checkpoint {ckpt} was trained on prompt contract "
+                f"{trained.get('id')} but annotator {self.spec.name!r} asks with {self.task.contract.id} (its "
+                f"{CONTRACT_FILE}); retrain on an export rendered with this annotator, or restore its template")
+        logger.warning("%s", line)
+        self.stats.add("prompt_contract_mismatch")
+        return line
