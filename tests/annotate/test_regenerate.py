@@ -37,3 +37,33 @@ def test_new_checkpoint_is_asked_again_same_checkpoint_is_a_cache_hit(ws: Path, 
         ledger.record_checkpoint(2, "train.grpo", str(tmp_path / "ckpt-r1"), "sig1-retrained")
         assert _regenerate(ws, 3) == (6, 0)
         assert srv.total == 18
+
+
+def test_checkpoint_trained_on_another_prompt_contract_is_said_in_one_line(ws: Path, tmp_path: Path,
+                                                                           caplog: object) -> None:
+    import json
+    import logging
+
+    from fea20k.prompt import CONTRACT_FILE
+
+    ckpt = tmp_path / "ckpt-r0"
+    ckpt.mkdir()
+    Workspace(ws).ledger.record_checkpoint(0, "train.grpo", str(ckpt), "sig0")
+    with OpenAIServer() as srv:
+        write_annotator(ws, "served", srv.base_url, model="facial-r1")
+        stage = make_stage(ws, "annotate.regenerate", round_=1, annotator="served", repair=False)
+        stage.load()
+        assert stage.check_prompt_contract() is None  # the checkpoint records no contract: nothing to compare
+        (ckpt / CONTRACT_FILE).write_text(json.dumps(stage.task.contract.describe()))
+        assert stage.check_prompt_contract() is None  # trained on the very prompts it is asked with
+        # the template was edited after training: the contract id changes, and the build says so
+        tpl = ws / "annotators" / "prompts" / "facial_r1.md.j2"
+        tpl.write_text(tpl.read_text().replace("Requirements:", "Rules:"))
+        stage.close()
+        edited = make_stage(ws, "annotate.regenerate", round_=1, annotator="served", repair=False)
+        with caplog.at_level(logging.WARNING, logger="fea20k.annotate.regenerate"):  # type: ignore[attr-defined]
+            edited.load()
+        edited.close()
+    lines = [r.getMessage() for r in caplog.records if "prompt contract" in r.getMessage()]  # type: ignore
+    assert len(lines) == 1 and str(ckpt) in lines[0] and "'served'" in lines[0] and "\n" not in lines[0]
+    assert edited.stats.counters["prompt_contract_mismatch"] == 1
