@@ -46,7 +46,8 @@ def _invoke(*args: str):  # noqa: ANN202
 def test_lists_the_shipped_annotators_without_a_workspace() -> None:
     r = _invoke()
     assert r.exit_code == 0, r.output
-    for text in ("teacher", "facial-r1-vllm", "rules", "gpt-4o-mini", "offline", "OPENAI_API_KEY"):
+    for text in ("teacher", "facial-r1-vllm", "facial-r1-local", "transformers", "rules", "gpt-4o-mini", "offline",
+                 "OPENAI_API_KEY"):
         assert text in r.output
     assert "emotion_sets" not in r.output and "spent" not in r.output
 
@@ -69,9 +70,9 @@ def test_broken_definition_exits_2_after_listing_the_others(ws: Path) -> None:
     proc = _fea20k("annotators", "-w", str(ws))
     assert proc.returncode == 2, proc.stderr
     assert "annotators/broken.toml: unknown key 'max_tokns'; remove it or check its spelling" in proc.stderr
-    assert "1 of 5 annotator(s) do not load" in proc.stderr
+    assert "1 of 6 annotator(s) do not load" in proc.stderr
     assert "Traceback" not in proc.stderr
-    for name in ("facial-r1-vllm", "rules", "teacher", "broken"):
+    for name in ("facial-r1-local", "facial-r1-vllm", "rules", "teacher", "broken"):
         assert name in proc.stdout
 
 
@@ -135,7 +136,8 @@ def test_preview_rules_shows_the_rationale(ws: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["nobody", "--preview"], "no annotator 'nobody'; available: ['facial-r1', 'facial-r1-vllm', 'rules', 'teacher']"),
+    (["nobody", "--preview"], "no annotator 'nobody'; available: ['facial-r1', 'facial-r1-local', 'facial-r1-vllm', "
+                              "'rules', 'teacher']"),
     (["teacher", "--preview", "--emotion", "glee-ish"], "unknown emotion 'glee-ish'; use one of"),
     (["teacher", "--preview", "--aus", "4,seven"], "--aus '4,seven': 'seven' is not an AU number"),
     (["teacher", "--emotion", "anger"], "--emotion only applies with --preview"),

@@ -1,8 +1,9 @@
 """Annotator definitions: ``annotators/<name>.toml`` validated into :class:`AnnotatorSpec`.
 
-An annotator names a backend (``rules``, ``openai``, ``vllm``), the model and its sampling parameters, transport
-limits (concurrency, requests/tokens per minute, timeout, retries), the repair budget (``max_attempts``), prices
-and a spending cap, and the prompt template and data files it reads (paths relative to ``annotators/``).
+An annotator names a backend (``rules``, ``openai``, ``vllm``, ``transformers``), the model and its sampling
+parameters, transport limits (concurrency, requests/tokens per minute, timeout, retries), the repair budget
+(``max_attempts``), prices and a spending cap, and the prompt template and data files it reads (paths relative to
+``annotators/``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from fea20k.settings import StrictModel, read_toml, validate_model
 
 # TOML files of annotators/ that are data the annotators read, not annotators
 DATA_FILES = frozenset({"emotion_sets", "feedback"})
+# the keys of an annotator's [transformers] table, and its dtypes
+TRANSFORMERS_KEYS = ("device", "dtype")
+TRANSFORMERS_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class AnnotatorSpec(StrictModel):
@@ -35,7 +39,7 @@ class AnnotatorSpec(StrictModel):
     model: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None  # the NAME of the environment variable holding the key, never the key
-    checkpoint: str | None = None  # vllm: local checkpoint directory
+    checkpoint: str | None = None  # vllm, transformers: local checkpoint directory
     prompt: str = "prompts/facial_r1.md.j2"
     question: str = "What is the emotion of this face?"
     emotion_sets: str = "emotion_sets.toml"
@@ -62,6 +66,9 @@ class AnnotatorSpec(StrictModel):
     budget_usd: float | None = Field(None, ge=0)
     feedback_max_chars: int = Field(1500, ge=0)  # the previous reply quoted in a repair prompt is cut to this
     vllm: dict[str, Any] = Field(default_factory=dict)  # extra vllm.LLM(...) engine arguments
+    # backend 'transformers': device ("auto": a CUDA GPU when there is one, else "cpu"; or "cuda:1", ...) and dtype
+    # ("auto": bfloat16 on a GPU that has it, else float32; or "float32", "bfloat16", "float16")
+    transformers: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _backend_needs(self) -> AnnotatorSpec:
@@ -72,6 +79,14 @@ class AnnotatorSpec(StrictModel):
                              "http://127.0.0.1:8000/v1 for vllm serve)")
         if self.backend == "rules" and not self.phrases:
             raise ValueError("backend 'rules' needs `phrases` (a phrase-template file under annotators/)")
+        unknown = sorted(set(self.transformers) - set(TRANSFORMERS_KEYS))
+        if unknown:
+            raise ValueError(f"[transformers]: unknown key(s) {unknown}; allowed: {sorted(TRANSFORMERS_KEYS)}")
+        dtype = self.transformers.get("dtype", "auto")
+        if dtype not in TRANSFORMERS_DTYPES:
+            raise ValueError(f"[transformers] dtype = {dtype!r}; allowed: {list(TRANSFORMERS_DTYPES)}")
+        if not isinstance(self.transformers.get("device", "auto"), str):
+            raise ValueError("[transformers] device must be a string (\"auto\", \"cpu\", \"cuda\", \"cuda:1\", ...)")
         return self
 
     def sampling(self) -> dict[str, Any]:
@@ -85,7 +100,10 @@ class AnnotatorSpec(StrictModel):
 
     def signature_dump(self) -> dict[str, Any]:
         """What of this definition changes the replies (transport, prices and budget left out)."""
-        return self.model_dump(mode="json", exclude=set(self.TRANSPORT_KEYS))
+        out = self.model_dump(mode="json", exclude=set(self.TRANSPORT_KEYS))
+        if not out.get("transformers"):  # a later key: left out when unset, so older annotators keep their signature
+            out.pop("transformers", None)
+        return out
 
 
 def load_annotator(annotators_dir: Path, name: str) -> tuple[AnnotatorSpec, Path]:

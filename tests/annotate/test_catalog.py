@@ -23,7 +23,7 @@ from fea20k.vocab import load_vocab
 from fea20k.workspace import Workspace, init_workspace
 
 
-SHIPPED = {"facial-r1", "facial-r1-vllm", "rules", "teacher"}
+SHIPPED = {"facial-r1", "facial-r1-local", "facial-r1-vllm", "rules", "teacher"}
 
 
 @pytest.fixture
@@ -49,6 +49,8 @@ def test_fresh_workspace_lists_every_shipped_annotator(ws: Path) -> None:
     assert (teacher.price_in, teacher.price_out, teacher.budget_usd) == (0.15, 0.60, 20.0)
     assert (rows["facial-r1"].model, rows["facial-r1"].endpoint) == ("facial-r1", "http://127.0.0.1:8000/v1")
     assert rows["facial-r1-vllm"].backend == "vllm" and "checkpoint" in rows["facial-r1-vllm"].endpoint
+    local = rows["facial-r1-local"]
+    assert (local.backend, local.endpoint, local.concurrency) == ("transformers", "previous round's checkpoint", 8)
     assert (rows["rules"].backend, rows["rules"].endpoint, rows["rules"].key_env) == ("rules", "offline", None)
 
 

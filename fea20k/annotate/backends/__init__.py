@@ -1,7 +1,9 @@
-"""Annotator backends, registered by name: ``rules`` (offline), ``openai`` (any compatible endpoint), ``vllm``.
+"""Annotator backends, registered by name: ``rules`` (offline), ``openai`` (any compatible endpoint), ``vllm``
+(in-process vLLM on a GPU) and ``transformers`` (in-process ``transformers``, CPU or GPU); the two in-process ones
+load a local checkpoint and share the micro-batching of :mod:`fea20k.annotate.backends.batching`.
 
-Built-in backends are imported on first use (the openai and vllm packages stay unimported until needed); a
-workspace plugin (``annotators/*.py``) can add one with ``@register_backend("name")``.
+Built-in backends are imported on first use (the openai, vllm, torch and transformers packages stay unimported
+until needed); a workspace plugin (``annotators/*.py``) can add one with ``@register_backend("name")``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ _BUILTIN = {
     "rules": "fea20k.annotate.backends.rules",
     "openai": "fea20k.annotate.backends.openai_compat",
     "vllm": "fea20k.annotate.backends.vllm_local",
+    "transformers": "fea20k.annotate.backends.transformers_local",
 }
 _REGISTRY: dict[str, type[Backend]] = {}
 
