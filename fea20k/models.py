@@ -127,14 +127,16 @@ def load_processor(model_dir: Path, vision: bool) -> Any:
     return processor
 
 
-def load_model(model_dir: Path, vision: bool, device: str | None = None) -> tuple[Any, Any]:
-    """The model and its processor/tokenizer, from a local folder only (bf16 on a GPU that has it, else fp32)."""
+def load_model(model_dir: Path, vision: bool, device: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
+    """The model and its processor/tokenizer, from a local folder only; ``dtype`` (a torch dtype) defaults to bf16
+    on a GPU that has it, else fp32 (weights are loaded in it, not rounded through another)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     offline()
-    cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype is None:
+        cuda = torch.cuda.is_available()
+        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     if vision:
         from transformers import AutoModelForImageTextToText
 

@@ -45,8 +45,13 @@ class Regenerate(AnnotateStage):
     def request_identity(self) -> str | None:
         """The round N-1 checkpoint (path and train signature), also behind ``vllm serve``: the openai backend only
         sees the served name (``facial-r1``), so without it a sample re-asked in round N would get round N-1's
-        model's cached answer. A backend that knows its weights (in-process vllm) says so itself."""
-        return self.backend.identity or self.previous_checkpoint_identity()
+        model's cached answer. An in-process backend names its own checkpoint folder; when that is the registered
+        one, its train signature is added too, so a retrain into the same folder is a new model, not a cache hit."""
+        own = self.backend.identity
+        registered = self.previous_checkpoint()
+        if own is None or (registered is not None and Path(own).resolve() == Path(registered).resolve()):
+            return self.previous_checkpoint_identity()
+        return own
 
     def signature_extra(self) -> dict[str, Any]:
         """Also the round N-1 checkpoint: when round N-1 is retrained, round N regenerates (train area)."""

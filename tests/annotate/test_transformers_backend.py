@@ -194,6 +194,12 @@ def test_checkpoint_missing_or_from_the_previous_round(ws: Path, tmp_path: Path,
     stage, out = run(ws, records(2), max_attempts=1)
     assert [r.rationale.model for r in out] == [str(tiny_vlm)] * 2 and stage.backend.identity == str(tiny_vlm)
     assert all(r.rationale.attempts == 1 and r.rationale.raw[0] for r in out)
+    # the request key names the registered checkpoint with its train signature: a retrain into the same folder is a
+    # new model, asked again, not answered from the old model's cache
+    assert stage.request_identity() == f"{tiny_vlm}@sig0"
+    Workspace(ws).ledger.record_checkpoint(0, "train.grpo", str(tiny_vlm), "sig0-retrained")
+    again, _ = run(ws, records(2), max_attempts=1)
+    assert again.request_identity() == f"{tiny_vlm}@sig0-retrained" and again.stats.counters.get("cache_hits", 0) == 0
 
 
 def test_missing_extra_is_one_clear_line(ws: Path, tiny_vlm: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -121,7 +121,7 @@ class TransformersBackend(BatchingBackend):
         device, dtype = self._placement()
         logger.info("loading %s with transformers (%s, %s, %s)", self.checkpoint_path,
                     "vision" if self.vision else "text-only", device, dtype)
-        model, processor = load_model(self.checkpoint_path, self.vision)
+        model, processor = load_model(self.checkpoint_path, self.vision, dtype=dtype)
         self.hf_model = model.to(device=device, dtype=dtype).eval()
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
