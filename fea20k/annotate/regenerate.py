@@ -25,8 +25,9 @@ class Regenerate(AnnotateStage):
     """Regenerate rationales with the trained model, ground truth shown, retrying with the failed checks.
 
     Args:
-        annotator: ``facial-r1`` (``vllm serve`` behind the openai backend) or ``facial-r1-vllm`` (in-process; its
-            checkpoint defaults to the one the previous round's train step registered).
+        annotator: ``facial-r1`` (``vllm serve`` behind the openai backend), ``facial-r1-vllm`` (in-process vLLM,
+            GPU) or ``facial-r1-local`` (in-process transformers, CPU or GPU); the in-process ones default to the
+            checkpoint the previous round's train step registered.
         gold_in_prompt, max_attempts, validators, repair, budget_usd, concurrency: as in ``annotate.draft``.
 
     Input fields: as ``annotate.draft``.
