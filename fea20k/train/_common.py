@@ -147,7 +147,7 @@ def checked_image_paths(row: dict[str, Any], images: Path | None, data_dir: Path
 
 
 def resolve_images(args: argparse.Namespace) -> Path | None:
-    if args.images is None or not str(args.images) or not Path(args.images).is_dir():
+    if args.images is None or not Path(args.images).is_dir():
         return None
     return Path(args.images)
 
@@ -293,11 +293,17 @@ def save_trained(trainer: Any, out_dir: Path, files: OutputFiles) -> None:
         files.write(out_dir)
 
 
+def optional_path(value: str) -> Path | None:
+    """An empty argument is no path (a train step's ``{images}`` / ``{stats}`` may be empty), not ``Path(".")``."""
+    return Path(value) if value.strip() else None
+
+
 def common_args(parser: argparse.ArgumentParser) -> None:
     """Options both trainers take (the train steps' placeholders map onto them)."""
     parser.add_argument("--data", type=Path, required=True, help="Facial-R1 JSONL (or chat JSONL for sft)")
-    parser.add_argument("--images", type=Path, default=None, help="image folder the rows' `image` is relative to")
-    parser.add_argument("--stats", type=Path, default=None,
+    parser.add_argument("--images", type=optional_path, default=None,
+                        help="image folder the rows' `image` is relative to")
+    parser.add_argument("--stats", type=optional_path, default=None,
                         help="statistics file config.json (emotion list; AU statistics for --au-weighting)")
     parser.add_argument("--base-model", default=None, help="LOCAL model directory (never downloaded)")
     parser.add_argument("--output-dir", type=Path, required=True)
