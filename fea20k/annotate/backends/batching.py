@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from fea20k.annotate.backends.base import Backend, CallLog, Reply, Request
 from fea20k.annotate.spec import AnnotatorSpec
@@ -26,6 +27,34 @@ from fea20k.errors import ConfigError
 
 
 logger = logging.getLogger(__name__)
+
+
+def convert_messages(messages: list[dict[str, Any]],
+                     image_part: Callable[[str], dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """Our chat messages checked (roles, part kinds) and rebuilt for an engine: text parts kept, each image part
+    replaced by ``image_part(url)`` (None drops it). A message with string content stays as it is."""
+    conv: list[dict[str, Any]] = []
+    for msg in messages:
+        role = msg.get("role")
+        if role not in ("system", "user", "assistant"):
+            raise ValueError(f"unsupported message role {role!r}")
+        content = msg.get("content")
+        if isinstance(content, str):
+            conv.append({"role": role, "content": content})
+            continue
+        parts: list[dict[str, Any]] = []
+        for part in content or []:
+            kind = part.get("type")
+            if kind == "text":
+                parts.append({"type": "text", "text": str(part["text"])})
+            elif kind == "image_url":
+                new = image_part(part["image_url"]["url"])
+                if new is not None:
+                    parts.append(new)
+            else:
+                raise ValueError(f"unsupported content part {kind!r}")
+        conv.append({"role": role, "content": parts})
+    return conv
 
 
 def resolve_checkpoint(spec: AnnotatorSpec, spec_path: Path, fallback: str | None) -> Path:

@@ -29,7 +29,7 @@ from typing import Any
 
 from fea20k.annotate.backends import register_backend
 from fea20k.annotate.backends.base import Reply, Request
-from fea20k.annotate.backends.batching import BatchingBackend
+from fea20k.annotate.backends.batching import BatchingBackend, convert_messages
 from fea20k.annotate.task import decode_data_url
 from fea20k.errors import ConfigError, require
 
@@ -43,39 +43,25 @@ def hf_conversation(messages: list[dict[str, Any]], vision: bool) -> tuple[list[
     parts joined with newlines. A bad part or an image that does not decode is a ``ValueError``."""
     from PIL import Image
 
-    conv: list[dict[str, Any]] = []
     images: list[Any] = []
-    for msg in messages:
-        role = msg.get("role")
-        if role not in ("system", "user", "assistant"):
-            raise ValueError(f"unsupported message role {role!r}")
-        content = msg.get("content")
-        if isinstance(content, str):
-            conv.append({"role": role, "content": content})
-            continue
-        parts: list[dict[str, Any]] = []
-        for part in content or []:
-            kind = part.get("type")
-            if kind == "text":
-                parts.append({"type": "text", "text": str(part["text"])})
-            elif kind == "image_url":
-                if not vision:
-                    continue
-                data = decode_data_url(part["image_url"]["url"])
-                if data is None:
-                    raise ValueError("images must be data URLs (the backend never fetches remote images)")
-                try:
-                    with Image.open(io.BytesIO(data)) as img:
-                        images.append(img.convert("RGB"))
-                except (OSError, Image.DecompressionBombError) as e:
-                    raise ValueError(f"the image does not decode: {e}") from None
-                parts.append({"type": "image"})
-            else:
-                raise ValueError(f"unsupported content part {kind!r}")
-        if vision:
-            conv.append({"role": role, "content": parts})
-        else:
-            conv.append({"role": role, "content": "\n".join(p["text"] for p in parts)})
+
+    def image_part(url: str) -> dict[str, Any] | None:
+        if not vision:
+            return None
+        data = decode_data_url(url)
+        if data is None:
+            raise ValueError("images must be data URLs (the backend never fetches remote images)")
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                images.append(img.convert("RGB"))
+        except (OSError, Image.DecompressionBombError) as e:
+            raise ValueError(f"the image does not decode: {e}") from None
+        return {"type": "image"}
+
+    conv = convert_messages(messages, image_part)
+    if not vision:  # a text-only chat template takes string content
+        conv = [m if isinstance(m["content"], str) else {**m, "content": "\n".join(p["text"] for p in m["content"])}
+                for m in conv]
     return conv, images
 
 

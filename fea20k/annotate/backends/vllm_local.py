@@ -21,7 +21,7 @@ from typing import Any
 
 from fea20k.annotate.backends import register_backend
 from fea20k.annotate.backends.base import Reply, Request
-from fea20k.annotate.backends.batching import BatchingBackend, resolve_checkpoint
+from fea20k.annotate.backends.batching import BatchingBackend, convert_messages, resolve_checkpoint
 from fea20k.annotate.spec import AnnotatorSpec
 from fea20k.errors import require
 
@@ -33,29 +33,13 @@ __all__ = ["VLLMBackend", "build_conversation", "resolve_checkpoint", "sampling_
 
 def build_conversation(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One ``LLM.chat`` conversation from our chat messages (validated; images stay base64 data URLs)."""
-    conv = []
-    for msg in messages:
-        role = msg.get("role")
-        if role not in ("system", "user", "assistant"):
-            raise ValueError(f"unsupported message role {role!r}")
-        content = msg.get("content")
-        if isinstance(content, str):
-            conv.append({"role": role, "content": content})
-            continue
-        parts = []
-        for part in content or []:
-            kind = part.get("type")
-            if kind == "text":
-                parts.append({"type": "text", "text": str(part["text"])})
-            elif kind == "image_url":
-                url = part["image_url"]["url"]
-                if not url.startswith("data:image/"):
-                    raise ValueError("images must be data URLs (the backend never fetches remote images)")
-                parts.append({"type": "image_url", "image_url": {"url": url}})
-            else:
-                raise ValueError(f"unsupported content part {kind!r}")
-        conv.append({"role": role, "content": parts})
-    return conv
+
+    def image_part(url: str) -> dict[str, Any]:
+        if not url.startswith("data:image/"):
+            raise ValueError("images must be data URLs (the backend never fetches remote images)")
+        return {"type": "image_url", "image_url": {"url": url}}
+
+    return convert_messages(messages, image_part)
 
 
 def sampling_kwargs(spec: AnnotatorSpec) -> dict[str, Any]:
