@@ -8,7 +8,6 @@ checkpoints were trained on is the one they are asked with. Prints its wall time
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from fea20k.engine import BuildResult, build_round
 from fea20k.io import StageOutput
 from fea20k.workspace import Workspace
+from tests.conftest import TIMINGS
 
 
 pytest.importorskip("torch", reason="needs the `train` extra: pip install 'fea20k[train]'")
@@ -103,8 +103,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
         (ws / "annotators" / "teacher-loop.toml").write_text(TEACHER.format(url=teacher.base_url))
         results = {r: build_round(ws, r, quiet=True) for r in ROUNDS}
     seconds = time.perf_counter() - t0
-    print(f"\nFacial-R1 loop, 3 rounds with the real trainers and the transformers backend: {seconds:.1f} s",
-          file=sys.stderr)
+    TIMINGS["Facial-R1 loop, 3 rounds (real trainers on the tiny VLM, transformers backend)"] = seconds
     yield ws, results, seconds
 
 
@@ -144,7 +143,7 @@ def test_three_rounds_train_regenerate_and_publish(loop: tuple[Path, dict[int, B
         # the merged release keeps round 0's accepted rows and adds none of the rejected regenerations
         merged = [x for x in _records(ws, r, "publish.merge") if x.accepted]
         assert {x.id for x in merged if x.split == "train"} == {x.id for x in drafted}
-    assert seconds < 600
+    assert seconds < 600  # the target is 4 minutes on a 2-core machine; the run's figure is printed
 
 
 def test_the_model_is_asked_with_the_prompt_it_was_trained_on(
