@@ -108,6 +108,9 @@ def test_preview_prints_the_prompt_verbatim_then_the_sampling(ws: Path) -> None:
     assert "<think>The brows are pulled down" in out and "<image: the aligned face crop" in out
     assert out.index("Emotion to reach") < out.index("sampling parameters") < out.index("temperature = 0.0")
     assert "max_tokens = 1024" in out
+    from fea20k.prompt import PromptContract
+
+    assert f"── prompt contract ──\n{PromptContract.shipped().id} " in out
 
     nogold = _invoke("teacher", "--preview", "--emotion", "happiness", "--aus", "6,12", "--no-gold", "-w", str(ws))
     assert nogold.exit_code == 0 and "Ground truth" not in nogold.stdout and "AU6: Cheek raiser" in nogold.stdout
@@ -119,6 +122,7 @@ def test_preview_feedback_and_json(ws: Path) -> None:
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["params"] == {"temperature": 0.0, "max_tokens": 1024} and data["model"] == "gpt-4o-mini"
+    assert data["prompt_contract"].startswith("prompts/facial_r1.md.j2@")
     [msg] = data["messages"]
     assert [p["type"] for p in msg["content"]] == ["image_url", "text"]
     text = msg["content"][1]["text"]

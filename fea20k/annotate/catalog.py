@@ -65,6 +65,7 @@ class AnnotatorRow:
     cost: float | None = None
     error: str | None = None
     note: str | None = None
+    prompt_contract: str | None = None  # fea20k.prompt id: what a model trained on its exports is asked with
 
     @property
     def ok(self) -> bool:
@@ -89,12 +90,13 @@ class Preview:
     gold_in_prompt: bool
     record: FaceRecord
     notes: list[str] = field(default_factory=list)
+    prompt_contract: str | None = None  # fea20k.prompt id of the text (None for offline backends)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON ``fea20k annotators NAME --preview --json`` prints."""
         out: dict[str, Any] = {"annotator": self.annotator, "backend": self.backend, "model": self.model,
                                "offline": self.offline, "emotions": self.emotions, "params": self.params,
-                               "gold_in_prompt": self.gold_in_prompt}
+                               "gold_in_prompt": self.gold_in_prompt, "prompt_contract": self.prompt_contract}
         if self.offline:
             out["reply"] = self.text
         else:
@@ -173,9 +175,11 @@ def _sample_records(vocab: Vocab) -> list[FaceRecord]:
     ]
 
 
-def _try_out(annotators_dir: Path, spec: AnnotatorSpec, spec_path: Path, vocab: Vocab, backend: Backend) -> None:
+def _try_out(annotators_dir: Path, spec: AnnotatorSpec, spec_path: Path, vocab: Vocab,
+             backend: Backend) -> str | None:
     """Load what the annotator reads and render (or write) for sample records, so template, emotion-set, feedback
-    and phrase errors surface here instead of in the middle of a build. Raises ConfigError."""
+    and phrase errors surface here instead of in the middle of a build. Raises ConfigError. Returns the prompt
+    contract's id (None for an offline backend)."""
     import jinja2
 
     from fea20k.annotate.task import DraftTask, Feedback
@@ -188,13 +192,14 @@ def _try_out(annotators_dir: Path, spec: AnnotatorSpec, spec_path: Path, vocab: 
         except (KeyError, IndexError, ValueError) as e:
             files = ", ".join(str(p) for p in backend.recipe_files()) or str(spec_path)
             raise ConfigError(f"{files}: writing a sample rationale failed: {type(e).__name__}: {e}") from None
-        return
+        return None
     task = DraftTask(spec, annotators_dir, spec_path, vocab, gold_in_prompt=True)
     try:
         task.render(recs[0], Feedback(previous="...", issues=task.explain(["emotion_mismatch"])))
         task.render(recs[-1])
     except jinja2.TemplateError as e:
         raise ConfigError(f"{task.template_path}: template error: {e}") from None
+    return task.contract.id
 
 
 def _row(annotators_dir: Path, path: Path, vocab: Vocab, spent: dict[str | None, dict[str, Any]] | None,
@@ -242,7 +247,7 @@ def _row(annotators_dir: Path, path: Path, vocab: Vocab, spent: dict[str | None,
         row.processes = spec.processes if cls.client_processes else None
     try:
         backend = _backend(annotators_dir, spec, path, vocab)
-        _try_out(annotators_dir, spec, path, vocab, backend)
+        row.prompt_contract = _try_out(annotators_dir, spec, path, vocab, backend)
     except Fea20kUserError as e:
         return fail(e)
     except UnicodeDecodeError as e:
@@ -411,4 +416,4 @@ def preview(annotators_dir: Path, vocab: Vocab, name: str, *, emotion: str | Non
     return Preview(annotator=spec.name, backend=spec.backend, model=backend.model, offline=False,
                    text=task.render(rec, fb), messages=messages, params=spec.sampling(),
                    emotions=task.emotion_set(rec), gold_in_prompt=task.gold(rec) is not None, record=rec,
-                   notes=notes)
+                   notes=notes, prompt_contract=task.contract.id)

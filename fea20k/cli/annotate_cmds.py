@@ -138,5 +138,7 @@ def _plain(p: Preview) -> str:
                     lines.append(str(part.get("text", "")))
         lines.append("── sampling parameters ──")
         lines += [f"{k} = {json.dumps(v)}" for k, v in p.params.items()]
+        lines += ["── prompt contract ──",
+                  f"{p.prompt_contract} (the id exports, checkpoints and regeneration compare)"]
     lines += ["── emotion set ──", ", ".join(p.emotions)]
     return "\n".join(lines)
