@@ -379,6 +379,7 @@ def build_round(
                     if from_stage is not None and _matches(ps, from_stage):
                         forced = True
                     result.stages.append(_run_or_skip(ws, ps, forced, progress, opts))
+                _guard(ws, group)
                 if until_stage is not None and any(_matches(ps, until_stage) for ps in group):
                     break
         status = "done"
@@ -386,6 +387,21 @@ def build_round(
         ws.ledger.finish_run(run_id, status)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _guard(ws: Workspace, group: list[PlannedStage]) -> None:
+    """No silent loss (fea20k.guards): stop, one line per source, when ingest or faces.align lost a source."""
+    from fea20k import guards
+
+    recipe = ws.recipe
+    where = ws.recipe_path.relative_to(ws.root) if ws.recipe_path.is_relative_to(ws.root) else ws.recipe_path
+    lines: list[str] = []
+    for ps in group:
+        if isinstance(ps.stage, SourceStage) or ps.stage.name in guards.GUARDED_STAGES:
+            lines += guards.check(ws.stage_dir(ps.round, ps.key), ps.stage.name, ps.key, recipe.max_exclusion_share,
+                                  recipe.allow_exclusion_share, where)
+    if lines:
+        guards.stop_if_lost(lines, ", ".join(ps.key for ps in group))
 
 
 def _matches(ps: PlannedStage, name: str) -> bool:

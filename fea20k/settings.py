@@ -120,6 +120,18 @@ class Recipe(StrictModel):
     chunk_size: int = Field(1000, ge=1, le=1_000_000)
     rounds: dict[str, RoundPlan]
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # no silent loss (fea20k.guards): after ingest and faces.align, a source that kept nothing or lost more than this
+    # share of its records to one reason stops the build; [allow_exclusion_share] raises it per source name
+    max_exclusion_share: float = Field(0.5, gt=0.0, le=1.0)
+    allow_exclusion_share: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("allow_exclusion_share")
+    @classmethod
+    def _shares(cls, v: dict[str, float]) -> dict[str, float]:
+        for src, share in v.items():
+            if not 0.0 < share <= 1.0:
+                raise ValueError(f"{src} = {share}: a share is a number in (0, 1]; 1.0 lets every exclusion through")
+        return v
 
     @field_validator("rounds")
     @classmethod
