@@ -116,6 +116,16 @@ def _stage_config(ws: Workspace, name: str) -> tuple[dict[str, Any], str]:
     return cfg, f"{ws.recipe_path}: [stages.\"{name}\"]"
 
 
+def source_stage(ws: Workspace, src_name: str, round_: int = 0) -> SourceStage:
+    """The ingest stage of configured source ``src_name`` (its adapter, root and options from fea20k.toml)."""
+    src = ws.config.sources[src_name]
+    cls = get_stage_class(f"ingest.{src.adapter}")
+    cfg = {**src.options, "source": src_name, "root": str(ws.source_root(src_name))}
+    key = f"ingest/{src_name}"
+    ctx = StageContext(workspace_root=ws.root, round=round_, stage_key=key)
+    return cls(cfg, ctx, where=f"{ws.config_path}: [sources.{src_name}]")  # type: ignore[return-value]
+
+
 def plan_round(ws: Workspace, round_: int) -> list[list[PlannedStage]]:
     """The steps of round ``round_``, each a group of stage instances, with signatures computed."""
     load_workspace_plugins(ws.root)
@@ -126,14 +136,9 @@ def plan_round(ws: Workspace, round_: int) -> list[list[PlannedStage]]:
         if step == "ingest":
             if not ws.config.sources:
                 raise ConfigError(f"{ws.config_path}: no [sources.*] configured; round {round_} has nothing to ingest")
-            for src_name, src in ws.config.sources.items():
-                cls = get_stage_class(f"ingest.{src.adapter}")
-                root = ws.source_root(src_name)
-                cfg = {**src.options, "source": src_name, "root": str(root)}
-                key = f"ingest/{src_name}"
-                ctx = StageContext(workspace_root=ws.root, round=round_, stage_key=key)
-                stage = cls(cfg, ctx, where=f"{ws.config_path}: [sources.{src_name}]")
-                group.append(PlannedStage(key=key, stage=stage, upstream=[]))
+            for src_name in ws.config.sources:
+                stage = source_stage(ws, src_name, round_)
+                group.append(PlannedStage(key=stage.ctx.stage_key, stage=stage, upstream=[]))
         else:
             cls = get_stage_class(step)
             cfg, where = _stage_config(ws, step)

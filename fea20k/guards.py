@@ -19,8 +19,9 @@ from fea20k.errors import Fea20kUserError
 
 # What to check when one reason takes a source (shown in the stop line)
 HINTS = {
-    "image_missing": "the images are not where the adapter looks: compare the layout with `fea20k sources` and run "
-                     "`fea20k sources --check` (frames_dir / image options of the source)",
+    "image_missing": "the images are not where the adapter looks: compare the corpus with the layout `fea20k "
+                     "sources` lists (`fea20k sources -w WS --check` shows what each source finds), or set the "
+                     "source's frames_dir / image option",
     "image_undecodable": "the image files do not decode: a partial download or files of another format",
     "no_landmarks": "the landmarks were not found: check the landmark folder layout of the source",
     "label_missing": "the label file does not match the images: check the label file the adapter reads",
