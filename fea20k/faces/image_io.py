@@ -5,10 +5,16 @@ Nothing here raises on a bad image: every request gets a :class:`Loaded` whose `
 stages turn into exclusion reasons.
 
 * Still images are decoded with ``cv2.imdecode`` (fast path; greyscale, 16-bit, CMYK and alpha images all come out as
-  8-bit BGR; OpenCV applies the EXIF orientation). ``reduce`` = 2, 4 or 8 asks libjpeg for a 1/reduce-scale decode
-  (``IMREAD_REDUCED_COLOR_*``), much cheaper when the face is far larger than the output; :attr:`Loaded.scale` says
-  how to map source pixel coordinates to the decoded image. Formats OpenCV cannot read go through PIL.
+  8-bit BGR). ``reduce`` = 2, 4 or 8 asks libjpeg for a 1/reduce-scale decode (``IMREAD_REDUCED_COLOR_*``), much
+  cheaper when the face is far larger than the output; :attr:`Loaded.scale` says how to map source pixel coordinates
+  to the decoded image. Formats OpenCV cannot read go through PIL.
+* **EXIF orientation is ignored on every path**: the image is the pixels as stored in the file. Every corpus's
+  landmarks and boxes refer to those (see ``fea20k.ingest.base.IngestAdapter.image_orientation``), and the full,
+  reduced, unchanged and PIL decodes must agree with each other and with the size in the JPEG header (OpenCV would
+  rotate the full and reduced decodes but not the unchanged one, and the header size is never rotated).
 * A JPEG without its end-of-image marker is reported as truncated (libjpeg would silently fill the rest with grey).
+  :func:`sniff_image` is the cheap form of these checks (signature, end marker, declared size) that ingest applies
+  to every image file without decoding it.
 * Video frames (``frame`` set and a video suffix) are read with ``cv2.VideoCapture``, sequentially per video, seeking
   only across gaps.
 * ``*.csv`` paths are FER2013-style files: ``frame`` is the 0-based data-row index and the ``pixels`` column holds
@@ -75,6 +81,44 @@ def _jpeg_truncated(data: bytes) -> bool:
     return not tail.endswith(b"\xff\xd9")
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_OTHER_SIGNATURES = (b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")  # read by the PIL fallback; signature only
+
+
+def sniff_image(head: bytes, tail: bytes, size: int) -> str | None:
+    """Why a file cannot be a complete image, from its first bytes ``head`` (>= 16 when the file has them), its last
+    bytes ``tail`` (the last 64) and its ``size``; ``None`` when it looks complete. No decode.
+
+    JPEG: SOI then a marker, and the end-of-image marker (the same rule as the decoder's truncation check). PNG:
+    signature, IHDR, and IEND at the end. WebP and BMP: signature and the size the header declares. GIF and TIFF:
+    signature. Anything else (an HTML page saved as .jpg, an empty file) is not an image.
+    """
+    if size == 0:
+        return "zero-byte file"
+    if head[:3] == b"\xff\xd8\xff":
+        if len(head) < 4 or head[3] < 0xC0 or 0xD0 <= head[3] <= 0xD9:
+            return "JPEG signature without a valid marker after it"
+        if _jpeg_truncated(tail):
+            return "truncated JPEG (no end-of-image marker)"
+        return None
+    if head[:8] == _PNG_SIGNATURE:
+        if head[12:16] != b"IHDR":
+            return "PNG signature without an IHDR header"
+        if b"IEND" not in tail:
+            return "truncated PNG (no IEND chunk)"
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        declared = int.from_bytes(head[4:8], "little") + 8
+        return f"truncated WebP ({size} of {declared} bytes)" if declared > size else None
+    if head[:2] == b"BM" and len(head) >= 26:
+        declared = int.from_bytes(head[2:6], "little")  # some writers leave it 0
+        return f"truncated BMP ({size} of {declared} bytes)" if declared > size else None
+    if head.startswith(_OTHER_SIGNATURES):
+        return None
+    return f"not an image file (starts with {head[:16]!r})"
+
+
+# IGNORE_ORIENTATION on both colour decodes: the stored pixels, as the unchanged decode, PIL and the header size give
 _REDUCED = {2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_COLOR_4", 8: "IMREAD_REDUCED_COLOR_8"}
 
 
@@ -94,11 +138,11 @@ def decode_bytes(data: bytes, reduce: int = 1, unchanged: bool = False, check_tr
         if img is not None:
             return _to_bgr(img)
     elif reduce > 1 and is_jpeg:
-        img = cv2.imdecode(buf, getattr(cv2, _REDUCED[reduce]))
+        img = cv2.imdecode(buf, getattr(cv2, _REDUCED[reduce]) | cv2.IMREAD_IGNORE_ORIENTATION)
         if img is not None:
             return Loaded(image=img, scale=(1.0 / reduce, 1.0 / reduce), size=(0, 0))
     else:
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if img is not None:
             return Loaded(image=img, size=(img.shape[1], img.shape[0]))
     return _decode_pil(data)

@@ -5,10 +5,20 @@ Private module (leading underscore): stage discovery does not import it on its o
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fea20k.record import FaceRecord
+
+
+if TYPE_CHECKING:
+    from fea20k.stage import SourceStage
 
 
 logger = logging.getLogger(__name__)
@@ -301,3 +311,175 @@ def _worker_init() -> None:
     from fea20k.procs import exit_with_parent
 
     exit_with_parent()
+
+
+# ------------------------------------------------------------------------------------------- one id, one record
+# A row listed twice (the same image in a label file twice, or in two of its files) must not give two records with
+# one id (issue 16): every adapter sends the occurrences of one id through resolve_duplicates, the one rule.
+
+LABEL_CONFLICT = "label_conflict"
+# meta keys saying where a row was listed (or how its name was spelt), not what it says: they may differ between
+# two listings of one row without making them disagree
+PLACEMENT_META = frozenset({"line", "file", "where", "name", "raw_name", "raw_row"})
+_NOT_CONTENT = frozenset({"id", "source", "meta"})
+_FOLLOWS = frozenset({"accepted", "excluded_at", "emotion_origin", "aus_origin"})
+
+
+def record_content(rec: FaceRecord) -> dict[str, Any]:
+    """What a record says about its face (labels, geometry, image, split, verdict), JSON-shaped; not where it was
+    listed. Two listings of one row agree when their contents are equal."""
+    out = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec) if f.name not in _NOT_CONTENT}
+    out["meta"] = {k: v for k, v in rec.meta.items() if k not in PLACEMENT_META}
+    return _jsonable(out)
+
+
+def _jsonable(value: object) -> Any:
+    """``value`` as it reads back from the JSON ``meta`` column (dataclasses as dicts, int keys as strings)."""
+    return json.loads(json.dumps(value, sort_keys=True, ensure_ascii=False,
+                                 default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else repr(o)))
+
+
+def _placement(rec: FaceRecord) -> dict[str, Any]:
+    return {k: rec.meta[k] for k in sorted(PLACEMENT_META) if k in rec.meta and k != "raw_row"}
+
+
+def resolve_duplicates(group: list[FaceRecord], stage: SourceStage) -> FaceRecord:
+    """The one record for the occurrences ``group`` (in listing order) of one id.
+
+    Identical contents: the first occurrence, with ``meta["also_listed_at"]`` (where the others were listed); the
+    repeats are counted in the stage stats as ``duplicate_rows``.
+    Different contents (labels, box, landmarks, image, split or verdict): one excluded record, ``label_conflict``,
+    with no label, and ``meta["label_conflict"]`` listing every occurrence with its placement and the fields that
+    differ; one warning names the id, the places and the values.
+    """
+    first = group[0]
+    if len(group) == 1:
+        return first
+    contents = [record_content(r) for r in group]
+    if all(c == contents[0] for c in contents[1:]):
+        stage.stats.add("duplicate_rows", len(group) - 1)  # `fea20k sources --check` shows it beside the conflicts
+        first.meta["also_listed_at"] = [_placement(r) for r in group[1:]]
+        return first
+    keys = sorted({k for c in contents for k in c if k != "meta" and any(c[k] != o[k] for o in contents)})
+    keys = [k for k in keys if k not in _FOLLOWS] or keys  # accepted etc. follow from reasons, emotion, aus
+    keys += sorted({f"meta.{k}" for c in contents for k in c["meta"]
+                    if any(c["meta"].get(k) != o["meta"].get(k) for o in contents)})
+    values = {key: [c["meta"].get(key[5:]) if key.startswith("meta.") else c[key] for c in contents] for key in keys}
+    for key, vals in values.items():  # of a dict (aus, ...), only the entries that differ
+        if all(isinstance(v, dict) for v in vals):
+            sub = {k for v in vals for k in v if any(v.get(k) != o.get(k) for o in vals)}
+            values[key] = [{k: v[k] for k in sorted(sub) if k in v} for v in vals]
+    listing = []
+    for i, rec in enumerate(group):
+        listing.append({**_placement(rec), **{key: vals[i] for key, vals in values.items()}})
+    logger.warning("%s: listed %d times with different %s: %s; excluded (%s)", first.id, len(group),
+                   ", ".join(keys), json.dumps(listing, ensure_ascii=False)[:500], LABEL_CONFLICT)
+    out = dataclasses.replace(first, emotion=None, emotion_origin=None, aus={}, au_intensity={}, au_coded=[],
+                              aus_origin=None, accepted=None, reasons=[], excluded_at=None,
+                              meta={**first.meta, "label_conflict": listing})
+    return out.exclude(stage.name, LABEL_CONFLICT)
+
+
+def unique_records(records: Iterable[FaceRecord], stage: SourceStage) -> Iterator[FaceRecord]:
+    """``records`` with one record per id (:func:`resolve_duplicates`), in first-listing order.
+
+    Holds every record until the input ends: for the per-row adapters, whose label files hold tens of thousands of
+    rows at most. Columnar adapters find the repeated ids with a pre-scan instead and hold only those.
+    """
+    groups: dict[str, list[FaceRecord]] = {}
+    for rec in records:
+        group = groups.get(rec.id)
+        if group is None:
+            groups[rec.id] = [rec]
+        else:
+            group.append(rec)
+    for group in groups.values():
+        yield resolve_duplicates(group, stage)
+
+
+# ------------------------------------------------------------------------------------------- cheap image check
+# The same check for every adapter that references image files (issue 16): the file's first and last bytes, no
+# decode (faces.align decodes). The rule itself is image_io.sniff_image, next to the decoder it anticipates.
+
+IMAGE_HEAD_BYTES = 32
+IMAGE_TAIL_BYTES = 64  # the window image_io's truncated-JPEG rule looks at
+
+
+def check_image(path: Path | str, size: int | None = None) -> tuple[str, str] | None:
+    """``None`` when ``path`` looks like a complete JPEG/PNG/WebP/BMP/GIF/TIFF, else ``(reason, detail)``:
+    ``image_missing`` (no such file) or ``image_undecodable`` (zero bytes, not an image, truncated).
+
+    Reads at most 96 bytes (head and tail), a few microseconds per file on a warm cache. ``size``: the file size
+    when already known (a directory listing), which saves an fstat.
+    """
+    if size == 0:
+        return IMAGE_UNDECODABLE, "zero-byte file"
+    try:
+        head, tail, size = _head_tail(path, size)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return IMAGE_MISSING, "no such file"
+    except OSError as e:
+        return IMAGE_UNDECODABLE, f"unreadable ({e.strerror or e})"
+    detail = _sniff(head, tail, size)
+    return None if detail is None else (IMAGE_UNDECODABLE, detail)
+
+
+def _head_tail(path: Path | str, size: int | None) -> tuple[bytes, bytes, int]:
+    """The first and last bytes of a file, and its size (positioned reads where the OS has them)."""
+    if hasattr(os, "pread"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if size is None:
+                size = os.fstat(fd).st_size
+            head = os.pread(fd, IMAGE_HEAD_BYTES, 0)
+            tail = os.pread(fd, IMAGE_TAIL_BYTES, max(size - IMAGE_TAIL_BYTES, 0)) if size > IMAGE_HEAD_BYTES else head
+        finally:
+            os.close(fd)
+        return head, tail, size
+    with open(path, "rb", buffering=0) as f:
+        if size is None:
+            size = os.fstat(f.fileno()).st_size
+        head = f.read(IMAGE_HEAD_BYTES)
+        if size > IMAGE_HEAD_BYTES:
+            f.seek(max(size - IMAGE_TAIL_BYTES, 0))
+            return head, f.read(IMAGE_TAIL_BYTES), size
+        return head, head, size
+
+
+def _sniff(head: bytes, tail: bytes, size: int) -> str | None:
+    from fea20k.faces.image_io import sniff_image  # light module; cv2 is imported only to decode
+
+    return sniff_image(head, tail, size)
+
+
+def check_images(paths: Sequence[Path | str], sizes: Sequence[int] | None = None,
+                 threads: int = 8) -> list[tuple[str, str] | None]:
+    """:func:`check_image` over many files, in up to ``threads`` contiguous slices on a shared thread pool (the reads
+    wait on the disk with the GIL released: that is what makes a first, cold ingest faster)."""
+    n = len(paths)
+    out: list[tuple[str, str] | None] = [None] * n
+
+    def work(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            out[i] = check_image(paths[i], None if sizes is None else int(sizes[i]))
+
+    slices = max(1, min(threads, _IO_THREADS, n // 512))
+    if slices == 1:
+        work(0, n)
+        return out
+    bounds = [n * k // slices for k in range(slices + 1)]
+    for fut in [_io_pool().submit(work, bounds[k], bounds[k + 1]) for k in range(slices)]:
+        fut.result()
+    return out
+
+
+_IO_THREADS = 8
+_POOL: list[object] = []  # the shared pool, made on first use (no threads at import)
+
+
+def _io_pool() -> Any:
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(max_workers=_IO_THREADS, thread_name_prefix="fea20k-image-check"))
+    return _POOL[0]

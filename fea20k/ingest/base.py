@@ -29,6 +29,14 @@ class IngestAdapter(SourceStage):
     Config: ClassVar[type[IngestConfig]] = IngestConfig
     corpus: ClassVar[str] = ""  # e.g. "rafdb_basic"
     layout: ClassVar[str] = ""  # the expected tree, shown by `fea20k sources` and in layout errors
+    # The pixel frame the source's landmarks and boxes refer to: "stored" = the pixels as stored in the file, the
+    # EXIF orientation tag ignored. Every adapter is "stored": corpora.md gives every corpus's points "in
+    # original-image pixels" of the released files (RAF, AffectNet) or of video frames and .mat crops that carry
+    # no tag (DISFA, DISFA+, BP4D, FER); the released images are re-encoded crops that rarely keep the tag; FABA's
+    # frame is not documented either way (unverified). faces.image_io decodes every path (full, reduced,
+    # unchanged, PIL) without applying the tag, so landmarks land on the decoded pixels. A source whose points
+    # were computed on the rotated image would need "exif" here and in faces.image_io; none is known.
+    image_orientation: ClassVar[str] = "stored"
     config: IngestConfig
 
     @property

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import Field
 
-from fea20k.ingest._common import IMAGE_MISSING, LABEL_PARSE_ERROR
+from fea20k.ingest._common import IMAGE_MISSING, LABEL_PARSE_ERROR, check_image
 from fea20k.ingest.base import IngestAdapter, IngestConfig
 from fea20k.ingest.sampling import FrameSampler, SamplingConfig
 from fea20k.record import FaceRecord
@@ -95,7 +95,8 @@ class DisfaPlus(IngestAdapter):
     intensity >= threshold), au_intensity, au_coded; meta trial, au_threshold, crop_landmarks (49 points in the
     .mat crop's coordinates).
 
-    Drops: label_parse_error (a frame missing from some AU files: the intersection rule), image_missing.
+    Drops: label_parse_error (a frame missing from some AU files: the intersection rule), image_missing,
+    image_undecodable (``_common.check_image``: empty, not an image, truncated).
     Frames not kept by sampling are counted in ``frames_skipped_sampling``.
     """
 
@@ -166,6 +167,13 @@ DISFAPlus/
                 continue
             if frame not in on_disk:
                 yield self.exclude(rec, IMAGE_MISSING)
+                continue
+            problem = check_image(img_dir / frame)
+            if problem is not None:
+                logger.warning("%s: %s; the record is excluded (%s); re-extract the file from the release archive",
+                               img_dir / frame, problem[1], problem[0])
+                rec.meta["image_error"] = problem[1]
+                yield self.exclude(rec, problem[0])
                 continue
             yield rec
 

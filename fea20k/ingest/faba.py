@@ -31,7 +31,9 @@ from fea20k.ingest._common import (
     LABEL_OUT_OF_RANGE,
     LABEL_PARSE_ERROR,
     DirIndex,
+    check_image,
     parse_au_token,
+    unique_records,
 )
 from fea20k.ingest.base import IngestAdapter, IngestConfig
 from fea20k.record import FaceRecord
@@ -99,6 +101,19 @@ def au_mentions(text: str) -> list[int]:
     return sorted({int(m) for m in _AU_MENTION.findall(text)})
 
 
+def _occurrence(item: dict[str, Any], k: int) -> dict[str, Any]:
+    """The ``k``-th listing of a merged image: each task's ``k``-th entry (its last when it has fewer) and where
+    those entries are (``file[index]``)."""
+    out: dict[str, Any] = {"errors": item["errors"], "where": []}
+    for task in TASKS:
+        entries = item.get(task)
+        if entries:
+            entry, where = entries[min(k, len(entries) - 1)]
+            out[task] = entry
+            out["where"].append(where)
+    return out
+
+
 def _turns(entry: dict[str, Any]) -> tuple[str | None, str | None]:
     conv = entry.get("conversations", entry.get("conversation"))
     human = gpt = None
@@ -118,9 +133,15 @@ class Faba(IngestAdapter):
 
     Output fields: id ``{source}/{image path without extension}`` (relative to the root), split (train / eval ->
     test), emotion (eval only), aus over EmoLA's 20-AU vocabulary (+ any other mentioned AU), landmarks
-    (``insightface106_norm``, normalised); meta affectnet_key, label_source, question, reference texts.
+    (``insightface106_norm``, normalised); meta affectnet_key, label_source, question, reference texts, where
+    (the ``file[index]`` entries the record comes from).
 
-    Drops: label_out_of_range, label_parse_error (a malformed entry or label), image_missing.
+    An eval entry without a ``label`` key is excluded like ``"label": null`` (label_parse_error); a train AU entry
+    without a gpt turn keeps its AUs unknown (None), not absent.
+
+    Drops: label_out_of_range, label_parse_error (a malformed entry, an eval entry with no or a bad label),
+    image_missing, image_undecodable (``_common.check_image``), label_conflict (an image listed twice in one file
+    with different entries).
     """
 
     Config = IngestConfig
@@ -132,6 +153,11 @@ data/                                   (the root; paths in the JSON files are r
 """
 
     def iter_records(self) -> Iterator[FaceRecord]:
+        """One record per image: an image listed twice in one file (or under two spellings of one path) is one
+        record, or one ``label_conflict`` exclusion when the listings differ (``_common.resolve_duplicates``)."""
+        yield from unique_records(self._iter_rows(), self)
+
+    def _iter_rows(self) -> Iterator[FaceRecord]:
         if (self.root / "FABAInstruct").is_dir():
             base, strip = "FABAInstruct", ""
         elif (self.root / "train").is_dir() or (self.root / "eval").is_dir():
@@ -151,7 +177,9 @@ data/                                   (the root; paths in the JSON files are r
                 for n, entry in enumerate(self._load(path)):
                     self._merge(merged, path, n, entry, task, strip)
             for rel, item in merged.items():
-                yield self._record(rel, item, split, index, strip)
+                # one record per listing of the image in a file (usually one); unique_records resolves repeats
+                for k in range(max(1, *(len(item.get(task, ())) for task in TASKS))):
+                    yield self._record(rel, _occurrence(item, k), split, index, strip)
         if not found:
             raise SourceLayoutError(f"source {self.source!r} (faba): no *_anno.json under {self.root / base}; "
                                     f"expected:\n{self.layout.strip()}")
@@ -177,14 +205,15 @@ data/                                   (the root; paths in the JSON files are r
         if strip and rel.startswith(strip):
             rel = rel[len(strip):]
         item = merged.setdefault(rel, {"errors": []})
-        item[task] = entry
-        item.setdefault("where", []).append(f"{path.name}[{n}]")
+        item.setdefault(task, []).append((entry, f"{path.name}[{n}]"))
 
     def _record(self, rel: str, item: dict[str, Any], split: str, index: DirIndex, strip: str) -> FaceRecord:
         rec = self.make_record(rel, split=split)
         rec.meta["split_raw"] = "train" if split == "train" else "eval"
         if item["errors"]:
             return self.exclude(rec, *item["errors"])
+        rec.meta["where"] = item["where"]
+        evaluation = split != "train"
         m = _AFFECTNET_KEY.search(rel)
         if m:
             rec.meta["affectnet_key"] = m.group(1)
@@ -207,6 +236,10 @@ data/                                   (the root; paths in the JSON files are r
                     logger.warning("FABA %s: emotion label %r not understood (%s)", item["where"], emo["label"],
                                    reason)
                 rec.emotion, rec.emotion_origin = emotion, ("gt" if emotion else None)
+            elif evaluation:  # an eval entry is its label: without one it is as unusable as "label": null
+                logger.warning("FABA %s: eval entry has no 'label' key; the record is excluded (%s); add the label "
+                               "(an EmoLA-order int or a name) or remove the entry", item["where"], LABEL_PARSE_ERROR)
+                reason = LABEL_PARSE_ERROR
         au = item.get("au")
         if au is not None and reason is None:
             human, gpt = _turns(au)
@@ -218,8 +251,17 @@ data/                                   (the root; paths in the JSON files are r
                 if present is None:
                     logger.warning("FABA %s: AU label %r not understood", item["where"], au["label"])
                     reason = LABEL_PARSE_ERROR
+            elif evaluation:
+                logger.warning("FABA %s: eval entry has no 'label' key; the record is excluded (%s); add the label "
+                               "(e.g. \"1, 2, 25\") or remove the entry", item["where"], LABEL_PARSE_ERROR)
+                present, reason = None, LABEL_PARSE_ERROR
+            elif gpt is None:  # no model turn: nothing was said about any AU, so unknown, not absent
+                logger.warning("FABA %s: train entry has no gpt turn; its AUs are unknown (None)", item["where"])
+                present = None
+                rec.aus = dict.fromkeys(FABA_AUS)
+                rec.meta["label_source"] = "none"
             else:
-                present = au_mentions(gpt or "")
+                present = au_mentions(gpt)
                 rec.meta["label_source"] = "gpt_text"
             rec.meta["au_text"] = au.get("gpt4", gpt)
             if present is not None:
@@ -230,8 +272,15 @@ data/                                   (the root; paths in the JSON files are r
         self._landmarks(rec, src.get("landmark"), strip)
         if reason is not None:
             return self.exclude(rec, reason)
-        if index.lookup(rel) is None:
+        hit = index.lookup(rel)
+        if hit is None:
             return self.exclude(rec, IMAGE_MISSING)
+        problem = check_image(self.root / hit[0], hit[1])
+        if problem is not None:
+            logger.warning("%s: %s (listed at %s); the record is excluded (%s); re-extract the file from the release "
+                           "archive", self.root / hit[0], problem[1], item["where"], problem[0])
+            rec.meta["image_error"] = problem[1]
+            return self.exclude(rec, problem[0])
         return rec
 
     def _landmarks(self, rec: FaceRecord, rel: Any, strip: str) -> None:

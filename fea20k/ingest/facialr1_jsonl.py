@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field
 
 from fea20k.errors import ConfigError, Fea20kUserError
-from fea20k.ingest._common import IMAGE_MISSING, LABEL_PARSE_ERROR, parse_au_token, warn_line
+from fea20k.ingest._common import IMAGE_MISSING, LABEL_PARSE_ERROR, check_image, parse_au_token, warn_line
 from fea20k.ingest.base import IngestAdapter, IngestConfig
 from fea20k.record import FaceRecord, ImageRef, Rationale
 from fea20k.stage import register_stage
@@ -57,7 +57,7 @@ class FacialR1Jsonl(IngestAdapter):
     rationale (the description; backend "released"); meta dataset, labels, question, meta_info, file, line.
 
     Drops: label_parse_error (malformed JSON line or field), released_invalid (``is_valid`` false),
-    image_missing.
+    image_missing, image_undecodable (``_common.check_image``).
     """
 
     Config = FacialR1JsonlConfig
@@ -154,6 +154,12 @@ FEA-20K/
             return self.exclude(rec, RELEASED_INVALID)
         if self.config.check_images:
             root = self._source_root(img_root)
-            if root is None or not image or not (root / image).is_file():
+            if root is None or not image:
                 return self.exclude(rec, IMAGE_MISSING)
+            problem = check_image(root / image)
+            if problem is not None:
+                if problem[0] != IMAGE_MISSING:
+                    warn_line(f, n, f"image {root / image}: {problem[1]}")
+                    rec.meta["image_error"] = problem[1]
+                return self.exclude(rec, problem[0])
         return rec

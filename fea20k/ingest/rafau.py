@@ -20,7 +20,15 @@ from pathlib import Path
 from pydantic import Field
 
 from fea20k.errors import ConfigError
-from fea20k.ingest._common import IMAGE_MISSING, LABEL_PARSE_ERROR, DirIndex, parse_au_token, warn_line
+from fea20k.ingest._common import (
+    IMAGE_MISSING,
+    LABEL_PARSE_ERROR,
+    DirIndex,
+    check_image,
+    parse_au_token,
+    unique_records,
+    warn_line,
+)
 from fea20k.ingest.base import IngestAdapter, IngestConfig
 from fea20k.record import FaceRecord
 from fea20k.stage import register_stage
@@ -77,9 +85,10 @@ class RafAu(IngestAdapter):
 
     Output fields: id ``{source}/aligned/{stem}_aligned``, split, aus (1/0 over the coded vocabulary),
     au_coded, landmarks (68 points from RAFAU_landmark.txt when present, scheme ``rafau68_unverified``); meta
-    au_raw, au_sides, null, aligned, split_rule. No emotion.
+    au_raw, au_sides, null, aligned, split_rule, raw_name, line. No emotion.
 
-    Drops: label_parse_error (no AU field, an unparseable token), image_missing.
+    Drops: label_parse_error (no AU field, an unparseable token), image_missing, image_undecodable
+    (``_common.check_image``), label_conflict (a name listed twice with different AU strings).
     """
 
     Config = RafAuConfig
@@ -93,6 +102,11 @@ RAF-AU/
 """
 
     def iter_records(self) -> Iterator[FaceRecord]:
+        """One record per image: a name listed twice (also as ``7.jpg`` and ``0007.jpg``) is one record, or one
+        ``label_conflict`` exclusion when the AU strings differ (``_common.resolve_duplicates``)."""
+        yield from unique_records(self._iter_rows(), self)
+
+    def _iter_rows(self) -> Iterator[FaceRecord]:
         self.check_layout(LABEL_FILE, "aligned")
         aligned = "aligned/aligned" if (self.root / "aligned/aligned").is_dir() else "aligned"
         index = DirIndex(self.root)
@@ -146,7 +160,7 @@ RAF-AU/
         stem = Path(name).stem.zfill(4)
         relpath = f"{aligned}/{stem}_aligned.jpg"
         rec = self.make_record(relpath)
-        rec.meta.update(aligned=True, raw_name=name)
+        rec.meta.update(aligned=True, raw_name=name, line=n)
         if explicit is not None:
             rec.split = explicit.get(stem)
             rec.meta["split_rule"] = f"split_file {self.config.split_file}"
@@ -177,6 +191,12 @@ RAF-AU/
         hit = index.lookup(relpath)
         if hit is None:
             return self.exclude(rec, IMAGE_MISSING)
+        problem = check_image(self.root / hit[0], hit[1])
+        if problem is not None:
+            logger.warning("%s: %s (listed at %s:%d); the record is excluded (%s); re-extract the file from the "
+                           "release archive", self.root / hit[0], problem[1], path, n, problem[0])
+            rec.meta["image_error"] = problem[1]
+            return self.exclude(rec, problem[0])
         if rec.split is None:
             logger.warning("%s: %s is in neither list of split_file; split left empty", path, name)
         return rec

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from fea20k.errors import SourceLayoutError
+from fea20k.ingest._common import IMAGE_MISSING, check_image, unique_records
 from fea20k.ingest.base import IngestAdapter, IngestConfig
 from fea20k.record import FaceRecord
 from fea20k.stage import register_stage
@@ -129,11 +130,22 @@ class _RafAdapter(IngestAdapter):
         raise NotImplementedError
 
     def iter_records(self) -> Iterator[FaceRecord]:
+        """One record per image: a name listed twice is one record, or one ``label_conflict`` exclusion when the
+        two labels differ (``_common.resolve_duplicates``)."""
+        yield from unique_records(self._iter_rows(), self)
+
+    def _iter_rows(self) -> Iterator[FaceRecord]:
         label_path = self.label_file()
         img_dir = self.image_dir()
         if not img_dir.is_dir():
+            if self.config.image == "original" and (self.root / "Image" / "aligned").is_dir():
+                raise SourceLayoutError(
+                    f"source {self.source!r} ({self.corpus}): {img_dir} does not exist but Image/aligned does (a "
+                    f"copy with the aligned images only); set options = {{image = \"aligned\"}} in fea20k.toml's "
+                    f"[sources.{self.source}]")
             self.check_layout(str(img_dir.relative_to(self.root)))
-        images = set(os.listdir(img_dir))
+        with os.scandir(img_dir) as it:  # name -> size, one listing
+            images = {e.name: e.stat().st_size for e in it if e.is_file()}
         img_rel = img_dir.relative_to(self.root).as_posix()
         aligned = self.config.image == "aligned"
         text = label_path.read_bytes().decode("utf-8-sig", errors="replace")
@@ -161,7 +173,12 @@ class _RafAdapter(IngestAdapter):
             self.map_label(rec, int(tokens[1]))
             self._read_annotations(rec, stem)
             if file_name not in images:
-                self.exclude(rec, "image_missing")
+                self.exclude(rec, IMAGE_MISSING)
+            elif (problem := check_image(img_dir / file_name, images[file_name])) is not None:
+                logger.warning("%s: %s (listed at %s:%d); the record is excluded (%s); re-extract the file from "
+                               "the release archive", img_dir / file_name, problem[1], label_path, lineno, problem[0])
+                rec.meta["image_error"] = problem[1]
+                self.exclude(rec, problem[0])
             yield rec
 
     def _check_line(self, tokens: list[str], rec: FaceRecord) -> tuple[str, str] | None:
@@ -250,7 +267,9 @@ class RafDbBasic(_RafAdapter):
     Output fields: id, split (+ meta.split_raw), image, emotion (canonical, by name), emotion_origin "gt",
     landmarks + landmark_scheme "raf5" and bbox (original mode), meta: name, line, raw_label, raf_class,
     gender/race/age, aligned (aligned mode). RAF-DB codes no AUs: aus {} and au_coded [].
-    Drops (excluded records): label_parse_error, label_out_of_range, image_missing, bad_bbox.
+    Drops (excluded records): label_parse_error, label_out_of_range, image_missing, image_undecodable (the
+    signature check of ``_common.check_image``: empty, not an image, truncated), bad_bbox, label_conflict (a name
+    listed twice with different labels; listed twice with the same label it is one record).
     """
 
     corpus = "rafdb_basic"

@@ -161,3 +161,67 @@ def test_fer2013_csv_rows_pass_through_the_stage(ws: Path) -> None:
     out = Align({}, ctx_for(ws)).run_batch(recs)
     assert out[0].provenance["faces.align"] == "passthrough resize 48->224 gray->rgb"
     assert not out[1].excluded and out[2].reasons == ["image_missing"]
+
+
+# ------------------------------------------------------------------------------------------- EXIF orientation
+
+
+def _exif_jpeg(img_bgr: np.ndarray, orientation: int) -> bytes:
+    """``img_bgr`` as stored pixels of a JPEG (PIL) whose EXIF says to display it rotated (tag 0x0112)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(img_bgr[:, :, ::-1]).save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def _bright_centroid(img: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(img.mean(axis=2) > 200)
+    return np.array([xs.mean(), ys.mean()])
+
+
+def test_exif_rotated_jpeg_decodes_the_stored_pixels_on_every_path(tmp_path: Path) -> None:
+    """A 400x200 JPEG with orientation 6 (display rotated 90 degrees): the full, reduced, unchanged and PIL decodes
+    all give the stored 400x200 pixels, the reduced one at a uniform 1/2 scale, and a point of the stored image
+    lands at its own position (full) and at its scaled position (reduced)."""
+    from fea20k.faces.image_io import _decode_pil
+
+    stored = np.full((200, 400, 3), 60, np.uint8)
+    stored[40:61, 290:311] = 255  # a white square centred on stored pixel (300, 50)
+    data = _exif_jpeg(stored, 6)
+    assert Image.open(io.BytesIO(data)).getexif()[0x0112] == 6
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape == (400, 200, 3)  # OpenCV's default
+    p = tmp_path / "rotated.jpg"
+    p.write_bytes(data)
+    full, reduced, unchanged = load_file(p), load_file(p, reduce=2), load_file(p, unchanged=True)
+    pil = _decode_pil(data)
+    assert full.size == reduced.size == unchanged.size == pil.size == (400, 200)
+    assert full.image.shape == (200, 400, 3) and reduced.image.shape == (100, 200, 3)
+    assert reduced.scale == (0.5, 0.5)
+    assert np.array_equal(full.image, unchanged.image)
+    assert np.abs(full.image.astype(int) - pil.image.astype(int)).mean() < 2.0
+    halved = cv2.resize(full.image, (200, 100), interpolation=cv2.INTER_AREA)
+    assert np.abs(halved.astype(int) - reduced.image.astype(int)).mean() < 3.0
+    assert np.abs(_bright_centroid(full.image) - (300, 50)).max() < 0.5
+    sx, sy = reduced.scale
+    assert np.abs(_bright_centroid(reduced.image) - ((300 + 0.5) * sx - 0.5, (50 + 0.5) * sy - 0.5)).max() < 0.75
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_landmarks_on_an_exif_rotated_jpeg_land_on_the_template(ws: Path, orientation: int) -> None:
+    """Landmarks in stored-pixel coordinates (what every corpus ships) align the face exactly as on the same image
+    without the tag, on the full decode and on the reduced one."""
+    from tests.faces.test_align import _align, _check_on_template
+
+    m = similarity(angle_deg=-10.0, scale=2.2, tx=300.0, ty=120.0)
+    ref5, img = source_face(m, shape=(760, 1000))
+    (ws / "corpora/src/tagged.jpg").write_bytes(_exif_jpeg(img, orientation))
+    (ws / "corpora/src/plain.jpg").write_bytes(_exif_jpeg(img, 1))
+    for reduced in (False, True):
+        tagged, plain = _align(ws, [record("t", "tagged.jpg", landmarks=ref5.tolist(), scheme="raf5"),
+                                    record("p", "plain.jpg", landmarks=ref5.tolist(), scheme="raf5")],
+                               reduced_decode=reduced)
+        _check_on_template(tagged, ref5)
+        assert tagged.face == plain.face and tagged.face_transform == plain.face_transform
+        assert tagged.quality["src_w"] == 1000 and tagged.quality["src_h"] == 760
+        assert ("decoded 1/2" in tagged.provenance["faces.align"]) is reduced

@@ -45,3 +45,17 @@ def test_missing_image_and_layout(tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     with pytest.raises(SourceLayoutError, match="Labels"):
         run("disfaplus", tmp_path / "x")
+
+
+def test_broken_frames_are_undecodable(tmp_path: Path) -> None:
+    """The shared signature check (_common.check_image): a 0-byte and a truncated frame; the AUs stay (audit)."""
+    pytest.importorskip("scipy")
+    root, expected = build_disfaplus(tmp_path)
+    frames = root / "Images/SN003/SN003/A1_AU1_TrailNo_1"
+    (frames / "000.jpg").write_bytes(b"")
+    data = (frames / "001.jpg").read_bytes()
+    (frames / "001.jpg").write_bytes(data[:-30])
+    for f in ("000", "001"):
+        expected[f"src/Images/SN003/SN003/A1_AU1_TrailNo_1/{f}"]["reasons"] = ["image_undecodable"]
+    by_id = check(run("disfaplus", root), expected)
+    assert by_id["src/Images/SN003/SN003/A1_AU1_TrailNo_1/001"].meta["image_error"].startswith("truncated JPEG")

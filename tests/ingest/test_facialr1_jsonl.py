@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fea20k.errors import SourceLayoutError
-from tests.fixtures.corpora import build_facialr1_jsonl
+from tests.fixtures.corpora import build_facialr1_jsonl, write_image
 from tests.ingest._helpers import assert_properties, check, run
 
 
@@ -27,11 +27,19 @@ def test_exact_records(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None
 
 def test_images_checked_against_mapped_root(tmp_path: Path) -> None:
     root, _ = build_facialr1_jsonl(tmp_path)
-    (root / "SN001").mkdir()
-    (root / "SN001/0.png").write_bytes(b"x")
+    write_image(root / "SN001/0.png", 0)
     by_id = {r.id: r for r in run("facialr1_jsonl", root)}
     assert by_id["src/FEA20K-Train-stage1/d1"].reasons == []  # unmapped: resolved against this root
     assert by_id["src/FEA20K-Train-stage1/r1"].reasons == ["image_missing"]
+
+
+def test_a_file_that_is_not_an_image_is_undecodable(tmp_path: Path) -> None:
+    """The same signature check as every adapter (_common.check_image): a text file saved as .png."""
+    root, _ = build_facialr1_jsonl(tmp_path)
+    (root / "SN001").mkdir()
+    (root / "SN001/0.png").write_bytes(b"x")
+    d1 = {r.id: r for r in run("facialr1_jsonl", root)}["src/FEA20K-Train-stage1/d1"]
+    assert d1.reasons == ["image_undecodable"] and d1.meta["image_error"].startswith("not an image file")
 
 
 def test_empty_root(tmp_path: Path) -> None:

@@ -65,3 +65,36 @@ def test_real_data() -> None:
     recs = run("rafau", Path(os.environ["FEA20K_DATA_RAFAU"]))
     assert len(recs) == 4601  # one public audit's line count (corpora.md §3)
     assert sum(1 for r in recs if r.meta.get("null")) == 253
+
+
+def test_a_name_listed_twice_is_one_record_or_one_label_conflict(tmp_path: Path) -> None:
+    """0001 listed again with the same AUs: one record. 0002 listed as L12+R14 and again, unpadded, as L12: one
+    excluded label_conflict record listing both AU strings."""
+    root, expected = build_rafau(tmp_path)
+    label = root / "RAFAU_label.txt"
+    label.write_bytes(label.read_bytes() + b"0001.jpg 1+2+25\r\n2.jpg L12\r\n")  # lines 8 and 9
+    recs = run("rafau", root)
+    assert [r.id for r in recs] == list(expected)  # one record per id, in first-listing order
+    by_id = {r.id: r for r in recs}
+    same = by_id["src/aligned/0001_aligned"]
+    assert same.reasons == [] and same.present_aus() == [1, 2, 25]
+    assert same.meta["also_listed_at"] == [{"line": 8, "raw_name": "0001.jpg"}]
+    conflict = by_id["src/aligned/0002_aligned"]
+    assert conflict.reasons == ["label_conflict"] and conflict.aus == {} and conflict.au_coded == []
+    assert conflict.meta["label_conflict"] == [
+        {"line": 2, "raw_name": "0002.jpg", "aus": {"14": 1}, "meta.au_raw": "L12+R14", "meta.au_sides": {"14": "R"}},
+        {"line": 9, "raw_name": "2.jpg", "aus": {"14": 0}, "meta.au_raw": "L12", "meta.au_sides": {}}]  # what differs
+    for rid, exp in expected.items():
+        if rid not in ("src/aligned/0001_aligned", "src/aligned/0002_aligned"):
+            assert by_id[rid].reasons == exp["reasons"]
+
+
+def test_a_truncated_image_is_undecodable(tmp_path: Path) -> None:
+    root, expected = build_rafau(tmp_path)
+    p = root / "aligned" / "0003_aligned.jpg"
+    p.write_bytes(p.read_bytes()[:200])
+    by_id = {r.id: r for r in run("rafau", root)}
+    assert by_id["src/aligned/0003_aligned"].reasons == ["image_undecodable"]
+    assert by_id["src/aligned/0003_aligned"].meta["image_error"] == "truncated JPEG (no end-of-image marker)"
+    assert by_id["src/aligned/0003_aligned"].meta["null"] is True  # the labels stay, for the audit
+    assert by_id["src/aligned/0001_aligned"].reasons == expected["src/aligned/0001_aligned"]["reasons"]

@@ -161,3 +161,62 @@ def test_real_rafdb_basic_official_sizes() -> None:
                    for e in [canonical_emotion(e)]}
     assert test_counts == {"surprise": 329, "fear": 74, "disgust": 160, "happiness": 1185, "sadness": 478,
                            "anger": 162, "neutral": 680}
+
+
+# ------------------------------------------------------------------------------------------- issue 16
+
+
+def test_a_name_listed_twice_is_one_record_or_one_label_conflict(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """train_00001 listed again with its label (1): one record. test_0001 listed as 5 and as 6: one excluded
+    label_conflict record listing both. The ids and their order are the fixture's, nothing added."""
+    root, expected = build_rafdb(tmp_path)
+    label = root / "EmoLabel" / "list_patition_label.txt"
+    label.write_bytes(label.read_bytes() + b"train_00001.jpg 1\r\ntest_0001.jpg 6\r\n")  # lines 10 and 11
+    with caplog.at_level(logging.WARNING):
+        recs = _ingest(RafDbBasic, root)
+    assert [r.id for r in recs] == [e["id"] for e in expected]
+    same, conflict = recs[0], recs[5]
+    assert same.id.endswith("train_00001") and same.reasons == [] and same.emotion == "surprise"
+    assert same.meta["line"] == 1 and same.meta["also_listed_at"] == [{"line": 10, "name": "train_00001.jpg"}]
+    assert conflict.id.endswith("test_0001") and conflict.reasons == ["label_conflict"]
+    assert conflict.emotion is None and conflict.emotion_origin is None
+    assert conflict.excluded_at == "ingest.rafdb_basic"
+    listed = [(c["line"], c["meta.raw_label"], c["emotion"]) for c in conflict.meta["label_conflict"]]
+    assert listed == [(6, "5", "sadness"), (11, "6", "anger")]
+    assert "rafdb/Image/original/test_0001: listed 2 times with different emotion" in caplog.text
+    for rec, exp in list(zip(recs, expected, strict=True))[1:5] + list(zip(recs, expected, strict=True))[6:]:
+        assert rec.reasons == exp["reasons"] and rec.emotion == exp["emotion"] and "also_listed_at" not in rec.meta
+
+
+def test_broken_images_are_image_undecodable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A 0-byte file, an HTML page saved as .jpg and a truncated JPEG: the shared signature check."""
+    root, expected = build_rafdb(tmp_path)
+    img = root / "Image" / "original"
+    (img / "train_00002.jpg").write_bytes(b"")
+    (img / "train_00003.jpg").write_bytes(b"<!DOCTYPE html><html><body>Not Found</body></html>\n")
+    good = (img / "train_00004.jpg").read_bytes()
+    (img / "train_00004.jpg").write_bytes(good[: len(good) // 2])
+    with caplog.at_level(logging.WARNING):
+        recs = _ingest(RafDbBasic, root)
+    assert [r.reasons for r in recs] == [["image_undecodable"] if i in (1, 2, 3) else e["reasons"]
+                                         for i, e in enumerate(expected)]
+    assert [recs[i].meta["image_error"].split(" (")[0] for i in (1, 2, 3)] == [
+        "zero-byte file", "not an image file", "truncated JPEG"]
+    assert recs[2].emotion == "neutral"  # the label is kept for the audit
+    assert f"{img / 'train_00003.jpg'}: not an image file" in caplog.text
+    assert "list_patition_label.txt:3" in caplog.text
+
+
+def test_aligned_only_copy_fails_with_one_line_naming_the_fix(tmp_path: Path) -> None:
+    import shutil
+
+    root, expected = build_rafdb(tmp_path)
+    shutil.rmtree(root / "Image" / "original")
+    with pytest.raises(SourceLayoutError) as err:
+        _ingest(RafDbBasic, root)
+    message = str(err.value)
+    assert "\n" not in message and "Image/aligned" in message
+    assert 'options = {image = "aligned"}' in message and "[sources.rafdb]" in message
+    recs = _ingest(RafDbBasic, root, image="aligned")  # the fix it names works
+    assert [r.reasons for r in recs] == [e["reasons"] for e in expected]
