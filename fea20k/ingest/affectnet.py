@@ -223,12 +223,13 @@ AffectNet/
             )
             keys.append(_image_keys(table.column(0), images))
             firsts = [next(csv.reader(io.StringIO(text)), [""])[:1] for text in bad]
-            stems = (rel_stem(image_path(f[0], images)) for f in firsts if f)
-            keys.append(pa.array([k for k in stems if k], pa.string()))
-        if not keys:
+            keys.append(pa.array([rel_stem(image_path(f[0], images)) for f in firsts if f], pa.string()))
+        chunks = [c for k in keys for c in (k.chunks if isinstance(k, pa.ChunkedArray) else [k])]
+        if not chunks:
             return set(), None
-        counts = pc.value_counts(pa.chunked_array(keys, pa.string()).drop_null())
-        repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        counts = pc.value_counts(pa.chunked_array(chunks, pa.string()))
+        repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1)).drop_null()
+        repeated = repeated.filter(pc.not_equal(repeated, ""))  # empty paths get line ids
         if not len(repeated):
             return set(), None
         logger.info("%s: %d image(s) listed more than once; each becomes one record", self.source, len(repeated))
@@ -609,12 +610,9 @@ def _stems(sub: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def _image_keys(column: pa.Array | pa.ChunkedArray, images: str) -> pa.Array:
-    """The id keys of a raw path column, as the records get them (empty paths: null, they get line ids)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    keys = _stems(_image_paths(column, images))
-    return pc.if_else(pc.equal(pc.binary_length(keys), 0), pa.scalar(None, pa.string()), keys)
+    """The id keys of a raw path column, as the records get them. An empty key ("", which may repeat) matches no
+    record: rows with an empty path get line ids and take the per-row path anyway."""
+    return _stems(_image_paths(column, images))
 
 
 def _to_number(value: str | None, kind: type) -> float | int | None:

@@ -227,3 +227,15 @@ def test_npy_broken_images_are_undecodable(tmp_path: Path) -> None:
     expected["src/train_set/images/1"] = {"split": "train", "reasons": ["image_undecodable"]}
     by_id = check(run("affectnet_npy", root), expected)
     assert by_id["src/train_set/images/0"].meta["image_error"] == "truncated JPEG (no end-of-image marker)"
+
+
+def test_csv_rows_with_an_empty_path_get_one_id_each(tmp_path: Path) -> None:
+    """Two rows with an empty subDirectory_filePath are two label_parse_error records with line ids, not two
+    records with the id of the image folder (nor a label_conflict)."""
+    root, _ = build_affectnet_csv(tmp_path)
+    train = root / "Manually_Annotated_file_lists" / "training.csv"
+    train.write_text(train.read_text() + f" ,0,0,32,24,{_lnd_string(1)},1,0.1,0.1\n,0,0,32,24,,2,0.1,0.1\n")
+    by_id = {r.id: r for r in run("affectnet_csv", root)}
+    assert by_id[f"{IMG}/_malformed/training.csv/13"].reasons == ["label_parse_error"]
+    assert by_id[f"{IMG}/_malformed/training.csv/14"].reasons == ["label_parse_error"]
+    assert f"{IMG}/" not in by_id
