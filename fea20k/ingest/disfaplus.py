@@ -12,6 +12,7 @@ stored in that .mat, not of the frame image the record references, so they go to
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import Any
 
 from pydantic import Field
 
-from fea20k.ingest._common import IMAGE_MISSING, LABEL_PARSE_ERROR, check_image
+from fea20k.ingest._common import IMAGE_MISSING, LABEL_PARSE_ERROR, check_image, resolve_duplicates
 from fea20k.ingest.base import IngestAdapter, IngestConfig
 from fea20k.ingest.sampling import FrameSampler, SamplingConfig
 from fea20k.record import FaceRecord
@@ -49,15 +50,16 @@ def subject_dir(base: Path, subject: str) -> Path:
     return doubled if doubled.is_dir() else base / subject
 
 
-def read_au_file(path: Path) -> tuple[dict[str, int], list[int]]:
-    """``{frame name: intensity}`` of one AU file and the 1-based lines that were neither header nor data."""
-    out: dict[str, int] = {}
+def read_au_listings(path: Path) -> tuple[dict[str, list[tuple[int, int]]], list[int]]:
+    """``{frame name: [(line, intensity), ...]}`` of one AU file (more than one entry: the frame is listed more
+    than once) and the 1-based lines that were neither header nor data."""
+    out: dict[str, list[tuple[int, int]]] = {}
     odd: list[int] = []
     with path.open(encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             m = _LABEL_LINE.match(line)
             if m:
-                out[m.group(1)] = int(m.group(2))
+                out.setdefault(m.group(1), []).append((n, int(m.group(2))))
             elif line.strip() and n > 1 and not line.lstrip().startswith("#"):
                 odd.append(n)
     return out, odd
@@ -96,7 +98,8 @@ class DisfaPlus(IngestAdapter):
     .mat crop's coordinates).
 
     Drops: label_parse_error (a frame missing from some AU files: the intersection rule), image_missing,
-    image_undecodable (``_common.check_image``: empty, not an image, truncated).
+    image_undecodable (``_common.check_image``: empty, not an image, truncated), label_conflict (a frame listed
+    twice in an AU file with different intensities; with the same intensity it is one record).
     Frames not kept by sampling are counted in ``frames_skipped_sampling``.
     """
 
@@ -125,11 +128,14 @@ DISFAPlus/
     def _trial(self, subject: str, trial_dir: Path, sampler: FrameSampler) -> Iterator[FaceRecord]:
         trial = trial_dir.name
         per_au: dict[int, dict[str, int]] = {}
+        listed_again: dict[int, dict[str, list[tuple[int, int]]]] = {}  # AU -> frames listed more than once
         for au in DISFAPLUS_AUS:
             p = trial_dir / f"AU{au}.txt"
             if not p.is_file():
                 continue
-            per_au[au], odd = read_au_file(p)
+            listings, odd = read_au_listings(p)
+            per_au[au] = {frame: rows[0][1] for frame, rows in listings.items()}
+            listed_again[au] = {frame: rows for frame, rows in listings.items() if len(rows) > 1}
             for n in odd:
                 logger.warning("%s:%d: not a '<frame>.jpg <intensity>' row; ignored", p, n)
         if not per_au:
@@ -161,6 +167,12 @@ DISFAPlus/
                 rec.meta["crop_landmarks"] = landmarks[frame]
                 rec.meta["crop_landmarks_scheme"] = "disfaplus49"
             rec.aus, rec.au_intensity, rec.au_coded, rec.aus_origin = aus, intensity, list(DISFAPLUS_AUS), "gt"
+            again = {au: rows[frame] for au, rows in listed_again.items() if frame in rows}
+            if again:
+                rec = self._listed_again(rec, again)
+                if rec.excluded:
+                    yield rec
+                    continue
             if lacking:
                 rec.meta["missing_in_au_files"] = sorted(lacking)
                 yield self.exclude(rec, LABEL_PARSE_ERROR)
@@ -176,6 +188,23 @@ DISFAPlus/
                 yield self.exclude(rec, problem[0])
                 continue
             yield rec
+
+    def _listed_again(self, rec: FaceRecord, again: dict[int, list[tuple[int, int]]]) -> FaceRecord:
+        """A frame listed more than once in some AU files (``again``: AU -> its listings): one record, or one
+        ``label_conflict`` exclusion when the intensities differ (``_common.resolve_duplicates``)."""
+        group = []
+        for k in range(max(len(rows) for rows in again.values())):
+            variant = dataclasses.replace(rec, aus=dict(rec.aus), au_intensity=dict(rec.au_intensity),
+                                          meta=dict(rec.meta))
+            where = []
+            for au, rows in again.items():
+                line, value = rows[min(k, len(rows) - 1)]
+                variant.au_intensity[au] = float(value)
+                variant.aus[au] = int(value >= self.config.threshold)
+                where.append(f"AU{au}.txt:{line}")
+            variant.meta["where"] = where
+            group.append(variant)
+        return resolve_duplicates(group, self)
 
     def _landmarks(self, subject: str, trial: str) -> dict[str, Any]:
         if not self.config.crop_landmarks:

@@ -59,3 +59,20 @@ def test_broken_frames_are_undecodable(tmp_path: Path) -> None:
         expected[f"src/Images/SN003/SN003/A1_AU1_TrailNo_1/{f}"]["reasons"] = ["image_undecodable"]
     by_id = check(run("disfaplus", root), expected)
     assert by_id["src/Images/SN003/SN003/A1_AU1_TrailNo_1/001"].meta["image_error"].startswith("truncated JPEG")
+
+
+def test_a_frame_listed_twice_in_an_au_file(tmp_path: Path) -> None:
+    """001 listed again with its intensity: one record. 000 listed as 1 and as 3: one label_conflict record
+    listing both intensities."""
+    pytest.importorskip("scipy")
+    root, expected = build_disfaplus(tmp_path)
+    au1 = root / "Labels/SN001/A1_AU1_TrailNo_1/AU1.txt"
+    au1.write_text(au1.read_text() + "001.jpg     2\n000.jpg     3\n")  # lines 5 and 6
+    trial = "src/Images/SN001/A1_AU1_TrailNo_1"
+    expected[f"{trial}/000"] = {"subject": "SN001", "reasons": ["label_conflict"], "aus": None}
+    by_id = check(run("disfaplus", root), expected)
+    assert by_id[f"{trial}/001"].meta["also_listed_at"] == [{"where": ["AU1.txt:5"]}]
+    assert by_id[f"{trial}/001"].au_intensity[1] == 2.0
+    assert by_id[f"{trial}/000"].meta["label_conflict"] == [
+        {"where": ["AU1.txt:2"], "au_intensity": {"1": 1.0}, "aus": {"1": 0}},
+        {"where": ["AU1.txt:6"], "au_intensity": {"1": 3.0}, "aus": {"1": 1}}]
