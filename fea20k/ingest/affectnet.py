@@ -103,6 +103,12 @@ def va_value(value: float) -> float | None:
     return None if value == NOT_APPLICABLE or value != value else value
 
 
+def _affectnet_options(classes: int, val_split: str) -> dict[str, str]:
+    """The AffectNet conventions its options set."""
+    return {"class set": "8 (contempt kept)" if classes == 8 else "7 (contempt rows excluded as label_out_of_range)",
+            "split rule": f"training -> train, validation -> {val_split} (AffectNet has no public test labels)"}
+
+
 class AffectNetCsvConfig(IngestConfig):
     """Options of the legacy CSV release."""
 
@@ -138,6 +144,13 @@ class AffectNetCsv(IngestAdapter):
     Config = AffectNetCsvConfig
     config: AffectNetCsvConfig
     corpus = "affectnet_csv"
+    CONVENTIONS: ClassVar[dict[str, str]] = {
+        "label order": "0..7 = neutral, happiness, sadness, surprise, fear, disgust, anger, contempt; 8 none, "
+                       "9 uncertain, 10 non-face are excluded",
+    }
+
+    def conventions(self) -> dict[str, str]:
+        return {**self.CONVENTIONS, **_affectnet_options(self.config.classes, self.config.val_split)}
     layout = """
 AffectNet/
   Manually_Annotated_file_lists/training.csv, validation.csv   (header subDirectory_filePath,face_x,...,arousal)
@@ -679,6 +692,10 @@ class AffectNetNpy(IngestAdapter):
     Config = AffectNetNpyConfig
     config: AffectNetNpyConfig
     corpus = "affectnet_npy"
+    CONVENTIONS: ClassVar[dict[str, str]] = AffectNetCsv.CONVENTIONS
+
+    def conventions(self) -> dict[str, str]:
+        return {**self.CONVENTIONS, **_affectnet_options(self.config.classes, self.config.val_split)}
     layout = """
 AffectNet/
   train_set/images/<id>.jpg   train_set/annotations/<id>_exp.npy, <id>_val.npy, <id>_aro.npy, <id>_lnd.npy

@@ -29,6 +29,9 @@ class IngestAdapter(SourceStage):
     Config: ClassVar[type[IngestConfig]] = IngestConfig
     corpus: ClassVar[str] = ""  # e.g. "rafdb_basic"
     layout: ClassVar[str] = ""  # the expected tree, shown by `fea20k sources` and in layout errors
+    # the conventions the adapter applies (label order, class set, AU presence threshold, split rule, ...): shown by
+    # `fea20k sources` and on the release card, so a consumer can tell how each label was read
+    CONVENTIONS: ClassVar[dict[str, str]] = {}
     # The pixel frame the source's landmarks and boxes refer to: "stored" = the pixels as stored in the file, the
     # EXIF orientation tag ignored. Every adapter is "stored": corpora.md gives every corpus's points "in
     # original-image pixels" of the released files (RAF, AffectNet) or of video frames and .mat crops that carry
@@ -38,6 +41,10 @@ class IngestAdapter(SourceStage):
     # were computed on the rotated image would need "exif" here and in faces.image_io; none is known.
     image_orientation: ClassVar[str] = "stored"
     config: IngestConfig
+
+    def conventions(self) -> dict[str, str]:
+        """:attr:`CONVENTIONS` as this instance's configuration sets them (adapters with options override it)."""
+        return dict(self.CONVENTIONS)
 
     @property
     def root(self) -> Path:

@@ -23,7 +23,7 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from fea20k.errors import SourceLayoutError
 from fea20k.ingest._common import (
@@ -146,6 +146,13 @@ class Faba(IngestAdapter):
 
     Config = IngestConfig
     corpus = "faba"
+    CONVENTIONS: ClassVar[dict[str, str]] = {
+        "AU vocabulary": "EmoLA's 20 AUs (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 16, 17, 20, 23, 24, 25, 26, 27, 43) "
+                         "plus any other AU a train answer names; the train AUs come from GPT-4V text, not FACS "
+                         "coders",
+        "class set": "7 basic emotions (eval labels only)",
+        "split rule": "train files -> train, eval files -> test",
+    }
     layout = """
 data/                                   (the root; paths in the JSON files are relative to it)
   FABAInstruct/train/train_au_anno.json  train_emotion_anno.json  images/  landmarks/

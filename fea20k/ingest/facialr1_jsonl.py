@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -63,6 +63,10 @@ class FacialR1Jsonl(IngestAdapter):
     Config = FacialR1JsonlConfig
     config: FacialR1JsonlConfig
     corpus = "facialr1_jsonl"
+    CONVENTIONS: ClassVar[dict[str, str]] = {
+        "split rule": "a file whose name contains 'test' -> test, every other file -> train",
+        "labels": "labels[0] is the emotion (mapped by name); AUs as listed, 'AU<n>' strings",
+    }
     layout = """
 FEA-20K/
   *.jsonl     one JSON object per line: id, dataset, image, question, AUs, labels, description, meta_info, is_valid

@@ -16,6 +16,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -94,6 +95,17 @@ class RafAu(IngestAdapter):
     Config = RafAuConfig
     config: RafAuConfig
     corpus = "rafau"
+    CONVENTIONS: ClassVar[dict[str, str]] = {
+        "AU coding": "occurrence only; L/R prefixes (one side) count as present, the side kept in meta; 'null' = "
+                     "every coded AU absent",
+        "class set": "no emotion labels",
+    }
+
+    def conventions(self) -> dict[str, str]:
+        rule = (f"explicit, from {self.config.split_file}" if self.config.split_file else
+                f"seeded: {self.config.test_fraction:.1%} of images to test (seed {self.config.split_seed}); the "
+                "release ships no split")
+        return {**self.CONVENTIONS, "split rule": rule}
     layout = """
 RAF-AU/
   RAFAU_label.txt       "<name>.jpg <AU string>" e.g. "0001.jpg 1+2+5+25+26", "0002.jpg L12", "0003.jpg null"

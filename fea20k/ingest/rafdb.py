@@ -275,6 +275,16 @@ class RafDbBasic(_RafAdapter):
     corpus = "rafdb_basic"
     layout = _LAYOUT.format(subset="basic", n=7)
     n_labels = len(RAF_BASIC_CLASSES)
+    CONVENTIONS: ClassVar[dict[str, str]] = {
+        "label order": "1..7 = surprise, fear, disgust, happiness, sadness, anger, neutral (RAF-DB README)",
+        "class set": "7 basic emotions, no contempt",
+        "split rule": "the file-name prefix: train_* -> train, test_* -> test",
+        "AUs": "none coded",
+    }
+
+    def conventions(self) -> dict[str, str]:
+        what = "5 manual landmarks + bbox" if self.config.image == "original" else "aligned 100x100 crops"
+        return {**self.CONVENTIONS, "images": f"Image/{self.config.image}/ ({what})"}
 
     def map_label(self, rec: FaceRecord, label: int) -> None:
         raf_name = RAF_BASIC_CLASSES[label]
@@ -293,6 +303,12 @@ class RafDbCompound(_RafAdapter):
     corpus = "rafdb_compound"
     layout = _LAYOUT.format(subset="compound", n=11)
     n_labels = len(RAF_COMPOUND_CLASSES)
+    CONVENTIONS: ClassVar[dict[str, str]] = {
+        "label order": "1..11 = happily surprised ... disgustedly surprised (RAF-DB README)",
+        "class set": "11 compound classes, kept in meta; emotion left empty (not one canonical class)",
+        "split rule": "the file-name prefix: train_* -> train, test_* -> test",
+        "AUs": "none coded",
+    }
 
     def map_label(self, rec: FaceRecord, label: int) -> None:
         name, components = RAF_COMPOUND_CLASSES[label]

@@ -27,6 +27,7 @@ class AdapterInfo:
     corpus: str
     layout: str
     summary: str
+    conventions: dict[str, str] = field(default_factory=dict)  # with the default options
 
 
 @dataclass
@@ -56,7 +57,7 @@ def list_adapters(stages: dict[str, type[Stage]] | None = None) -> list[AdapterI
             continue
         doc = (cls.__doc__ or "").strip().splitlines()
         out.append(AdapterInfo(name=name.split(".", 1)[1], corpus=cls.corpus or "-", layout=cls.layout.strip(),
-                               summary=doc[0] if doc else ""))
+                               summary=doc[0] if doc else "", conventions=dict(cls.CONVENTIONS)))
     return out
 
 
@@ -119,8 +120,10 @@ def adapters_table(adapters: list[AdapterInfo]) -> Table:
     t.add_column("adapter", style="bold")
     t.add_column("corpus")
     t.add_column("expected layout")
+    t.add_column("conventions (default options)")
     for a in adapters:
-        t.add_row(a.name, a.corpus, f"{a.summary}\n{a.layout}" if a.summary else a.layout)
+        conv = "\n".join(f"{k}: {v}" for k, v in a.conventions.items()) or "-"
+        t.add_row(a.name, a.corpus, f"{a.summary}\n{a.layout}" if a.summary else a.layout, conv)
     return t
 
 

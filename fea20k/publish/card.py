@@ -6,7 +6,8 @@ workspace's configuration. Only names, counts and hashes reach it: no local path
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ class SourceFacts:
     corpus: str  # its adapter
     synthetic: bool
     terms: SourceTerms | None  # None: the adapter has no entry in sources.toml
+    conventions: dict[str, str] = field(default_factory=dict)  # how its adapter read the labels
 
     @property
     def redistributable(self) -> bool:
@@ -74,16 +76,30 @@ class SourceFacts:
             "licence": t.licence if t else "licence unknown: check the corpus owner's terms before any use",
             "url": t.url if t else "",
             "citation": t.citation.strip() if t else "",
+            "conventions": self.conventions,
         }
 
 
-def source_facts(ws_sources: dict[str, Any], terms: SourcesFile) -> dict[str, SourceFacts]:
-    """Facts of every configured source (``ws_sources`` = ``WorkspaceConfig.sources``)."""
+def source_facts(ws_sources: dict[str, Any], terms: SourcesFile,
+                 conventions: dict[str, dict[str, str]] | None = None) -> dict[str, SourceFacts]:
+    """Facts of every configured source (``ws_sources`` = ``WorkspaceConfig.sources``; ``conventions``: per source,
+    what its adapter applies, see :func:`source_conventions`)."""
     out = {}
     for name, cfg in ws_sources.items():
         key = SYNTHETIC_KEY if cfg.synthetic else cfg.adapter
         out[name] = SourceFacts(source=name, corpus=cfg.adapter, synthetic=cfg.synthetic,
-                                terms=terms.sources.get(key))
+                                terms=terms.sources.get(key), conventions=(conventions or {}).get(name, {}))
+    return out
+
+
+def source_conventions(ws: Any, names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The conventions each named source's adapter applies with its configured options."""
+    from fea20k.engine import source_stage
+
+    out = {}
+    for name in names:
+        stage = source_stage(ws, name)
+        out[name] = stage.conventions() if hasattr(stage, "conventions") else {}
     return out
 
 

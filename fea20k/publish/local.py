@@ -20,14 +20,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from fea20k.errors import Fea20kUserError
-from fea20k.io import StageOutput
+from fea20k.errors import DiskFullError, Fea20kUserError
+from fea20k.io import StageOutput, disk_full_error, is_disk_full
 from fea20k.publish.card import (
     SourceFacts,
     blocked_sources,
     card_context,
     load_sources_file,
     render_card,
+    source_conventions,
     source_facts,
 )
 from fea20k.publish.facts import ReleaseFacts, tree_digest
@@ -192,7 +193,8 @@ def build_release(
 
         from fea20k import __version__
 
-        src_facts = source_facts({k: v for k, v in ws.config.sources.items() if k in sources_seen}, terms)
+        seen = {k: v for k, v in ws.config.sources.items() if k in sources_seen}
+        src_facts = source_facts(seen, terms, source_conventions(ws, seen))
         front = {
             "pretty_name": terms.release.pretty_name,
             "license": terms.release.license,
@@ -300,10 +302,18 @@ def building_dir(final: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
+        written = _tree_size(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e) and not isinstance(e, DiskFullError):
+            # a new folder takes about what the one it replaces takes, and at least what was written before it failed
+            raise disk_full_error(final, max(written, _tree_size(final)) or None) from e
         raise
     replace_dir(tmp, final)
+
+
+def _tree_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
