@@ -6,7 +6,8 @@ Layout of a stage's output (``.fea20k/rounds/N/<stage key>/``)::
     part-00000.parquet      chunk 0, written atomically
     part-00000.stats.json   chunk 0's stats; its presence marks the chunk complete
     ...
-    _SUCCESS.json           completion marker: signature + merged stats (written last)
+    _SUCCESS.json           completion marker: signature, merged stats, the input parts it consumed (file names
+                            and row counts, with their stage's signature) and its own parts (written last)
 
 Memory is bounded by the chunk size: a source is cut into chunks as it is read, a map stage reads one input chunk
 per worker at a time, an aggregate stage streams its inputs.
@@ -30,19 +31,23 @@ from pathlib import Path
 from typing import Any
 
 from fea20k import config as env_config
-from fea20k.errors import ConfigError, Fea20kUserError
+from fea20k.errors import ConfigError, DiskFullError, Fea20kUserError, UnknownStageError
 from fea20k.io import (
+    PART_GLOB,
     StageOutput,
     atomic_write_bytes,
     atomic_write_json,
     chunk_done,
     completed_chunks,
+    disk_full_error,
+    is_disk_full,
     part_name,
     read_chunk,
     stats_name,
     write_chunk,
     write_table_atomic,
 )
+from fea20k.lock import workspace_lock
 from fea20k.procs import exit_with_parent
 from fea20k.record import FaceRecord
 from fea20k.schema import SCHEMA, to_arrow
@@ -140,7 +145,10 @@ def plan_round(ws: Workspace, round_: int) -> list[list[PlannedStage]]:
                 stage = source_stage(ws, src_name, round_)
                 group.append(PlannedStage(key=stage.ctx.stage_key, stage=stage, upstream=[]))
         else:
-            cls = get_stage_class(step)
+            try:
+                cls = get_stage_class(step)
+            except UnknownStageError as e:
+                raise UnknownStageError(f"{ws.recipe_path}: round {round_} steps: {e}") from None
             cfg, where = _stage_config(ws, step)
             ctx = StageContext(workspace_root=ws.root, round=round_, stage_key=step)
             stage = cls(cfg, ctx, where=where)
@@ -224,9 +232,11 @@ def round_status(ws: Workspace, round_: int) -> list[StageStatus]:
             stats = marker["stats"] if marker else None
             if state is not None and state.status == "running":
                 status = "running" if _pid_alive(state.pid) else "interrupted"
+            elif state is not None and state.status == "interrupted" and state.signature == ps.signature:
+                status = "interrupted"
             elif state is not None and state.status == "failed" and state.signature == ps.signature:
                 status = "failed"
-            elif marker and marker["signature"] == ps.signature and _outputs_present(ps):
+            elif _up_to_date(ws, ps, marker):
                 status = "up to date"
             elif marker or (d / SIGNATURE_FILE).exists():
                 status = "stale"
@@ -249,6 +259,45 @@ def _partial_stats(d: Path) -> dict[str, Any] | None:
 
 def _outputs_present(ps: PlannedStage) -> bool:
     return not isinstance(ps.stage, AggregateStage) or ps.stage.outputs_present()
+
+
+def _up_to_date(ws: Workspace, ps: PlannedStage, marker: dict[str, Any] | None) -> bool:
+    """A completed output with the planned signature, whose recorded inputs are still what its upstream stages hold
+    and whose own parts are all there. A marker without these records (written before they existed) is trusted."""
+    if not marker or marker["signature"] != ps.signature or not _outputs_present(ps):
+        return False
+    if "inputs" in marker and marker["inputs"] != _input_snapshot(ws, ps):
+        logger.info("%s: its input changed since it completed (other parts or row counts upstream); stale", ps.key)
+        return False
+    if "parts" in marker and marker["parts"] != _part_names(ws.stage_dir(ps.round, ps.key)):
+        logger.info("%s: its own parts changed since it completed; stale", ps.key)
+        return False
+    return True
+
+
+def _input_snapshot(ws: Workspace, ps: PlannedStage) -> list[dict[str, Any]]:
+    """What the upstream stages of ``ps`` hold: per stage its completion signature and its parts with row counts
+    (Parquet footers only)."""
+    out = []
+    for r, k in ps.upstream:
+        d = ws.stage_dir(r, k)
+        up = read_marker(d)
+        out.append({"stage": f"{r}/{k}", "signature": up["signature"] if up else None,
+                    "parts": [[p.name, _rows(p)] for p in sorted(d.glob(PART_GLOB))]})
+    return out
+
+
+def _part_names(d: Path) -> list[str]:
+    return sorted(p.name for p in d.glob(PART_GLOB))
+
+
+def kept_chunks(ws: Workspace, round_: int) -> int:
+    """Complete chunks (a part and its stats) in round ``round_``'s stage outputs: the work a re-run will not redo."""
+    d = ws.round_dir(round_)
+    if not d.is_dir():
+        return 0
+    stats = d.rglob("part-*.stats.json")
+    return sum(1 for p in stats if p.with_name(p.name.replace(".stats.json", ".parquet")).is_file())
 
 
 # ---------------------------------------------------------------------------------------------- progress
@@ -359,9 +408,21 @@ def build_round(
     workers: int | None = None,
     executor: str = "local",
     address: str | None = None,
+    wait: bool = False,
 ) -> BuildResult:
-    """Run round ``round_``: every stage whose output is missing or stale, in order; skip the rest."""
+    """Run round ``round_``: every stage whose output is missing or stale, in order; skip the rest.
+
+    Holds the workspace lock (:mod:`fea20k.lock`) throughout: another writer raises
+    :class:`~fea20k.lock.WorkspaceLockedError` naming the holder, or is waited for with ``wait``. Ctrl-C
+    (KeyboardInterrupt) propagates, with the run and the stage recorded ``interrupted``; complete chunks are kept.
+    """
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
+    with workspace_lock(ws.root, f"build_round(round={round_}) in {Path(sys.argv[0]).name or 'python'}", wait=wait):
+        return _build_round(ws, round_, from_stage, until_stage, quiet, workers, executor, address)
+
+
+def _build_round(ws: Workspace, round_: int, from_stage: str | None, until_stage: str | None, quiet: bool,
+                 workers: int | None, executor: str, address: str | None) -> BuildResult:
     t0 = time.perf_counter()
     plan = plan_round(ws, round_)
     keys = [ps.key for g in plan for ps in g]
@@ -388,6 +449,9 @@ def build_round(
                 if until_stage is not None and any(_matches(ps, until_stage) for ps in group):
                     break
         status = "done"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
     finally:
         ws.ledger.finish_run(run_id, status)
     result.seconds = time.perf_counter() - t0
@@ -428,7 +492,8 @@ def _run_or_skip(
 ) -> StageRun:
     d = ws.stage_dir(ps.round, ps.key)
     marker = read_marker(d)
-    if not forced and marker and marker["signature"] == ps.signature and _outputs_present(ps):
+    if not forced and _up_to_date(ws, ps, marker):
+        assert marker is not None
         logger.debug("%s: up to date (%s)", ps.key, ps.signature)
         return StageRun(ps.key, "skipped", StageStats.from_dict(marker["stats"]), 0.0)
     if forced and d.exists():
@@ -457,6 +522,7 @@ def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, opts: ExecOp
     t0 = time.perf_counter()
     stage = ps.stage
     logger.info("%s: running (signature %s)", ps.key, ps.signature)
+    consumed = _input_snapshot(ws, ps)  # taken before reading: an input part written later makes the output stale
     try:
         if isinstance(stage, SourceStage):
             stats = _run_source(stage, d, ws.recipe.chunk_size, progress, ps.key)
@@ -468,8 +534,13 @@ def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, opts: ExecOp
             stats = _run_aggregate(stage, inputs, d, ws.recipe.chunk_size, progress, ps.key)
         else:  # pragma: no cover - registry only holds the three kinds
             raise TypeError(f"{stage.name}: unknown stage kind {stage.kind!r}")
+    except KeyboardInterrupt:
+        ws.ledger.stage_finished(ps.round, ps.key, "interrupted")
+        raise
     except BaseException as e:
         ws.ledger.stage_finished(ps.round, ps.key, "failed", error=f"{type(e).__name__}: {e}")
+        if is_disk_full(e) and not isinstance(e, DiskFullError):  # a write outside fea20k.io's atomic writers
+            raise disk_full_error(Path(getattr(e, "filename", None) or d), _largest_part(d)) from e
         raise
     finally:
         stage.close()
@@ -477,12 +548,18 @@ def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, opts: ExecOp
     stats.counters["wall_seconds"] = round(wall, 4)
     stats.seconds = wall
     marker = {"signature": ps.signature, "stage": stage.name, "version": stage.VERSION, "finished": time.time(),
-              "stats": stats.to_dict()}
+              "stats": stats.to_dict(), "inputs": consumed, "parts": _part_names(d)}
     atomic_write_json(d / SUCCESS_FILE, marker)
     ws.ledger.stage_finished(ps.round, ps.key, "done", stats=stats.to_dict())
     logger.info("%s: %d in, %d out, %d excluded in %.2fs", ps.key, stats.n_in, stats.n_out,
                 stats.counters.get("excluded", 0), wall)
     return StageRun(ps.key, "ran", stats, wall)
+
+
+def _largest_part(d: Path) -> int | None:
+    """The size of the biggest part in ``d``: about what the next chunk needs on disk (None when there is none)."""
+    sizes = [p.stat().st_size for p in d.glob(PART_GLOB)]
+    return max(sizes) if sizes else None
 
 
 def _chunk_stats(stage_name: str, n_in: int, out: list[FaceRecord], pre_excluded: int, base: StageStats,
@@ -634,11 +711,18 @@ _WORKER_STAGE: MapStage | None = None
 def _worker_init(cls: type[MapStage], config: dict[str, Any], ctx: StageContext, plugin_root: str) -> None:
     global _WORKER_STAGE
     exit_with_parent()
+    # Ctrl-C reaches the whole process group: the build reports it; a worker ends at once, without a traceback (its
+    # chunk in progress is redone by the next build, its temp file removed then)
+    signal.signal(signal.SIGINT, _exit_quietly)
     load_workspace_plugins(Path(plugin_root))
     stage = cls(config, ctx)
     assert isinstance(stage, MapStage)
     stage.load()
     _WORKER_STAGE = stage
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    os._exit(128 + signum)
 
 
 def _worker_task(in_path: Path, d: Path, index: int) -> dict[str, Any]:

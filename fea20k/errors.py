@@ -38,6 +38,23 @@ class BudgetExceededError(Fea20kError):
     """The annotator's budget cap was reached; the stage stops cleanly and can be resumed with a higher cap."""
 
 
+class DiskFullError(Fea20kError):
+    """A write found its disk full; the message names the path, the free space and the space needed (exit 1). What
+    was written before is intact (writes are atomic), so a re-run after freeing space resumes."""
+
+    def __init__(self, message: str, path: object = None, needed: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.needed = needed
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class Interrupted(Fea20kError):
+    """The user pressed Ctrl-C; the message says what was kept and how to resume (the CLI exits 130)."""
+
+
 class PublishError(Fea20kError):
     """Publishing a release failed."""
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fea20k.errors import Fea20kUserError
+from fea20k.errors import DiskFullError, Fea20kUserError
 from fea20k.record import FaceRecord
 from fea20k.schema import SCHEMA, from_arrow, to_arrow
 
@@ -27,15 +30,64 @@ def stats_name(index: int) -> str:
     return f"part-{index:05d}.stats.json"
 
 
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` is a full disk (or quota): errno ENOSPC/EDQUOT, or Arrow's and SQLite's wording of it."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "database or disk is full" in text
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def disk_full_error(path: Path, needed: int | None) -> DiskFullError:
+    """The one-line error of a write to ``path`` that found its disk full: the free space there, and how much more
+    this write needed (when known)."""
+    try:
+        free = human_bytes(shutil.disk_usage(_existing(path)).free)
+    except OSError:
+        free = "unknown"
+    more = f"at least {human_bytes(needed)} more needed" if needed else "more space needed"
+    return DiskFullError(f"disk full: could not write {path} ({free} free on that disk, {more}); free some space "
+                         "and re-run: everything written before is kept", path=path, needed=needed)
+
+
+def _existing(path: Path) -> Path:
+    for p in (path, *path.parents):
+        if p.exists():
+            return p
+    return Path(".")
+
+
+@contextmanager
+def _no_partial_write(tmp: Path, path: Path, size: int) -> Iterator[None]:
+    """Remove ``tmp`` when the write fails or is interrupted (``path`` keeps its previous content); a full disk
+    becomes :class:`~fea20k.errors.DiskFullError` naming ``path`` and the space needed."""
+    try:
+        yield
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise disk_full_error(path, size) from e
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with _no_partial_write(tmp, path, len(data)):
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -70,8 +122,9 @@ def write_table_atomic(path: Path, table: pa.Table) -> None:
     """Write one Parquet file atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with _no_partial_write(tmp, path, table.nbytes):  # Arrow's in-memory size: at most what the file takes
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
 
 
 def write_chunk(stage_dir: Path, index: int, records: Sequence[FaceRecord], stats: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +21,13 @@ CREATE TABLE IF NOT EXISTS runs (
     pid INTEGER NOT NULL,
     started REAL NOT NULL,
     finished REAL,
-    status TEXT NOT NULL            -- running | done | failed
+    status TEXT NOT NULL            -- running | done | failed | interrupted
 );
 CREATE TABLE IF NOT EXISTS stages (
     round INTEGER NOT NULL,
     stage TEXT NOT NULL,            -- stage key, e.g. faces.align or ingest/rafdb
     signature TEXT NOT NULL,
-    status TEXT NOT NULL,           -- running | done | failed
+    status TEXT NOT NULL,           -- running | done | failed | interrupted
     pid INTEGER,
     started REAL,
     finished REAL,
@@ -138,6 +138,20 @@ class Ledger:
 
     def finish_run(self, run_id: int, status: str) -> None:
         self.conn.execute("UPDATE runs SET finished = ?, status = ? WHERE run_id = ?", (time.time(), status, run_id))
+
+    def mark_interrupted(self, stale: Callable[[int], bool]) -> tuple[int, int]:
+        """Set the ``running`` runs and stages whose pid ``stale(pid)`` says is gone to ``interrupted``; return how
+        many of each. Reads first (never waits on a writer) and writes only when there is something to mark."""
+        found = {}
+        for table, key in (("runs", "run_id"), ("stages", "rowid")):
+            rows = self.conn.execute(f"SELECT {key}, pid FROM {table} WHERE status = 'running'").fetchall()
+            found[table] = [k for k, pid in rows if stale(pid)]
+        now = time.time()
+        for table, key in (("runs", "run_id"), ("stages", "rowid")):
+            for k in found[table]:
+                self.conn.execute(f"UPDATE {table} SET status = 'interrupted', finished = ? WHERE {key} = ? "
+                                  "AND status = 'running'", (now, k))
+        return len(found["runs"]), len(found["stages"])
 
     # -- stages
     def stage_started(self, round_: int, stage: str, signature: str) -> None:

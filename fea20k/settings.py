@@ -1,10 +1,14 @@
 """Validated configuration models: the workspace file ``fea20k.toml`` and the recipe ``pipelines/*.toml``.
 
-Every model rejects unknown keys; a failure names the file, the key and the fix (style P5).
+Every model rejects unknown keys; a failure names the file, the key and the fix (style P5). Values are strict: a
+boolean is ``true``/``false``, a number is a number, a string is a string (``include_images = "no"`` is an error,
+not false); see :func:`validate_model`.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +19,8 @@ from fea20k.errors import ConfigError
 
 
 class StrictModel(BaseModel):
-    """Base for every configuration model: unknown keys are errors, values are validated on assignment."""
+    """Base for every configuration model: unknown keys are errors, values are validated on assignment, and data read
+    from a file is validated strictly (:func:`validate_model`)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
@@ -42,9 +47,36 @@ def format_validation_error(where: str, err: ValidationError, prefix: str = "") 
 def validate_model(model: type[M], data: Any, where: str, prefix: str = "") -> M:
     """Validate ``data`` into ``model`` or raise :class:`ConfigError` naming ``where`` and the key."""
     try:
-        return model.model_validate(data)
+        return strict_validate(model, data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(where, e, prefix)) from None
+
+
+def strict_validate(model: type[M], data: Any) -> M:
+    """Validate ``data`` (TOML values, or a model's JSON dump) into ``model`` with no lax coercion.
+
+    Validated as JSON in pydantic's strict mode: no ``"no"`` -> False, ``1`` -> True or ``"3"`` -> 3, while what a
+    file can only spell as a string or an array still validates (a path, a tuple, an integer table key). Data that is
+    not JSON-like (objects built in code, not read from a file) is validated as before, in Python mode.
+    """
+    try:
+        text = json.dumps(data, default=_json_value, allow_nan=True)
+    except (TypeError, ValueError):
+        return model.model_validate(data)
+    return model.model_validate_json(text, strict=True)
+
+
+def _json_value(value: Any) -> Any:
+    """JSON for the non-JSON values of a TOML file or a config dump (dates, paths, sets); anything else is code's."""
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 def read_toml(path: Path) -> dict[str, Any]:

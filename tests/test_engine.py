@@ -235,3 +235,95 @@ def read_chunk_ids(path: Path) -> list[str]:
     import pyarrow.parquet as pq
 
     return pq.read_table(path, columns=["id"]).column("id").to_pylist()
+
+
+def test_marker_records_the_input_parts_it_consumed(tmp_path: Path) -> None:
+    import json
+
+    ws = make_ws(tmp_path)
+    build_round(ws, 0, quiet=True)
+    stage = ws / ".fea20k/rounds/0/validate.toy_threshold"
+    marker = json.loads((stage / "_SUCCESS.json").read_text())
+    (up,) = marker["inputs"]
+    upstream = ws / ".fea20k/rounds/0/faces.toy_upper"
+    assert up["stage"] == "0/faces.toy_upper"
+    assert up["signature"] == json.loads((upstream / "_SUCCESS.json").read_text())["signature"]
+    assert up["parts"] == [[f"part-{i:05d}.parquet", 4 if i not in (6, 8) else (1 if i == 6 else 3)]
+                           for i in range(9)]  # a: 25 rows in 4s, b: 7 rows in 4s
+    assert marker["parts"] == [f"part-{i:05d}.parquet" for i in range(9)]
+
+
+def test_an_upstream_part_written_after_the_downstream_completed_makes_it_stale(tmp_path: Path) -> None:
+    """The truncated-release race of two concurrent builds: one build's downstream stage completes while the other
+    is still writing the upstream stage's parts, then marks the upstream complete. Nothing may call the downstream
+    stage up to date after that."""
+    import json
+    import shutil
+
+    ws = make_ws(tmp_path)
+    build_round(ws, 0, quiet=True)
+    upstream = ws / ".fea20k/rounds/0/faces.toy_upper"
+    for suffix in (".parquet", ".stats.json"):  # a late part, as the other build would write it
+        shutil.copy(upstream / f"part-00000{suffix}", upstream / f"part-00009{suffix}")
+    statuses = {s.key: s.status for s in round_status(Workspace(ws), 0)}
+    assert statuses["faces.toy_upper"] == "stale"  # its own parts are no longer those it completed with
+    assert statuses["validate.toy_threshold"] == "stale"
+    marker = json.loads((upstream / "_SUCCESS.json").read_text())  # the other build completes the upstream stage
+    marker["parts"].append("part-00009.parquet")
+    (upstream / "_SUCCESS.json").write_text(json.dumps(marker))
+    statuses = {s.key: s.status for s in round_status(Workspace(ws), 0)}
+    assert statuses["faces.toy_upper"] == "up to date" and statuses["validate.toy_threshold"] == "stale"
+    result = build_round(ws, 0, quiet=True)
+    assert result.ran == ["validate.toy_threshold", "publish.toy_count"]
+    assert {s.key: s.stats.n_in for s in result.stages}["validate.toy_threshold"] == 36  # all of its input
+    assert all(s.status == "up to date" for s in round_status(Workspace(ws), 0))
+
+
+def test_a_stage_whose_own_parts_changed_is_rerun(tmp_path: Path) -> None:
+    import shutil
+
+    ws = make_ws(tmp_path)
+    build_round(ws, 0, quiet=True)
+    upstream = ws / ".fea20k/rounds/0/faces.toy_upper"
+    for suffix in (".parquet", ".stats.json"):
+        shutil.copy(upstream / f"part-00000{suffix}", upstream / f"part-00009{suffix}")
+    result = build_round(ws, 0, quiet=True)
+    assert result.ran == ["faces.toy_upper"]  # redone as it was: what validate consumed is what it holds again
+    assert not (upstream / "part-00009.parquet").exists()
+    assert all(s.status == "up to date" for s in round_status(Workspace(ws), 0))
+
+
+def test_an_upstream_part_with_other_rows_makes_the_downstream_stale(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    ws = make_ws(tmp_path)
+    build_round(ws, 0, quiet=True)
+    part = ws / ".fea20k/rounds/0/faces.toy_upper/part-00002.parquet"
+    pq.write_table(pq.read_table(part).slice(0, 1), part)  # same file names, one row where there were four
+    statuses = {s.key: s.status for s in round_status(Workspace(ws), 0)}
+    assert statuses["validate.toy_threshold"] == "stale" and statuses["faces.toy_upper"] == "up to date"
+    assert build_round(ws, 0, quiet=True).ran == ["validate.toy_threshold", "publish.toy_count"]
+
+
+def test_a_marker_without_input_records_is_trusted(tmp_path: Path) -> None:
+    """Workspaces built before markers recorded their inputs stay up to date (their stages are not all re-run)."""
+    import json
+
+    ws = make_ws(tmp_path)
+    build_round(ws, 0, quiet=True)
+    for marker in (ws / ".fea20k/rounds/0").rglob("_SUCCESS.json"):
+        data = json.loads(marker.read_text())
+        marker.write_text(json.dumps({k: v for k, v in data.items() if k not in ("inputs", "parts")}))
+    assert build_round(ws, 0, quiet=True).ran == []
+
+
+def test_an_unknown_stage_names_the_recipe(tmp_path: Path) -> None:
+    from fea20k.errors import UnknownStageError
+
+    ws = make_ws(tmp_path)
+    recipe = ws / "pipelines" / "toy.toml"
+    recipe.write_text(recipe.read_text().replace('"validate.toy_threshold", "publish',
+                                                 '"validate.toy_treshold", "publish'))
+    with pytest.raises(UnknownStageError, match=r"pipelines/toy.toml: round 0 steps: unknown stage "
+                                                r"'validate.toy_treshold'"):
+        build_round(ws, 0, quiet=True)

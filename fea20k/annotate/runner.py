@@ -218,6 +218,13 @@ class AnnotateStage(MapStage):
             self._pool = None
         loop = getattr(self, "_loop", None)
         if loop is not None:
+            # Ctrl-C lands in the loop's select, outside _run_all's handler: cancel and await the tasks it left, or
+            # the closed loop reports each as destroyed (and _run_all's clean-up fails on the closed loop)
+            leftover = asyncio.all_tasks(loop)
+            for task in leftover:
+                task.cancel()
+            if leftover:
+                loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
             loop.run_until_complete(self.backend.aclose())
             loop.close()
             self._loop = None

@@ -13,37 +13,57 @@ from rich.markup import escape
 # Command modules register themselves on `app` when imported.
 from fea20k.cli import annotate_cmds, audit_cmds, eval_cmds, publish_cmds, sources_cmds, workspace_cmds  # noqa: F401
 from fea20k.cli.app import app, err_console
-from fea20k.errors import BudgetExceededError, Fea20kUserError
+from fea20k.errors import BudgetExceededError, DiskFullError, Fea20kUserError, Interrupted
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Exit codes: 0 done, 1 failure (a full disk included), 2 a user error (bad
+    config, the workspace locked by another command), 3 the annotation budget reached, 130 Ctrl-C."""
     # messages are escaped: they quote TOML tables such as [stages."annotate.draft"], which are not markup
     try:
         # without standalone mode click returns a command's typer.Exit code instead of exiting with it
         code = app(standalone_mode=False)
+        if code == 130:  # typer made a KeyboardInterrupt exit 130; a command with more to say raises Interrupted
+            _say("[yellow]interrupted[/yellow]; what was complete is kept, re-run the command to finish")
         if isinstance(code, int) and code:
             sys.exit(code)
     except Fea20kUserError as e:
-        err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        _say(f"[red]error:[/red] {escape(str(e))}")
         sys.exit(2)
     except BudgetExceededError as e:
-        err_console.print(f"[yellow]stopped:[/yellow] {escape(str(e))}", highlight=False, soft_wrap=True)
+        _say(f"[yellow]stopped:[/yellow] {escape(str(e))}")
         sys.exit(3)
+    except Interrupted as e:
+        _say(f"[yellow]{escape(str(e))}[/yellow]")
+        sys.exit(130)
+    except DiskFullError as e:
+        _say(f"[red]error:[/red] {escape(str(e))}")
+        sys.exit(1)
     except SystemExit:
         raise
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/yellow]; completed chunks are kept, re-run to resume")
+        _say("[yellow]interrupted[/yellow]; what was complete is kept, re-run the command to finish")
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - click's own usage errors arrive here in standalone_mode=False
         import click
+
+        from fea20k.io import is_disk_full
 
         if isinstance(e, click.exceptions.ClickException):
             e.show()
             sys.exit(2 if isinstance(e, click.UsageError) else 1)
         if isinstance(e, click.exceptions.Abort):
             sys.exit(1)
+        if is_disk_full(e):  # a write outside fea20k.io's atomic writers (a release shard, the ledger)
+            where = getattr(e, "filename", None) or "a file"
+            _say(f"[red]error:[/red] disk full: could not write {escape(str(where))}; free some space and re-run: "
+                 "everything written before is kept")
+            sys.exit(1)
         raise
+
+
+def _say(line: str) -> None:
+    err_console.print(line, highlight=False, soft_wrap=True)
 
 
 __all__ = ["app", "main"]

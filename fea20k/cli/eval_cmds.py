@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from fea20k.cli.app import QuietOpt, WorkspaceOpt, app, console, err_console, setup_logging
+from fea20k.cli.app import QuietOpt, WaitOpt, WorkspaceOpt, app, console, err_console, setup_logging, writing
 
 
 @app.command("eval")
@@ -31,6 +31,7 @@ def eval_(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N samples.")] = None,
     workspace: WorkspaceOpt = Path("."),
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    wait: WaitOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """AU F1 per AU (macro, micro), emotion accuracy (per-class recall, confusion matrix) and ROUGE-L, per source."""
@@ -48,8 +49,9 @@ def eval_(
         from fea20k.workspace import Workspace
 
         setup_logging(workspace, quiet)
-        run = run_eval(Workspace(workspace), annotator, release, split, checkpoint=checkpoint, out_dir=out,
-                       limit=limit)
+        with writing(workspace, wait):  # the model's answers go into the workspace's request cache
+            run = run_eval(Workspace(workspace), annotator, release, split, checkpoint=checkpoint, out_dir=out,
+                           limit=limit)
         result = run.result
         failed = len(run.failed)
     else:

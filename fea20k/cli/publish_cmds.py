@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fea20k.cli.app import QuietOpt, RoundOpt, WorkspaceOpt, app, console, setup_logging
+from fea20k.cli.app import QuietOpt, RoundOpt, WaitOpt, WorkspaceOpt, app, console, setup_logging, writing
 
 
 def _hub_api_factory():  # noqa: ANN202 - a seam for tests: returns a zero-argument HfApi factory
@@ -34,17 +34,25 @@ def publish(
     rights: Annotated[list[str] | None, typer.Option(
         "--i-have-redistribution-rights", metavar="SOURCE",
         help="Confirm you may redistribute this source's faces (repeat the flag per source).")] = None,
+    wait: WaitOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Publish round N's release: refresh releases/round-N, then copy it to --to DIR or upload it to --repo."""
     from fea20k.errors import Fea20kUserError
-    from fea20k.publish.hub import publish_to_hub
-    from fea20k.publish.local import build_release, release_manifest
-    from fea20k.workspace import Workspace
 
     setup_logging(workspace, quiet)
     if to is not None and repo is not None:
         raise Fea20kUserError("pass either --to DIR or --repo ORG/NAME, not both")
+    with writing(workspace, wait):
+        _publish(round_, workspace, to, repo, private, dry_run, include_images, rights)
+
+
+def _publish(round_: int, workspace: Path, to: Path | None, repo: str | None, private: bool | None, dry_run: bool,
+             include_images: bool, rights: list[str] | None) -> None:
+    from fea20k.publish.hub import publish_to_hub
+    from fea20k.publish.local import build_release, release_manifest
+    from fea20k.workspace import Workspace
+
     ws = Workspace(workspace)
     folder = ws.release_dir(round_)
     manifest = release_manifest(folder)
@@ -112,6 +120,7 @@ def export(
     annotator: Annotated[str | None, typer.Option(
         "--annotator", help="Render the prompts with this annotator's contract (default: the recipe's "
                             "annotate.regenerate annotator, the one that will ask the trained model).")] = None,
+    wait: WaitOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Export round N's accepted TRAIN rows (never test) for training: Facial-R1 JSONL or chat messages, each row
@@ -121,7 +130,8 @@ def export(
     from fea20k.workspace import Workspace
 
     setup_logging(workspace, quiet)
-    summary = export_round(Workspace(workspace), round_, fmt, out, annotator=annotator)
+    with writing(workspace, wait):
+        summary = export_round(Workspace(workspace), round_, fmt, out, annotator=annotator)
     total = sum(summary.rows.values())
     contract = read_contract_file(summary.folder) or {}
     console.print(f"exported {total} train row(s) as {fmt} to {summary.folder} "
@@ -138,16 +148,22 @@ def materialize(
         "--root", metavar="NAME=PATH", help="Where your copy of source NAME unpacked (repeat per source).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output dataset folder (default RELEASE-materialized).",
                                              file_okay=False)] = None,
+    wait: WaitOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Rebuild the faces of an annotations-only release from your own corpora, through faces.align."""
+    from contextlib import nullcontext
+
+    from fea20k.lock import enclosing_workspace
     from fea20k.publish.materialize import MISSING_FILE, parse_roots
     from fea20k.publish.materialize import materialize as run
 
     setup_logging(None, quiet)
     roots = parse_roots(list(root or []))
     dest = out if out is not None else release.with_name(f"{release.stem}-materialized")
-    summary = run(release, roots, dest)
+    ws_root = enclosing_workspace(dest.parent)  # writing into a workspace (its releases/ by default): lock it
+    with writing(ws_root, wait) if ws_root is not None else nullcontext():
+        summary = run(release, roots, dest)
     console.print(f"materialized {sum(summary.rows.values())} row(s) into {dest} {summary.rows}")
     if summary.missing:
         console.print(f"[yellow]{len(summary.missing)} row(s) without an image[/yellow] (listed in "

@@ -7,18 +7,24 @@ from typing import Annotated
 
 import typer
 
-from fea20k.cli.app import QuietOpt, RoundOpt, WorkspaceOpt, app, console, setup_logging
+from fea20k.cli.app import QuietOpt, RoundOpt, WaitOpt, WorkspaceOpt, app, console, setup_logging, writing
 
 
 @app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Directory for the new workspace.", file_okay=False)] = Path("."),
     force: Annotated[bool, typer.Option("--force", help="Overwrite the default data folders.")] = False,
+    wait: WaitOpt = False,
 ) -> None:
     """Create a workspace: fea20k.toml plus copies of pipelines/ annotators/ validators/ cards/."""
-    from fea20k.workspace import init_workspace
+    from contextlib import nullcontext
 
-    init_workspace(directory, force=force)
+    from fea20k.workspace import CONFIG_NAME, init_workspace
+
+    # --force over an existing workspace rewrites files a running build may be reading: it takes the lock
+    existing = force and (directory / CONFIG_NAME).is_file()
+    with writing(directory, wait) if existing else nullcontext():
+        init_workspace(directory, force=force)
     console.print(f"workspace ready in [bold]{directory}[/bold]; add \\[sources.*] to {directory / 'fea20k.toml'}")
 
 
@@ -52,15 +58,28 @@ def build(
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Worker processes for image work.")] = None,
     executor: Annotated[str, typer.Option("--executor", help="local (default) or ray (needs fea20k[ray]).")] = "local",
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (--executor ray).")] = None,
+    wait: WaitOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run round N: every stage whose output is missing or stale; skip what is up to date; resume what crashed."""
+    """Run round N: every stage whose output is missing or stale; skip what is up to date; resume what crashed.
+    Ctrl-C stops it (exit 130) keeping every complete chunk; the next build resumes there."""
     from fea20k.engine import build_round
     from fea20k.report import build_summary_table
 
     setup_logging(workspace, quiet)
-    result = build_round(workspace, round_, from_stage=from_stage, until_stage=until_stage, quiet=quiet,
-                         workers=workers, executor=executor, address=address)
+    try:
+        with writing(workspace, wait):
+            result = build_round(workspace, round_, from_stage=from_stage, until_stage=until_stage, quiet=quiet,
+                                 workers=workers, executor=executor, address=address)
+    except KeyboardInterrupt:
+        from fea20k.engine import kept_chunks
+        from fea20k.errors import Interrupted
+        from fea20k.workspace import Workspace
+
+        n = kept_chunks(Workspace(workspace), round_)
+        where = "" if workspace == Path(".") else f" -w {workspace}"
+        raise Interrupted(f"interrupted: {n} chunk{'' if n == 1 else 's'} kept; re-run `fea20k build --round "
+                          f"{round_}{where}` to resume") from None
     if not quiet:
         console.print(build_summary_table(result))
     console.print(f"round {round_}: {len(result.ran)} stage(s) ran, "
@@ -79,6 +98,7 @@ def status(
     from fea20k.workspace import Workspace
 
     ws = Workspace(workspace)
+    _mark_dead_runs(ws)
     rounds = [round_] if round_ is not None else _rounds_with_state(ws)
     for r in rounds:
         console.print(status_table(r, round_status(ws, r), ws.ledger.cost_summary(r), ws.ledger.cost_by_stage(r)))
@@ -86,6 +106,14 @@ def status(
     from fea20k.train.chain import round_chain
 
     console.print(round_chain_table(round_chain(ws, rounds)))
+
+
+def _mark_dead_runs(ws) -> None:  # noqa: ANN001
+    """Without the lock (status never blocks): only rows whose process is certainly gone become interrupted."""
+    from fea20k.lock import pid_alive
+
+    if (ws.state_dir / "ledger.sqlite").is_file():
+        ws.ledger.mark_interrupted(lambda pid: not pid_alive(pid))
 
 
 def _rounds_with_state(ws) -> list[int]:  # noqa: ANN001

@@ -29,7 +29,7 @@ from pydantic import AfterValidator, Field, PrivateAttr, ValidationError
 
 from fea20k.errors import ConfigError
 from fea20k.record import FaceRecord
-from fea20k.settings import StrictModel, read_toml
+from fea20k.settings import StrictModel, read_toml, strict_validate
 from fea20k.validate.parse import Parsed, parse, synonyms_from
 
 
@@ -209,7 +209,7 @@ def load_ruleset(path: Path | str, where: str | None = None) -> RuleSet:
     shown = where or str(path)
     data = read_toml(path)
     try:
-        rules = RuleSet.model_validate(data)
+        rules = strict_validate(RuleSet, data)
     except ValidationError as e:
         raise ConfigError(_format_errors(shown, e)) from None
     folder = path.parent if (path.parent / "vocab.toml").is_file() else None
