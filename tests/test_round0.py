@@ -157,5 +157,7 @@ def test_malformed_label_line_and_truncated_image_become_excluded_records(demo_w
 
     assert row_of(bad_name)["reasons"][0] in {"label_parse_error", "label_out_of_range"}
     assert row_of(victim)["reasons"] == ["image_undecodable"]
-    align_stats = Workspace(ws).ledger.stage_state(0, "faces.align").stats
-    assert align_stats["dropped"].get("image_undecodable") == 1
+    # the truncated JPEG is caught by ingest's signature check (no end marker), before faces.align decodes anything
+    ingest_stats = Workspace(ws).ledger.stage_state(0, "ingest/rafdb").stats
+    assert ingest_stats["dropped"].get("image_undecodable") == 1
+    assert not Workspace(ws).ledger.stage_state(0, "faces.align").stats["dropped"].get("image_undecodable")
