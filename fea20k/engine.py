@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fea20k import config as env_config
-from fea20k.errors import ConfigError, DiskFullError, Fea20kUserError, UnknownStageError
+from fea20k.errors import ConfigError, DiskFullError, Fea20kUserError, PendingError, UnknownStageError
 from fea20k.io import (
     PART_GLOB,
     StageOutput,
@@ -686,12 +686,21 @@ def _flush_source_chunk(stage: SourceStage, d: Path, index: int, buf: list[FaceR
 
 
 def process_chunk(stage: MapStage, in_path: Path, d: Path, index: int) -> dict[str, Any]:
-    """Run a map stage on input chunk ``in_path`` and write output chunk ``index`` (+ its stats) into ``d``."""
+    """Run a map stage on input chunk ``in_path`` and write output chunk ``index`` (+ its stats) into ``d``.
+
+    A chunk holding *pending* records (the stage raised :class:`~fea20k.errors.PendingError`: an endpoint down) is
+    not written: its stats dict carries ``pending`` instead, and the next build redoes the whole chunk, which costs
+    no paid call (every answer is in the request cache) and leaves a chunk either complete or absent, as a crash
+    does. Its other records' work is therefore done twice on the CPU, never on the wire."""
     t0 = time.perf_counter()
     batch = read_chunk(in_path)
     pre_excluded = sum(1 for r in batch if r.excluded)
     stage.ctx.stats = StageStats()
-    out = stage.run_batch(batch)
+    try:
+        out = stage.run_batch(batch)
+    except PendingError as e:
+        logger.info("%s: chunk %d not written: %d record(s) pending", stage.ctx.stage_key, index, e.count)
+        return {"in": len(batch), "pending": e.to_dict()}
     stats = _chunk_stats(stage.name, len(batch), out, pre_excluded, stage.ctx.stats, time.perf_counter() - t0)
     write_chunk(d, index, out, stats.to_dict())
     return stats.to_dict()
@@ -742,6 +751,15 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
         logger.info("%s: resuming, %d of %d chunk(s) already done", key, len(parts) - len(todo), len(parts))
         advance(done_rows)
     n_workers = opts.workers or env_config.workers()
+    pending: list[dict[str, Any]] = []  # the PendingError of each chunk left unwritten (see process_chunk)
+
+    def finished(result: dict[str, Any], index: int) -> None:
+        advance(result["in"])
+        if "pending" in result:
+            pending.append(result["pending"])
+        else:
+            maybe_crash(stage.ctx.stage_key, index)
+
     if opts.executor != "local":
         get_map_runner(opts.executor)(stage, todo, d, advance, opts)
     elif stage.workers == "process" and n_workers > 1 and len(todo) > 1:
@@ -750,22 +768,26 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
         cfg = stage.config.model_dump(mode="json")
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init,
                                  initargs=(type(stage), cfg, stage.ctx, str(stage.ctx.workspace_root))) as pool:
-            pending: dict[Future[dict[str, Any]], int] = {}
+            running: dict[Future[dict[str, Any]], int] = {}
             queue = list(todo)
-            while queue or pending:
-                while queue and len(pending) < 2 * n_workers:
+            while queue or running:
+                while queue and len(running) < 2 * n_workers:
                     i, p = queue.pop(0)
-                    pending[pool.submit(_worker_task, p, d, i)] = i
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    index = pending.pop(fut)
-                    advance(fut.result()["in"])
-                    maybe_crash(stage.ctx.stage_key, index)
+                    running[pool.submit(_worker_task, p, d, i)] = i
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    finished(fut.result(), running.pop(fut))
     else:
         stage.load()
         for i, p in todo:
-            advance(process_chunk(stage, p, d, i)["in"])
-            maybe_crash(stage.ctx.stage_key, i)
+            finished(process_chunk(stage, p, d, i), i)
+    missing = [i for i in range(len(parts)) if not chunk_done(d, i)]
+    if missing:  # no completion marker: the next build redoes exactly these chunks
+        if pending:
+            raise PendingError.merged(pending, stage.ctx.round)
+        rows = sum(_rows(parts[i]) for i in missing)
+        raise PendingError(rows, what="processed", reason=f"{len(missing)} chunk(s) of {key} were not written",
+                           round_=stage.ctx.round)
     return _merge_chunk_stats(d)
 
 

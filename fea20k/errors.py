@@ -38,6 +38,50 @@ class BudgetExceededError(Fea20kError):
     """The annotator's budget cap was reached; the stage stops cleanly and can be resumed with a higher cap."""
 
 
+class PendingError(Fea20kError):
+    """Records a stage could not process for a transient reason (an endpoint down longer than the retry budget):
+    they are pending, not outcomes. The stage finishes what it can and has no completion marker; the CLI prints this
+    one line and exits 4; the next build retries only the pending records.
+
+    ``count``: pending records; ``since``: wall-clock time the failures began (None when unknown); ``cause``: the
+    last failure as text; ``what``: what could not be done to them ("annotated"); ``reason``: why, in words
+    ("endpoint unreachable"); ``round_``: the round to re-run."""
+
+    def __init__(self, count: int, since: float | None = None, cause: str = "", what: str = "processed",
+                 reason: str = "a transient failure", round_: int | None = None) -> None:
+        self.count, self.since, self.cause, self.what, self.reason, self.round = (
+            count, since, cause, what, reason, round_)
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        import time
+
+        when = f" since {time.strftime('%H:%M', time.localtime(self.since))}" if self.since is not None else ""
+        cause = f" ({self.cause})" if self.cause else ""
+        rerun = f"fea20k build --round {self.round}" if self.round is not None else "fea20k build"
+        noun = "sample" if self.count == 1 else "samples"
+        return (f"{self.count} {noun} could not be {self.what}: {self.reason}{when}{cause}; re-run `{rerun}` to "
+                f"retry {'it' if self.count == 1 else 'them'}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"count": self.count, "since": self.since, "cause": self.cause, "what": self.what,
+                "reason": self.reason, "round": self.round}
+
+    @classmethod
+    def merged(cls, parts: list[dict[str, object]], round_: int | None = None) -> PendingError:
+        """One error for the pending records of several chunks (:meth:`to_dict` of each): their sum, the earliest
+        start and the latest cause."""
+        sinces = [p["since"] for p in parts if p.get("since") is not None]
+        causes = [str(p["cause"]) for p in parts if p.get("cause")]
+        first = parts[0] if parts else {}
+        return cls(sum(int(p["count"]) for p in parts), min(sinces) if sinces else None,  # type: ignore[arg-type]
+                   causes[-1] if causes else "", str(first.get("what", "processed")),
+                   str(first.get("reason", "a transient failure")), round_)
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # keyword fields survive pickling (client processes)
+        return type(self), (self.count, self.since, self.cause, self.what, self.reason, self.round)
+
+
 class DiskFullError(Fea20kError):
     """A write found its disk full; the message names the path, the free space and the space needed (exit 1). What
     was written before is intact (writes are atomic), so a re-run after freeing space resumes."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from fea20k.annotate.regenerate import Regenerate, RegenerateConfig
-from fea20k.errors import ConfigError, Fea20kUserError
+from fea20k.errors import ConfigError, Fea20kUserError, PendingError
 from fea20k.record import FaceRecord
 from fea20k.stage import StageContext
 from fea20k.workspace import Workspace
@@ -173,7 +173,10 @@ def run_eval(ws: Workspace, annotator: str, release: Path, split: str = "test", 
                     if rec.face is None and stage.backend.needs_image:
                         run.no_face.append(rec.id)
                 live = [r for r in batch if not (r.face is None and stage.backend.needs_image)]
-                stage.run_batch(live)
+                try:
+                    stage.run_batch(live)
+                except PendingError as e:  # eval has no chunk to redo: a sample that got no reply is a failed id
+                    logger.warning("eval: %s", e.message().split("; re-run", 1)[0])
                 for rec in live:
                     rat = rec.rationale
                     answered = bool(rat and rat.raw) and not _transport_failed(rat.errors)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fea20k.redact import mask
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -167,7 +169,7 @@ class Ledger:
     ) -> None:
         self.conn.execute(
             "UPDATE stages SET status = ?, finished = ?, error = ?, stats = ? WHERE round = ? AND stage = ?",
-            (status, time.time(), error, json.dumps(stats) if stats is not None else None, round_, stage),
+            (status, time.time(), mask(error), json.dumps(stats) if stats is not None else None, round_, stage),
         )
 
     def stage_state(self, round_: int, stage: str) -> StageState | None:
@@ -204,8 +206,10 @@ class Ledger:
         )
 
     def record_call(self, **fields: Any) -> None:
-        """Account one model call (ok or error) for cost reporting."""
+        """Account one model call (ok or error) for cost reporting; its error text is masked (fea20k.redact)."""
         fields.setdefault("created", time.time())
+        if fields.get("error"):
+            fields["error"] = mask(fields["error"])
         cols = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
         self.conn.execute(f"INSERT INTO calls({cols}) VALUES ({marks})", tuple(fields.values()))

@@ -163,42 +163,24 @@ def _backend(annotators_dir: Path, spec: AnnotatorSpec, spec_path: Path, vocab: 
     return cls(spec, annotators_dir=annotators_dir, spec_path=spec_path, vocab=vocab)
 
 
-def _sample_records(vocab: Vocab) -> list[FaceRecord]:
-    """Records that take every branch of a prompt template / phrase set: labels shown, no labels at all."""
-    emo = "happiness" if "happiness" in vocab.emotions else vocab.emotions[0]
-    aus = sorted(vocab.au_names)[:2]
-    return [
-        FaceRecord(id="catalog/labelled", source="catalog", emotion=emo, aus=dict.fromkeys(aus, 1),
-                   au_coded=list(aus)),
-        FaceRecord(id="catalog/aus-only", source="catalog", aus=dict.fromkeys(aus, 1), au_coded=list(aus)),
-        FaceRecord(id="catalog/unlabelled", source="catalog"),
-    ]
-
-
 def _try_out(annotators_dir: Path, spec: AnnotatorSpec, spec_path: Path, vocab: Vocab,
              backend: Backend) -> str | None:
     """Load what the annotator reads and render (or write) for sample records, so template, emotion-set, feedback
-    and phrase errors surface here instead of in the middle of a build. Raises ConfigError. Returns the prompt
-    contract's id (None for an offline backend)."""
-    import jinja2
+    and phrase errors surface here instead of in the middle of a build (the build's own pre-flight,
+    :meth:`~fea20k.annotate.task.Task.preflight`). Raises ConfigError. Returns the prompt contract's id (None for
+    an offline backend)."""
+    from fea20k.annotate.task import DraftTask, sample_records
 
-    from fea20k.annotate.task import DraftTask, Feedback
-
-    recs = _sample_records(vocab)
     if backend.offline:
         try:
-            for rec in recs:
+            for rec in sample_records(vocab):
                 backend.reply(rec)
         except (KeyError, IndexError, ValueError) as e:
             files = ", ".join(str(p) for p in backend.recipe_files()) or str(spec_path)
             raise ConfigError(f"{files}: writing a sample rationale failed: {type(e).__name__}: {e}") from None
         return None
     task = DraftTask(spec, annotators_dir, spec_path, vocab, gold_in_prompt=True)
-    try:
-        task.render(recs[0], Feedback(previous="...", issues=task.explain(["emotion_mismatch"])))
-        task.render(recs[-1])
-    except jinja2.TemplateError as e:
-        raise ConfigError(f"{task.template_path}: template error: {e}") from None
+    task.preflight()
     return task.contract.id
 
 

@@ -9,7 +9,7 @@ workers and come back in their input order. What must stay global is shared memo
 
 * the budget: spent and reserved dollars, so the cap still holds across workers (each worker stops sending when
   the shared total would pass it);
-* the live status: each worker's done / failed / tokens / cost / retrying, summed by the build process.
+* the live status: each worker's done / failed / tokens / cost / retrying / pending, summed by the build process.
 
 Every answered call is still written to the ledger by the worker that made it, before its record moves on, so a
 ``kill -9`` of the build loses no paid call; workers exit by themselves when the build process is gone.
@@ -32,7 +32,8 @@ from fea20k.record import FaceRecord
 
 logger = logging.getLogger(__name__)
 
-LIVE_FIELDS = ("done", "failed", "tokens", "cost", "retrying")  # one row of the shared live array per worker
+# one row of the shared live array per worker
+LIVE_FIELDS = ("done", "failed", "tokens", "cost", "retrying", "pending")
 START_TIMEOUT = 120.0  # seconds a worker may take to import, read the workspace and open its client
 POLL = 0.25  # seconds between live-status refreshes while the workers run
 

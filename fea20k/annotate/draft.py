@@ -29,7 +29,9 @@ class Draft(AnnotateStage):
     Output fields: rationale (text, annotator, backend, model, prompt_hash, gold_in_prompt, attempts, tokens,
         cost, raw of every attempt, errors), provenance["annotate.draft"].
 
-    Drops: ``annotation_failed`` (every attempt failed; raw replies and reasons kept in the rationale).
+    Drops: ``annotation_failed`` (every attempt failed; raw replies and reasons kept in the rationale). A record
+        whose call failed for transport reasons after its retries is no drop: it is pending, its chunk is not
+        written, and the build exits 4 (:class:`~fea20k.errors.PendingError`) so the next one retries it.
 
     Example:
         ``[stages."annotate.draft"]`` ``annotator = "teacher"``

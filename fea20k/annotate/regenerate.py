@@ -34,7 +34,7 @@ class Regenerate(AnnotateStage):
 
     Output fields: rationale and provenance["annotate.regenerate"], as ``annotate.draft``.
 
-    Drops: ``annotation_failed``.
+    Drops: ``annotation_failed``; transport failures leave records pending, as in ``annotate.draft``.
 
     Example:
         ``[stages."annotate.regenerate"]`` ``annotator = "facial-r1"``

@@ -10,8 +10,18 @@ concurrency) that runs the repair loop:
    (:meth:`Task.parse_response`), then run the validator checks (``fea20k.validate.checks``); accept, or feed back.
 
 Every record ends annotated (``rationale.text``) or excluded with ``annotation_failed``, its every attempt's raw
-text in ``rationale.raw`` and why each failed in ``rationale.errors``. Offline backends (``rules``) write from the
-record itself: no prompt, no cache, no repair loop.
+text in ``rationale.raw`` and why each failed in ``rationale.errors`` (both masked, :mod:`fea20k.redact`), or
+*pending*: a call that failed for transport reasons after its retries (connection, timeout, 5xx, 429) is no outcome.
+The chunk's other records finish; then :meth:`AnnotateStage.process` raises :class:`~fea20k.errors.PendingError`,
+the engine does not write the chunk (its answered calls are cached, so redoing it next build costs nothing) and
+goes on with the next one. The circuit breaker stops sending once ``circuit_breaker`` requests in a row failed that
+way (the endpoint is plainly down): the rest is pending without a call.
+
+Every answer received is cached, whatever happens next: an empty reply too (a failed attempt, replayed from the
+cache as one), and on a fatal error (a 404, a refused key) the calls already on the wire finish and are cached
+before the error is raised (no new attempt or retry starts; the wait is bounded by the annotator's ``timeout``).
+Before the first call the template is rendered through every branch (:meth:`~fea20k.annotate.task.Task.preflight`).
+Offline backends (``rules``) write from the record itself: no prompt, no cache, no repair loop.
 """
 
 from __future__ import annotations
@@ -32,8 +42,9 @@ from fea20k.annotate.backends import Backend, Reply, Request, get_backend
 from fea20k.annotate.clients import LIVE_FIELDS, Budget, share
 from fea20k.annotate.spec import AnnotatorSpec, load_annotator
 from fea20k.annotate.task import DraftTask, Feedback, Task, image_data_url, image_ref, prompt_text, request_key
-from fea20k.errors import BudgetExceededError, ConfigError
+from fea20k.errors import BudgetExceededError, ConfigError, PendingError
 from fea20k.record import FaceRecord, Rationale
+from fea20k.redact import mask
 from fea20k.stage import MapStage, StageConfig
 from fea20k.vocab import Vocab, load_vocab
 
@@ -43,6 +54,10 @@ logger = logging.getLogger(__name__)
 IMAGE_TOKENS = 255  # rough input-token cost of one image, for the tokens-per-minute limiter and the budget
 STATUS_EVERY = 0.25  # seconds between live-status updates
 WINDOW = 2  # records in the repair loop at once, per unit of concurrency (see AnnotateStage.process)
+DRAIN_GRACE = 1.0  # seconds beyond the annotator's timeout that calls on the wire get to finish after a fatal error
+
+# How the repair loop of one record ended
+DONE, FAILED, BUDGET, PENDING = "done", "failed", "budget", "pending"
 
 
 class AnnotateConfig(StageConfig):
@@ -69,6 +84,28 @@ class _Live:
     tokens: int = 0
     cost: float = 0.0
     last: float = 0.0
+    pending: int = 0
+
+
+@dataclass
+class _Outage:
+    """Transport failures of this stage run: the circuit breaker and what the pending line reports."""
+
+    limit: int  # circuit_breaker: consecutive failed requests that open it (0: never)
+    streak: int = 0
+    open: bool = False
+    since: float | None = None  # wall-clock start of the first failed request
+    cause: str = ""  # the last failure
+
+    def failed(self, started: float, error: str) -> bool:
+        """Count a request that failed for transport reasons; True when this one opens the breaker."""
+        self.streak += 1
+        self.since = started if self.since is None else min(self.since, started)
+        self.cause = error
+        if self.limit and not self.open and self.streak >= self.limit:
+            self.open = True
+            return True
+        return False
 
 
 class AnnotateStage(MapStage):
@@ -186,8 +223,11 @@ class AnnotateStage(MapStage):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: Any = None
         client = getattr(self, "_client", None)
+        self._outage = _Outage(self.spec.circuit_breaker)
+        self._halting = False
+        self.backend.halted = False  # a stage loaded again (after close) starts a new run
         if not self.backend.offline:
-            _ = self.task  # template errors surface before any call
+            self.task.preflight()  # template errors surface before any call, whichever branch has them
             if self.spec.processes > 1:
                 self._pool = self._start_pool()
             else:
@@ -249,30 +289,46 @@ class AnnotateStage(MapStage):
 
     # ------------------------------------------------------------------------------------------ processing
     def process(self, batch: list[FaceRecord]) -> list[FaceRecord]:
+        """Annotate ``batch`` in place. Raises BudgetExceededError at the cap, PendingError when records of the
+        batch could not be annotated for transport reasons (after the others finished)."""
         self.load()
         if self.backend.offline:
             return self._process_offline(batch)
         if self._pool is not None:
             return self._process_sharded(batch)
-        finished = self._run_loop(batch)
+        outcomes = self._run_loop(batch)
         if self._budget.hit:
-            raise self._budget_error(sum(finished), len(batch))
+            raise self._budget_error(sum(o in (DONE, FAILED) for o in outcomes), len(batch))
+        pending = outcomes.count(PENDING)
+        if pending:
+            raise self._pending_error(pending, self._outage.since, self._outage.cause)
         return batch
 
     def process_shard(self, batch: list[FaceRecord]) -> dict[str, Any]:
         """Client-process side of :meth:`_process_sharded`: annotate ``batch`` in place, report how it ended."""
         self.load()
-        finished = self._run_loop(batch)
-        return {"finished": sum(finished), "budget_hit": self._budget.hit}
+        outcomes = self._run_loop(batch)
+        return {"finished": sum(o in (DONE, FAILED) for o in outcomes), "budget_hit": self._budget.hit,
+                "pending": outcomes.count(PENDING), "since": self._outage.since, "cause": self._outage.cause}
 
-    def _run_loop(self, batch: list[FaceRecord]) -> list[bool]:
+    def _run_loop(self, batch: list[FaceRecord]) -> list[str]:
         assert self._loop is not None
         self._live = _Live()
         # at most WINDOW * concurrency records in the loop at once: a record's prompt, key and body are built as a
         # call slot frees up (one waits, ready, behind each call in flight), not all before the first call is sent
-        finished = self._loop.run_until_complete(_run_all(self._annotate, batch, WINDOW * self.spec.concurrency))
+        outcomes = self._loop.run_until_complete(_run_all(self._annotate, batch, WINDOW * self.spec.concurrency,
+                                                          self._halt, self.spec.timeout + DRAIN_GRACE))
         self._status(force=True)
-        return finished
+        return outcomes
+
+    def _halt(self) -> None:
+        """Stop issuing requests (a fatal error): the calls on the wire finish and are cached, nothing new starts."""
+        self._halting = True
+        self.backend.halted = True
+
+    def _pending_error(self, count: int, since: float | None, cause: str) -> PendingError:
+        return PendingError(count, since, cause, what="annotated", reason="endpoint unreachable",
+                            round_=self.ctx.round)
 
     def _process_sharded(self, batch: list[FaceRecord]) -> list[FaceRecord]:
         """Deal ``batch`` round-robin to the client processes; their records come back in input order."""
@@ -282,7 +338,7 @@ class AnnotateStage(MapStage):
         shards = [batch[k::n] for k in range(n)]
         results = pool.run(shards, tick=self._status)
         out = list(batch)
-        finished, hit = 0, False
+        finished, hit, pending, sinces, cause = 0, False, 0, [], ""
         for k, (recs, result) in enumerate(results):
             for j, rec in enumerate(recs):
                 rec.face = batch[k + j * n].face  # crops are not sent back (see clients._client_main)
@@ -291,9 +347,15 @@ class AnnotateStage(MapStage):
                 self.stats.add(name, value)
             finished += result["finished"]
             hit = hit or result["budget_hit"]
+            pending += result["pending"]
+            if result["since"] is not None:
+                sinces.append(result["since"])
+            cause = result["cause"] or cause
         self._status(force=True)
         if hit:
             raise self._budget_error(finished, len(batch))
+        if pending:
+            raise self._pending_error(pending, min(sinces, default=None), cause)
         return out
 
     def _budget_error(self, done: int, total: int) -> BudgetExceededError:
@@ -317,8 +379,9 @@ class AnnotateStage(MapStage):
         self.stats.add("annotated", len(batch))
         return batch
 
-    async def _annotate(self, rec: FaceRecord) -> bool:
-        """Run the repair loop for one record. False when the budget stopped it before it finished."""
+    async def _annotate(self, rec: FaceRecord) -> str:
+        """Run the repair loop for one record: DONE, FAILED (excluded), BUDGET (the cap stopped it) or PENDING (a
+        call failed for transport reasons: no outcome, the record is asked again next build)."""
         spec, backend, task = self.spec, self.backend, self.task
         rat = Rationale(text=None, annotator=spec.name, backend=backend.name, model=backend.model,
                         gold_in_prompt=task.gold(rec) is not None)
@@ -341,14 +404,16 @@ class AnnotateStage(MapStage):
                           est_tokens=len(text) // 4 + (IMAGE_TOKENS if image else 0) + spec.max_tokens)
             reply = await self._call(req)
             if reply is None:
-                return False
+                return BUDGET
+            if reply.transport:
+                return self._pending()
             rat.attempts = attempt
             rat.tokens_in += reply.tokens_in
             rat.tokens_out += reply.tokens_out
             rat.cost += reply.cost
-            rat.raw.append(reply.raw if reply.error else (reply.text or ""))
+            rat.raw.append((mask(reply.raw) or "") if reply.error else (reply.text or ""))
             if reply.error:
-                rat.errors.append(f"attempt {attempt}: {reply.error}")
+                rat.errors.append(mask(f"attempt {attempt}: {reply.error}") or "")
                 if reply.fatal:
                     break
                 # the model's own text only: a broken envelope (not JSON, no content) is kept in rationale.raw,
@@ -373,31 +438,43 @@ class AnnotateStage(MapStage):
                     self.stats.add("repaired")
                 self._live.done += 1
                 self._status()
-                return True
+                return DONE
+            rat.raw[-1] = mask(rat.raw[-1]) or ""  # a rejected reply is kept for the audit, masked like an error
             rat.errors.append(f"attempt {attempt}: {'; '.join(issues)}")
             feedback = Feedback(previous=reply.text or "", issues=explained, attempt=attempt + 1)
             if attempt < spec.max_attempts:
                 self.stats.add("retries_repair")
         return self._fail(rec)
 
-    def _fail(self, rec: FaceRecord) -> bool:
+    def _fail(self, rec: FaceRecord) -> str:
         self.exclude(rec, "annotation_failed")
         self.stats.add("failed")
         self._live.failed += 1
         self._status()
-        return True
+        return FAILED
+
+    def _pending(self) -> str:
+        self.stats.add("pending")
+        self._live.pending += 1
+        self._status()
+        return PENDING
 
     async def _call(self, req: Request) -> Reply | None:
-        """Cache, else budget check + backend call + immediate cache write and ledger accounting."""
+        """Cache, else budget check + backend call + immediate cache write and ledger accounting. None: the budget
+        refused the call; a ``transport`` reply: the endpoint failed, or the stage sends nothing more."""
         ledger = self.ctx.workspace.ledger
         assert req.key is not None
         hit = ledger.cache_get(req.key)
         if hit is not None:
             self.stats.add("cache_hits")
             return Reply.from_cache(hit)
+        if self._outage.open or self._halting:
+            return Reply(text=None, error=f"not sent: {self._outage.cause or 'the stage is stopping'}", fatal=True,
+                         transport=True)
         est = self.backend.cost_of(req.est_tokens - self.spec.max_tokens, self.spec.max_tokens)
         if not self._budget.try_reserve(est):
             return None
+        started = time.time()
         try:
             reply = await self.backend.complete(req)
         finally:
@@ -420,6 +497,13 @@ class AnnotateStage(MapStage):
         s.add("cost_usd", reply.cost)
         self._live.tokens += reply.tokens_in + reply.tokens_out
         self._live.cost += reply.cost
+        if reply.transport and reply.calls and not self.backend.halted:  # a call stopped by the halt is no evidence
+            if self._outage.failed(started, reply.error or "transport failure"):
+                logger.info("%s: circuit breaker open after %d requests in a row failed (%s); nothing more is sent, "
+                            "the rest stays pending", self.name, self._outage.streak, mask(reply.error))
+                self.backend.halted = True  # retries in progress give up: the endpoint is down
+        elif reply.calls:
+            self._outage.streak = 0  # the endpoint answered (even a refusal): it is up
         return reply
 
     def _image(self, rec: FaceRecord) -> bytes | None:
@@ -442,29 +526,39 @@ class AnnotateStage(MapStage):
         client = getattr(self, "_client", None)
         if client is not None:  # a client process: publish its row; the build process shows the sum
             k, m = client[0], len(LIVE_FIELDS)
-            client[3][k * m:(k + 1) * m] = [live.done, live.failed, live.tokens, live.cost, self.backend.retrying]
+            client[3][k * m:(k + 1) * m] = [live.done, live.failed, live.tokens, live.cost, self.backend.retrying,
+                                            live.pending]
             return
         if self._pool is not None:
             t = self._pool.live_totals()
-            done, failed, retrying, tokens, cost = (int(t["done"]), int(t["failed"]), int(t["retrying"]),
-                                                    int(t["tokens"]), t["cost"])
+            done, failed, pending, retrying, tokens, cost = (int(t["done"]), int(t["failed"]), int(t["pending"]),
+                                                             int(t["retrying"]), int(t["tokens"]), t["cost"])
         else:
-            done, failed, retrying, tokens, cost = live.done, live.failed, self.backend.retrying, live.tokens, \
-                live.cost
-        self.ctx.status(f"done {done} · failed {failed} · retrying {retrying} · tokens {tokens} · ${cost:.4f}")
+            done, failed, pending, retrying, tokens, cost = (live.done, live.failed, live.pending,
+                                                             self.backend.retrying, live.tokens, live.cost)
+        more = f" · pending {pending}" if pending else ""
+        self.ctx.status(f"done {done} · failed {failed}{more} · retrying {retrying} · tokens {tokens} · ${cost:.4f}")
 
 
-async def _run_all(annotate: Callable[[FaceRecord], Awaitable[bool]], batch: list[FaceRecord],
-                   width: int) -> list[bool]:
+async def _run_all(annotate: Callable[[FaceRecord], Awaitable[str]], batch: list[FaceRecord], width: int,
+                   halt: Callable[[], None], grace: float) -> list[str]:
     """``annotate`` every record, at most ``width`` at once, in input order: ``width`` worker tasks take the next
-    record as they finish one (no task per record waiting its turn). On the first exception the other workers are
-    cancelled and it is re-raised."""
-    results = [False] * len(batch)
+    record as they finish one (no task per record waiting its turn). On the first exception ``halt()`` stops new
+    requests and the other workers get ``grace`` seconds to finish the calls they have on the wire (their answers
+    are cached: never paid for twice), then the rest is cancelled and the exception re-raised."""
+    results = [PENDING] * len(batch)
     todo = iter(range(len(batch)))
+    stopping = False
 
     async def worker() -> None:
-        for i in todo:  # shared: each index is taken by exactly one worker
-            results[i] = await annotate(batch[i])
+        try:
+            for i in todo:  # shared: each index is taken by exactly one worker
+                if stopping:
+                    return
+                results[i] = await annotate(batch[i])
+        except Exception:
+            halt()  # at once, in this step: a request waiting for the slot this one freed must not go out
+            raise
 
     tasks: list[asyncio.Future[None]] = []
     try:
@@ -473,10 +567,18 @@ async def _run_all(annotate: Callable[[FaceRecord], Awaitable[bool]], batch: lis
             # one new worker per loop pass: the first request is on the wire while later ones are still being
             # built, instead of every worker building its request before any is sent
             await asyncio.sleep(0)
-        await asyncio.gather(*tasks)
-    except BaseException:
+        if not tasks:
+            return results
+        _, running = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        if running:  # a worker raised: let the others' calls finish and be cached, start nothing new
+            stopping = True
+            halt()
+            await asyncio.wait(running, timeout=grace)
+        errors = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+        if errors:
+            raise errors[0]
+    finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        raise
     return results

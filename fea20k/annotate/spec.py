@@ -1,9 +1,9 @@
 """Annotator definitions: ``annotators/<name>.toml`` validated into :class:`AnnotatorSpec`.
 
 An annotator names a backend (``rules``, ``openai``, ``vllm``, ``transformers``), the model and its sampling
-parameters, transport limits (concurrency, requests/tokens per minute, timeout, retries), the repair budget
-(``max_attempts``), prices and a spending cap, and the prompt template and data files it reads (paths relative to
-``annotators/``).
+parameters, transport limits (concurrency, requests/tokens per minute, timeout, retries, the ``circuit_breaker``),
+the repair budget (``max_attempts``), prices and a spending cap, and the prompt template and data files it reads
+(paths relative to ``annotators/``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from fea20k.errors import ConfigError
+from fea20k.redact import watch_env
 from fea20k.settings import StrictModel, read_toml, validate_model
 
 
@@ -31,6 +32,7 @@ class AnnotatorSpec(StrictModel):
     TRANSPORT_KEYS: ClassVar[frozenset[str]] = frozenset({
         "base_url", "api_key_env", "concurrency", "rpm", "tpm", "timeout", "max_retries", "backoff_base",
         "backoff_max", "price_in", "price_out", "budget_usd", "description", "http_client", "processes",
+        "circuit_breaker",
     })
 
     name: str = ""
@@ -61,6 +63,9 @@ class AnnotatorSpec(StrictModel):
     max_retries: int = Field(6, ge=0, le=50)  # transport: retries per call on 429/5xx/timeouts/dropped connections
     backoff_base: float = Field(0.5, ge=0)
     backoff_max: float = Field(30.0, ge=0)
+    # requests in a row that failed for transport reasons after their retries (the endpoint is plainly down): the
+    # stage then sends nothing more and the rest of its records stay pending for the next build; 0: never stop
+    circuit_breaker: int = Field(20, ge=0)
     price_in: float = Field(0.0, ge=0)  # USD per million input tokens
     price_out: float = Field(0.0, ge=0)  # USD per million output tokens
     budget_usd: float | None = Field(None, ge=0)
@@ -116,6 +121,7 @@ def load_annotator(annotators_dir: Path, name: str) -> tuple[AnnotatorSpec, Path
     spec = validate_model(AnnotatorSpec, data, str(path))
     if not spec.name:
         spec.name = name
+    watch_env(spec.api_key_env)  # its key is masked in every error text stored or logged from now on
     return spec, path
 
 

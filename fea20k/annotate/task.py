@@ -161,6 +161,20 @@ def prompt_text(messages: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------------------------------------- tasks
 
 
+def sample_records(vocab: Vocab) -> list[FaceRecord]:
+    """Records that take every branch of a prompt template or phrase set: emotion and AUs, emotion only (the
+    ground-truth block without AUs), AUs only, no labels."""
+    emo = "happiness" if "happiness" in vocab.emotions else vocab.emotions[0]
+    aus = sorted(vocab.au_names)[:2]
+    return [
+        FaceRecord(id="sample/labelled", source="sample", emotion=emo, aus=dict.fromkeys(aus, 1),
+                   au_coded=list(aus)),
+        FaceRecord(id="sample/emotion-only", source="sample", emotion=emo),
+        FaceRecord(id="sample/aus-only", source="sample", aus=dict.fromkeys(aus, 1), au_coded=list(aus)),
+        FaceRecord(id="sample/unlabelled", source="sample"),
+    ]
+
+
 def load_emotion_sets(annotators_dir: Path, spec: AnnotatorSpec, spec_path: Path,
                       vocab: Vocab) -> tuple[Path, EmotionSets]:
     """The annotator's emotion-sets file, validated and checked against the vocabulary: (its path, the sets)."""
@@ -192,6 +206,38 @@ class Task:
         syn.update({k.lower(): v for k, v in vocab.synonyms.items()})
         self.synonyms = syn  # the parser's synonym map, from the workspace's validators/vocab.toml
         self.format_rules = RuleSet(format=TASK_FORMAT)
+
+    def preflight(self) -> None:
+        """Render the prompt on sample records through every branch before the first call: the draft with and
+        without the ground-truth block, and the repair prompt with each sentence of the feedback file. A name the
+        template does not know (``{{ questoin }}``), a template error or a feedback sentence with an unknown
+        placeholder is one ConfigError naming the file and the name, even when only the repair branch has it (a
+        build would otherwise find it after tens of paid calls). ``fea20k annotators`` runs the same check."""
+        import jinja2
+
+        repairs: list[tuple[str, Feedback]] = []
+        for key in self.feedback_messages:
+            try:
+                issues = self.explain([key])
+            except (KeyError, IndexError, ValueError) as e:
+                raise ConfigError(f"{self.feedback_path}: [messages] {key}: {type(e).__name__}: {e}; the "
+                                  "placeholders are {missed} and {hallucinated}") from None
+            repairs.append((f"the repair prompt for feedback key {key!r}", Feedback(
+                previous="<the previous reply>", issues=issues, attempt=2)))
+        branches: list[tuple[str, Feedback | None]] = [("the draft prompt", None), *repairs]
+        for rec in sample_records(self.vocab):
+            for gold in (True, False):
+                inputs = self.contract.inputs(rec, gold=gold)
+                shown = "with" if inputs.gold else "without"
+                for what, feedback in branches:
+                    branch = f"{what}, {shown} ground truth, for {_labels(rec)}"
+                    try:
+                        self.contract.user_text(inputs, feedback)
+                    except ConfigError as e:
+                        raise ConfigError(f"{e} (found rendering {branch})") from None
+                    except (jinja2.TemplateError, TypeError, ValueError) as e:
+                        raise ConfigError(f"{self.template_path}: template error: {' '.join(str(e).split())} "
+                                          f"(found rendering {branch})") from None
 
     def explain(self, reasons: list[str], result: Any = None) -> list[str]:
         """The failed checks as sentences for the model (``annotators/feedback.toml``); unknown codes pass through.
@@ -261,6 +307,13 @@ class Task:
             allowed = ", ".join(self.emotion_set(rec))
             issues = [f"{issues[0]} (one word from: {allowed}; got {(p.first_answer or '')[:40]!r})"]
         return ParsedReply(text=p.text, parsed=p, reasons=reasons, issues=issues)
+
+
+def _labels(rec: FaceRecord) -> str:
+    """A sample record as a pre-flight message names it."""
+    if rec.emotion:
+        return "a record with an emotion and AUs" if rec.au_coded else "a record with an emotion only"
+    return "a record with AUs only" if rec.au_coded else "an unlabelled record"
 
 
 class DraftTask(Task):

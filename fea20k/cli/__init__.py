@@ -1,7 +1,8 @@
 """The ``fea20k`` command line: one typer app; each area registers its commands from its own module.
 
 Commands import the library lazily, so ``fea20k --help`` stays fast and never imports torch, vllm, ray or
-insightface. A :class:`~fea20k.errors.Fea20kUserError` becomes one red line on stderr and exit code 2.
+insightface. A :class:`~fea20k.errors.Fea20kUserError` becomes one red line on stderr and exit code 2; records left
+pending (:class:`~fea20k.errors.PendingError`: an endpoint down longer than the retries) one line and exit code 4.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from rich.markup import escape
 # Command modules register themselves on `app` when imported.
 from fea20k.cli import annotate_cmds, audit_cmds, eval_cmds, publish_cmds, sources_cmds, workspace_cmds  # noqa: F401
 from fea20k.cli.app import app, err_console
-from fea20k.errors import BudgetExceededError, DiskFullError, Fea20kUserError, Interrupted
+from fea20k.errors import BudgetExceededError, DiskFullError, Fea20kUserError, Interrupted, PendingError
 
 
 def main() -> None:
     """Console-script entry point. Exit codes: 0 done, 1 failure (a full disk included), 2 a user error (bad
-    config, the workspace locked by another command), 3 the annotation budget reached, 130 Ctrl-C."""
+    config, the workspace locked by another command), 3 the annotation budget reached, 4 records left pending (an
+    endpoint down: re-run to retry them), 130 Ctrl-C."""
     # messages are escaped: they quote TOML tables such as [stages."annotate.draft"], which are not markup
     try:
         # without standalone mode click returns a command's typer.Exit code instead of exiting with it
@@ -33,6 +35,9 @@ def main() -> None:
     except BudgetExceededError as e:
         _say(f"[yellow]stopped:[/yellow] {escape(str(e))}")
         sys.exit(3)
+    except PendingError as e:  # not outcomes: the stage is incomplete and the next build retries only those records
+        _say(f"[yellow]incomplete:[/yellow] {escape(str(e))}")
+        sys.exit(4)
     except Interrupted as e:
         _say(f"[yellow]{escape(str(e))}[/yellow]")
         sys.exit(130)

@@ -13,7 +13,9 @@ It runs on its own event loop in a background thread, binds 127.0.0.1 on a free 
   (request ordinal -> fault): ``"429"`` (with ``Retry-After``), ``"500"``, ``"drop"`` (connection closed without
   a response), ``"malformed_json"``, ``"bad_format"`` (well-formed JSON whose text breaks ``<think>/<answer>``),
   ``"empty"`` (empty message content); and, only when named, ``"400"`` (a client error: the request itself is
-  refused, as for a prompt over the context length) and ``"404"`` (no such model);
+  refused, as for a prompt over the context length), ``"404"`` (no such model) and ``"echo_auth"`` (a 400 whose
+  error body quotes the request's ``Authorization`` header and the key in it, as careless servers do);
+* a fixed ``port`` (default: a free one), so a server stopped mid-build can come back at the same address;
 * a counter per canonical request (:func:`fea20k.annotate.task.request_key`, the key the client caches under),
   and a log of every request with its outcome;
 * a reply policy that, by default, answers a correct rationale from the ground-truth block it finds in the prompt
@@ -100,7 +102,7 @@ class OpenAIServer:
 
     def __init__(self, latency: float = 0.0, max_concurrent: int = 64, faults: FaultPlan | None = None,
                  wrong_rate: float = 0.0, lifetime: float = 600.0,
-                 reply: Callable[[str, dict[str, Any]], str] | None = None) -> None:
+                 reply: Callable[[str, dict[str, Any]], str] | None = None, port: int = 0) -> None:
         self.latency = latency
         self.max_concurrent = max_concurrent
         self.faults = faults or FaultPlan()
@@ -110,7 +112,7 @@ class OpenAIServer:
         self.counts: Counter[str] = Counter()  # requests received, per canonical request key
         self.answered: Counter[str] = Counter()  # well-formed 200 replies sent, per key
         self.log: list[dict[str, Any]] = []
-        self.port = 0
+        self.port = port
         self._ordinal = 0
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -168,7 +170,7 @@ class OpenAIServer:
         app.router.add_post("/v1/chat/completions", self._handle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", self.port)
         await site.start()
         server = getattr(site, "_server", None)
         self.port = server.sockets[0].getsockname()[1] if server else 0
@@ -219,6 +221,11 @@ class OpenAIServer:
         if fault == "400":  # a client error no retry or repair fixes (e.g. the prompt exceeds the context)
             return web.json_response({"error": {"message": "This model's maximum context length is 4096 tokens.",
                                                 "type": "invalid_request_error"}}, status=400)
+        if fault == "echo_auth":
+            auth = request.headers.get("Authorization", "")
+            return web.json_response({"error": {
+                "message": f"invalid request; received Authorization: {auth} (key {auth.split(' ', 1)[-1]})",
+                "type": "invalid_request_error"}}, status=400)
         if fault == "drop":
             if request.transport is not None:
                 request.transport.abort()

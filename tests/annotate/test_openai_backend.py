@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fea20k.errors import BudgetExceededError, Fea20kUserError
+from fea20k.errors import BudgetExceededError, Fea20kUserError, PendingError
 from fea20k.testing.openai_server import FaultPlan, OpenAIServer
 from fea20k.validate.checks import check_text, load_ruleset
 from tests.annotate.conftest import make_records, make_stage, write_annotator
@@ -86,16 +86,21 @@ def test_retry_honours_retry_after(ws: Path) -> None:
     assert stage.stats.counters["retries"] == 3 and out[0].rationale.attempts == 1
 
 
-def test_transport_gives_up_with_reason(ws: Path) -> None:
+def test_transport_failure_leaves_records_pending_not_failed(ws: Path) -> None:
+    """Retries exhausted on 500s: no outcome for those records (no annotation_failed), one PendingError naming
+    how many, since when and why."""
+    recs = make_records(2)
     with OpenAIServer(faults=FaultPlan(rate=1.0, kinds=("500",))) as srv:
         write_annotator(ws, "loop", srv.base_url, max_retries=2)
         stage = make_stage(ws, annotator="loop", repair=False)
-        out = stage.run_batch(make_records(2))
+        with pytest.raises(PendingError, match=r"^2 samples could not be annotated: endpoint unreachable since "
+                           r"\d\d:\d\d \(transport_failed after 2 retries: http_500: .*\); re-run `fea20k build "
+                           r"--round 0` to retry them$") as err:
+            stage.run_batch(recs)
         stage.close()
         assert srv.total == 6
-    for r in out:
-        assert r.excluded and r.reasons == ["annotation_failed"]
-        assert "transport_failed after 2 retries: http_500" in r.rationale.errors[-1]
+    assert err.value.count == 2 and stage.stats.counters["pending"] == 2
+    assert not any(r.excluded for r in recs) and "failed" not in stage.stats.counters
 
 
 def test_a_refused_request_fails_its_record_at_once(ws: Path) -> None:
@@ -227,7 +232,8 @@ def test_repair_after_a_broken_envelope_quotes_no_reply_body(ws: Path) -> None:
     raws = []
     for i, fault in enumerate(("empty", "malformed_json")):
         with OpenAIServer(faults=FaultPlan(schedule={1: fault}), reply=reply) as srv:
-            write_annotator(ws, f"loop{i}", srv.base_url)
+            # a model of its own: the empty reply is cached, so the same request would not reach the second server
+            write_annotator(ws, f"loop{i}", srv.base_url, model=f"loop-model-{i}")
             stage = make_stage(ws, annotator=f"loop{i}", repair=False)
             (rec,) = stage.run_batch(make_records(1))
             stage.close()

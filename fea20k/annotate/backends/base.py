@@ -43,6 +43,10 @@ class Reply:
     raw: str = ""
     error: str | None = None
     fatal: bool = False  # transport gave up (retries exhausted / non-retryable): no point re-asking
+    # the endpoint could not be reached or kept failing (connection, timeout, 5xx, 429 after the retries): not an
+    # outcome of the record, which stays pending; a refused request (400) is not transport, it fails its record
+    transport: bool = False
+    empty: bool = False  # the model answered with no text: cached like any answer, then a failed attempt
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
@@ -54,19 +58,23 @@ class Reply:
 
     @property
     def answered(self) -> bool:
-        """A well-formed reply from the model (possibly failing the checks later): worth caching."""
-        return self.error is None and self.text is not None
+        """A reply from the model (possibly failing the checks later, possibly empty): paid for, so cached."""
+        return (self.error is None and self.text is not None) or self.empty
 
     def to_cache(self) -> dict[str, Any]:
-        return {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost": self.cost,
+        data = {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost": self.cost,
                 "finish_reason": self.finish_reason}
+        if self.empty:  # replayed as the same failed attempt, with what came back
+            data.update(empty=True, error=self.error, raw=self.raw)
+        return data
 
     @classmethod
     def from_cache(cls, data: dict[str, Any]) -> Reply:
         text = data.get("text")
-        return cls(text=text, raw=text or "", tokens_in=data.get("tokens_in", 0),
-                   tokens_out=data.get("tokens_out", 0), cost=data.get("cost", 0.0),
-                   finish_reason=data.get("finish_reason"), cached=True)
+        empty = bool(data.get("empty"))
+        return cls(text=text, raw=data.get("raw", "") if empty else text or "", error=data.get("error") if empty
+                   else None, empty=empty, tokens_in=data.get("tokens_in", 0), tokens_out=data.get("tokens_out", 0),
+                   cost=data.get("cost", 0.0), finish_reason=data.get("finish_reason"), cached=True)
 
 
 class Backend:
@@ -85,6 +93,9 @@ class Backend:
         self.vocab = vocab
         self.checkpoint = checkpoint
         self.retrying = 0  # calls currently waiting to retry (live status)
+        # set by the stage when it stops (a fatal error, the circuit breaker): calls already on the wire finish and
+        # are cached, but no new attempt or retry is started
+        self.halted = False
 
     @property
     def model(self) -> str | None:

@@ -105,12 +105,12 @@ class BatchingBackend(Backend):
     def text_reply(self, text: str, tokens_in: int, tokens_out: int, seconds: float,
                    finish_reason: str | None) -> Reply:
         """The :class:`Reply` for one generated text (token counts from the engine's own ids); no text at all is a
-        failed attempt (``empty_reply``), re-asked by the repair loop."""
+        failed attempt (``empty_reply``), cached like any answer and re-asked by the repair loop."""
         cost = self.cost_of(tokens_in, tokens_out)
         error = None if text.strip() else "empty_reply: the model returned no text"
         call = CallLog("error" if error else "ok", error, tokens_in, tokens_out, cost, seconds)
-        return Reply(text=None if error else text, raw=text, error=error, tokens_in=tokens_in, tokens_out=tokens_out,
-                     cost=cost, calls=[call], finish_reason=finish_reason)
+        return Reply(text=None if error else text, raw=text, error=error, empty=error is not None,
+                     tokens_in=tokens_in, tokens_out=tokens_out, cost=cost, calls=[call], finish_reason=finish_reason)
 
     # ------------------------------------------------------------------------------------------ the queue
     async def start(self) -> None:

@@ -4,10 +4,15 @@
   controlled: 408/409/429/5xx, timeouts and dropped connections, with capped exponential backoff and full jitter,
   honouring ``Retry-After`` (seconds or HTTP date; also ``retry-after-ms``);
 * bounded concurrency (a semaphore), requests- and tokens-per-minute token buckets;
-* a reply that is not JSON, has no choices or empty content is a *failed attempt* whose raw text is kept;
+* a reply that is not JSON, has no choices or empty content is a *failed attempt* whose raw text is kept; an empty
+  one was answered (and paid for), so the stage caches it like any answer;
+* a request that still fails for transport reasons after its retries (connection, timeout, 5xx, 429) comes back
+  with ``transport=True``: its record stays pending; a refused request (400 ...) fails its record;
+* once the stage sets :attr:`~fea20k.annotate.backends.base.Backend.halted` no attempt or retry is started (the
+  calls on the wire finish);
 * usage and cost per call (``price_in``/``price_out`` per million tokens) in every :class:`CallLog`;
 * the API key is read from the environment variable named by ``api_key_env`` and only handed to the client: it
-  is never logged, stored, or put in an error message.
+  is never logged, stored, or put in an error message (a server's error body is masked, :mod:`fea20k.redact`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from fea20k.annotate.backends import register_backend
 from fea20k.annotate.backends.base import Backend, CallLog, Reply, Request
 from fea20k.annotate.task import DataURL
 from fea20k.errors import ConfigError, Fea20kUserError
+from fea20k.redact import mask
 
 
 logger = logging.getLogger(__name__)
@@ -35,6 +41,8 @@ BURST_SECONDS = 6.0  # token buckets hold this many seconds' worth of their per-
 TELEMETRY_HEADERS = ("X-Stainless-Lang", "X-Stainless-Package-Version", "X-Stainless-OS", "X-Stainless-Arch",
                      "X-Stainless-Runtime", "X-Stainless-Runtime-Version", "X-Stainless-Async")
 NO_KEY = "no-key"  # sent when the annotator names no api_key_env (a local vllm serve needs none)
+EMPTY_REPLY = "empty_reply: the reply has no text"
+HALTED = "not sent: the stage stopped issuing requests"
 
 
 class RateLimiter:
@@ -151,7 +159,7 @@ def parse_completion(body: bytes | str) -> tuple[str | None, dict[str, Any], str
     content = message.get("content") if isinstance(message, dict) else None
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     if not isinstance(content, str) or not content.strip():
-        return None, usage, "empty_reply: the reply has no text"
+        return None, usage, EMPTY_REPLY
     return content, {**usage, "finish_reason": choices[0].get("finish_reason")}, None
 
 
@@ -218,10 +226,14 @@ class OpenAIBackend(Backend):
         last_error = "no call made"
         payload = request_body(req)  # serialised once for every retry
         for attempt in range(self.spec.max_retries + 1):
+            if self.halted:
+                return self._halted(calls, attempt, last_error)
             await self.limiter.acquire(req.est_tokens)
             retry_after: float | None = None
-            t0 = time.perf_counter()
             async with self.sem:
+                if self.halted:  # stopped while this request waited for a slot: it was never sent
+                    return self._halted(calls, attempt, last_error)
+                t0 = time.perf_counter()
                 try:
                     # the client's generic POST with the body as bytes (its default Content-Type is JSON) and the
                     # reply as bytes: `chat.completions.create` would transform and copy every message part and
@@ -241,6 +253,7 @@ class OpenAIBackend(Backend):
                             f"model {self.spec.model!r} ({_short(_body_text(e), 120)}); check `model` and `base_url`"
                         ) from None
                     if status not in RETRYABLE_STATUS:  # the request itself is refused: re-asking cannot help
+                        logger.debug("%s: request refused: %s", self.spec.name, last_error)
                         return Reply(text=None, raw=_body_text(e), error=last_error, fatal=True, calls=calls,
                                      retries=attempt)
                     retry_after = retry_after_seconds(e.response.headers)
@@ -261,7 +274,12 @@ class OpenAIBackend(Backend):
                 finally:
                     self.retrying -= 1
         return Reply(text=None, error=f"transport_failed after {self.spec.max_retries} retries: {last_error}",
-                     fatal=True, calls=calls, retries=self.spec.max_retries)
+                     fatal=True, transport=True, calls=calls, retries=self.spec.max_retries)
+
+    def _halted(self, calls: list[CallLog], attempt: int, last_error: str) -> Reply:
+        """The reply of a request the stage stopped before (another) attempt: pending, like a transport failure."""
+        error = HALTED if not calls else f"transport_failed after {attempt - 1} retries (stopped): {last_error}"
+        return Reply(text=None, error=error, fatal=True, transport=True, calls=calls, retries=max(0, attempt - 1))
 
     def _reply(self, body: bytes | str, calls: list[CallLog], retries: int, seconds: float) -> Reply:
         content, usage, error = parse_completion(body)
@@ -271,17 +289,19 @@ class OpenAIBackend(Backend):
         calls.append(CallLog("error" if error else "ok", error, t_in, t_out, cost, seconds))
         if error:
             raw = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-            return Reply(text=None, raw=raw[:4000], error=error, tokens_in=t_in, tokens_out=t_out, cost=cost,
-                         calls=calls, retries=retries)
+            return Reply(text=None, raw=mask(raw[:4000]) or "", error=error, empty=error == EMPTY_REPLY,
+                         tokens_in=t_in, tokens_out=t_out, cost=cost, calls=calls, retries=retries)
         return Reply(text=content, raw=content or "", tokens_in=t_in, tokens_out=t_out, cost=cost,
                      finish_reason=usage.get("finish_reason"), calls=calls, retries=retries)
 
 
 def _body_text(e: Any) -> str:
+    """An error reply's body, masked: a server may echo the request's Authorization header in it."""
     try:
-        return e.response.text
+        text = e.response.text
     except (AttributeError, RuntimeError, UnicodeDecodeError):
-        return str(e.message) if hasattr(e, "message") else ""
+        text = str(e.message) if hasattr(e, "message") else ""
+    return mask(text) or ""
 
 
 def _short(text: str, n: int = 200) -> str:
