@@ -12,6 +12,10 @@ padding found is logged per task folder. BP4D+ frames may stay inside ``2D+3D/<s
 referenced as ``2D+3D/F001.zip/<member>`` (a path that goes through the zip, like :class:`zipfile.Path`).
 
 Splits are data: BP4D's ME-GraphAU 3-fold subject lists ship as ``fea20k/ingest/splits/bp4d_megraphau.json``.
+
+The occurrence CSVs are read from ``AUCoding/AU_OCC/``, or straight from ``AUCoding/`` in copies that drop the
+``AU_OCC`` level (the folder holding ``<subj>_<task>.csv`` files is used, and logged); neither is a one-line
+:class:`SourceLayoutError` naming both and what ``AUCoding/`` holds.
 """
 
 from __future__ import annotations
@@ -112,28 +116,49 @@ class Bp4d(IngestAdapter):
     Config = Bp4dConfig
     config: Bp4dConfig
     corpus = "bp4d"
-    occ_dir = "AUCoding/AU_OCC"
+    layout_variant: str | None = None  # the layout found, set while reading (shown by `fea20k sources --check`)
+    occ_dirs: ClassVar[tuple[str, ...]] = ("AUCoding/AU_OCC", "AUCoding")  # the release, and the AU_OCC level dropped
     image_dirs: ClassVar[tuple[str, ...]] = ("Sequences_2D+3D", "2D+3D", "Sequences", "images")
     int_dirs: ClassVar[tuple[str, ...]] = ("AU Intensity Codes3.0", "AUCoding/AU_INT", "AU_INT")
     layout = """
 BP4D/
-  AUCoding/AU_OCC/F001_T1.csv ...        header 0..99 (or named AU columns); cells 0/1/9
+  AUCoding/AU_OCC/F001_T1.csv ...        header 0..99 (or named AU columns); cells 0/1/9 (or AUCoding/F001_T1.csv)
   Sequences_2D+3D/F001/T1/2440.jpg ...   (images_dir; 4-digit, 3-digit or unpadded frame names)
   AU Intensity Codes3.0/AU06/...         (optional)
 """
 
+    def _occ_dir(self) -> str:
+        """The first of :attr:`occ_dirs` holding ``<subj>_<task>.csv`` files (logged), else a one-line
+        :class:`SourceLayoutError`."""
+        self.check_layout()  # the root itself
+        for rel in self.occ_dirs:
+            d = self.root / rel
+            if d.is_dir() and any(_CSV_NAME.match(p.name) for p in d.iterdir()):
+                logger.info("%s: AU occurrence CSVs in %s/%s", self.source, rel,
+                            "" if rel == self.occ_dirs[0] else " (the AU_OCC level dropped)")
+                return rel
+        top = self.root / self.occ_dirs[-1]
+        where, found = (self.occ_dirs[-1], sorted(p.name for p in top.iterdir())[:12]) if top.is_dir() else (
+            "the root", sorted(p.name for p in self.root.iterdir())[:12])
+        raise SourceLayoutError(f"source {self.source!r} ({self.corpus}): no <subject>_<task>.csv (F001_T1.csv) in "
+                                f"{' or '.join(f'{d}/' for d in self.occ_dirs)} under {self.root}; found in {where}: "
+                                f"{found}")
+
     def iter_records(self) -> Iterator[FaceRecord]:
-        self.check_layout(self.occ_dir)
+        occ_dir = self._occ_dir()
         cfg = self.config
         part_of, test = load_subject_split(cfg.split_file, cfg.fold)
         test |= set(cfg.test_subjects)
         images_dir = cfg.images_dir or next((d for d in self.image_dirs if (self.root / d).exists()), None)
         if images_dir is None:
+            found = sorted(p.name for p in self.root.iterdir())[:12]
             raise SourceLayoutError(f"source {self.source!r} ({self.corpus}): no frame folder under {self.root} "
-                                    f"(tried {list(self.image_dirs)}); set images_dir; expected:\n{self.layout}")
+                                    f"(tried {list(self.image_dirs)}); found {found}; set [sources.{self.source}] "
+                                    "options.images_dir to the folder of <subject>/<task>/<frame>.jpg")
+        self.layout_variant = f"AU occurrence CSVs in {occ_dir}/; frames in {images_dir}/"
         self._zips: dict[str, tuple[str, dict[str, dict[int, str]]] | None] = {}
         sampler = FrameSampler(cfg.stride, cfg.au_change)
-        for csv_path in sorted((self.root / self.occ_dir).glob("*.csv")):
+        for csv_path in sorted((self.root / occ_dir).glob("*.csv")):
             m = _CSV_NAME.match(csv_path.name)
             if m is None:
                 logger.warning("%s: not a <subject>_T<n>.csv name; skipped", csv_path)
@@ -141,7 +166,8 @@ BP4D/
             subject, task = m.group(1).upper(), m.group(2).upper()
             split = "test" if subject in test else "train"
             sampler.reset()
-            yield from self._task(csv_path, subject, task, split, part_of.get(subject), images_dir, sampler)
+            yield from self._task(csv_path, subject, task, split, part_of.get(subject), images_dir, sampler,
+                                  occ_dir)
         self.stats.add("frames_skipped_sampling", sampler.skipped)
 
     # ------------------------------------------------------------------------------------------- frames
@@ -207,7 +233,7 @@ BP4D/
     # ------------------------------------------------------------------------------------------- one CSV
 
     def _task(self, csv_path: Path, subject: str, task: str, split: str, part: str | None, images_dir: str,
-              sampler: FrameSampler) -> Iterator[FaceRecord]:
+              sampler: FrameSampler, occ_dir: str) -> Iterator[FaceRecord]:
         with csv_path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
         if not rows:
@@ -240,7 +266,7 @@ BP4D/
         odd_cells = 0
         for pos, (line, frame, row) in enumerate(parsed):
             if row is None:
-                rec = self.make_record(f"{self.occ_dir}/{csv_path.stem}", frame=line, subject=subject, split=split)
+                rec = self.make_record(f"{occ_dir}/{csv_path.stem}", frame=line, subject=subject, split=split)
                 rec.meta.update(task=task, line=line)
                 yield self.exclude(rec, LABEL_PARSE_ERROR)
                 continue

@@ -4,11 +4,18 @@ Layout::
 
     <root>/ActionUnit_Labels/SNxxx/SNxxx_au<k>.txt     "frameIdx,intensity" per line, frameIdx 1-based, 0..5
     <root>/Landmark_Points/SNxxx/<any>/SNxxx_<t:04d>_lm.mat or l0XXXX_lm.mat    pts (66, 2), video pixels
+        (also unzipped one level deeper: Landmark_Points/Landmark_Points/SNxxx/...)
     <root>/Videos_LeftCamera/LeftVideoSNxxx_comp.avi    (names matched case-insensitively)
-    pre-extracted frames (optional): <root>/Images/SNxxx/<t>.png|jpg, <root>/SNxxx/<t>.jpg, ...
+    pre-extracted frames (optional), per subject one folder named SNxxx or after the video, e.g.
+        <root>/Images/SNxxx/<t>.png                                  (ME-GraphAU / JAA-Net, 0-based)
+        <root>/Images/Left/LeftVideoSNxxx_comp.avi/frame-<f>.jpg     (public loaders, 1-based)
+        <root>/LeftVideoSNxxx_comp/LeftVideoSNxxx_comp_<f:05d>.jpg   (ffmpeg-style, 1-based)
 
-Label frame ``f`` (1-based) is video frame ``f - 1``. The label line count is the frame count. Frame images are not
-decoded here (the faces stage does it); their existence is checked.
+Label frame ``f`` (1-based) is video frame ``f - 1`` (corpora.md §8); a frame file numbered ``n`` is video frame
+``n - base``, the base decided per subject from the files present (``frame_base``). The label line count is the frame
+count. Frame images are not decoded here (the faces stage does it); their existence is checked. A copy where no
+subject has frames at all (no video, no frame folder) is a :class:`SourceLayoutError`, not 100 % image_missing; one
+where no subject has a landmark folder gets one warning (faces.align and its exclusion guard then stop on it).
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from fea20k.errors import SourceLayoutError
 from fea20k.ingest._common import (
     IMAGE_MISSING,
+    IMAGE_UNDECODABLE,
     LABEL_OUT_OF_RANGE,
     LABEL_PARSE_ERROR,
     nested_points,
@@ -56,7 +65,10 @@ SPLITS_FILE = Path(__file__).with_name("splits") / "disfa_megraphau.json"
 BAD_LANDMARKS_FILE = Path(__file__).with_name("splits") / "disfa_bad_landmarks.json"
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 FRAME_FOLDER_NAMES = ("images", "frames", "img", "imgs", "frame_images")  # where users put extracted frames
+# camera subfolders that public extraction scripts put between the frame folder and the per-video folders
+CAMERA_FOLDERS = ("{cam}", "{cam}camera", "{cam}_camera", "videos_{cam}camera", "video_{cam}camera")
 _SUBJECT = re.compile(r"^sn\d{3}$", re.IGNORECASE)
+_VIDEO_FOLDER = re.compile(r"^videos?_(left|right)camera$", re.IGNORECASE)
 _TRAILING_NUMBER = re.compile(r"^(.*?)(\d+)$")
 LABEL_PROBLEMS = (LABEL_PARSE_ERROR, LABEL_OUT_OF_RANGE)
 POOL_MIN_FRAMES = 2000  # kept frames of a subject from which a process pool reads landmarks (DISFA: 4,845)
@@ -66,10 +78,13 @@ class DisfaConfig(IngestConfig):
     """Options of the DISFA adapter.
 
     Attributes:
-        threshold: intensity at or above which an AU is present (ME-GraphAU: 2; OpenGraphAU: 1).
+        threshold: intensity at or above which an AU is present (default 2, as ME-GraphAU; OpenGraphAU uses 1).
+            Every record keeps the raw intensity and the threshold (meta.au_threshold).
         frames: "auto" (a pre-extracted frame folder when one exists for the subject, else the video), "folder"
             or "video".
-        frames_dir: folder holding SNxxx/ frame folders (relative to root, or absolute); default: autodetect.
+        frames_dir: folder holding the per-subject frame folders (SNxxx/, LeftVideoSNxxx_comp/ or
+            LeftVideoSNxxx_comp.avi/, directly or under a Left/ camera folder), relative to root or absolute;
+            default: autodetect.
         frame_base: numbering of frame files, "auto" (decided per subject from the files present), "0" or "1".
         camera: which video to reference in video mode.
         stride: keep every stride-th label frame (frame index f-1 divisible by stride).
@@ -78,7 +93,8 @@ class DisfaConfig(IngestConfig):
         landmarks: read the 66-point landmark files.
     """
 
-    threshold: int = Field(2, ge=1, le=MAX_INTENSITY)
+    threshold: int = Field(2, ge=1, le=MAX_INTENSITY,
+                           description="AU present when intensity >= threshold (ME-GraphAU 2, OpenGraphAU 1)")
     frames: Literal["auto", "folder", "video"] = "auto"
     frames_dir: str | None = None
     frame_base: Literal["auto", "0", "1"] = "auto"
@@ -116,6 +132,9 @@ class _FrameSource:
     template: tuple[str, int, str] = ("", 0, ".jpg")  # folder: prefix, zero-pad width, extension
     base: int = 0  # folder: number of the file holding video frame 0
     n_video_frames: int | None = None  # video: frame count when the container says
+    empty: bool = False  # video: a 0-byte file (its frames are image_undecodable)
+    variant: str = "none"  # which layout variant was found, for the log and the stats
+    desc: str = ""  # the variant as one phrase (files, numbering), for layout_variant
 
     def name_of(self, t: int) -> str:
         prefix, width, ext = self.template
@@ -124,7 +143,7 @@ class _FrameSource:
 
 @register_stage("ingest.disfa")
 class Disfa(IngestAdapter):
-    """DISFA: one record per (sampled) video frame, with 12 AUs, intensities and 66-point landmarks.
+    """DISFA: one record per (sampled) video frame; 12 AUs present at intensity >= threshold (default 2).
 
     Config: see :class:`DisfaConfig` (threshold, frames, frames_dir, frame_base, camera, stride, au_change,
     test_fold, landmarks).
@@ -133,18 +152,24 @@ class Disfa(IngestAdapter):
     at ``threshold``; None for a missing AU file), au_intensity (raw 0..5), au_coded (the 12), aus_origin "gt",
     landmarks + landmark_scheme "disfa66" (when the .mat exists), meta: label_frame (f), frame (f-1),
     au_threshold, benchmark_aus, bad_landmarks (known bad range), camera.
-    Drops (excluded records): label_parse_error, label_out_of_range, image_missing. Frames skipped by stride /
-    au_change are not records (counted in stats as ``sampled_out``).
+    Drops (excluded records): label_parse_error, label_out_of_range, image_missing, image_undecodable (a 0-byte
+    video). Frames skipped by stride / au_change are not records (counted in stats as ``sampled_out``).
+    Stats: per subject, the frame layout found (``frames_subject_folder``, ``frames_video_folder``,
+    ``frames_video``, ``frames_none``), also stated in one log line per subject.
     """
 
     Config: ClassVar[type[IngestConfig]] = DisfaConfig
     config: DisfaConfig
     corpus = "disfa"
+    layout_variant: str | None = None  # the layout found, set while reading (shown by `fea20k sources --check`)
     layout = """
 DISFA/
   ActionUnit_Labels/SNxxx/SNxxx_au<k>.txt    k in 1 2 4 5 6 9 12 15 17 20 25 26; 'frameIdx,intensity' lines
-  Landmark_Points/SNxxx/<folder>/SNxxx_<t:04d>_lm.mat | l0XXXX_lm.mat   (pts 66x2)
-  Videos_LeftCamera/LeftVideoSNxxx_comp.avi  and/or pre-extracted frames Images/SNxxx/<t>.png|jpg
+  Landmark_Points/SNxxx/<folder>/SNxxx_<t:04d>_lm.mat | l0XXXX_lm.mat   (pts 66x2; or Landmark_Points/Landmark_Points/)
+  Videos_LeftCamera/LeftVideoSNxxx_comp.avi  and/or pre-extracted frames (options frames, frames_dir, frame_base):
+    Images/SNxxx/<t>.png | Images/Left/LeftVideoSNxxx_comp.avi/frame-<f>.jpg | LeftVideoSNxxx_comp/..._<f:05d>.jpg
+conventions: AU present when intensity >= threshold (option threshold, default 2 = ME-GraphAU; OpenGraphAU: 1);
+  label frame f (1-based) = video frame f-1 = file f of 1-based frame names; split = ME-GraphAU fold (test_fold)
 """
 
     # -- layout
@@ -160,12 +185,25 @@ DISFA/
                 return p
         return None
 
+    def _unnested(self, d: Path) -> Path:
+        """``d``, or ``d/<same name>`` when the archive was unzipped one level deeper (``Landmark_Points/
+        Landmark_Points/SN001``): the inner folder is used when ``d`` holds no subject folder but that one."""
+        inner = self._child(d, d.name)
+        if inner is None or not inner.is_dir() or any(_SUBJECT.match(p.name) and p.is_dir() for p in d.iterdir()):
+            return d
+        said = self.__dict__.setdefault("_unnested_said", set())  # subjects() runs more than once per build
+        if inner not in said:
+            said.add(inner)
+            logger.info("%s: %s is unzipped one level deeper; reading %s", self.source, d.name,
+                        inner.relative_to(self.root).as_posix())
+        return inner
+
     def labels_dir(self) -> Path:
         self.check_layout()
         d = self._child(self.root, "ActionUnit_Labels")
         if d is None or not d.is_dir():
             self.check_layout("ActionUnit_Labels")
-        return d  # type: ignore[return-value]
+        return self._unnested(d)  # type: ignore[arg-type]
 
     def subjects(self) -> list[tuple[str, Path]]:
         """(canonical subject id "SNxxx", label folder), sorted."""
@@ -176,8 +214,6 @@ DISFA/
         return subs
 
     def estimate_count(self) -> int | None:
-        from fea20k.errors import SourceLayoutError
-
         try:
             subs = self.subjects()
         except SourceLayoutError:
@@ -192,8 +228,6 @@ DISFA/
         return None if self.config.au_change else total
 
     def signature_extra(self) -> dict[str, object]:
-        from fea20k.errors import SourceLayoutError
-
         try:
             subs = self.subjects()
         except SourceLayoutError:
@@ -295,7 +329,17 @@ DISFA/
         splits = self.split_table()
         bad_ranges = self.bad_landmark_ranges()
         thr = self.config.threshold
-        top = self._child(self.root, "Landmark_Points") if self.config.landmarks else None
+        # decided for every subject before the first table: a copy where nothing matches fails before any output
+        parents = self._frame_parents() if self.config.frames != "video" else []
+        sources = {subj: self._frame_source(subj, parents) for subj, _ in subjects}
+        if all(f.kind == "none" or (f.kind == "folder" and not f.files) for f in sources.values()):
+            raise SourceLayoutError(self._no_frames_message([s for s, _ in subjects]))
+        for subj, src in sources.items():
+            if src.kind == "none":
+                logger.warning("%s: %s: no frame folder and no %s-camera video found; its frames are image_missing",
+                               self.source, subj, self.config.camera)
+        top = self._landmarks_top([s for s, _ in subjects]) if self.config.landmarks else None
+        self.layout_variant = self._describe(sources, top)
         for subj, label_dir in subjects:
             labels = self._read_labels(subj, label_dir)
             n = labels.intensity.shape[0]
@@ -307,7 +351,7 @@ DISFA/
                 logger.warning("%s: subject %s is not in %s; split left empty", self.source, subj,
                                SPLITS_FILE.name)
                 self.stats.add("subject_not_in_split_table")
-            frames = self._frame_source(subj)
+            frames = sources[subj]
             present = np.where(labels.intensity < 0, -1, labels.intensity >= thr)
             keep = np.arange(0, n, self.config.stride)
             if self.config.au_change and len(keep) > 1:
@@ -318,10 +362,12 @@ DISFA/
             for a, b in bad_ranges.get(subj, ()):
                 bad[max(a, 1) - 1:min(b, n)] = True
             folder = None
-            if self.config.landmarks:
-                d = self._child(top, subj) if top is not None else None
+            if top is not None:
+                d = self._child(top, subj)
                 if d is None or not d.is_dir():
-                    logger.info("%s: %s has no Landmark_Points folder; landmarks left empty", self.source, subj)
+                    logger.warning("%s: %s has no folder in %s; its landmarks are left empty (faces.align needs "
+                                   "them)", self.source, subj, top.relative_to(self.root).as_posix())
+                    self.stats.add("landmarks_subject_missing")
                 else:
                     folder = str(d)
             yield subj, keep, labels, present, frames, split, split_raw, bad[keep], folder
@@ -372,12 +418,14 @@ DISFA/
         au_coded = pa.ListArray.from_arrays(pa.array(step), au_keys)
         # reasons: the label problem of the frame (if any), then image_missing
         codes = np.zeros((k, 2), dtype=np.int8)
-        names = [None, *LABEL_PROBLEMS, IMAGE_MISSING]
+        names = [None, *LABEL_PROBLEMS, IMAGE_MISSING, IMAGE_UNDECODABLE]
         for i, t in enumerate(keep.tolist()) if labels.problems else ():
             problem = labels.problems.get(t)
             if problem is not None:
                 codes[i, 0] = names.index(problem)
         codes[missing, 1] = names.index(IMAGE_MISSING)
+        if frames.empty:
+            codes[~missing, 1] = names.index(IMAGE_UNDECODABLE)
         exclusion = reason_lists(codes, names, self.name)
         # landmarks, read by the thread pool
         points, has = self._read_points(subj, keep, lm_folder, landmarks)
@@ -482,40 +530,69 @@ DISFA/
             good_v.append(v)
         return np.array(good_f, dtype=np.int64), np.array(good_v, dtype=np.int64)
 
-    def _frame_source(self, subj: str) -> _FrameSource:
-        """Decide, per subject, where its frames are and how they are numbered; log the decision."""
-        src = _FrameSource(kind="none", rel=f"Videos_LeftCamera/LeftVideo{subj}_comp.avi")
+    def _frame_source(self, subj: str, parents: list[Path]) -> _FrameSource:
+        """Decide, per subject, where its frames are (a frame folder under one of ``parents``, else the video)
+        and how they are numbered; log the decision (one line)."""
+        cam = self.config.camera
+        src = _FrameSource(kind="none", rel=f"Videos_{cam.capitalize()}Camera/{cam.capitalize()}Video{subj}_comp.avi")
         if self.config.frames in ("auto", "folder"):
-            folder = self._frame_folder(subj)
+            folder = self._frame_folder(subj, parents)
             if folder is not None:
                 src = self._folder_source(subj, folder)
                 if src.files or self.config.frames == "folder":
+                    self.stats.add(f"frames_{src.variant}")
                     return src
         if self.config.frames in ("auto", "video"):
             video = self._video(subj)
             if video is not None:
-                src = _FrameSource(kind="video", rel=video.relative_to(self.root).as_posix())
-                src.n_video_frames = _video_frame_count(video)
-                logger.info("%s: %s frames from video %s (%s frames in the container)", self.source, subj, src.rel,
-                            src.n_video_frames if src.n_video_frames is not None else "unknown")
+                src = _FrameSource(kind="video", rel=video.relative_to(self.root).as_posix(), variant="video")
+                src.desc = src.rel
+                src.empty = video.stat().st_size == 0
+                src.n_video_frames = None if src.empty else _video_frame_count(video)
+                logger.info("%s: %s frames from video %s (%s), label frame f = video frame f-1", self.source, subj,
+                            src.rel, "0 bytes: image_undecodable" if src.empty else
+                            f"{src.n_video_frames if src.n_video_frames is not None else 'unknown'} frames in the "
+                            "container")
+                self.stats.add("frames_video")
                 return src
-        logger.warning("%s: %s: no frame folder and no %s-camera video found; its frames are image_missing",
-                       self.source, subj, self.config.camera)
+        self.stats.add("frames_none")  # warned about once every subject is decided
         return _FrameSource(kind="none", rel=src.rel)
 
-    def _frame_folder(self, subj: str) -> Path | None:
+    def _frame_parents(self) -> list[Path]:
+        """Folders that may hold per-subject frame folders, in search order: ``frames_dir`` (or the usual frame
+        folders, the root and the video folders), each followed by its camera subfolder (``Images/Left/``)."""
         if self.config.frames_dir is not None:
             base = Path(self.config.frames_dir)
             base = base if base.is_absolute() else self.root / base
-            return self._child(base, subj)
-        for name in FRAME_FOLDER_NAMES:
-            parent = self._child(self.root, name)
-            if parent is not None and parent.is_dir():
-                hit = self._child(parent, subj) or self._child(parent, f"{self.config.camera}video{subj}_comp")
+            if not base.is_dir():
+                raise SourceLayoutError(
+                    f"source {self.source!r} (disfa): frames_dir {self.config.frames_dir!r} is not a folder "
+                    f"({base}); set [sources.{self.source}] options.frames_dir to the folder holding the per-subject "
+                    "frame folders (SN001/, LeftVideoSN001_comp/ or LeftVideoSN001_comp.avi/), relative to root")
+            bases = [base]
+        else:
+            named = [self._child(self.root, n) for n in FRAME_FOLDER_NAMES]
+            videos = [p for p in sorted(self.root.iterdir()) if _VIDEO_FOLDER.match(p.name)]
+            bases = [p for p in named if p is not None] + [self.root] + videos
+        parents: list[Path] = []
+        cams = [c.format(cam=self.config.camera) for c in CAMERA_FOLDERS]
+        for b in bases:
+            if not b.is_dir():
+                continue
+            parents.append(b)
+            parents += [c for c in (self._child(b, n) for n in cams) if c is not None and c.is_dir()]
+        return parents
+
+    def _frame_folder(self, subj: str, parents: list[Path]) -> Path | None:
+        """The first folder named ``SNxxx``, ``LeftVideoSNxxx_comp`` or ``LeftVideoSNxxx_comp.avi`` (any case)
+        under one of ``parents``."""
+        video_name = f"{self.config.camera}video{subj}_comp"
+        for parent in parents:
+            for name in (subj, video_name, f"{video_name}.avi"):
+                hit = self._child(parent, name)
                 if hit is not None and hit.is_dir():
                     return hit
-        hit = self._child(self.root, subj)
-        return hit if hit is not None and hit.is_dir() else None
+        return None
 
     def _folder_source(self, subj: str, folder: Path) -> _FrameSource:
         numbered: dict[int, str] = {}
@@ -541,8 +618,12 @@ DISFA/
         else:
             base, why = 0, "the folder has no numbered images"
         files = {k - base: v for k, v in numbered.items()}
-        logger.info("%s: %s frames from %s, numbered %d-based (%s)", self.source, subj, rel, base, why)
-        return _FrameSource(kind="folder", rel=rel, files=files, template=(prefix, width, ext), base=base)
+        variant = "subject_folder" if folder.name.lower() == subj.lower() else "video_folder"
+        pattern = f"{prefix}<n{f':0{width}d' if width else ''}>{ext}"
+        logger.info("%s: %s frames from %s/%s (%s), numbered %d-based (%s): label frame f = file %s", self.source,
+                    subj, rel, pattern, variant.replace("_", " "), base, why, "f" if base == 1 else "f-1")
+        return _FrameSource(kind="folder", rel=rel, files=files, template=(prefix, width, ext), base=base,
+                            variant=variant, desc=f"{rel}/{pattern}, {base}-based")
 
     def _video(self, subj: str) -> Path | None:
         cam = self.config.camera
@@ -551,9 +632,77 @@ DISFA/
         for d in sorted(self.root.iterdir()):
             if d.is_dir() and folder_pattern.match(d.name):
                 for p in sorted(d.iterdir()):
-                    if pattern.match(p.name):
+                    if pattern.match(p.name) and p.is_file():  # a folder of that name holds extracted frames
                         return p
         return None
+
+    def _describe(self, sources: dict[str, _FrameSource], top: Path | None) -> str:
+        """One line for ``fea20k sources --check``: the frame layouts found (subjects per variant, one example),
+        the landmark folder and the presence threshold."""
+        seen: dict[str, list[str]] = {}
+        for src in sources.values():
+            seen.setdefault(src.variant, []).append(src.desc)
+        frames = "; ".join(f"{v.replace('_', ' ')} x{len(d)}" + (f" (e.g. {d[0]})" if d[0] else "")
+                           for v, d in seen.items())
+        landmarks = top.relative_to(self.root).as_posix() if top is not None else "not read"
+        return f"frames: {frames}; landmarks: {landmarks}; AU present at intensity >= {self.config.threshold}"
+
+    def _landmarks_top(self, subjects: list[str]) -> Path | None:
+        """The folder holding the subjects' landmark folders (``Landmark_Points``, or the inner one when unzipped
+        one level deeper), or None with ONE warning naming what was expected and found when it holds none of them.
+        Not an error here: faces.align then excludes every frame as no_landmarks and the build's exclusion guard
+        stops on that source."""
+        top = self._child(self.root, "Landmark_Points")
+        if top is not None and top.is_dir():
+            top = self._unnested(top)
+            if any(self._child(top, s) is not None for s in subjects):
+                return top
+        where = top.relative_to(self.root).as_posix() if top is not None else "Landmark_Points"
+        found = sorted(p.name for p in (top if top is not None else self.root).iterdir())[:12]
+        logger.warning("%s: no landmark folder for any of its %d subject(s): expected %s/%s/<folder>/%s_0000_lm.mat "
+                       "(or l00000_lm.mat); found in %s: %s; every frame is left without landmarks (faces.align "
+                       "excludes them: no_landmarks)", self.source, len(subjects), where, subjects[0], subjects[0],
+                       where if top is not None else "the root", found)
+        self.stats.add("landmarks_subject_missing", len(subjects))
+        return None
+
+    def _no_frames_message(self, subjects: list[str]) -> str:
+        """One line: which frame layouts were looked for, and what the root holds instead."""
+        s0, cam = subjects[0], self.config.camera.capitalize()
+        video = f"{cam}Video{s0}_comp"
+        where = (f"frames_dir {self.config.frames_dir!r}" if self.config.frames_dir is not None else
+                 "Images/, Frames/, the root or Videos_*Camera/")
+        expected = {"video": f"the video Videos_{cam}Camera/{video}.avi",
+                    "folder": f"a frame folder {s0}/, {video}/ or {video}.avi/ in {where} (or in its {cam}/ folder), "
+                              f"e.g. Images/{s0}/<t>.png, Images/{cam}/{video}.avi/frame-<f>.jpg, "
+                              f"{video}/{video}_<f:05d>.jpg"}
+        wanted = " or ".join(v for k, v in expected.items() if self.config.frames in (k, "auto"))
+        seen = self._paths_naming(s0)
+        folders = [p.rstrip("/").rpartition("/")[0] for p in seen if p.endswith("/")]
+        fix = (f'options.frames_dir = "{folders[0]}"' if folders and folders[0] else
+               "options.frames_dir to the folder holding the per-subject frame folders")
+        return (f"source {self.source!r} (disfa): no frames for any of its {len(subjects)} subject(s): expected "
+                f"{wanted}; found at the root {sorted(p.name for p in self.root.iterdir())[:12]}"
+                + (f" and, naming {s0}, {seen}" if seen else "") + f"; set [sources.{self.source}] {fix}")
+
+    def _paths_naming(self, subj: str, depth: int = 4, limit: int = 4) -> list[str]:
+        """Up to ``limit`` paths (relative to root, at most ``depth`` levels down, outside the label and landmark
+        folders) whose name contains ``subj``: where the frames may be instead. Folders end with ``/``."""
+        out: list[str] = []
+        level = [p for p in sorted(self.root.iterdir()) if p.name.lower() not in ("actionunit_labels",
+                                                                                    "landmark_points")]
+        for _ in range(depth):
+            nxt = []
+            for p in level:
+                is_dir = p.is_dir()
+                if subj.lower() in p.name.lower():
+                    out.append(p.relative_to(self.root).as_posix() + ("/" if is_dir else ""))
+                    if len(out) >= limit:
+                        return out
+                elif is_dir:
+                    nxt += sorted(c for c in p.iterdir() if c.is_dir() or c.suffix.lower() == ".avi")
+            level = nxt
+        return out
 
 
 def _video_frame_count(path: Path) -> int | None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
 from fea20k.errors import SourceLayoutError
-from fea20k.ingest.bp4d import BENCHMARK12, SPLITS_DIR, load_subject_split, parse_occ_header
+from fea20k.ingest.bp4d import BENCHMARK12, SPLITS_DIR, Bp4d, load_subject_split, parse_occ_header
 from tests.fixtures.corpora import build_bp4d, build_bp4dplus
 from tests.ingest._helpers import assert_properties, check, run
 
@@ -79,3 +80,38 @@ def test_bp4dplus_zip(tmp_path: Path) -> None:
 def test_real_data() -> None:
     recs = run("bp4d", Path(os.environ["FEA20K_DATA_BP4D"]))
     assert len({r.subject for r in recs}) == 41
+
+
+def test_csvs_directly_in_aucoding(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Copies that drop the AU_OCC level: AUCoding/F001_T1.csv ... give the same records (ids are image paths)."""
+    root, expected = build_bp4d(tmp_path)
+    occ = root / "AUCoding" / "AU_OCC"
+    for p in occ.iterdir():
+        p.rename(root / "AUCoding" / p.name)
+    occ.rmdir()
+    p = root / "AUCoding" / "F013_T1.csv"
+    p.write_text(p.read_text() + "abc,1,0,0,0,0,0\n")
+    expected["src/AUCoding/F013_T1#4"] = {"subject": "F013", "reasons": ["label_parse_error"]}
+    stage = Bp4d({"source": "src", "root": str(root)})
+    with caplog.at_level(logging.INFO, logger="fea20k"):
+        recs = list(stage.iter_records())
+    check(recs, expected)
+    assert_properties(recs)
+    assert "src: AU occurrence CSVs in AUCoding/ (the AU_OCC level dropped)" in caplog.text
+    assert stage.layout_variant == "AU occurrence CSVs in AUCoding/; frames in Sequences_2D+3D/"
+
+
+def test_no_occurrence_csv_is_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "BP4D"
+    (root / "AUCoding" / "AU_OCC").mkdir(parents=True)
+    (root / "AUCoding" / "readme.txt").write_text("x")
+    with pytest.raises(SourceLayoutError) as err:
+        run("bp4d", root)
+    assert str(err.value) == (f"source 'src' (bp4d): no <subject>_<task>.csv (F001_T1.csv) in AUCoding/AU_OCC/ or "
+                              f"AUCoding/ under {root}; found in AUCoding: ['AU_OCC', 'readme.txt']")
+    (root / "AUCoding" / "AU_OCC").rmdir()
+    (root / "AUCoding" / "readme.txt").unlink()
+    (root / "AUCoding").rmdir()
+    (root / "Sequences_2D+3D").mkdir()
+    with pytest.raises(SourceLayoutError, match=r"^[^\n]*under .*BP4D; found in the root: \['Sequences_2D\+3D'\]$"):
+        run("bp4d", root)

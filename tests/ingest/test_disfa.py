@@ -96,8 +96,9 @@ def test_landmark_numbering_decided_per_subject_and_logged(tree: tuple[Path, lis
     msgs = "\n".join(r.getMessage() for r in caplog.records)
     assert "SN002 l0XXXX_lm.mat landmarks are 0-based (l00000_lm.mat exists)" in msgs
     assert "SN003 l0XXXX_lm.mat landmarks are 1-based" in msgs
-    assert "SN002 frames from Images/SN002, numbered 1-based" in msgs
-    assert "SN001 frames from Images/SN001, numbered 0-based" in msgs
+    assert ("SN002 frames from Images/SN002/frame-<n>.png (subject folder), numbered 1-based (no frame numbered 0, "
+            "the first is frame-1.png): label frame f = file f") in msgs
+    assert "SN001 frames from Images/SN001/<n>.png (subject folder), numbered 0-based (0.png exists)" in msgs
     assert "SN003 frames from video Videos_LeftCamera/LeftVideoSN003_comp.avi" in msgs
     for rec in recs:  # landmark y encodes t + 0.5
         if rec.landmarks is not None:
@@ -216,8 +217,11 @@ def test_full_length_label_files(tmp_path: Path) -> None:
     d.mkdir(parents=True)
     for au in DISFA_AUS:
         (d / f"SN005_au{au}.txt").write_bytes(lines)
+    (root / "Videos_LeftCamera").mkdir()
+    (root / "Videos_LeftCamera" / "LeftVideoSN005_comp.avi").write_bytes(b"")  # 0 bytes: frames undecodable
     recs = _ingest(root, landmarks=False)
     assert len(recs) == 4845 and all(r.split == "test" for r in recs)  # SN005 is in part3
+    assert all(r.reasons == ["image_undecodable"] for r in recs)
     assert [r.au_intensity[1] for r in recs[:7]] == [1.0, 2.0, 3.0, 4.0, 5.0, 0.0, 1.0]
     assert np.mean([r.aus[1] == 1 for r in recs]) == pytest.approx(4 / 6, abs=0.01)
 
@@ -312,3 +316,191 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+# ------------------------------------------------------------------------------------------- layout variants
+# Trees as public DISFA loaders leave them (issue 16): landmarks unzipped one level deeper, frames pre-extracted into
+# per-video folders numbered from 1. Built from the release fixture, so the expected AUs and landmarks are the same.
+
+FRAME_PATTERNS = {
+    # frames of video "LeftVideoSNxxx_comp.avi" in a folder named after it, frame-<f>.jpg with f 1-based
+    "avi_folder": "Images/Left/LeftVideo{s}_comp.avi/frame-{f}.jpg",
+    # ffmpeg-style: LeftVideoSNxxx_comp/LeftVideoSNxxx_comp_<f:05d>.jpg, 1-based
+    "ffmpeg": "LeftVideo{s}_comp/LeftVideo{s}_comp_{f:05d}.jpg",
+    "custom": "extracted/Left/LeftVideo{s}_comp.avi/frame-{f}.jpg",  # a folder name nothing auto-detects
+}
+
+
+def _variant_tree(base: Path, frames: str | None = None, nested_landmarks: bool = False
+                  ) -> tuple[Path, list[dict]]:
+    """The release fixture with its frames moved to ``FRAME_PATTERNS[frames]`` (real JPEGs, pixel t * PIXEL_STEP;
+    no video, no Images/SNxxx) and/or its landmarks moved to Landmark_Points/Landmark_Points/."""
+    import shutil
+
+    root, expected = build_disfa(base)
+    if nested_landmarks:
+        inner = root / "Landmark_Points" / "Landmark_Points"
+        inner.mkdir()
+        for p in sorted((root / "Landmark_Points").iterdir()):
+            if p != inner:
+                p.rename(inner / p.name)
+    if frames is None:
+        return root, expected
+    shutil.rmtree(root / "Images")
+    shutil.rmtree(root / "Videos_LeftCamera")
+    for e in expected:
+        rel = FRAME_PATTERNS[frames].format(s=e["subject"], f=e["t"] + 1)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 24), (e["t"] * PIXEL_STEP,) * 3).save(root / rel, quality=95)
+        e.update(id=f"disfa/{rel[:-4]}", path=rel, frame=None)
+    return root, expected
+
+
+def _assert_records(recs: list[FaceRecord], expected: list[dict], root: Path) -> None:
+    """Exact ids, image refs, AUs, landmarks and reasons; every referenced image is label frame f - 1."""
+    assert [r.id for r in recs] == [e["id"] for e in expected]
+    for rec, exp in zip(recs, expected, strict=True):
+        assert (rec.image.path, rec.image.frame, rec.split) == (exp["path"], exp["frame"], exp["split"])
+        assert rec.meta["label_frame"] == exp["t"] + 1
+        assert rec.au_intensity == {au: float(v) for au, v in exp["intensity"].items()}
+        assert rec.aus == {au: (int(exp["intensity"][au] >= 2) if au in exp["intensity"] else None)
+                           for au in DISFA_AUS}
+        assert rec.landmarks == exp["landmarks"] and rec.reasons == exp["reasons"]
+        assert abs(_pixel(root, rec) - exp["t"] * PIXEL_STEP) <= 4, rec.id
+
+
+def test_landmarks_unzipped_one_level_deeper_are_found(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, expected = _variant_tree(tmp_path, nested_landmarks=True)
+    labels = root / "ActionUnit_Labels"  # the label archive unzipped the same way
+    labels.rename(root / "labels_tmp")
+    labels.mkdir()
+    (root / "labels_tmp").rename(labels / "ActionUnit_Labels")
+    with caplog.at_level(logging.INFO, logger="fea20k"):
+        recs = _ingest(root)
+    _assert_records(recs, expected, root)
+    assert sum(r.landmarks is not None for r in recs) == 15  # all 16 frames but SN001's missing file
+    assert ("disfa: Landmark_Points is unzipped one level deeper; reading Landmark_Points/Landmark_Points"
+            in caplog.text)
+    assert "disfa: ActionUnit_Labels is unzipped one level deeper; reading ActionUnit_Labels/ActionUnit_Labels" in (
+        caplog.text)
+
+
+@pytest.mark.parametrize("frames", ["avi_folder", "ffmpeg"])
+def test_frames_pre_extracted_by_public_loaders(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                frames: str) -> None:
+    """Per-video frame folders numbered from 1: label frame f is file f (video frame f-1), said in one log line
+    per subject and counted as the subject's frame layout."""
+    root, expected = _variant_tree(tmp_path, frames=frames, nested_landmarks=True)
+    stage = Disfa({"source": "disfa", "root": str(root)})
+    with caplog.at_level(logging.INFO, logger="fea20k"):
+        recs = list(stage.iter_records())
+    _assert_records(recs, expected, root)
+    assert stage.stats.counters["frames_video_folder"] == 3
+    folder = Path(FRAME_PATTERNS[frames].format(s="SN002", f=1)).parent.as_posix()
+    first = "frame-1.jpg" if frames == "avi_folder" else "LeftVideoSN002_comp_00001.jpg"
+    pattern = "frame-<n>.jpg" if frames == "avi_folder" else "LeftVideoSN002_comp_<n:05d>.jpg"
+    assert (f"disfa: SN002 frames from {folder}/{pattern} (video folder), numbered 1-based (no frame numbered 0, "
+            f"the first is {first}): label frame f = file f") in caplog.text
+    example = Path(FRAME_PATTERNS[frames].format(s="SN001", f=1)).parent.as_posix()
+    assert stage.layout_variant == (  # what `fea20k sources --check` prints as the layout found
+        f"frames: video folder x3 (e.g. {example}/{pattern.replace('SN002', 'SN001')}, 1-based); landmarks: "
+        "Landmark_Points/Landmark_Points; AU present at intensity >= 2")
+
+
+def test_frames_dir_option_with_the_loader_layouts(tmp_path: Path) -> None:
+    root, expected = _variant_tree(tmp_path, frames="custom")
+    for frames_dir in ("extracted/Left", "extracted", str(root / "extracted")):  # also through the camera folder
+        _assert_records(_ingest(root, frames_dir=frames_dir), expected, root)
+    recs = _ingest(root, frames_dir="extracted", frame_base="0")  # forced 0-based: label frame f is file f-1
+    assert [(r.image.path, r.meta["label_frame"], r.reasons) for r in recs[:2]] == [
+        ("extracted/Left/LeftVideoSN001_comp.avi/frame-0.jpg", 1, ["image_missing"]),
+        ("extracted/Left/LeftVideoSN001_comp.avi/frame-1.jpg", 2, [])]
+
+
+def test_no_frames_anywhere_is_one_line_naming_expected_and_found(tmp_path: Path) -> None:
+    import shutil
+
+    root, _ = _variant_tree(tmp_path, frames="custom")
+    with pytest.raises(SourceLayoutError) as err:
+        _ingest(root)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("source 'disfa' (disfa): no frames for any of its 3 subject(s): expected the video "
+                          "Videos_LeftCamera/LeftVideoSN001_comp.avi or a frame folder SN001/, LeftVideoSN001_comp/ "
+                          "or LeftVideoSN001_comp.avi/ in Images/, Frames/, the root or Videos_*Camera/")
+    assert ("found at the root ['ActionUnit_Labels', 'Landmark_Points', 'extracted'] and, naming SN001, "
+            "['extracted/Left/LeftVideoSN001_comp.avi/']") in msg
+    assert msg.endswith('; set [sources.disfa] options.frames_dir = "extracted/Left"')  # where SN001's frames are
+    (root / "extracted").rename(root / "frames_elsewhere")
+    (root / "frames_elsewhere" / "Left").rename(root / "frames_elsewhere" / "L")
+    with pytest.raises(SourceLayoutError, match=r" in frames_dir 'frames_elsewhere' \(or in its Left/ folder\).*; set "
+                                                r"\[sources\.disfa\] options\.frames_dir = \"frames_elsewhere/L\"$"):
+        _ingest(root, frames_dir="frames_elsewhere")  # a camera folder named "L" is not looked into
+    shutil.rmtree(root / "frames_elsewhere")
+    with pytest.raises(SourceLayoutError, match=r"found at the root \['ActionUnit_Labels', 'Landmark_Points'\]; set "
+                                                r"\[sources\.disfa\] options\.frames_dir to the folder holding the "
+                                                r"per-subject frame folders$"):
+        _ingest(root)
+    with pytest.raises(SourceLayoutError, match=r"^source 'disfa' \(disfa\): no frames .*expected the video "
+                                                r"Videos_LeftCamera/LeftVideoSN001_comp\.avi; found"):
+        _ingest(root, frames="video")
+    with pytest.raises(SourceLayoutError, match=r"^source 'disfa' \(disfa\): frames_dir 'Frames/Left' is not a "
+                                                r"folder \(.*\); set \[sources\.disfa\] options\.frames_dir"):
+        _ingest(root, frames_dir="Frames/Left")
+
+
+def test_no_landmarks_anywhere_is_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No landmark folder for any subject: one warning naming what was expected and found (not one per subject);
+    the frames are still records, without landmarks (faces.align's exclusion guard stops on them)."""
+    import shutil
+
+    root, expected = build_disfa(tmp_path)
+    (root / "Landmark_Points" / "Landmark_Points").mkdir()
+    for p in (root / "Landmark_Points").iterdir():  # subject folders renamed: nothing matches
+        if p.name != "Landmark_Points":
+            p.rename(root / "Landmark_Points" / "Landmark_Points" / f"subject_{p.name}")
+    stage = Disfa({"source": "disfa", "root": str(root)})
+    recs = list(stage.iter_records())
+    assert [r.id for r in recs] == [e["id"] for e in expected] and all(r.landmarks is None for r in recs)
+    warnings = [r.getMessage() for r in caplog.records if "landmark" in r.getMessage()]
+    assert warnings == [
+        "disfa: no landmark folder for any of its 3 subject(s): expected Landmark_Points/Landmark_Points/SN001/"
+        "<folder>/SN001_0000_lm.mat (or l00000_lm.mat); found in Landmark_Points/Landmark_Points: ['subject_SN001', "
+        "'subject_SN002', 'subject_SN003']; every frame is left without landmarks (faces.align excludes them: "
+        "no_landmarks)"]
+    assert stage.stats.counters["landmarks_subject_missing"] == 3
+    caplog.clear()
+    shutil.rmtree(root / "Landmark_Points")
+    assert all(r.landmarks is None for r in _ingest(root))
+    assert [r.getMessage() for r in caplog.records if "landmark" in r.getMessage()] == [
+        "disfa: no landmark folder for any of its 3 subject(s): expected Landmark_Points/SN001/<folder>/"
+        "SN001_0000_lm.mat (or l00000_lm.mat); found in the root: ['ActionUnit_Labels', 'Images', "
+        "'Videos_LeftCamera']; every frame is left without landmarks (faces.align excludes them: no_landmarks)"]
+
+
+def test_some_subjects_without_frames_or_landmarks_warn_per_subject(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    root, _ = build_disfa(tmp_path)
+    shutil.rmtree(root / "Videos_LeftCamera")
+    shutil.rmtree(root / "Landmark_Points" / "SN002")
+    stage = Disfa({"source": "disfa", "root": str(root)})
+    recs = list(stage.iter_records())
+    assert [r.reasons for r in recs if r.subject == "SN003"] == [["image_missing"]] * 4
+    assert all(r.landmarks is None for r in recs if r.subject == "SN002")
+    assert "disfa: SN003: no frame folder and no left-camera video found; its frames are image_missing" in caplog.text
+    assert "disfa: SN002 has no folder in Landmark_Points; its landmarks are left empty" in caplog.text
+    assert (stage.stats.counters["frames_none"], stage.stats.counters["landmarks_subject_missing"]) == (1, 1)
+
+
+def test_presence_threshold_is_a_documented_convention() -> None:
+    from fea20k.ingest.disfa import DisfaConfig
+    from fea20k.ingest.report import list_adapters
+
+    field = DisfaConfig.model_fields["threshold"]
+    assert field.default == 2 and "intensity >= threshold" in (field.description or "")
+    info = next(a for a in list_adapters() if a.name == "disfa")
+    assert "intensity >= threshold (default 2)" in info.summary  # the first line `fea20k sources` shows
+    assert "AU present when intensity >= threshold (option threshold, default 2" in info.layout
+    assert "label frame f (1-based) = video frame f-1" in info.layout

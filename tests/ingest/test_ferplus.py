@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from fea20k.errors import SourceLayoutError
-from fea20k.ingest.ferplus import FERPLUS_TO_CANONICAL, majority_vote
-from tests.fixtures.corpora import build_ferplus
+from fea20k.ingest.ferplus import FERPLUS_TO_CANONICAL, FerPlus, majority_vote
+from tests.fixtures.corpora import build_ferplus, write_image
 from tests.ingest._helpers import assert_properties, check, run
 
 
@@ -72,3 +74,137 @@ def test_malformed_row(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None
 def test_real_data() -> None:
     recs = run("ferplus", Path(os.environ["FEA20K_DATA_FERPLUS"]))
     assert len(recs) == 35_887
+
+
+# ------------------------------------------------------------------------------------------- layouts seen on disk
+
+
+def test_trailing_blank_lines_in_fer2013new_csv(tmp_path: Path) -> None:
+    root, expected = build_ferplus(tmp_path)
+    with (root / "fer2013new.csv").open("a", newline="") as f:
+        f.write("\n\r\n")  # two blank lines after the last row
+    with (root / "fer2013.csv").open("a", newline="") as f:
+        f.write("\n")
+    recs = run("ferplus", root)
+    check(recs, expected)
+    assert_properties(recs)
+
+
+def test_blank_line_inside_fer2013new_csv_keeps_the_join_and_the_fer2013_row(tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A blank line in one file only: the join skips it, ids and frames stay the fer2013.csv rows, warnings name
+    the fer2013new.csv line."""
+    root, expected = build_ferplus(tmp_path)
+    lines = (root / "fer2013new.csv").read_text().splitlines()
+    lines[2] = lines[2].replace(",6,0,1,1,", ",6,0,x,1,")  # row 1: malformed votes
+    (root / "fer2013new.csv").write_text("\n".join([lines[0], lines[1], "", *lines[2:]]) + "\n")
+    expected["src/fer2013#1"] = {"split": "train", "reasons": ["label_parse_error"], "frame": 1}
+    recs = run("ferplus", root)
+    check(recs, expected)
+    assert "fer2013new.csv:4: vote counts are not integers" in caplog.text  # line 4 of the file, row 1 of both
+
+
+def test_row_count_message_names_the_rule(tmp_path: Path) -> None:
+    root, _ = build_ferplus(tmp_path)
+    with (root / "fer2013new.csv").open("a") as f:
+        f.write("Training,fer0000009.png,10,0,0,0,0,0,0,0,0,0\n\n")
+    with pytest.raises(SourceLayoutError) as err:
+        run("ferplus", root)
+    assert str(err.value) == (f"{root / 'fer2013new.csv'} has 7 rows but {root / 'fer2013.csv'} has 6 (blank lines "
+                              "not counted); FERPlus is joined to fer2013.csv by row position, so both must be the "
+                              "full files of one release (35,887 rows each)")
+
+
+# The generated layout: generate_training_data.py writes FER2013Train/Valid/Test with PNGs and a headerless label.csv;
+# the label.csv committed in the FERPlus repository has a face-rect column, the script's own output has none.
+GENERATED = {
+    "FER2013Train": ['fer0000000.png,"(0, 0, 48, 48)",4,0,0,1,3,2,0,0,0,0',  # 4 of 9 -> unknown
+                     'fer0000001.png,"(0, 0, 48, 48)",6,0,1,1,0,0,0,0,2,0',  # neutral
+                     'fer0000003.png,"(2, 1, 46, 47)",0,0,0,0,10,0,0,0,0,0'],  # anger, a smaller rect
+    "FER2013Valid": ["fer0000002.png,0,10,0,0,0,0,0,0,0,0",  # no rect column (the script's output)
+                     "fer0000005.png,0,0,0,0,0,0,0,0,2,8",  # NF
+                     "fer0000006.png,0,0,0,0,0,0,7,3,0,0"],  # listed, PNG missing
+    "FER2013Test": ['fer0000004.png,"(0, 0, 48, 48)",0,0,0,0,0,0,7,3,0,0',  # fear
+                    'fer0000007.png,"(0, 0, 48, 48)",0,0,10,0,0,0,0,0,0,0',  # 0-byte PNG
+                    'fer0000008.png,"(0, 0, 48, 48)",0,0,10,0'],  # short row
+}
+
+
+def _generated(root: Path) -> dict[str, dict]:
+    """Write the generated layout under ``root`` (PNG pixel value = its number); return the expected records."""
+    for folder, rows in GENERATED.items():
+        d = root / folder
+        d.mkdir(parents=True)
+        (d / "label.csv").write_bytes(("\r\n".join(rows) + "\r\n\r\n").encode())  # csv.writer's CRLF, a blank line
+        for row in rows:
+            name = row.split(",")[0]
+            if name == "fer0000007.png":
+                (d / name).write_bytes(b"")
+            elif name != "fer0000006.png":
+                write_image(d / name, int(name[3:10]), (48, 48), "L")
+    whole = [0.0, 0.0, 48.0, 48.0]
+    return {
+        "src/FER2013Train/fer0000000": {"split": "train", "emotion": None, "reasons": ["ferplus_unknown"]},
+        "src/FER2013Train/fer0000001": {"split": "train", "emotion": "neutral", "reasons": [], "bbox": whole,
+                                        "dist": {"neutral": 1.0}, "path": "FER2013Train/fer0000001.png"},
+        "src/FER2013Train/fer0000003": {"split": "train", "emotion": "anger", "reasons": [],
+                                        "bbox": [2.0, 1.0, 44.0, 46.0]},
+        "src/FER2013Valid/fer0000002": {"split": "val", "emotion": "happiness", "reasons": [], "bbox": whole,
+                                        "name": "fer0000002.png"},
+        "src/FER2013Valid/fer0000005": {"split": "val", "emotion": None, "reasons": ["ferplus_nf"]},
+        "src/FER2013Valid/fer0000006": {"split": "val", "emotion": "fear", "reasons": ["image_missing"]},
+        "src/FER2013Test/fer0000004": {"split": "test", "emotion": "fear", "reasons": [],
+                                       "dist": {"fear": 0.7, "contempt": 0.3}},
+        "src/FER2013Test/fer0000007": {"split": "test", "emotion": "surprise", "reasons": ["image_undecodable"]},
+        "src/FER2013Test/fer0000008": {"split": "test", "emotion": None, "reasons": ["label_parse_error"]},
+    }
+
+
+@pytest.mark.parametrize("under", ["", "data"])
+def test_generated_layout(tmp_path: Path, caplog: pytest.LogCaptureFixture, under: str) -> None:
+    root = tmp_path / "FERPlus"
+    expected = _generated(root / under)
+    if under:
+        expected = {k.replace("src/", "src/data/", 1): {**v, **({"path": f"data/{v['path']}"} if "path" in v else {})}
+                    for k, v in expected.items()}
+    stage = FerPlus({"source": "src", "root": str(root)})
+    with caplog.at_level(logging.INFO, logger="fea20k"):
+        recs = list(stage.iter_records())
+    by_id = check(recs, expected)
+    assert_properties(recs)
+    pre = f"{under}/" if under else ""
+    assert stage.layout_variant == (f"generated (generate_training_data.py): {pre}FER2013Train, {pre}FER2013Valid, "
+                                    f"{pre}FER2013Test with label.csv and PNGs")
+    assert (f"src: generated layout (generate_training_data.py): {pre}FER2013Train, {pre}FER2013Valid, "
+            f"{pre}FER2013Test") in caplog.text
+    assert f"{pre}FER2013Test/label.csv:3: 6 columns, expected name,rect and 10 vote counts" in caplog.text
+    for rec in recs:  # each record points at its own PNG: the pixel value is the number in its name
+        if not rec.reasons:
+            assert Image.open(root / rec.image.path).getpixel((5, 5)) == int(rec.meta["ferplus_name"][3:10])
+    r = by_id[f"src/{pre}FER2013Train/fer0000001"]
+    assert r.meta["votes"] == [6, 0, 1, 1, 0, 0, 0, 0, 2, 0] and r.meta["split_raw"] == "FER2013Train"
+    assert r.image.frame is None and r.meta["aligned"] is True and "pixels_in_csv" not in r.meta
+
+
+def test_layout_detection_and_one_line_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, csv_expected = build_ferplus(tmp_path)
+    gen_expected = _generated(root)
+    with caplog.at_level(logging.INFO, logger="fea20k"):
+        check(run("ferplus", root), csv_expected)  # both present: the release CSV wins, and the log says so
+    assert ("src: fer2013new.csv found: reading the CSV layout (the generated folders in the root are ignored; set "
+            "options.variant = \"generated\" to read them)") in caplog.text
+    check(run("ferplus", root, variant="generated"), gen_expected)
+    (root / "FER2013Valid" / "label.csv").unlink()
+    with pytest.raises(SourceLayoutError) as err:
+        run("ferplus", root, variant="generated")
+    assert str(err.value) == ("source 'src' (ferplus): FER2013Valid/ has no label.csv; expected the headerless "
+                              "label.csv that generate_training_data.py writes beside the PNGs")
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    with pytest.raises(SourceLayoutError) as err:
+        run("ferplus", empty)
+    assert str(err.value) == (f"source 'src' (ferplus): expected fer2013new.csv (with fer2013.csv) or the generated "
+                              "folders FER2013Train/, FER2013Valid/, FER2013Test/ (each with label.csv and PNGs, in "
+                              f"the root or data/) under {empty}; found ['images']")
+    with pytest.raises(SourceLayoutError, match=r"^[^\n]*: expected fer2013new\.csv \(with fer2013\.csv\) under "):
+        run("ferplus", empty, variant="csv")
