@@ -222,7 +222,8 @@ def _pid_alive(pid: int | None) -> bool:
 
 
 def round_status(ws: Workspace, round_: int) -> list[StageStatus]:
-    """Each planned stage of the round: up to date / stale / running / interrupted / failed / not run."""
+    """Each planned stage of the round: up to date / stale / running / interrupted / incomplete (samples pending
+    on an endpoint) / failed / not run."""
     out = []
     for group in plan_round(ws, round_):
         for ps in group:
@@ -236,16 +237,18 @@ def round_status(ws: Workspace, round_: int) -> list[StageStatus]:
                 status = "interrupted"
             elif state is not None and state.status == "failed" and state.signature == ps.signature:
                 status = "failed"
+            elif state is not None and state.status == "pending" and state.signature == ps.signature:
+                status = "incomplete"  # samples wait for an endpoint: `build` retries them
             elif _up_to_date(ws, ps, marker):
                 status = "up to date"
             elif marker or (d / SIGNATURE_FILE).exists():
                 status = "stale"
             else:
                 status = "not run"
-            if stats is None and status in ("running", "interrupted", "failed"):
+            if stats is None and status in ("running", "interrupted", "failed", "incomplete"):
                 stats = _partial_stats(d)
             out.append(StageStatus(round_, ps.key, status, ps.signature, stats,
-                                   state.error if state and status == "failed" else None))
+                                   state.error if state and status in ("failed", "incomplete") else None))
     return out
 
 
@@ -536,6 +539,9 @@ def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, opts: ExecOp
             raise TypeError(f"{stage.name}: unknown stage kind {stage.kind!r}")
     except KeyboardInterrupt:
         ws.ledger.stage_finished(ps.round, ps.key, "interrupted")
+        raise
+    except PendingError as e:  # not a failure: samples wait for the endpoint, the next build retries them
+        ws.ledger.stage_finished(ps.round, ps.key, "pending", error=str(e))
         raise
     except BaseException as e:
         ws.ledger.stage_finished(ps.round, ps.key, "failed", error=f"{type(e).__name__}: {e}")

@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS stages (
     round INTEGER NOT NULL,
     stage TEXT NOT NULL,            -- stage key, e.g. faces.align or ingest/rafdb
     signature TEXT NOT NULL,
-    status TEXT NOT NULL,           -- running | done | failed | interrupted
+    status TEXT NOT NULL,           -- running | done | failed | interrupted | pending
     pid INTEGER,
     started REAL,
     finished REAL,

@@ -18,6 +18,7 @@ _STATUS_STYLE = {
     "running": "cyan",
     "interrupted": "magenta",
     "failed": "red",
+    "incomplete": "yellow",
     "not run": "dim",
 }
 

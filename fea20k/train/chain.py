@@ -51,6 +51,8 @@ def round_state(statuses: list[StageStatus]) -> str:
     if all(s.status == "not run" for s in statuses):
         return "not run"
     first = next(s for s in statuses if s.status != "up to date")
+    if first.status == "incomplete" and first.error:  # samples pending on an endpoint: the error says how many
+        return f"incomplete at {first.key}: {first.error}"
     return f"incomplete: {first.key} {first.status}"
 
 
