@@ -29,16 +29,21 @@ def _recipe_append(ws: Path, text: str) -> None:
     recipe.write_text(recipe.read_text() + "\n" + text + "\n")
 
 
-def test_disfa_frames_elsewhere_stop_the_build_with_one_line(tmp_path: Path) -> None:
+def _delete_raf_images(ws: Path) -> None:
+    for img in (ws / "corpora" / "RAF-DB" / "basic" / "Image" / "original").glob("*.jpg"):
+        img.unlink()
+
+
+def test_a_source_with_nothing_kept_stops_the_build_with_one_line(tmp_path: Path) -> None:
     ws = _demo(tmp_path)
-    (ws / "corpora" / "DISFA" / "Images").rename(ws / "corpora" / "DISFA" / "Elsewhere")
+    _delete_raf_images(ws)  # the label file is there, every image it names is gone
     with pytest.raises(ExclusionGuardError) as e:
         build_round(ws, 0, quiet=True)
     lines = str(e.value).splitlines()
     assert lines[0].startswith("stopped after ingest/") and len(lines) == 2  # one line for the one source lost
-    assert lines[1].startswith("disfa: 30 of 30 records excluded as image_missing at ingest/disfa (nothing kept)")
-    assert "first: Videos_LeftCamera/LeftVideoSN001_comp.avi frame 0" in lines[1]
-    assert "[allow_exclusion_share] disfa = 1.0 in pipelines/demo.toml" in lines[1]
+    assert lines[1].startswith("rafdb: 30 of 30 records excluded as image_missing at ingest/rafdb (nothing kept)")
+    assert "(first: Image/original/train_00001.jpg)" in lines[1]
+    assert "[allow_exclusion_share] rafdb = 1.0 in pipelines/demo.toml" in lines[1]
     # what ingest wrote is kept; a re-run skips the finished stage and stops again
     w = Workspace(ws)
     assert (w.stage_dir(0, "ingest/disfa") / "_SUCCESS.json").is_file()
@@ -46,15 +51,15 @@ def test_disfa_frames_elsewhere_stop_the_build_with_one_line(tmp_path: Path) -> 
     with pytest.raises(ExclusionGuardError):
         build_round(ws, 0, quiet=True)
     assert not (ws / "releases" / "round-0").exists()
-    # the recipe allows it: the build goes on, with every RAF-DB row and no DISFA row
-    _recipe_append(ws, "[allow_exclusion_share]\ndisfa = 1.0")
+    # the recipe allows it: the build goes on, with every DISFA row and no RAF-DB row
+    _recipe_append(ws, "[allow_exclusion_share]\nrafdb = 1.0")
     result = build_round(ws, 0, quiet=True)
-    assert "publish" in result.ran and "ingest/disfa" not in result.ran  # ingest was not redone
+    assert "publish" in result.ran and "ingest/rafdb" not in result.ran  # ingest was not redone
     import datasets
 
     rel = datasets.load_dataset(str(ws / "releases" / "round-0"))
     sources = {s for split in rel for s in rel[split]["source"]}
-    assert sources == {"rafdb"}
+    assert sources == {"disfa"}
 
 
 def test_missing_landmarks_stop_the_build_after_faces_align(tmp_path: Path) -> None:
@@ -95,10 +100,10 @@ def test_bad_share_is_a_config_error(tmp_path: Path) -> None:
 
 def test_the_command_line_exits_2_with_the_lines(tmp_path: Path) -> None:
     ws = _demo(tmp_path)
-    (ws / "corpora" / "DISFA" / "Images").rename(ws / "corpora" / "DISFA" / "Elsewhere")
+    _delete_raf_images(ws)
     r = subprocess.run([sys.executable, "-c", "from fea20k.cli import main; main()", "build", "--round", "0",
                         "-w", str(ws), "-q"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     err = " ".join(r.stderr.split())
-    assert "stopped after ingest/" in err and "disfa: 30 of 30 records excluded as image_missing" in err
+    assert "stopped after ingest/" in err and "rafdb: 30 of 30 records excluded as image_missing" in err
     assert "Traceback" not in r.stderr

@@ -42,24 +42,31 @@ def test_demo_sources_check_clean_and_writes_nothing(tmp_path: Path) -> None:
 def test_broken_copy_is_reported_source_by_source(tmp_path: Path) -> None:
     ws = _demo(tmp_path)
     images = ws / "corpora" / "RAF-DB" / "basic" / "Image" / "original"
-    victim = sorted(images.glob("train_*.jpg"))[0]
-    victim.unlink()
-    (images / "stray_00001.jpg").write_bytes((images / sorted(p.name for p in images.iterdir())[0]).read_bytes())
+    first = sorted(images.glob("*.jpg"))[0]
+    (images / "stray_00001.jpg").write_bytes(first.read_bytes())  # an image no label row names
+    sorted(images.glob("train_*.jpg"))[0].unlink()  # a label row whose image is gone
     (ws / "corpora" / "DISFA" / "Images").rename(ws / "corpora" / "DISFA" / "Elsewhere")
     code, out = _check(ws)
     assert code == 2, out
     flat = " ".join(out.split())
-    assert "disfa: the build would stop: 30 of 30 excluded as image_missing" in flat
-    assert "disfa: SN001: no frame folder and no left-camera video found" in flat
+    # DISFA's frames are not where its layouts put them: the adapter's one-line error, naming the fix
+    assert "disfa: source 'disfa' (disfa): no frames for any of its 3 subject(s)" in flat
+    assert 'options.frames_dir = "Elsewhere"' in flat
     assert "1 source(s) need attention: disfa" in flat
     by = {c.source: c for c in check_workspace(Workspace(ws))}
     raf = by["rafdb"]
     assert raf.labels_without_image == 1 and raf.excluded == {"image_missing": 1} and raf.kept == 29
     assert raf.images_unlabelled == 1  # the stray file no label row names
     assert raf.guard is None  # 1 of 30 is under the share
+    # every RAF-DB image gone: the guard's verdict before any build
+    for img in images.glob("*.jpg"):
+        img.unlink()
+    code, out = _check(ws)
+    flat = " ".join(out.split())
+    assert code == 2 and "rafdb: the build would stop: 30 of 30 excluded as image_missing" in flat
     # a source whose root is gone: its layout error, one line, and the others are still checked
     shutil.rmtree(ws / "corpora" / "RAF-DB")
     code, out = _check(ws)
     assert code == 2
     flat = " ".join(out.split())
-    assert "rafdb: source 'rafdb': root" in flat and "does not exist" in flat and "disfa: the build would stop" in flat
+    assert "rafdb: source 'rafdb': root" in flat and "does not exist" in flat and "disfa: source 'disfa'" in flat
