@@ -116,6 +116,20 @@ class Bp4d(IngestAdapter):
     Config = Bp4dConfig
     config: Bp4dConfig
     corpus = "bp4d"
+    CONVENTIONS: ClassVar[dict[str, str]] = {
+        "AU coding": "occurrence 0/1 per frame; 9 = not coded (unknown, never absent)",
+        "AU set": "protocol 'full' (every coded AU, default) or 'benchmark12' (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, "
+                  "24)",
+        "class set": "no emotion labels",
+        "split rule": "subject folds of split_file (ME-GraphAU's by default), option fold is the test part",
+    }
+
+    def conventions(self) -> dict[str, str]:
+        c = self.config
+        folds = (f"subject folds of {c.split_file}, fold {c.fold} is the test part" if c.split_file
+                 else "no fold file: every subject train")
+        extra = f"; also test: {', '.join(c.test_subjects)}" if c.test_subjects else ""
+        return {**self.CONVENTIONS, "AU set": f"protocol {c.protocol}", "split rule": folds + extra}
     layout_variant: str | None = None  # the layout found, set while reading (shown by `fea20k sources --check`)
     occ_dirs: ClassVar[tuple[str, ...]] = ("AUCoding/AU_OCC", "AUCoding")  # the release, and the AU_OCC level dropped
     image_dirs: ClassVar[tuple[str, ...]] = ("Sequences_2D+3D", "2D+3D", "Sequences", "images")
@@ -303,6 +317,11 @@ class Bp4dPlus(Bp4d):
 
     Config = Bp4dPlusConfig
     corpus = "bp4dplus"
+    CONVENTIONS: ClassVar[dict[str, str]] = {
+        "AU coding": "occurrence 0/1 per frame; 9 = not coded (unknown, never absent); intensities from AU_INT",
+        "class set": "no emotion labels",
+        "split rule": "no standard split: every subject train unless listed in test_subjects",
+    }
     image_dirs = ("2D+3D", "Sequences_2D+3D")
     int_dirs = ("AUCoding/AU_INT",)
     layout = """

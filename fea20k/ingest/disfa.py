@@ -161,6 +161,22 @@ class Disfa(IngestAdapter):
     Config: ClassVar[type[IngestConfig]] = DisfaConfig
     config: DisfaConfig
     corpus = "disfa"
+    CONVENTIONS: ClassVar[dict[str, str]] = {
+        "AU coding": "intensity 0-5 per frame; present when intensity >= threshold (option threshold, default 2 "
+                     "as ME-GraphAU; OpenGraphAU uses 1); the raw intensity is kept",
+        "AU set": "12 AUs: 1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26",
+        "class set": "no emotion labels",
+        "split rule": "ME-GraphAU's 3-fold subject split; option test_fold (default 1) is the test part",
+    }
+
+    def conventions(self) -> dict[str, str]:
+        c = self.config
+        return {**self.CONVENTIONS,
+                "AU coding": f"intensity 0-5 per frame; present when intensity >= {c.threshold}; the raw intensity "
+                             "is kept (meta.au_threshold)",
+                "split rule": f"ME-GraphAU's 3-fold subject split, fold {c.test_fold} is the test part",
+                "frames": f"{c.frames}, numbering {c.frame_base}, stride {c.stride}"
+                          + (", only frames whose AU set changes" if c.au_change else "")}
     layout_variant: str | None = None  # the layout found, set while reading (shown by `fea20k sources --check`)
     layout = """
 DISFA/

@@ -17,7 +17,7 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -106,6 +106,17 @@ class DisfaPlus(IngestAdapter):
     Config = DisfaPlusConfig
     config: DisfaPlusConfig
     corpus = "disfaplus"
+    CONVENTIONS: ClassVar[dict[str, str]] = {
+        "AU coding": "intensity 0-5 per frame; present when intensity >= threshold (option threshold, default 2)",
+        "class set": "no emotion labels",
+        "split rule": "no standard split: every subject train unless listed in test_subjects",
+    }
+
+    def conventions(self) -> dict[str, str]:
+        c = self.config
+        return {**self.CONVENTIONS,
+                "AU coding": f"intensity 0-5 per frame; present when intensity >= {c.threshold}",
+                "split rule": f"test subjects: {', '.join(c.test_subjects) or 'none'}; every other subject train"}
     layout = """
 DISFAPlus/
   Images/SN001/A1_AU1_TrailNo_1/000.jpg 001.jpg ... TimeStamp.txt

@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
@@ -199,6 +199,13 @@ class Fer2013Csv(IngestAdapter):
     Config = Fer2013CsvConfig
     config: Fer2013CsvConfig
     corpus = "fer2013_csv"
+    CONVENTIONS: ClassVar[dict[str, str]] = {
+        "label order": "0..6 = anger, disgust, fear, happiness, sadness, surprise, neutral (Angry ... Neutral)",
+        "class set": "7 basic emotions, no contempt",
+        "split rule": "Usage: Training -> train, PublicTest -> val, PrivateTest -> test (competition train.csv: "
+                      "all train)",
+        "images": "48x48 grey pixels in the CSV, pixel values 0-255",
+    }
     layout_variant: str | None = None  # the layout found, set while reading (shown by `fea20k sources --check`)
     layout = """
 fer2013/
@@ -310,6 +317,15 @@ class Fer2013Folder(IngestAdapter):
     Config = Fer2013FolderConfig
     config: Fer2013FolderConfig
     corpus = "fer2013_folder"
+    CONVENTIONS: ClassVar[dict[str, str]] = {
+        "label order": "folder names angry, disgust, fear, happy, sad, surprise, neutral, mapped by name",
+        "class set": "7 basic emotions, no contempt",
+        "split rule": "train/ -> train; test/ by file-name prefix: PublicTest_ -> val, PrivateTest_ -> test",
+    }
+
+    def conventions(self) -> dict[str, str]:
+        return {**self.CONVENTIONS,
+                "split rule": self.CONVENTIONS["split rule"] + f"; no prefix -> {self.config.test_unprefixed}"}
     layout_variant: str | None = None  # the layout found, set while reading (shown by `fea20k sources --check`)
     layout = """
 fer2013/

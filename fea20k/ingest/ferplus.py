@@ -18,7 +18,7 @@ import csv
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -119,6 +119,13 @@ class FerPlus(IngestAdapter):
     Config = FerPlusConfig
     config: FerPlusConfig
     corpus = "ferplus"
+    CONVENTIONS: ClassVar[dict[str, str]] = {
+        "label rule": "the official FERPlus majority: counts <= 1 zeroed, the argmax wins with more than half of the "
+                      "rest; unknown / NF / no majority excluded; the vote distribution kept in meta",
+        "class set": "8 (contempt included)",
+        "split rule": "Training / FER2013Train -> train, PublicTest / FER2013Valid -> val, PrivateTest / "
+                      "FER2013Test -> test",
+    }
     layout_variant: str | None = None  # the layout found, set while reading (shown by `fea20k sources --check`)
     layout = """
 FERPlus/
