@@ -48,7 +48,7 @@ from fea20k.io import (
     write_table_atomic,
 )
 from fea20k.lock import workspace_lock
-from fea20k.procs import exit_with_parent
+from fea20k.procs import exit_with_parent, quiet_on_interrupt
 from fea20k.record import FaceRecord
 from fea20k.schema import SCHEMA, to_arrow
 from fea20k.stage import (
@@ -726,18 +726,12 @@ _WORKER_STAGE: MapStage | None = None
 def _worker_init(cls: type[MapStage], config: dict[str, Any], ctx: StageContext, plugin_root: str) -> None:
     global _WORKER_STAGE
     exit_with_parent()
-    # Ctrl-C reaches the whole process group: the build reports it; a worker ends at once, without a traceback (its
-    # chunk in progress is redone by the next build, its temp file removed then)
-    signal.signal(signal.SIGINT, _exit_quietly)
+    quiet_on_interrupt()
     load_workspace_plugins(Path(plugin_root))
     stage = cls(config, ctx)
     assert isinstance(stage, MapStage)
     stage.load()
     _WORKER_STAGE = stage
-
-
-def _exit_quietly(signum: int, frame: object) -> None:
-    os._exit(128 + signum)
 
 
 def _worker_task(in_path: Path, d: Path, index: int) -> dict[str, Any]:

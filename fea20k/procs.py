@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 
@@ -21,3 +22,13 @@ def exit_with_parent() -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="fea20k-exit-with-parent", daemon=True).start()
+
+
+def quiet_on_interrupt() -> None:
+    """Worker side: on Ctrl-C (SIGINT reaches the whole process group) end at once, without a traceback. The build
+    process reports the interruption; the worker's chunk in progress is redone by the next build."""
+    signal.signal(signal.SIGINT, _exit_quietly)
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    os._exit(128 + signum)

@@ -200,11 +200,12 @@ class ClientPool:
 def _client_main(conn: Any, stage_cls: type, config: dict[str, Any], ctx: Any, k: int, n: int, budget_array: Any,
                  live: Any) -> None:
     """Worker process: load the stage as client k of n, then annotate each shard the build sends."""
-    from fea20k.procs import exit_with_parent
+    from fea20k.procs import exit_with_parent, quiet_on_interrupt
     from fea20k.stage import load_workspace_plugins
     from fea20k.stats import StageStats
 
     exit_with_parent()
+    quiet_on_interrupt()  # the build reports a Ctrl-C once (answers cached so far are kept)
     try:
         load_workspace_plugins(Path(ctx.workspace_root))
         stage = stage_cls(config, ctx)

@@ -308,9 +308,10 @@ def _worker_init() -> None:
     """Worker initializer: the worker ends when its parent process is gone; numpy is imported."""
     import numpy  # noqa: F401 - every job needs it; import it before the first one
 
-    from fea20k.procs import exit_with_parent
+    from fea20k.procs import exit_with_parent, quiet_on_interrupt
 
     exit_with_parent()
+    quiet_on_interrupt()  # the build reports a Ctrl-C once; a worker's traceback would only repeat it
 
 
 # ------------------------------------------------------------------------------------------- one id, one record
