@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,18 @@ def _isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
     for var in _SECRET_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("FEA20K_WORKERS", os.environ.get("FEA20K_TEST_WORKERS", "2"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_fea20k_logging() -> Iterator[None]:
+    """A CLI command installs handlers on the ``fea20k`` logger, on the streams of its test (CliRunner's, capsys'),
+    which close with the test: put the old handlers back so a later test never logs into a closed stream."""
+    log = logging.getLogger("fea20k")
+    handlers, level, propagate = list(log.handlers), log.level, log.propagate
+    yield
+    log.handlers[:] = handlers
+    log.setLevel(level)
+    log.propagate = propagate
 
 
 @pytest.fixture
