@@ -1,7 +1,9 @@
 """Ingest throughput and memory: an AffectNet-CSV-shaped fixture and a DISFA-shaped fixture, each read the way
 the engine reads its adapter: ``iter_tables()`` (Arrow tables) for a columnar adapter, else ``iter_records()``
 (images not read). DISFA is measured with its 66-point .mat landmarks (default: read by a 2-process pool with the
-driver), on the same tree without them, and with them read by the driver alone (``processes=0``).
+driver), on the same tree without them, and with them read by the driver alone (``processes=0``); then with
+pre-extracted frame files (``Images/SNxxx/<t>.jpg``, a small real JPEG each) read in folder mode, which adds the
+shared image check of the frame files (``check_frames``: the default sample, and ``"all"``).
 Prints ONE JSON line.
 
     python bench/ingest.py                       # 300,000 AffectNet rows; 27 DISFA subjects x 4,845 frames
@@ -88,6 +90,23 @@ def write_disfa(root: Path, subjects: int, frames: int) -> None:
         (root / "Videos_LeftCamera" / f"LeftVideo{subj}_comp.avi").write_bytes(b"")
 
 
+def write_disfa_frames(root: Path, subjects: int, frames: int) -> None:
+    """``Images/SNxxx/<t>.jpg`` (0-based, ME-GraphAU's layout) for every label frame: the same small JPEG."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    jpeg = buf.getvalue()
+    for subj in DISFA_SUBJECTS[:subjects]:
+        folder = root / "Images" / subj
+        folder.mkdir(parents=True)
+        for t in range(frames):
+            (folder / f"{t}.jpg").write_bytes(jpeg)
+
+
 def measure(adapter: str, root: Path, expected_rows: int, **options: object) -> dict[str, float]:
     import logging
 
@@ -127,6 +146,7 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=27, help="DISFA subjects (<= 27)")
     ap.add_argument("--frames", type=int, default=4845, help="DISFA frames per subject")
     ap.add_argument("--no-landmarks", action="store_true", help="DISFA: do not write the .mat landmarks")
+    ap.add_argument("--no-frame-files", action="store_true", help="DISFA: skip the frame-folder measurements")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fea20k-bench-ingest-"))
     try:
@@ -143,6 +163,17 @@ def main() -> None:
         disfa_labels = measure("disfa", tmp / "disfa", args.subjects * args.frames, frames="video", landmarks=False)
         disfa_driver = measure("disfa", tmp / "disfa", args.subjects * args.frames, frames="video",
                                landmarks=not args.no_landmarks, processes=0)
+        folders: dict[str, object] = {}
+        if not args.no_frame_files:
+            t = time.perf_counter()
+            write_disfa_frames(tmp / "disfa", args.subjects, args.frames)
+            folders["disfa_frame_folders"] = {
+                **measure("disfa", tmp / "disfa", args.subjects * args.frames, frames="folder",
+                          landmarks=not args.no_landmarks), "check_frames": "sample",
+                "fixture_seconds": round(time.perf_counter() - t, 1)}
+            folders["disfa_frame_folders_check_all"] = {
+                **measure("disfa", tmp / "disfa", args.subjects * args.frames, frames="folder",
+                          landmarks=not args.no_landmarks, check_frames="all"), "check_frames": "all"}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps({
@@ -152,6 +183,7 @@ def main() -> None:
                   "landmarks": not args.no_landmarks, "fixture_seconds": round(build_disfa, 1)},
         "disfa_without_landmarks": disfa_labels,
         "disfa_landmarks_in_driver_only": disfa_driver,
+        **folders,
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "target_rows_per_s": 100_000,
     }))

@@ -85,26 +85,27 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _OTHER_SIGNATURES = (b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")  # read by the PIL fallback; signature only
 
 
-def sniff_image(head: bytes, tail: bytes, size: int) -> str | None:
+def sniff_image(head: bytes, tail: bytes | None, size: int) -> str | None:
     """Why a file cannot be a complete image, from its first bytes ``head`` (>= 16 when the file has them), its last
     bytes ``tail`` (the last 64) and its ``size``; ``None`` when it looks complete. No decode.
 
     JPEG: SOI then a marker, and the end-of-image marker (the same rule as the decoder's truncation check). PNG:
     signature, IHDR, and IEND at the end. WebP and BMP: signature and the size the header declares. GIF and TIFF:
-    signature. Anything else (an HTML page saved as .jpg, an empty file) is not an image.
+    signature. Anything else (an HTML page saved as .jpg, an empty file) is not an image. ``tail`` None: the end is
+    not at hand (a compressed zip member would have to be inflated whole), so the end-marker checks are skipped.
     """
     if size == 0:
         return "zero-byte file"
     if head[:3] == b"\xff\xd8\xff":
         if len(head) < 4 or head[3] < 0xC0 or 0xD0 <= head[3] <= 0xD9:
             return "JPEG signature without a valid marker after it"
-        if _jpeg_truncated(tail):
+        if tail is not None and _jpeg_truncated(tail):
             return "truncated JPEG (no end-of-image marker)"
         return None
     if head[:8] == _PNG_SIGNATURE:
         if head[12:16] != b"IHDR":
             return "PNG signature without an IHDR header"
-        if b"IEND" not in tail:
+        if tail is not None and b"IEND" not in tail:
             return "truncated PNG (no IEND chunk)"
         return None
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":

@@ -9,7 +9,12 @@ column. Cells: 1 present, 0 absent, **9 unknown -> None, never 0**.
 ``"full"`` codes every AU with at least one 0/1 cell in the file. Frame images ``<images_dir>/<subj>/<task>/<frame>``
 are matched by ``int(stem)``, so 3-digit, 4-digit and unpadded names (which differ per subject) all resolve; the
 padding found is logged per task folder. BP4D+ frames may stay inside ``2D+3D/<subj>.zip``: such images are
-referenced as ``2D+3D/F001.zip/<member>`` (a path that goes through the zip, like :class:`zipfile.Path`).
+referenced as ``2D+3D/F001.zip/<member>`` (a path that goes through the zip, like :class:`zipfile.Path`); a labelled
+frame missing from the zip as ``2D+3D/F001.zip/<subj>/<task>/<frame>.jpg``, so its id names its task.
+
+Every frame file referenced gets the shared cheap image check (``_common.check_images``; zip members
+``_common.check_zip_members``: stored members head and tail in place, compressed ones head and size only). Ids are
+the frame files, so a frame listed on two rows of a CSV goes through ``_common.resolve_duplicates``.
 
 Splits are data: BP4D's ME-GraphAU 3-fold subject lists ship as ``fea20k/ingest/splits/bp4d_megraphau.json``.
 
@@ -33,7 +38,16 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from fea20k.errors import ConfigError, SourceLayoutError
-from fea20k.ingest._common import IMAGE_EXTS, IMAGE_MISSING, LABEL_PARSE_ERROR, warn_line
+from fea20k.ingest._common import (
+    IMAGE_EXTS,
+    IMAGE_MISSING,
+    LABEL_PARSE_ERROR,
+    check_images,
+    check_zip_members,
+    exclude_unusable_images,
+    resolve_duplicates,
+    warn_line,
+)
 from fea20k.ingest.base import IngestAdapter, IngestConfig
 from fea20k.ingest.sampling import FrameSampler, SamplingConfig
 from fea20k.record import FaceRecord
@@ -109,8 +123,10 @@ class Bp4d(IngestAdapter):
     None), au_coded, au_intensity (when intensity files exist); meta task, frame, fold_part, benchmark12.
     No emotion: the task is an elicitation context, not a label.
 
-    Drops: image_missing (a labelled frame without a JPEG), label_parse_error (bad frame number, wrong column
-    count). Frames not kept by sampling are counted in ``frames_skipped_sampling``.
+    Drops: image_missing (a labelled frame without a JPEG), image_undecodable (``_common.check_image`` of the frame
+    file: empty, not an image, truncated; a zip member: see :func:`check_zip_members`), label_parse_error (bad frame
+    number, wrong column count), label_conflict (a frame on two rows of one CSV with different AUs; with the same
+    AUs it is one record). Frames not kept by sampling are counted in ``frames_skipped_sampling``.
     """
 
     Config = Bp4dConfig
@@ -267,7 +283,7 @@ BP4D/
                 continue
             try:
                 parsed.append((n, int(float(row[0])), row))
-            except ValueError:
+            except (ValueError, OverflowError):  # "abc", "nan"; "inf"
                 warn_line(csv_path, n, f"frame {row[0]!r} is not a number")
                 parsed.append((n, -1, None))
         if self.config.protocol == "benchmark12":
@@ -277,34 +293,80 @@ BP4D/
                            if any(r is not None and r[i].strip() in ("0", "1") for _, _, r in parsed))
         folder, frames = self._frames(images_dir, subject, task)
         intensity = self._intensity(subject, task)
+        # one id per frame (its file): a frame on two rows of the CSV (a hand-edited or concatenated copy; corpora.md
+        # does not rule it out) is read at its first row's place and its rows resolved together (resolve_duplicates)
+        rows_of: dict[int, list[int]] = {}
+        for i, (_, frame, row) in enumerate(parsed):
+            if row is not None:
+                rows_of.setdefault(frame, []).append(i)
         odd_cells = 0
-        for pos, (line, frame, row) in enumerate(parsed):
+        out: list[FaceRecord] = []
+        pos = -1  # the row's place for the sampler: a repeat takes none, so it does not shift the stride
+        for i, (line, frame, row) in enumerate(parsed):
             if row is None:
+                pos += 1
                 rec = self.make_record(f"{occ_dir}/{csv_path.stem}", frame=line, subject=subject, split=split)
                 rec.meta.update(task=task, line=line)
-                yield self.exclude(rec, LABEL_PARSE_ERROR)
+                out.append(self.exclude(rec, LABEL_PARSE_ERROR))
                 continue
-            aus: dict[int, int | None] = {}
-            for au in coded:
-                cell = row[cols[au]].strip()
-                if cell not in OCC_VALUES:
-                    odd_cells += 1
-                aus[au] = OCC_VALUES.get(cell)
-            if not sampler.keep(pos, aus):
+            group = rows_of[frame]
+            if group[0] != i:
+                continue  # a repeat: resolved with the frame's first row
+            pos += 1
+            listed = [(parsed[k][0], *_occurrences(parsed[k][2], cols, coded)) for k in group]  # type: ignore[arg-type]
+            odd_cells += sum(n for _, _, n in listed)
+            if not sampler.keep(pos, listed[0][1]):
                 continue
-            name = frames.get(frame)
-            rec = self.make_record(f"{folder}/{name or f'{frame}.jpg'}", subject=subject, split=split)
-            rec.aus, rec.au_coded, rec.aus_origin = aus, list(coded), "gt"
-            rec.au_intensity = {au: v[frame] for au, v in intensity.items() if frame in v}
-            rec.meta.update(task=task, frame=frame, fold_part=part, split_raw=None,
-                            benchmark12=[au for au in BENCHMARK12 if au in coded])
-            if name is None:
-                yield self.exclude(rec, IMAGE_MISSING)
-                continue
-            yield rec
+            # a frame without a file keeps the place its file would have (in a zip: <subject>/<task>/, so that the
+            # same frame number of two tasks gives two ids)
+            name = frames.get(frame) or (f"{subject}/{task}/{frame}.jpg" if folder.endswith(".zip") else
+                                         f"{frame}.jpg")
+            recs = []
+            for row_line, row_aus, _ in listed:
+                rec = self.make_record(f"{folder}/{name}", subject=subject, split=split)
+                rec.aus, rec.au_coded, rec.aus_origin = row_aus, list(coded), "gt"
+                rec.au_intensity = {au: v[frame] for au, v in intensity.items() if frame in v}
+                rec.meta.update(task=task, frame=frame, fold_part=part, split_raw=None,
+                                benchmark12=[au for au in BENCHMARK12 if au in coded])
+                if len(listed) > 1:
+                    rec.meta["line"] = row_line  # where each listing was, for the duplicate rule's report
+                recs.append(rec)
+            rec = resolve_duplicates(recs, self)
+            out.append(self.exclude(rec, IMAGE_MISSING) if frame not in frames and not rec.excluded else rec)
+        self._check_frames(out, folder, csv_path)
+        yield from out
         if odd_cells:
             logger.warning("%s: %d cell(s) not 0/1/9 read as unknown (None)", csv_path, odd_cells)
             self.stats.add("odd_cells", odd_cells)
+
+    def _check_frames(self, recs: list[FaceRecord], folder: str, csv_path: Path) -> None:
+        """The shared image check (``_common``) of the frame files ``recs`` reference (those not yet excluded): files
+        in a folder, or members of a BP4D+ zip (read in place; see :func:`check_zip_members`)."""
+        todo = [r for r in recs if not r.excluded]
+        if not todo:
+            return
+        prefix = len(folder) + 1
+        members = [r.image.path[prefix:] for r in todo]  # type: ignore[union-attr]
+        zpath = self.root / folder
+        if folder.endswith(".zip") and zpath.is_file():
+            problems = check_zip_members(zpath, members)
+            paths: list[Path | str] = [f"{zpath}/{m}" for m in members]
+        else:
+            paths = [zpath / m for m in members]
+            problems = check_images(paths)
+        exclude_unusable_images(self, todo, problems, paths, csv_path)
+
+
+def _occurrences(row: list[str], cols: dict[int, int], coded: list[int]) -> tuple[dict[int, int | None], int]:
+    """``({AU: 1 | 0 | None}, number of cells other than 0/1/9)`` of one CSV row, for the ``coded`` AUs."""
+    aus: dict[int, int | None] = {}
+    odd = 0
+    for au in coded:
+        cell = row[cols[au]].strip()
+        if cell not in OCC_VALUES:
+            odd += 1
+        aus[au] = OCC_VALUES.get(cell)
+    return aus, odd
 
 
 @register_stage("ingest.bp4dplus")

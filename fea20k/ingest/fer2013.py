@@ -26,6 +26,11 @@ from fea20k.ingest._common import (
     IMAGE_UNDECODABLE,
     LABEL_OUT_OF_RANGE,
     LABEL_PARSE_ERROR,
+    PIXELS_OUT_OF_RANGE,
+    SPLIT_UNKNOWN,
+    check_images,
+    exclude_unusable_images,
+    unique_records,
     warn_line,
 )
 from fea20k.ingest.base import IngestAdapter, IngestConfig
@@ -68,8 +73,6 @@ FER_SIDE = 48
 FER_PIXELS = FER_SIDE * FER_SIDE
 CSV_CANDIDATES = ("fer2013.csv", "fer2013/fer2013.csv", "icml_face_data.csv")  # every row, with Usage
 KAGGLE_TRAIN_CSV = "train.csv"  # the competition's train.csv: emotion,pixels, no Usage (corpora.md §6a)
-PIXELS_OUT_OF_RANGE = "pixels_out_of_range"  # integer pixel values outside 0..255 (not a uint8 image)
-SPLIT_UNKNOWN = "split_unknown"  # a Kaggle-folder test file whose name says neither PublicTest nor PrivateTest
 _PIXEL_TEXT = bytes(range(48, 58)) + b" "  # the bytes of a well-formed pixel string
 
 
@@ -310,8 +313,9 @@ class Fer2013Folder(IngestAdapter):
     prefix decides: PublicTest -> val, PrivateTest -> test, none -> ``test_unprefixed``), emotion from the folder
     name; meta aligned, split_raw (``test/PublicTest``, ``test/<no prefix>``, ...).
 
-    Drops: label_out_of_range (an unknown class folder), image_undecodable (zero-byte file), split_unknown
-    (``test_unprefixed = "exclude"``).
+    Drops: label_out_of_range (an unknown class folder), split_unknown (``test_unprefixed = "exclude"``),
+    image_undecodable (``_common.check_image`` on every image file: empty, not an image, truncated),
+    label_conflict (two files of one class folder whose names differ only by extension: one id, two images).
     """
 
     Config = Fer2013FolderConfig
@@ -354,13 +358,17 @@ conventions: folder name = label; test/ split by prefix: PublicTest -> val, Priv
                 if emotion is None:
                     logger.warning("%s: class folder %r is not one of %s; its images are excluded", base,
                                    cls_dir.name, sorted(FER_FOLDER_TO_CANONICAL))
-                for p in sorted(cls_dir.iterdir()):
-                    if p.suffix.lower() not in IMAGE_EXTS:
-                        continue
-                    rec = self._one(top, cls_dir.name, p, emotion)
-                    if rec.meta["split_raw"] == "test/<no prefix>":
-                        unprefixed.append(f"{top}/{cls_dir.name}/{p.name}")
-                    yield rec
+                files = sorted(p for p in cls_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+                recs = [self._one(top, cls_dir.name, p, emotion) for p in files]
+                unprefixed += [f"{top}/{cls_dir.name}/{p.name}" for p, r in zip(files, recs, strict=True)
+                               if r.meta["split_raw"] == "test/<no prefix>"]
+                # the shared signature check, batched per class folder (a few thousand files), on the kept ones
+                kept = [i for i, r in enumerate(recs) if not r.excluded]
+                paths = [files[i] for i in kept]
+                exclude_unusable_images(self, [recs[i] for i in kept], check_images(paths), paths, cls_dir)
+                # a listing names each file once, but Training_1.jpg and Training_1.png (or .JPG) share the id
+                # train/<class>/Training_1: the shared rule makes that one record (image differs: label_conflict)
+                yield from unique_records(recs, self)
         if unprefixed:
             logger.warning("%s: %d file(s) in test/ have no PublicTest_/PrivateTest_ prefix (e.g. %s); they are %s "
                            "(set [sources.%s] options.test_unprefixed = \"test\", \"val\" or \"exclude\")",
@@ -387,6 +395,4 @@ conventions: folder name = label; test/ split by prefix: PublicTest -> val, Priv
         rec.emotion, rec.emotion_origin = emotion, "gt"
         if rec.split is None:
             return self.exclude(rec, SPLIT_UNKNOWN)
-        if p.stat().st_size == 0:
-            return self.exclude(rec, IMAGE_UNDECODABLE)
         return rec

@@ -75,3 +75,23 @@ def assert_properties(records: list[FaceRecord]) -> None:
         assert r.split in ("train", "val", "test", None)
         assert r.image is None or not Path(r.image.path).is_absolute()
         assert r.excluded == bool(r.reasons)
+
+
+# broken image files as they turn up on disk (issue 16): an interrupted copy or extraction, an error page saved
+# under the image's name
+HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>Not Found</body></html>\n"
+
+
+def write_broken(path: Path, how: str, good: Path | None = None) -> Path:
+    """Make ``path`` a broken image: ``"zero"`` (0 bytes), ``"html"`` (an HTML page under the image's name) or
+    ``"truncated"`` (the first half of the real image ``good``, default ``path`` itself)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if how == "zero":
+        data = b""
+    elif how == "html":
+        data = HTML_PAGE
+    else:
+        real = (good or path).read_bytes()
+        data = real[: len(real) // 2]
+    path.write_bytes(data)
+    return path

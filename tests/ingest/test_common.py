@@ -154,3 +154,31 @@ def test_record_content_ignores_where_a_row_was_listed() -> None:
     b.meta.update(file="other.csv", name="A.JPG")
     assert record_content(a) == record_content(b)
     assert record_content(_rec("s/a", 1, "fear", aus={12: None}))["aus"] == {"12": None}  # as the JSON reads back
+
+
+@pytest.mark.parametrize("compression", ["stored", "deflated"])
+def test_check_zip_members_agrees_with_check_image(tmp_path: Path, compression: str) -> None:
+    """Every variant as a zip member: a stored member gets exactly check_image's verdict (head and tail read in
+    place); a compressed one the same, except that its end is not read (a truncated JPEG / PNG passes: inflating
+    every member whole would cost minutes per corpus; faces.align's decode excludes it)."""
+    import zipfile
+
+    from fea20k.ingest._common import check_zip_members
+
+    variants = _variants()
+    z = tmp_path / "frames.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_STORED if compression == "stored" else zipfile.ZIP_DEFLATED) as zf:
+        for name, (data, _) in variants.items():
+            zf.writestr(f"F001/T1/{name}", data)
+            (tmp_path / name).write_bytes(data)
+    got = check_zip_members(z, [f"F001/T1/{name}" for name in variants] + ["F001/T1/absent.jpg"])
+    want = [check_image(tmp_path / name) for name in variants]
+    if compression == "deflated":
+        want = [None if name in ("truncated.jpg", "truncated.png") else w for name, w in zip(variants, want,
+                                                                                            strict=True)]
+    assert got[:-1] == want
+    assert got[-1] == ("image_missing", "no such zip member")
+    assert check_zip_members(tmp_path / "gone.zip", ["a.jpg"]) == [("image_missing",
+                                                                    f"no such zip {tmp_path / 'gone.zip'}")]
+    (tmp_path / "bad.zip").write_bytes(b"<html>not a zip</html>")
+    assert check_zip_members(tmp_path / "bad.zip", ["a.jpg"])[0][0] == "image_undecodable"

@@ -18,6 +18,7 @@ from fea20k.ingest.disfa import BENCHMARK_AUS, DISFA_AUS, Disfa
 from fea20k.record import FaceRecord
 from fea20k.stage import get_stage_class
 from tests.fixtures.raf_disfa import PIXEL_STEP, SN001, build_disfa
+from tests.ingest._helpers import write_broken
 
 
 pytest.importorskip("scipy")
@@ -504,3 +505,87 @@ def test_presence_threshold_is_a_documented_convention() -> None:
     assert "intensity >= threshold (default 2)" in info.summary  # the first line `fea20k sources` shows
     assert "AU present when intensity >= threshold (option threshold, default 2" in info.layout
     assert "label frame f (1-based) = video frame f-1" in info.layout
+
+
+# ------------------------------------------------------------------------------------------- issue 16: shared rules
+
+
+def test_broken_frame_files_are_image_undecodable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Frame folders: the shared signature check (a subject of 6 frames is checked whole): 0-byte, an HTML page
+    saved as .png, a truncated PNG, a truncated JPEG are image_undecodable with the detail in meta; the AUs stay
+    (audit); one warning per subject names the first file; the video subject is untouched."""
+    root, expected = build_disfa(tmp_path)
+    sn001, sn002 = root / "Images" / "SN001", root / "Images" / "SN002"
+    write_broken(sn001 / "1.png", "zero")
+    write_broken(sn001 / "2.png", "html")
+    write_broken(sn001 / "3.png", "truncated")
+    (sn002 / "frame-5.png").unlink()  # the same frame as a JPEG (a re-extraction), cut short
+    Image.new("RGB", (32, 24), (80, 80, 80)).save(sn002 / "frame-5.jpg", quality=90)
+    write_broken(sn002 / "frame-5.jpg", "truncated")
+    broken = {"disfa/Images/SN001/1": "zero-byte file", "disfa/Images/SN001/2": "not an image file",
+              "disfa/Images/SN001/3": "truncated PNG", "disfa/Images/SN002/frame-5": "truncated JPEG"}
+    with caplog.at_level(logging.WARNING, logger="fea20k"):
+        recs = _ingest(root)
+    assert [r.id for r in recs] == [e["id"] for e in expected]
+    for rec, exp in zip(recs, expected, strict=True):
+        assert rec.reasons == (["image_undecodable"] if rec.id in broken else exp["reasons"]), rec.id
+        assert rec.au_intensity == {au: float(v) for au, v in exp["intensity"].items()}
+        if rec.id in broken:
+            assert rec.meta["image_error"].startswith(broken[rec.id]) and rec.excluded_at == "ingest.disfa"
+        else:
+            assert "image_error" not in rec.meta
+    assert (f"disfa: SN001: 3 frame file(s) not usable (first: {sn001 / '1.png'}: zero-byte file); those frames are "
+            "excluded (image_undecodable); re-extract them from the video") in caplog.text
+    assert f"disfa: SN002: 1 frame file(s) not usable (first: {sn002 / 'frame-5.jpg'}: truncated JPEG" in caplog.text
+
+
+def _long_subject(base: Path, n: int = 100) -> Path:
+    """A one-subject DISFA tree of ``n`` frames: AU files, Images/SN001/<t>.jpg (real JPEGs), no landmarks."""
+    root = base / "DISFA"
+    labels = root / "ActionUnit_Labels" / "SN001"
+    labels.mkdir(parents=True)
+    for au in DISFA_AUS:
+        (labels / f"SN001_au{au}.txt").write_text("".join(f"{f},{f % 3}\n" for f in range(1, n + 1)))
+    (root / "Images" / "SN001").mkdir(parents=True)
+    for t in range(n):
+        Image.new("RGB", (16, 12), (t, t, t)).save(root / "Images" / "SN001" / f"{t}.jpg", quality=90)
+    return root
+
+
+def test_frame_files_checked_by_sample_and_whole_once_one_fails(tmp_path: Path) -> None:
+    """check_frames = "sample" (default) checks every 32nd kept frame file and the last 8 (the end is where an
+    interrupted extraction or copy breaks); a broken file outside the sample passes ingest (faces.align's decode
+    excludes it). "all" checks every file. Once a sampled file fails, every frame of the subject is checked."""
+    root = _long_subject(tmp_path)
+    frames = root / "Images" / "SN001"
+    write_broken(frames / "10.jpg", "html")  # not in the sample (0, 32, 64, 92..99)
+
+    def ingest(**options: object) -> tuple[dict[str, list[str]], int]:
+        stage = Disfa({"source": "disfa", "root": str(root), "landmarks": False, **options})
+        recs = list(stage.iter_records())
+        assert len(recs) == 100 // int(options.get("stride", 1))  # type: ignore[call-overload]
+        return {r.id: r.reasons for r in recs if r.reasons}, stage.stats.counters["frame_files_checked"]
+
+    assert ingest() == ({}, 11)
+    assert ingest(check_frames="all") == ({"disfa/Images/SN001/10": ["image_undecodable"]}, 100)
+    write_broken(frames / "99.jpg", "truncated")  # in the sample: the whole subject is checked
+    assert ingest() == ({"disfa/Images/SN001/10": ["image_undecodable"],
+                         "disfa/Images/SN001/99": ["image_undecodable"]}, 100)
+    assert ingest(stride=10) == ({"disfa/Images/SN001/10": ["image_undecodable"]}, 10)  # 10 kept: all checked
+
+
+def test_a_frame_listed_twice_in_an_au_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The duplicate rule inside an AU file (the last line used to win, silently): a frame listed again with the
+    same intensity is one label (duplicate_rows); with another intensity the frame is excluded as label_conflict,
+    one warning naming the file, the lines and the values. Still one record per frame."""
+    root = _long_subject(tmp_path, 6)
+    au12 = root / "ActionUnit_Labels" / "SN001" / "SN001_au12.txt"
+    au12.write_text(au12.read_text() + "3,0\n5,1\n")  # frame 3 again with its intensity; frame 5: 2, then 1
+    stage = Disfa({"source": "disfa", "root": str(root), "landmarks": False})
+    with caplog.at_level(logging.WARNING, logger="fea20k"):
+        recs = list(stage.iter_records())
+    assert [r.id for r in recs] == [f"disfa/Images/SN001/{t}" for t in range(6)]
+    assert [r.reasons for r in recs] == [[], [], [], [], ["label_conflict"], []]
+    assert recs[2].au_intensity[12] == 0.0 and stage.stats.counters["duplicate_rows"] == 1
+    assert (f"{au12}: frame 5 listed on lines [5, 8] with intensities [2, 1]; frame excluded (label_conflict)"
+            in caplog.text)

@@ -17,7 +17,7 @@ from fea20k.ingest.fer2013 import (
     read_fer_pixels,
 )
 from tests.fixtures.corpora import build_fer2013_csv, build_fer2013_folder, fer_pixels, write_image
-from tests.ingest._helpers import assert_properties, check, run
+from tests.ingest._helpers import assert_properties, check, run, write_broken
 
 
 @pytest.mark.parametrize(("raw", "canonical"), [(0, "anger"), (1, "disgust"), (2, "fear"), (3, "happiness"),
@@ -226,3 +226,48 @@ def test_folder_wrong_layout_is_one_line(tmp_path: Path) -> None:
         run("fer2013_folder", tmp_path / "x")
     assert str(err.value) == (f"source 'src' (fer2013_folder): expected train/<class>/ and test/<class>/ folders "
                               f"under {tmp_path / 'x'}; found ['images']")
+
+
+# ------------------------------------------------------------------------------------------- issue 16: shared rules
+
+
+def test_folder_broken_images_are_image_undecodable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every image file of the Kaggle folders gets the shared signature check (_common.check_image): 0-byte, an
+    HTML page saved as .jpg / .png, a truncated JPEG / PNG are image_undecodable with the detail in meta; the
+    label and split stay for the audit; one warning per class folder names the first file and the fix."""
+    root, expected = build_fer2013_folder(tmp_path)
+    write_broken(root / "train/angry/Training_20.jpg", "zero")
+    write_broken(root / "train/angry/Training_21.jpg", "html")
+    write_broken(write_image(root / "train/angry/Training_22.jpg", 22, (48, 48), "L"), "truncated")
+    write_image(root / "test/fear/PublicTest_30.png", 30, (48, 48), "L")  # a real PNG: kept
+    write_broken(root / "test/fear/PublicTest_31.png", "html")
+    write_broken(write_image(root / "test/fear/PrivateTest_32.png", 32, (48, 48), "L"), "truncated")
+    broken = {"src/train/angry/Training_20": ("train", "anger", "zero-byte file"),
+              "src/train/angry/Training_21": ("train", "anger", "not an image file (starts with b'<!DOCTYPE html>"),
+              "src/train/angry/Training_22": ("train", "anger", "truncated JPEG (no end-of-image marker)"),
+              "src/test/fear/PublicTest_31": ("val", "fear", "not an image file (starts with b'<!DOCTYPE html>"),
+              "src/test/fear/PrivateTest_32": ("test", "fear", "truncated PNG (no IEND chunk)")}
+    expected |= {rid: {"split": split, "emotion": emotion, "reasons": ["image_undecodable"]}
+                 for rid, (split, emotion, _) in broken.items()}
+    expected["src/test/fear/PublicTest_30"] = {"split": "val", "emotion": "fear", "reasons": []}
+    with caplog.at_level(logging.WARNING):
+        by_id = check(run("fer2013_folder", root), expected)
+    for rid, (_, _, detail) in broken.items():
+        assert by_id[rid].meta["image_error"].startswith(detail), rid
+        assert by_id[rid].excluded_at == "ingest.fer2013_folder"
+    assert "image_error" not in by_id["src/test/fear/PublicTest_30"].meta
+    angry = root / "train" / "angry"
+    assert (f"{angry}: 3 image file(s) not usable (first: {angry / 'Training_20.jpg'}: zero-byte file); their "
+            "records are excluded (image_undecodable); re-extract those files from the release archive") in caplog.text
+
+
+def test_folder_one_name_with_two_extensions_is_one_record(tmp_path: Path) -> None:
+    """A folder listing names each file once, so ids repeat only when two files differ by their extension alone
+    (Training_11.jpg and Training_11.png share the id train/angry/Training_11): one record, excluded as
+    label_conflict (which file is the image is not known), listing both images."""
+    root, expected = build_fer2013_folder(tmp_path)
+    write_image(root / "train/angry/Training_11.png", 11, (48, 48), "L")
+    expected["src/train/angry/Training_11"] = {"split": "train", "emotion": None, "reasons": ["label_conflict"]}
+    by_id = check(run("fer2013_folder", root), expected)
+    listing = by_id["src/train/angry/Training_11"].meta["label_conflict"]
+    assert [c["image"]["path"] for c in listing] == ["train/angry/Training_11.jpg", "train/angry/Training_11.png"]

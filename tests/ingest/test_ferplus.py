@@ -12,7 +12,7 @@ from PIL import Image
 from fea20k.errors import SourceLayoutError
 from fea20k.ingest.ferplus import FERPLUS_TO_CANONICAL, FerPlus, majority_vote
 from tests.fixtures.corpora import build_ferplus, write_image
-from tests.ingest._helpers import assert_properties, check, run
+from tests.ingest._helpers import assert_properties, check, run, write_broken
 
 
 @pytest.mark.parametrize(("raw", "canonical"), [("neutral", "neutral"), ("happiness", "happiness"),
@@ -208,3 +208,69 @@ def test_layout_detection_and_one_line_errors(tmp_path: Path, caplog: pytest.Log
                               f"the root or data/) under {empty}; found ['images']")
     with pytest.raises(SourceLayoutError, match=r"^[^\n]*: expected fer2013new\.csv \(with fer2013\.csv\) under "):
         run("ferplus", empty, variant="csv")
+
+
+# ------------------------------------------------------------------------------------------- issue 16: shared rules
+
+
+def test_generated_layout_broken_pngs_are_image_undecodable(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                            ) -> None:
+    """Every listed PNG found gets the shared signature check (it checked existence and 0 bytes only): an HTML page
+    saved as .png and a truncated PNG are image_undecodable with the detail in meta, beside the vote verdict
+    (ferplus_unknown stays first); one warning per label.csv names the first file and the fix."""
+    root = tmp_path / "FERPlus"
+    expected = _generated(root)
+    write_broken(root / "FER2013Train" / "fer0000001.png", "html")
+    write_broken(root / "FER2013Train" / "fer0000000.png", "truncated")
+    write_broken(root / "FER2013Valid" / "fer0000002.png", "truncated")
+    expected["src/FER2013Train/fer0000001"] |= {"reasons": ["image_undecodable"], "emotion": "neutral"}
+    expected["src/FER2013Train/fer0000000"]["reasons"] = ["ferplus_unknown", "image_undecodable"]
+    expected["src/FER2013Valid/fer0000002"] |= {"reasons": ["image_undecodable"]}
+    with caplog.at_level(logging.WARNING):
+        by_id = check(run("ferplus", root), expected)
+    assert by_id["src/FER2013Train/fer0000001"].meta["image_error"].startswith("not an image file (starts")
+    assert by_id["src/FER2013Train/fer0000000"].meta["image_error"] == "truncated PNG (no IEND chunk)"
+    assert by_id["src/FER2013Valid/fer0000002"].meta["image_error"] == "truncated PNG (no IEND chunk)"
+    assert by_id["src/FER2013Test/fer0000007"].meta["image_error"] == "zero-byte file"
+    assert "image_error" not in by_id["src/FER2013Train/fer0000003"].meta
+    label = root / "FER2013Train" / "label.csv"
+    assert (f"{label}: 2 image file(s) not usable (first: {root / 'FER2013Train' / 'fer0000000.png'}: truncated PNG "
+            "(no IEND chunk)); their records are excluded (image_undecodable); re-extract those files from the "
+            "release archive") in caplog.text
+
+
+def test_generated_layout_a_png_listed_twice_is_one_record_or_one_label_conflict(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """label.csv naming a PNG twice: with the same votes and rect, one record (the first listing, the repeat noted
+    in meta and counted); with other votes, one excluded label_conflict record listing both lines and votes. The
+    ids and their order are the fixture's, nothing added."""
+    root = tmp_path / "FERPlus"
+    expected = _generated(root)
+    label = root / "FER2013Train" / "label.csv"
+    label.write_bytes(label.read_bytes() + b'fer0000001.png,"(0, 0, 48, 48)",6,0,1,1,0,0,0,0,2,0\r\n'  # line 5
+                                           b'fer0000003.png,"(2, 1, 46, 47)",0,0,0,10,0,0,0,0,0,0\r\n')  # line 6
+    expected["src/FER2013Train/fer0000003"] = {"split": "train", "emotion": None, "reasons": ["label_conflict"]}
+    stage = FerPlus({"source": "src", "root": str(root)})
+    with caplog.at_level(logging.WARNING):
+        recs = list(stage.iter_records())
+    by_id = check(recs, expected)
+    assert [r.id for r in recs] == list(expected)
+    same = by_id["src/FER2013Train/fer0000001"]
+    assert same.reasons == [] and same.meta["line"] == 2 and same.meta["also_listed_at"] == [{"line": 5}]
+    conflict = by_id["src/FER2013Train/fer0000003"].meta["label_conflict"]
+    assert [(c["line"], c["emotion"], c["meta.votes"]) for c in conflict] == [
+        (3, "anger", [0, 0, 0, 0, 10, 0, 0, 0, 0, 0]), (6, "sadness", [0, 0, 0, 10, 0, 0, 0, 0, 0, 0])]
+    assert stage.stats.counters["duplicate_rows"] == 1
+    assert "src/FER2013Train/fer0000003: listed 2 times with different emotion" in caplog.text
+
+
+def test_csv_layout_ids_are_rows_so_a_repeated_image_name_is_two_records(tmp_path: Path) -> None:
+    """The CSV layout joins by row: a name repeated in fer2013new.csv names two different fer2013.csv rows, two
+    records with their own ids (fer2013#<row>), no duplicate to resolve."""
+    root, expected = build_ferplus(tmp_path)
+    new = root / "fer2013new.csv"
+    new.write_text(new.read_text().replace("fer0000004.png", "fer0000003.png"))
+    expected["src/fer2013#5"]["name"] = "fer0000003.png"
+    stage = FerPlus({"source": "src", "root": str(root)})
+    check(list(stage.iter_records()), expected)
+    assert "duplicate_rows" not in stage.stats.counters
