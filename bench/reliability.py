@@ -87,13 +87,26 @@ def _cached(ws: Path) -> set[str]:
         con.close()
 
 
+def _group_alive(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``: a zombie has exited and is only waiting to be reaped
+    (in a container whose init does not reap, it waits forever), so it is not an orphan at work."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            alive.append(int(stat.parent.name))
+    return alive
+
+
 def _orphans(ws: Path, pgid: int) -> list[str]:
     left = [str(p.relative_to(ws)) for p in ws.rglob("*.tmp-*")]
-    try:
-        os.killpg(pgid, 0)
-        left.append(f"process group {pgid} still alive")
-    except ProcessLookupError:
-        pass
+    deadline = time.monotonic() + 5
+    while _group_alive(pgid) and time.monotonic() < deadline:  # the kernel delivers SIGKILL to each in turn
+        time.sleep(0.05)
+    left += [f"process {pid} of the killed build still running" for pid in _group_alive(pgid)]
     return left
 
 
@@ -134,7 +147,6 @@ def main(argv: list[str] | None = None) -> None:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 out["kill_after_s"].append(round(delay, 2))
-                time.sleep(0.2)  # let the kernel reap the group before looking for survivors
                 cached = _cached(ws) if (ws / ".fea20k" / "ledger.sqlite").exists() else set()
                 before = dict(srv.counts)
                 answered_before = dict(srv.answered)
