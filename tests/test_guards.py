@@ -107,3 +107,22 @@ def test_the_command_line_exits_2_with_the_lines(tmp_path: Path) -> None:
     err = " ".join(r.stderr.split())
     assert "stopped after ingest/" in err and "rafdb: 30 of 30 records excluded as image_missing" in err
     assert "Traceback" not in r.stderr
+
+
+def test_disfa_frames_in_an_unknown_place_stop_the_build_with_one_line_naming_the_fix(tmp_path: Path) -> None:
+    ws = _demo(tmp_path)
+    (ws / "corpora" / "DISFA" / "Images").rename(ws / "corpora" / "DISFA" / "Elsewhere")
+    cmd = [sys.executable, "-c", "from fea20k.cli import main; main()", "build", "--round", "0", "-w", str(ws), "-q"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no frames for any of its 3 subject(s)" in lines[0]
+    assert 'set [sources.disfa] options.frames_dir = "Elsewhere"' in lines[0]
+    # the fix it names works: the build goes through, every DISFA frame kept
+    cfg = ws / "fea20k.toml"
+    cfg.write_text(cfg.read_text().replace('root = "corpora/DISFA"',
+                                           'root = "corpora/DISFA"\noptions = { frames_dir = "Elsewhere" }'))
+    result = build_round(ws, 0, quiet=True)
+    assert "publish" in result.ran
+    stats = Workspace(ws).ledger.stage_state(0, "ingest/disfa").stats
+    assert stats["kept"] == 30
