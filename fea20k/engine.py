@@ -47,7 +47,7 @@ from fea20k.io import (
     write_chunk,
     write_table_atomic,
 )
-from fea20k.lock import workspace_lock
+from fea20k.lock import pid_alive, workspace_lock
 from fea20k.procs import exit_with_parent, quiet_on_interrupt
 from fea20k.record import FaceRecord
 from fea20k.schema import SCHEMA, to_arrow
@@ -209,18 +209,6 @@ class StageStatus:
     error: str | None = None
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def round_status(ws: Workspace, round_: int) -> list[StageStatus]:
     """Each planned stage of the round: up to date / stale / running / interrupted / incomplete (samples pending
     on an endpoint) / failed / not run."""
@@ -232,7 +220,7 @@ def round_status(ws: Workspace, round_: int) -> list[StageStatus]:
             state = ws.ledger.stage_state(round_, ps.key)
             stats = marker["stats"] if marker else None
             if state is not None and state.status == "running":
-                status = "running" if _pid_alive(state.pid) else "interrupted"
+                status = "running" if pid_alive(state.pid) else "interrupted"
             elif state is not None and state.status == "interrupted" and state.signature == ps.signature:
                 status = "interrupted"
             elif state is not None and state.status == "failed" and state.signature == ps.signature:

@@ -17,6 +17,18 @@ from fea20k.cli.app import app, err_console
 from fea20k.errors import BudgetExceededError, DiskFullError, Fea20kUserError, Interrupted, PendingError
 
 
+# Errors with a one-line message and their exit codes, checked in this order (the first type that matches wins)
+_EXITS: dict[type[BaseException], tuple[str, int]] = {
+    Fea20kUserError: ("[red]error:[/red] {}", 2),
+    BudgetExceededError: ("[yellow]stopped:[/yellow] {}", 3),
+    # not outcomes: the stage is incomplete and the next build retries only those records
+    PendingError: ("[yellow]incomplete:[/yellow] {}", 4),
+    Interrupted: ("[yellow]{}[/yellow]", 130),
+    DiskFullError: ("[red]error:[/red] {}", 1),
+}
+_KNOWN = tuple(_EXITS)
+
+
 def main() -> None:
     """Console-script entry point. Exit codes: 0 done, 1 failure (a full disk included), 2 a user error (bad
     config, the workspace locked by another command), 3 the annotation budget reached, 4 records left pending (an
@@ -29,21 +41,10 @@ def main() -> None:
             _say("[yellow]interrupted[/yellow]; what was complete is kept, re-run the command to finish")
         if isinstance(code, int) and code:
             sys.exit(code)
-    except Fea20kUserError as e:
-        _say(f"[red]error:[/red] {escape(str(e))}")
-        sys.exit(2)
-    except BudgetExceededError as e:
-        _say(f"[yellow]stopped:[/yellow] {escape(str(e))}")
-        sys.exit(3)
-    except PendingError as e:  # not outcomes: the stage is incomplete and the next build retries only those records
-        _say(f"[yellow]incomplete:[/yellow] {escape(str(e))}")
-        sys.exit(4)
-    except Interrupted as e:
-        _say(f"[yellow]{escape(str(e))}[/yellow]")
-        sys.exit(130)
-    except DiskFullError as e:
-        _say(f"[red]error:[/red] {escape(str(e))}")
-        sys.exit(1)
+    except _KNOWN as e:
+        prefix, code = next(v for t, v in _EXITS.items() if isinstance(e, t))
+        _say(prefix.format(escape(str(e))))
+        sys.exit(code)
     except SystemExit:
         raise
     except KeyboardInterrupt:
