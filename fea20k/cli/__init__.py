@@ -12,7 +12,15 @@ import sys
 from rich.markup import escape
 
 # Command modules register themselves on `app` when imported.
-from fea20k.cli import annotate_cmds, audit_cmds, eval_cmds, publish_cmds, sources_cmds, workspace_cmds  # noqa: F401
+from fea20k.cli import (  # noqa: F401
+    annotate_cmds,
+    audit_cmds,
+    eval_cmds,
+    publish_cmds,
+    review_cmds,
+    sources_cmds,
+    workspace_cmds,
+)
 from fea20k.cli.app import app, err_console
 from fea20k.errors import BudgetExceededError, DiskFullError, Fea20kUserError, Interrupted, PendingError
 

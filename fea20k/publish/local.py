@@ -162,7 +162,7 @@ def build_release(
 
     images, blocked = image_policy(ws, sources_seen, include_images, confirmed, terms_path)
     reviews = load_reviews(ws.root, round_)
-    review_cols = {rid: (r.decision, r.note) for rid, r in reviews.items()}
+    review_cols = {rid: (r.decision, r.note or r.reason) for rid, r in reviews.items()}
     seen_review_ids: set[str] = set()
     max_bytes = shard_max_bytes or ws.config.publish.shard_max_mb << 20
 
@@ -244,6 +244,10 @@ def _publish_part(table: pa.Table, writer: ReleaseWriter, reviews: dict[str, Any
             seen_review_ids.add(rec.id)
             was = (rec.accepted, len(rec.reasons))
             _apply_review(rec, review.decision, facts)
+            if review.rationale:
+                facts.reviews["rationale edited"] += 1
+            if review.gt_wrong:
+                facts.reviews["ground truth flagged wrong"] += 1
             changed = changed or was != (rec.accepted, len(rec.reasons))
         if rec.accepted is None:
             rec.exclude("publish", "not_validated")

@@ -1,6 +1,10 @@
 """Human reviews of a round's release: ``reviews/round-N.jsonl`` in the workspace.
 
 One JSON object per line: ``{"id": "<record id>", "decision": "accept" | "reject", "note": "<optional text>"}``.
+Lines written by ``fea20k review`` (:mod:`fea20k.review`) carry optional keys too: ``reviewer``, ``time`` (UTC,
+ISO 8601), ``signature`` (a hash of the row as the reviewer saw it), ``reason`` (the reject reason code),
+``rationale`` (an edited rationale that passed the validator checks) and ``gt_wrong`` (``true``: the reviewer
+flagged the ground truth as wrong; such a line is a ``reject`` with reason ``gt_wrong``).
 Blank lines and lines starting with ``#`` are ignored; when an id appears twice the later line wins (a reviewer
 changing their mind appends a line). Any other problem is one :class:`ReviewFileError` naming the file, the line and
 the fix.
@@ -14,6 +18,8 @@ How the publish stage applies them:
   the card) but does **not** move it into train/test: every released row passed the checks the card describes. To
   release such rows, change the check or its threshold in ``validators/`` and rebuild (only validate and publish
   re-run).
+* An edited ``rationale`` and a ``gt_wrong`` flag are counted on the card; the released row keeps the rationale the
+  checks judged (the edit is kept in the reviews file, for the next round's prompts or a manual fix).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from fea20k.io import iter_jsonl
 
 
 DECISIONS = ("accept", "reject")
+KEYS = ("id", "decision", "note", "reviewer", "time", "signature", "reason", "rationale", "gt_wrong")
+_TEXT_KEYS = ("note", "reviewer", "time", "signature", "reason", "rationale")
 
 
 class ReviewFileError(Fea20kUserError):
@@ -39,6 +47,12 @@ class Review:
     id: str
     decision: str  # "accept" | "reject"
     note: str | None = None
+    reviewer: str | None = None
+    time: str | None = None
+    signature: str | None = None
+    reason: str | None = None  # reject reason code
+    rationale: str | None = None  # edited rationale
+    gt_wrong: bool | None = None  # ground truth flagged as wrong
 
 
 def reviews_path(workspace_root: Path, round_: int) -> Path:
@@ -56,7 +70,7 @@ def load_reviews(workspace_root: Path, round_: int) -> dict[str, Review]:
     for lineno, obj in iter_jsonl(path, ReviewFileError, comment="#", hint=fix):
         if not isinstance(obj, dict):
             raise ReviewFileError(f"{path}:{lineno}: expected a JSON object; {fix}")
-        unknown = sorted(set(obj) - {"id", "decision", "note"})
+        unknown = sorted(set(obj) - set(KEYS))
         if unknown:
             raise ReviewFileError(f"{path}:{lineno}: unknown key(s) {unknown}; {fix}")
         rid, decision, note = obj.get("id"), obj.get("decision"), obj.get("note")
@@ -64,7 +78,10 @@ def load_reviews(workspace_root: Path, round_: int) -> dict[str, Review]:
             raise ReviewFileError(f"{path}:{lineno}: missing or empty 'id'; {fix}")
         if decision not in DECISIONS:
             raise ReviewFileError(f"{path}:{lineno}: 'decision' is {decision!r}, expected 'accept' or 'reject'")
-        if note is not None and not isinstance(note, str):
-            raise ReviewFileError(f"{path}:{lineno}: 'note' must be a string")
-        out[rid] = Review(id=rid, decision=decision, note=note)
+        for key in _TEXT_KEYS:
+            if obj.get(key) is not None and not isinstance(obj[key], str):
+                raise ReviewFileError(f"{path}:{lineno}: {key!r} must be a string")
+        if obj.get("gt_wrong") is not None and not isinstance(obj["gt_wrong"], bool):
+            raise ReviewFileError(f"{path}:{lineno}: 'gt_wrong' must be true or false")
+        out[rid] = Review(id=rid, decision=decision, note=note, **{k: obj.get(k) for k in KEYS[3:]})
     return out
