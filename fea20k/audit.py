@@ -11,6 +11,9 @@ self-contained page from it; only ``fea20k audit`` (``fea20k/cli/audit_cmds.py``
 * Sample rejections show the rationale with its AU mentions coloured: green = present in the ground truth,
   red = hallucinated (coded by the source, absent), yellow = unverifiable (not coded, or unknown); and the answer
   green/red against a ground-truth emotion.
+* The repair loop of each annotate stage: records right first time, repaired, failed after every attempt, and the
+  failed attempts by reason × source (read from ``rationale.errors``: a record repaired on its second attempt is
+  accepted, but its first reply was rejected for a reason worth seeing).
 * Human reviews (``reviews/round-N.jsonl``, read by ``fea20k.publish.reviews``) are shown next to each sample.
 """
 
@@ -21,6 +24,7 @@ import csv
 import html
 import json
 import logging
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +41,10 @@ logger = logging.getLogger(__name__)
 LIGHT_COLUMNS = ["id", "source", "emotion", "accepted", "reasons", "excluded_at"]
 VALIDATE_STEP = "validate"
 NO_EMOTION = "(none)"
+ANNOTATE_PREFIX = "annotate."
+ATTEMPT_PREFIX_RE = re.compile(r"attempt \d+: ")
+REASON_RE = re.compile(r"[a-z][a-z0-9_.]*")
+CALL_ERROR = "(call error)"  # a failed attempt whose error is not a check's reason code (e.g. an HTTP refusal)
 KIND_STYLE = {"match": "bold green", "hallucinated": "bold red", "unverifiable": "yellow", "answer_ok": "green",
               "answer_bad": "bold red"}
 
@@ -61,6 +69,32 @@ class Filters:
 
 
 @dataclass
+class RepairData:
+    """The repair loop of one annotate stage: how records ended, and why their failed attempts failed."""
+
+    drafted: int = 0  # records with at least one attempt
+    first_try: int = 0  # accepted on the first attempt
+    repaired: int = 0  # accepted on a later attempt
+    failed: int = 0  # excluded at this stage after their attempts
+    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (reason, source) -> failed attempts
+
+    def count(self, rec: FaceRecord, key: str) -> None:
+        rat = rec.rationale
+        if rat is None or rat.attempts < 1:
+            return
+        self.drafted += 1
+        if rec.excluded and rec.excluded_at == key:
+            self.failed += 1
+        elif rat.text is not None:
+            self.repaired += rat.attempts > 1
+            self.first_try += rat.attempts == 1
+        for error in rat.errors:
+            codes = [c.strip() for c in ATTEMPT_PREFIX_RE.sub("", error, count=1).split(";")]
+            for code in codes if all(REASON_RE.fullmatch(c) for c in codes) else [CALL_ERROR]:
+                self.reasons[(code, rec.source)] += 1
+
+
+@dataclass
 class AuditData:
     """Everything the audit shows, as data."""
 
@@ -75,6 +109,7 @@ class AuditData:
     n_accepted: int = 0
     reviews: dict[str, Any] | None = None  # id -> Review; None when the reviews module is unavailable
     reviews_note: str | None = None
+    repairs: dict[str, RepairData] = field(default_factory=dict)  # annotate stage key -> its repair loop
 
     def acceptance(self, flag_ratio: float = 0.5) -> list[tuple[str, int, int, float, bool]]:
         """(emotion, checked, accepted, rate, flagged) per class; flagged when rate < flag_ratio × mean rate."""
@@ -114,8 +149,12 @@ def collect(ws: Any, round_: int) -> AuditData:
     seen: set[str] = set()
     sources: set[str] = set()
     for key, d in dirs:
+        annotate = key.startswith(ANNOTATE_PREFIX)
+        repair = data.repairs.setdefault(key, RepairData()) if annotate else None
         for p in _parts(d):
-            for rec in read_chunk(p, columns=LIGHT_COLUMNS):
+            for rec in read_chunk(p, columns=[*LIGHT_COLUMNS, "rationale"] if annotate else LIGHT_COLUMNS):
+                if repair is not None:
+                    repair.count(rec, key)
                 sources.add(rec.source)
                 if rec.excluded and rec.id not in seen:
                     seen.add(rec.id)
@@ -253,6 +292,32 @@ def rejection_table(data: AuditData) -> Any:
     return t
 
 
+def repair_tables(data: AuditData) -> list[Any]:
+    """Per annotate stage whose repair loop did anything (a rejected attempt): failed attempts by reason × source,
+    with how the records ended in the caption. Offline drafts (every record right first time) show nothing."""
+    from rich.table import Table
+
+    out = []
+    for key, r in data.repairs.items():
+        if not r.reasons and not r.repaired and not r.failed:
+            continue
+        srcs = sorted({s for _, s in r.reasons})
+        t = Table(title=f"Round {data.round}, {key}: rejected attempts by reason × source (the repair loop)",
+                  caption=f"{r.drafted} drafted: {r.first_try} right first time, {r.repaired} repaired, "
+                          f"{r.failed} failed after every attempt")
+        t.add_column("reason")
+        for s in srcs:
+            t.add_column(s, justify="right")
+        t.add_column("attempts", justify="right", style="bold")
+        by_reason: dict[str, Counter[str]] = defaultdict(Counter)
+        for (reason, src), n in r.reasons.items():
+            by_reason[reason][src] += n
+        for reason, c in sorted(by_reason.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])):
+            t.add_row(reason, *[str(c[s]) if c[s] else "[dim]0[/dim]" for s in srcs], str(sum(c.values())))
+        out.append(t)
+    return out
+
+
 def acceptance_table(data: AuditData, flag_ratio: float = 0.5) -> Any:
     """Acceptance by emotion class; classes far below the mean rate flagged."""
     from rich.table import Table
@@ -293,8 +358,14 @@ def sample_panel(rec: FaceRecord, review: Any = None) -> Any:
                                    ("hallucinated " + _aus(details.get("hallucinated")), "red"), "  ",
                                    ("missed " + _aus(details.get("missed")), "magenta"), "  ",
                                    ("unverifiable " + _aus(details.get("unverifiable")), "yellow")))
-    text = rec.rationale.text if rec.rationale is not None else None
-    lines.append(rationale_text(text, rec) if text else Text("(no rationale)", style="dim"))
+    rat = rec.rationale
+    text = rat.text if rat is not None else None
+    if not text and rat is not None and rat.errors:  # failed every attempt: why, and the last reply
+        lines.extend(Text(error, style="red") for error in rat.errors)
+        if rat.raw and rat.raw[-1]:
+            lines.append(Text.assemble(("last reply: ", "bold"), rationale_text(rat.raw[-1], rec)))
+    else:
+        lines.append(rationale_text(text, rec) if text else Text("(no rationale)", style="dim"))
     if review is not None:
         lines.append(Text.assemble(("review: ", "bold"), (review.decision, "cyan"),
                                    f" — {review.note}" if review.note else ""))
@@ -435,4 +506,8 @@ def audit_json(data: AuditData, flag_ratio: float = 0.5) -> str:
                        for (s, r, src), n in sorted(data.rejections.items())],
         "acceptance": [{"emotion": e, "checked": n, "accepted": a, "rate": rate, "flagged": f}
                        for e, n, a, rate, f in data.acceptance(flag_ratio)],
+        "repairs": {key: {"drafted": r.drafted, "first_try": r.first_try, "repaired": r.repaired, "failed": r.failed,
+                          "rejected_attempts": [{"reason": reason, "source": src, "n": n}
+                                                for (reason, src), n in sorted(r.reasons.items())]}
+                    for key, r in data.repairs.items()},
     }, indent=1)

@@ -232,3 +232,109 @@ def _draw_disfa(root: Path, seed: int, k: int, subj: str, first: int, intensity:
         img, lm68, _ = render_face(aus, ident, pose, (w, h), rng)
         _jpeg(root / "Images" / subj / f"{t}.jpg", img)
         scipy.io.savemat(str(lm_dir / f"{subj}_{t:04d}_lm.mat"), {"pts": landmarks66(lm68)})
+
+
+# ---------------------------------------------------------------------------------------------- simulated teacher
+
+TEACHER_NAME = "demo-teacher"
+TEACHER_LIFETIME = 3600.0  # seconds a background teacher serves before it stops by itself
+TEACHER_START_TIMEOUT = 30.0  # seconds to wait for a background teacher to accept connections
+
+DEMO_TEACHER = """\
+# The simulated teacher of `fea20k demo --teacher`: a loopback OpenAI-compatible server on this machine whose
+# replies are seeded (a share off-format, with the wrong emotion, hallucinated AUs, hedged, too short or naming no
+# AU; repair attempts mostly right). It stops by itself; start it again with:
+#   {restart}
+# Prices are illustrative (gpt-4o-mini's), so that `fea20k status` shows what such a round would cost.
+description = "Simulated teacher for the demo (loopback server, seeded mistakes)."
+backend = "openai"
+model = "demo-teacher"
+base_url = "http://127.0.0.1:{port}/v1"
+prompt = "prompts/facial_r1.md.j2"
+temperature = 0.0
+max_tokens = 512
+concurrency = 16
+timeout = 30.0
+# a stopped teacher is noticed within seconds: the records left stay pending (exit 4) until it is back
+max_retries = 2
+backoff_base = 0.2
+backoff_max = 1.0
+circuit_breaker = 5
+max_attempts = 3
+price_in = 0.15
+price_out = 0.60
+budget_usd = 1.0
+"""
+
+DEMO_TEACHER_STAGE = """
+# `fea20k demo --teacher`: round 0 drafts through the simulated teacher (annotators/demo-teacher.toml)
+[stages."annotate.draft"]
+annotator = "demo-teacher"
+"""
+
+
+def teacher_command(port: int, seed: int) -> str:
+    """The command line that (re)starts the demo teacher in the foreground."""
+    return f"fea20k demo-teacher --port {port} --seed {seed}"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the teacher binds it moments later)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_teacher_files(directory: Path, port: int, seed: int) -> Path:
+    """Point the demo workspace's round-0 drafts at the simulated teacher on ``port``: write
+    ``annotators/demo-teacher.toml`` and set ``annotate.draft``'s annotator in ``pipelines/demo.toml``."""
+    directory = Path(directory)
+    path = directory / "annotators" / f"{TEACHER_NAME}.toml"
+    path.write_text(DEMO_TEACHER.format(port=port, restart=teacher_command(port, seed)), encoding="utf-8")
+    recipe = directory / "pipelines" / "demo.toml"
+    text = recipe.read_text(encoding="utf-8")
+    if '[stages."annotate.draft"]' not in text:
+        recipe.write_text(text.rstrip("\n") + "\n" + DEMO_TEACHER_STAGE, encoding="utf-8")
+    return path
+
+
+def start_teacher(directory: Path, port: int, seed: int, lifetime: float = TEACHER_LIFETIME) -> int:
+    """Start ``fea20k demo-teacher`` as a background process (its own session, so it outlives this command) that
+    stops after ``lifetime`` seconds; wait until it accepts connections. Its log is ``.fea20k/demo-teacher.log``
+    and its process id ``.fea20k/demo-teacher.pid`` in the workspace. Returns the process id."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from fea20k.errors import Fea20kUserError
+
+    state = Path(directory) / ".fea20k"
+    state.mkdir(parents=True, exist_ok=True)
+    log_path = state / f"{TEACHER_NAME}.log"
+    cmd = [sys.executable, "-m", "fea20k", "demo-teacher", "--port", str(port), "--seed", str(seed),
+           "--lifetime", f"{lifetime:g}"]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + TEACHER_START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
+            raise Fea20kUserError(f"the demo teacher did not start on port {port} ({tail[0].strip()}); pick another "
+                                  f"port with --teacher-port, or see {log_path}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise Fea20kUserError(f"the demo teacher did not answer on port {port} within "
+                                      f"{TEACHER_START_TIMEOUT:g} s; see {log_path}") from None
+            time.sleep(0.1)
+    (state / f"{TEACHER_NAME}.pid").write_text(f"{proc.pid}\n", encoding="utf-8")
+    logger.info("demo teacher: pid %d on http://127.0.0.1:%d/v1 for %g s (log %s)", proc.pid, port, lifetime,
+                log_path)
+    return proc.pid

@@ -39,6 +39,7 @@ def audit(
         legend,
         rejection_table,
         render_html,
+        repair_tables,
         sample_panel,
     )
     from fea20k.errors import Fea20kUserError
@@ -51,6 +52,8 @@ def audit(
                               f"run `fea20k build --round {round_} -w {workspace}` first")
     filters = Filters(reason=reason, source=source, emotion=emotion, limit=limit)
     console.print(rejection_table(data))
+    for table in repair_tables(data):
+        console.print(table)
     console.print(acceptance_table(data, flag_ratio))
     if limit:
         shown = list(iter_rejections(ws, data, filters, limit))

@@ -34,17 +34,73 @@ def demo(
         "demo"
     ),
     n: Annotated[int, typer.Option("--n", min=10, help="Approximate number of demo samples.")] = 500,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed of the synthetic corpora.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the synthetic corpora (and the teacher).")] = 0,
+    teacher: Annotated[bool, typer.Option("--teacher", help="Draft round 0 through a simulated teacher: a loopback "
+                                          "OpenAI-compatible server started in the background, with seeded "
+                                          "mistakes to reject and repair.")] = False,
+    teacher_port: Annotated[int | None, typer.Option("--teacher-port", min=1, max=65535,
+                                                     help="Port of the simulated teacher (default: free).")] = None,
+    teacher_lifetime: Annotated[float, typer.Option("--teacher-lifetime", min=1.0,
+                                                    help="Seconds the simulated teacher serves.")] = 3600.0,
 ) -> None:
-    """Write synthetic RAF-DB and DISFA corpora in their exact release layouts, and a workspace for them."""
-    from fea20k.demo import write_demo
+    """Write synthetic RAF-DB and DISFA corpora in their exact release layouts, and a workspace for them. With
+    --teacher, round 0 drafts through a simulated teacher (`fea20k demo-teacher`) started in the background."""
+    from fea20k.demo import free_port, start_teacher, teacher_command, write_demo, write_teacher_files
 
     setup_logging(None)
     info = write_demo(directory, n=n, seed=seed)
     console.print(
         f"demo workspace in [bold]{directory}[/bold]: {info['rafdb']} RAF-DB images, {info['disfa_frames']} DISFA "
-        f"frames ({info['disfa_subjects']} subjects). Next: fea20k build --round 0 -w {directory}"
+        f"frames ({info['disfa_subjects']} subjects)."
     )
+    if teacher:
+        port = teacher_port or free_port()
+        write_teacher_files(directory, port, seed)
+        pid = start_teacher(directory, port, seed, teacher_lifetime)
+        state = directory / ".fea20k"
+        console.print(
+            f"simulated teacher on http://127.0.0.1:{port}/v1 (pid {pid}, log {state / 'demo-teacher.log'}); it "
+            f"stops by itself in {teacher_lifetime / 60:g} min or with `kill $(cat {state / 'demo-teacher.pid'})`; "
+            f"restart it with `{teacher_command(port, seed)} &`"
+        )
+    console.print(f"Next: fea20k build --round 0 -w {directory}"
+                  + (f" && fea20k audit --round 0 -w {directory} && fea20k status -w {directory}" if teacher else ""))
+
+
+@app.command("demo-teacher")
+def demo_teacher(
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port on 127.0.0.1 to serve on.")] = 8765,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the replies (use the demo's seed).")] = 0,
+    fault_rate: Annotated[float, typer.Option("--fault-rate", min=0.0, max=1.0,
+                                              help="Share of first attempts answered with a mistake.")] = 0.4,
+    repair_rate: Annotated[float, typer.Option("--repair-rate", min=0.0, max=1.0,
+                                               help="Share of repair attempts answered correctly.")] = 0.8,
+    lifetime: Annotated[float, typer.Option("--lifetime", min=0.0,
+                                            help="Seconds to serve, then stop (0: until Ctrl-C).")] = 0.0,
+) -> None:
+    """Serve the simulated teacher of `fea20k demo --teacher` in the foreground: a loopback OpenAI-compatible
+    endpoint whose seeded replies are, for a share of requests, off-format, wrong, hallucinated, hedged, too short
+    or without AUs, and mostly right on a repair attempt."""
+    from fea20k.testing.demo_teacher import DemoTeacher
+    from fea20k.testing.openai_server import OpenAIServer
+
+    setup_logging(None)
+    policy = DemoTeacher(seed=seed, fault_rate=fault_rate, repair_rate=repair_rate)
+    server = OpenAIServer(reply=policy, port=port, lifetime=lifetime or None)
+    try:
+        server.start()
+    except RuntimeError as e:
+        from fea20k.errors import Fea20kUserError
+
+        raise Fea20kUserError(f"demo teacher: cannot serve on 127.0.0.1:{port} ({e}); pick another --port") from None
+    console.print(f"demo teacher on {server.base_url} (seed {seed}); "
+                  + (f"stops in {lifetime:g} s" if lifetime else "Ctrl-C stops it"))
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+    tally = ", ".join(f"{k} {v}" for k, v in sorted(policy.counts.items()))
+    console.print(f"demo teacher stopped after {server.total} requests" + (f" ({tally})" if tally else ""))
 
 
 @app.command()

@@ -1,7 +1,7 @@
-"""A loopback OpenAI-compatible chat-completions server for tests and benchmarks (needs aiohttp, a dev extra).
+"""A loopback OpenAI-compatible chat-completions server for tests and benchmarks (needs aiohttp, a core dependency).
 
 It runs on its own event loop in a background thread, binds 127.0.0.1 on a free port, and stops by itself after
-``lifetime`` seconds (or on :meth:`OpenAIServer.stop` / leaving the ``with`` block). It offers:
+``lifetime`` seconds (None: never; or on :meth:`OpenAIServer.stop` / leaving the ``with`` block). It offers:
 
 * a fixed ``latency`` per request and at most ``max_concurrent`` requests served at once (the rest queue, first
   come first served). Service slots are kept on the server's clock: a slot is free again exactly ``latency`` after
@@ -101,7 +101,7 @@ class OpenAIServer:
     """Loopback ``/v1/chat/completions`` server in a background thread (see the module docstring)."""
 
     def __init__(self, latency: float = 0.0, max_concurrent: int = 64, faults: FaultPlan | None = None,
-                 wrong_rate: float = 0.0, lifetime: float = 600.0,
+                 wrong_rate: float = 0.0, lifetime: float | None = 600.0,
                  reply: Callable[[str, dict[str, Any]], str] | None = None, port: int = 0) -> None:
         self.latency = latency
         self.max_concurrent = max_concurrent
@@ -143,6 +143,11 @@ class OpenAIServer:
         if self._loop is not None and self._stop is not None and self._thread and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(10)
+
+    def wait(self) -> None:
+        """Block until the server stops (its lifetime ends, or :meth:`stop`); Ctrl-C still reaches the caller."""
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(0.5)  # a bounded join, so that a KeyboardInterrupt is not held back
 
     def __enter__(self) -> OpenAIServer:
         return self.start()
