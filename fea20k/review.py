@@ -126,7 +126,8 @@ class ReviewSession:
             "emotion": rec.emotion, "emotion_origin": rec.emotion_origin, "aus_present": rec.present_aus(),
             "au_coded": sorted(rec.au_coded), "reasons": rec.reasons, "excluded_at": rec.excluded_at,
             "rationale": text, "segments": rationale_segments(text, rec) if text else [],
-            "details": details, "attempts": attempts, "n_attempts": r.attempts if r is not None else 0,
+            "details": details, "attempts": attempts,
+            "n_attempts": max(r.attempts, len(r.raw)) if r is not None else 0,
             "annotator": r.annotator if r is not None else None, "model": r.model if r is not None else None,
             "signature": row_signature(rec), "has_face": bool(rec.face),
         }

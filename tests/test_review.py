@@ -95,6 +95,13 @@ def test_binds_loopback_only_and_refuses_without_token(served: tuple[ReviewSessi
 def test_check_decide_and_two_tabs(served: tuple[ReviewSession, str], ws: Path) -> None:
     session, url = served
     base, token = url.split("?", 1)[0], session.token
+    rat = session.rows["toy/0004"].rationale
+    assert rat is not None
+    rat.raw, rat.errors, rat.attempts = ["<answer>fear</answer>", rat.text or ""], ["no_think_tag"], 2
+    card = session.row_json(session.rows["toy/0004"])
+    assert card["attempts"] == [{"n": 1, "text": "<answer>fear</answer>", "error": "no_think_tag"},
+                                {"n": 2, "text": rat.text, "error": None}]
+    assert card["reasons"] == ["emotion_mismatch"] and ("fear", "answer_bad") in card["segments"]
     ok = session.check("toy/0004", ANGER_FIXED)
     assert ok["passed"] and ok["reasons"] == [] and ("anger", "answer_ok") in ok["segments"]
     bad = session.check("toy/0004", ANGER_FIXED.replace("anger", "fear").replace("lids", "maybe lids"))
@@ -132,6 +139,16 @@ def test_check_decide_and_two_tabs(served: tuple[ReviewSession, str], ws: Path) 
     status, out = _get(base + "api/decide", headers={TOKEN_HEADER: token},
                        data=json.dumps({"id": "toy/0004", "action": "edit", "rationale": "maybe"}).encode())
     assert status == 422 and "fails the checks" in json.loads(out)["error"]
+
+    # a build holding the workspace lock: the decision is refused with who holds it (409), nothing is written
+    from fea20k.lock import workspace_lock
+
+    before = (ws / "reviews" / "round-0.jsonl").read_bytes()
+    with workspace_lock(ws, "fea20k build --round 0"):
+        status, out = _get(base + "api/decide", headers={TOKEN_HEADER: token},
+                           data=json.dumps({"id": "toy/0004", "action": "accept"}).encode())
+    assert status == 409 and "is locked by" in json.loads(out)["error"] and "fea20k build" in json.loads(out)["error"]
+    assert (ws / "reviews" / "round-0.jsonl").read_bytes() == before
 
 
 def test_review_lines_keep_their_new_keys(tmp_path: Path) -> None:
@@ -298,6 +315,9 @@ async def _drive(exe: str, url: str, tmp: Path) -> Path:
                 await cdp.until("document.getElementById('checks').textContent.includes('fails')")
                 assert await cdp.js("document.querySelector('#card .rationale .hallucinated').textContent") == "AU12"
                 assert await cdp.js("document.querySelector('#card .face').naturalWidth") > 0
+                assert await cdp.js("document.querySelector('#card .attempts summary').textContent") == \
+                    "every attempt (2)"
+                assert "failed: hedging" in await cdp.js("document.querySelector('#card .attempt-list').textContent")
                 shot = await cdp.send("Page.captureScreenshot", format="png")
         out = tmp / "review.png"
         out.write_bytes(base64.b64decode(shot["data"]))
@@ -317,7 +337,11 @@ def test_browser_review_then_publish(served: tuple[ReviewSession, str], ws: Path
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail("chromium is required in CI for the review page test (apt-get install -y chromium)")
         pytest.skip("chromium not installed (Debian: apt-get update && apt-get install -y chromium); CI installs it")
-    _, url = served
+    session, url = served
+    rat = session.rows["toy/0005"].rationale  # as a teacher's repair loop leaves it: a failed attempt, then this
+    assert rat is not None
+    rat.raw = ["<think>maybe happy (AU12)</think>\n<answer>happiness</answer>", rat.text or ""]
+    rat.errors = ["hedging"]
     shot = asyncio.run(_drive(exe, url, tmp_path))
     print(f"review page screenshot: {shot}")
     from PIL import Image
