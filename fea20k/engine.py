@@ -31,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from fea20k import config as env_config
-from fea20k.errors import ConfigError, DiskFullError, Fea20kUserError, PendingError, UnknownStageError
+from fea20k.errors import (
+    ConfigError,
+    DiskFullError,
+    Fea20kUserError,
+    PendingError,
+    ReviewPendingError,
+    UnknownStageError,
+)
 from fea20k.io import (
     PART_GLOB,
     StageOutput,
@@ -528,7 +535,8 @@ def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, opts: ExecOp
     except KeyboardInterrupt:
         ws.ledger.stage_finished(ps.round, ps.key, "interrupted")
         raise
-    except PendingError as e:  # not a failure: samples wait for the endpoint, the next build retries them
+    # not failures: samples wait for the endpoint, or for a curator at a review gate; the next build retries them
+    except (PendingError, ReviewPendingError) as e:
         ws.ledger.stage_finished(ps.round, ps.key, "pending", error=str(e))
         raise
     except BaseException as e:

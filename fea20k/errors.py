@@ -82,6 +82,12 @@ class PendingError(Fea20kError):
         return type(self), (self.count, self.since, self.cause, self.what, self.reason, self.round)
 
 
+class ReviewPendingError(Fea20kError):
+    """A ``review.gate`` step is waiting for a curator: too few of its sampled rows have a decision in
+    ``reviews/round-N.jsonl``. Not a failure: the CLI prints this one line and exits 5; once the decisions are
+    written the next build goes on from the gate."""
+
+
 class DiskFullError(Fea20kError):
     """A write found its disk full; the message names the path, the free space and the space needed (exit 1). What
     was written before is intact (writes are atomic), so a re-run after freeing space resumes."""

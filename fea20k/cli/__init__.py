@@ -2,7 +2,8 @@
 
 Commands import the library lazily, so ``fea20k --help`` stays fast and never imports torch, vllm, ray or
 insightface. A :class:`~fea20k.errors.Fea20kUserError` becomes one red line on stderr and exit code 2; records left
-pending (:class:`~fea20k.errors.PendingError`: an endpoint down longer than the retries) one line and exit code 4.
+pending (:class:`~fea20k.errors.PendingError`: an endpoint down longer than the retries) one line and exit code 4;
+a review gate waiting for decisions (:class:`~fea20k.errors.ReviewPendingError`) one line and exit code 5.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from fea20k.cli import (  # noqa: F401
     workspace_cmds,
 )
 from fea20k.cli.app import app, err_console
-from fea20k.errors import BudgetExceededError, DiskFullError, Fea20kUserError, Interrupted, PendingError
+from fea20k.errors import (
+    BudgetExceededError,
+    DiskFullError,
+    Fea20kUserError,
+    Interrupted,
+    PendingError,
+    ReviewPendingError,
+)
 
 
 # Errors with a one-line message and their exit codes, checked in this order (the first type that matches wins)
@@ -31,6 +39,8 @@ _EXITS: dict[type[BaseException], tuple[str, int]] = {
     BudgetExceededError: ("[yellow]stopped:[/yellow] {}", 3),
     # not outcomes: the stage is incomplete and the next build retries only those records
     PendingError: ("[yellow]incomplete:[/yellow] {}", 4),
+    # a review.gate step waits for decisions in reviews/round-N.jsonl; the next build goes on from it
+    ReviewPendingError: ("[yellow]{}[/yellow]", 5),
     Interrupted: ("[yellow]{}[/yellow]", 130),
     DiskFullError: ("[red]error:[/red] {}", 1),
 }
@@ -40,7 +50,7 @@ _KNOWN = tuple(_EXITS)
 def main() -> None:
     """Console-script entry point. Exit codes: 0 done, 1 failure (a full disk included), 2 a user error (bad
     config, the workspace locked by another command), 3 the annotation budget reached, 4 records left pending (an
-    endpoint down: re-run to retry them), 130 Ctrl-C."""
+    endpoint down: re-run to retry them), 5 a review gate waits for decisions, 130 Ctrl-C."""
     # messages are escaped: they quote TOML tables such as [stages."annotate.draft"], which are not markup
     try:
         # without standalone mode click returns a command's typer.Exit code instead of exiting with it

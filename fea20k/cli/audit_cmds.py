@@ -27,9 +27,23 @@ def audit(
     html_limit: Annotated[int, typer.Option("--html-limit", min=1, help="Most rejections on the HTML page.")] = 1000,
     flag_ratio: Annotated[float, typer.Option("--flag-ratio", min=0.0, max=1.0,
                                               help="Flag emotion classes accepted below this × the mean rate.")] = 0.5,
+    export_labelstudio: Annotated[Path | None, typer.Option(
+        "--export-labelstudio", dir_okay=False,
+        help="Write the review sample (rejected rows + a seeded sample of accepted ones) as Label Studio tasks "
+             "to this JSON file, and the matching labeling config beside it (<name>.config.xml).")] = None,
+    import_labelstudio: Annotated[Path | None, typer.Option(
+        "--import-labelstudio", dir_okay=False,
+        help="Append the decisions of a Label Studio JSON export of those tasks to reviews/round-N.jsonl.")] = None,
+    sample_rate: Annotated[float | None, typer.Option(
+        "--sample-rate", min=0.0, max=1.0,
+        help="Share of accepted rows in the Label Studio export (default: the round's review.gate, else 0.1).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of that sample (default: the round's "
+                                                            "review.gate, else 0).")] = None,
 ) -> None:
     """Rejections by reason × source, acceptance by emotion class (outliers flagged), and sample rejections with
-    their AU mentions coloured (green match, red hallucinated, yellow unverifiable) next to the ground truth."""
+    their AU mentions coloured (green match, red hallucinated, yellow unverifiable) next to the ground truth; the
+    review sample to and from Label Studio."""
     from fea20k.audit import (
         Filters,
         acceptance_table,
@@ -46,6 +60,15 @@ def audit(
     from fea20k.workspace import Workspace
 
     ws = Workspace(workspace)
+    if import_labelstudio is not None:  # first, so the tables below show the imported decisions
+        from fea20k.labelstudio import import_annotations
+
+        imported = import_annotations(ws, round_, import_labelstudio)
+        console.print(f"Label Studio import from [bold]{import_labelstudio}[/bold]: {imported.summary()}",
+                      soft_wrap=True)
+        for rid, failed in imported.failed_edits:
+            console.print(f"[yellow]not imported:[/yellow] edited rationale of {rid} fails {', '.join(failed)}",
+                          soft_wrap=True)
     data = collect(ws, round_)
     if not data.stages:
         raise Fea20kUserError(f"round {round_} has no stage output in {ws.round_dir(round_)}; "
@@ -71,3 +94,10 @@ def audit(
         records = list(iter_rejections(ws, data, filters, html_limit))
         html_file.write_text(render_html(data, records, filters, flag_ratio), encoding="utf-8")
         console.print(f"wrote {len(records)} rejection(s) to [bold]{html_file}[/bold]")
+    if export_labelstudio is not None:
+        from fea20k.labelstudio import export_tasks
+
+        n, config = export_tasks(ws, round_, export_labelstudio, sample_rate, seed)
+        console.print(f"wrote {n} Label Studio task(s) to [bold]{export_labelstudio}[/bold] and the labeling config "
+                      f"to [bold]{config}[/bold] (paste it in the project's Settings → Labeling Interface)",
+                      soft_wrap=True)
