@@ -117,6 +117,7 @@ class ReviewSession:
         r = rec.rationale
         text = r.text if r is not None else None
         details = rec.meta.get("validate", {}) if isinstance(rec.meta, dict) else {}
+        last = r.raw[-1] if r is not None and not text and r.raw else None
         attempts = []
         if r is not None:
             for i, raw in enumerate(r.raw):
@@ -126,6 +127,8 @@ class ReviewSession:
             "emotion": rec.emotion, "emotion_origin": rec.emotion_origin, "aus_present": rec.present_aus(),
             "au_coded": sorted(rec.au_coded), "reasons": rec.reasons, "excluded_at": rec.excluded_at,
             "rationale": text, "segments": rationale_segments(text, rec) if text else [],
+            # a row whose every attempt failed keeps no rationale: show (and let the reviewer repair) the last reply
+            "last_reply": last, "last_segments": rationale_segments(last, rec) if last else [],
             "details": details, "attempts": attempts,
             "n_attempts": max(r.attempts, len(r.raw)) if r is not None else 0,
             "annotator": r.annotator if r is not None else None, "model": r.model if r is not None else None,
@@ -134,7 +137,8 @@ class ReviewSession:
 
     def state(self) -> dict[str, Any]:
         """Everything the page shows: rows in order (rejected first) and the current decision of each."""
-        order = sorted(self.rows, key=lambda i: (self.kinds[i] != "rejected", i))
+        # rejected rows with text to judge first; exclusions without a rationale (duplicates, bad crops) after them
+        order = sorted(self.rows, key=lambda i: (self.kinds[i] != "rejected", not _has_text(self.rows[i]), i))
         return {"round": self.round, "reviewer": self.reviewer, "sample_rate": self.sample_rate, "seed": self.seed,
                 "rows": [self.row_json(self.rows[i]) for i in order],
                 "reviews": {k: review_json(v) for k, v in self.reviews().items() if k in self.rows}}
@@ -212,6 +216,10 @@ class ReviewSession:
             with path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
                 f.flush()
+
+
+def _has_text(rec: FaceRecord) -> bool:
+    return rec.rationale is not None and bool(rec.rationale.text or rec.rationale.raw)
 
 
 def review_json(r: Review) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import os
 import shutil
@@ -102,6 +103,12 @@ def test_check_decide_and_two_tabs(served: tuple[ReviewSession, str], ws: Path) 
     assert card["attempts"] == [{"n": 1, "text": "<answer>fear</answer>", "error": "no_think_tag"},
                                 {"n": 2, "text": rat.text, "error": None}]
     assert card["reasons"] == ["emotion_mismatch"] and ("fear", "answer_bad") in card["segments"]
+    failed = copy.deepcopy(session.rows["toy/0004"])  # every attempt failed: no rationale kept, the replies are
+    assert failed.rationale is not None
+    failed.rationale.text = None
+    card = session.row_json(failed)
+    assert card["rationale"] is None and card["last_reply"] == rat.text
+    assert ("fear", "answer_bad") in card["last_segments"]
     ok = session.check("toy/0004", ANGER_FIXED)
     assert ok["passed"] and ok["reasons"] == [] and ("anger", "answer_ok") in ok["segments"]
     bad = session.check("toy/0004", ANGER_FIXED.replace("anger", "fear").replace("lids", "maybe lids"))
