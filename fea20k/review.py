@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import secrets
 import threading
 import time
@@ -35,6 +34,7 @@ from fea20k.io import PART_GLOB, read_chunk
 from fea20k.lock import WorkspaceLockedError
 from fea20k.publish.reviews import Review, load_reviews, reviews_path
 from fea20k.record import FaceRecord
+from fea20k.review_sample import DEFAULT_RATE, DEFAULT_SEED, sampled
 
 
 logger = logging.getLogger(__name__)
@@ -59,11 +59,6 @@ def row_signature(rec: FaceRecord) -> str:
     return hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
 
 
-def sampled(rec_id: str, seed: int, rate: float) -> bool:
-    """Whether an accepted row is in the review sample: seeded per id, so the sample does not depend on order."""
-    return random.Random(f"{seed}:{rec_id}").random() < rate
-
-
 @dataclass
 class ReviewSession:
     """The rows of one round to review and the decisions made about them."""
@@ -71,8 +66,8 @@ class ReviewSession:
     root: Path
     round: int
     reviewer: str
-    sample_rate: float = 0.1
-    seed: int = 0
+    sample_rate: float = DEFAULT_RATE
+    seed: int = DEFAULT_SEED
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     rows: dict[str, FaceRecord] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)  # id -> "rejected" | "sample"
@@ -80,9 +75,10 @@ class ReviewSession:
     _write_guard: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def open(cls, workspace: Path, round_: int, reviewer: str, sample_rate: float = 0.1, seed: int = 0
-             ) -> ReviewSession:
-        """Load the round's rejected rows and the seeded sample of its accepted rows."""
+    def open(cls, workspace: Path, round_: int, reviewer: str, sample_rate: float = DEFAULT_RATE,
+             seed: int = DEFAULT_SEED) -> ReviewSession:
+        """Load the round's rejected rows and the seeded sample of its accepted rows (the rule of
+        :mod:`fea20k.review_sample`, which the ``review.gate`` step counts decisions on)."""
         from fea20k.workspace import Workspace
 
         if not 0.0 <= sample_rate <= 1.0:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from fea20k.cli.app import QuietOpt, RoundOpt, WorkspaceOpt, app, console, setup_logging
+from fea20k.review_sample import DEFAULT_RATE, DEFAULT_SEED  # stdlib-only: keeps `fea20k --help` fast
 
 
 def _default_reviewer() -> str:
@@ -26,8 +27,8 @@ def review(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port on 127.0.0.1 (0 = any free one).")
                     ] = 0,
     sample_rate: Annotated[float, typer.Option("--sample-rate", min=0.0, max=1.0,
-                                               help="Share of the accepted rows to review too.")] = 0.1,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the accepted-row sample.")] = 0,
+                                               help="Share of the accepted rows to review too.")] = DEFAULT_RATE,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the accepted-row sample.")] = DEFAULT_SEED,
     reviewer: Annotated[str | None, typer.Option("--reviewer", help="Name recorded with each decision "
                                                                     "(default: your login).")] = None,
     quiet: QuietOpt = False,
