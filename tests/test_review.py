@@ -372,6 +372,11 @@ def test_browser_review_then_publish(served: tuple[ReviewSession, str], ws: Path
     assert rejected["toy/0001"]["reasons"] == ["human_reject"] and rejected["toy/0001"]["review_note"] == "eyes closed"
     assert rejected["toy/0002"]["excluded_at"] == "review" and rejected["toy/0002"]["review_note"] == "gt_wrong"
     assert rejected["toy/0006"]["review"] == "accept"  # recorded; the checks' verdict stands
+    # the edited rationale is the text the release carries, with who edited it
+    edited = rejected["toy/0004"]
+    assert edited["rationale"] == ANGER_FIXED
+    assert any(p["stage"] == "review" and p["value"].startswith("rationale edited by tester")
+               for p in edited["provenance"]), edited["provenance"]
     card = (folder / "README.md").read_text()
     for count in ("accept (kept rejected) 2", "reject 2", "rationale edited 1", "ground truth flagged wrong 1"):
         assert count in card, count

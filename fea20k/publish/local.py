@@ -238,7 +238,8 @@ def _publish_part(table: pa.Table, writer: ReleaseWriter, reviews: dict[str, Any
     light = from_arrow(table.select(LIGHT_COLUMNS))
     route: list[str] = []
     changed = False
-    for rec in light:
+    edited: dict[int, str] = {}  # row -> provenance line of a reviewer's edit
+    for i, rec in enumerate(light):
         review = reviews.get(rec.id)
         if review is not None:
             seen_review_ids.add(rec.id)
@@ -246,6 +247,11 @@ def _publish_part(table: pa.Table, writer: ReleaseWriter, reviews: dict[str, Any
             _apply_review(rec, review.decision, facts)
             if review.rationale:
                 facts.reviews["rationale edited"] += 1
+                if rec.rationale is not None and review.rationale != rec.rationale.text:
+                    # the reviewer's text, which passed the checks when it was saved, is what the row releases
+                    rec.rationale.text = review.rationale
+                    edited[i] = (f"rationale edited by {review.reviewer or 'a reviewer'}"
+                                 + (f" at {review.time}" if review.time else ""))
             if review.gt_wrong:
                 facts.reviews["ground truth flagged wrong"] += 1
             changed = changed or was != (rec.accepted, len(rec.reasons))
@@ -264,6 +270,8 @@ def _publish_part(table: pa.Table, writer: ReleaseWriter, reviews: dict[str, Any
                           ("excluded_at", pa.string())):
             values = pa.array([getattr(r, name) for r in light], type=typ)
             table = table.set_column(table.schema.get_field_index(name), name, values)
+    if edited:
+        table = _with_edits(table, light, edited)
     routes = pa.array(route)
     for split in ("train", "test", "rejected"):
         mask = pc.equal(routes, split)
@@ -273,6 +281,22 @@ def _publish_part(table: pa.Table, writer: ReleaseWriter, reviews: dict[str, Any
         if split != "rejected":
             facts.with_face += rows.num_rows - rows.column("face").null_count
         writer.add_table(split, rows, review_cols)
+
+
+def _with_edits(table: pa.Table, light: list[FaceRecord], edited: dict[int, str]) -> pa.Table:
+    """``table`` with the reviewers' rationale texts and a ``review`` provenance entry on the edited rows."""
+    from dataclasses import asdict
+
+    rat_field = table.schema.field("rationale")
+    rationale = pa.array([asdict(r.rationale) if r.rationale is not None else None for r in light],
+                         type=rat_field.type)
+    table = table.set_column(table.schema.get_field_index("rationale"), rat_field, rationale)
+    prov_field = table.schema.field("provenance")
+    prov = table.column("provenance").to_pylist()
+    for i, line in edited.items():
+        prov[i] = [*(prov[i] or []), ("review", line)]
+    return table.set_column(table.schema.get_field_index("provenance"), prov_field,
+                            pa.array(prov, type=prov_field.type))
 
 
 def _apply_review(rec: FaceRecord, decision: str, facts: ReleaseFacts) -> None:

@@ -18,8 +18,9 @@ How the publish stage applies them:
   the card) but does **not** move it into train/test: every released row passed the checks the card describes. To
   release such rows, change the check or its threshold in ``validators/`` and rebuild (only validate and publish
   re-run).
-* An edited ``rationale`` and a ``gt_wrong`` flag are counted on the card; the released row keeps the rationale the
-  checks judged (the edit is kept in the reviews file, for the next round's prompts or a manual fix).
+* An edited ``rationale`` (it passed the validator checks when the reviewer saved it) replaces the row's rationale
+  text in the release, with a ``review`` provenance entry naming the reviewer and the time; edits are counted on the
+  card. A ``gt_wrong`` flag is counted on the card (and, stored as a reject, moves a released row out).
 """
 
 from __future__ import annotations
