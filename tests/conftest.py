@@ -27,13 +27,20 @@ def _isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
     monkeypatch.setenv("FEA20K_WORKERS", os.environ.get("FEA20K_TEST_WORKERS", "2"))
 
 
-@pytest.fixture(autouse=True)
-def _restore_fea20k_logging() -> Iterator[None]:
-    """A CLI command installs handlers on the ``fea20k`` logger, on the streams of its test (CliRunner's, capsys'),
-    which close with the test: put the old handlers back so a later test never logs into a closed stream."""
+@pytest.fixture(scope="session")
+def _fea20k_logging_at_start() -> tuple[list[logging.Handler], int, bool]:
     log = logging.getLogger("fea20k")
-    handlers, level, propagate = list(log.handlers), log.level, log.propagate
+    return list(log.handlers), log.level, log.propagate
+
+
+@pytest.fixture(autouse=True)
+def _restore_fea20k_logging(_fea20k_logging_at_start: tuple[list[logging.Handler], int, bool]) -> Iterator[None]:
+    """A CLI command installs handlers on the ``fea20k`` logger, on the streams of its test (CliRunner's, capsys'),
+    which close with the test: after every test put back the handlers the session started with (not the ones a
+    module-scoped fixture's command installed), so a later test never logs into a closed stream."""
     yield
+    handlers, level, propagate = _fea20k_logging_at_start
+    log = logging.getLogger("fea20k")
     log.handlers[:] = handlers
     log.setLevel(level)
     log.propagate = propagate
