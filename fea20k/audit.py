@@ -299,23 +299,54 @@ def repair_tables(data: AuditData) -> list[Any]:
 
     out = []
     for key, r in data.repairs.items():
-        if not r.reasons and not r.repaired and not r.failed:
+        if not _repair_shown(r):
             continue
         srcs = sorted({s for _, s in r.reasons})
         t = Table(title=f"Round {data.round}, {key}: rejected attempts by reason × source (the repair loop)",
-                  caption=f"{r.drafted} drafted: {r.first_try} right first time, {r.repaired} repaired, "
-                          f"{r.failed} failed after every attempt")
+                  caption=_repair_caption(r))
         t.add_column("reason")
         for s in srcs:
             t.add_column(s, justify="right")
         t.add_column("attempts", justify="right", style="bold")
-        by_reason: dict[str, Counter[str]] = defaultdict(Counter)
-        for (reason, src), n in r.reasons.items():
-            by_reason[reason][src] += n
-        for reason, c in sorted(by_reason.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])):
+        for reason, c in _repair_rows(r):
             t.add_row(reason, *[str(c[s]) if c[s] else "[dim]0[/dim]" for s in srcs], str(sum(c.values())))
         out.append(t)
     return out
+
+
+def _repair_shown(r: RepairData) -> bool:
+    """Whether a stage's repair loop did anything worth a table (offline drafts are all right first time)."""
+    return bool(r.reasons or r.repaired or r.failed)
+
+
+def _repair_caption(r: RepairData) -> str:
+    return (f"{r.drafted} drafted: {r.first_try} right first time, {r.repaired} repaired, {r.failed} failed after "
+            "every attempt")
+
+
+def _repair_rows(r: RepairData) -> list[tuple[str, Counter[str]]]:
+    """Failed attempts by reason (most first), each a counter by source."""
+    by_reason: dict[str, Counter[str]] = defaultdict(Counter)
+    for (reason, src), n in r.reasons.items():
+        by_reason[reason][src] += n
+    return sorted(by_reason.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+
+
+def _html_repairs(data: AuditData) -> str:
+    """The repair-loop tables of :func:`repair_tables`, as HTML (empty when no stage's loop did anything)."""
+    parts = []
+    for key, r in data.repairs.items():
+        if not _repair_shown(r):
+            continue
+        srcs = sorted({s for _, s in r.reasons})
+        rows = [[html.escape(reason), *[str(c[s]) for s in srcs], f"<b>{sum(c.values())}</b>"]
+                for reason, c in _repair_rows(r)]
+        parts.append(f"<h3>{html.escape(key)}: rejected attempts by reason × source</h3>"
+                     + _html_table(["reason", *srcs, "attempts"], rows)
+                     + f'<p class="dim">{html.escape(_repair_caption(r))}</p>')
+    if not parts:
+        return ""
+    return "<h2>The repair loop</h2>\n" + "\n".join(parts)
 
 
 def acceptance_table(data: AuditData, flag_ratio: float = 0.5) -> Any:
@@ -490,6 +521,7 @@ def render_html(data: AuditData, records: list[FaceRecord], filters: Filters, fl
             + (f" {data.reviews_note}." if data.reviews_note else "")),
         "rejections": _html_table(["stage", "reason", *srcs, "total"], rej_rows),
         "acceptance": _html_table(["emotion", "checked", "accepted", "rate", ""], acc_rows),
+        "repairs": _html_repairs(data),
         "cards": "\n".join(cards) or '<p class="dim">No rejection matches the filters.</p>',
     }
     for k, v in subs.items():

@@ -160,3 +160,21 @@ def test_render_html_without_rejections(ws: Path) -> None:
     data = collect(Workspace(ws), 0)
     page = render_html(data, [], Filters(reason="nope"))
     assert "No rejection matches the filters" in page and "reason=nope" in page
+
+
+def test_html_audit_shows_the_repair_loop(ws: Path) -> None:
+    from collections import Counter
+
+    from fea20k.audit import RepairData
+
+    data = collect(Workspace(ws), 0)
+    assert "The repair loop" not in render_html(data, [], Filters())  # rule-written drafts: nothing to repair
+    data.repairs["annotate.draft"] = RepairData(
+        drafted=5, first_try=2, repaired=2, failed=1,
+        reasons=Counter({("hedging", "rafdb"): 2, ("emotion_mismatch", "rafdb"): 1, ("hedging", "disfa"): 1}))
+    page = render_html(data, [], Filters())
+    section = page.split("<h2>The repair loop</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "annotate.draft: rejected attempts by reason × source" in section
+    assert "5 drafted: 2 right first time, 2 repaired, 1 failed after every attempt" in section
+    # hedging (3 attempts) before emotion_mismatch (1), counted per source
+    assert section.index("hedging") < section.index("emotion_mismatch") and "<b>3</b>" in section
