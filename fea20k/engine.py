@@ -32,6 +32,8 @@ from typing import Any
 
 from fea20k import config as env_config
 from fea20k.errors import (
+    BatchExportedError,
+    BatchPendingError,
     ConfigError,
     DiskFullError,
     Fea20kUserError,
@@ -535,8 +537,9 @@ def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, opts: ExecOp
     except KeyboardInterrupt:
         ws.ledger.stage_finished(ps.round, ps.key, "interrupted")
         raise
-    # not failures: samples wait for the endpoint, or for a curator at a review gate; the next build retries them
-    except (PendingError, ReviewPendingError) as e:
+    # not failures: samples wait for the endpoint, a curator at a review gate or a Batch API batch (or were
+    # exported for one); the next build retries them
+    except (PendingError, ReviewPendingError, BatchPendingError, BatchExportedError) as e:
         ws.ledger.stage_finished(ps.round, ps.key, "pending", error=str(e))
         raise
     except BaseException as e:
@@ -777,6 +780,7 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
         stage.load()
         for i, p in todo:
             finished(process_chunk(stage, p, d, i), i)
+    stage.settle()
     missing = [i for i in range(len(parts)) if not chunk_done(d, i)]
     if missing:  # no completion marker: the next build redoes exactly these chunks
         if pending:

@@ -82,6 +82,21 @@ class PendingError(Fea20kError):
         return type(self), (self.count, self.since, self.cause, self.what, self.reason, self.round)
 
 
+class BatchPendingError(Fea20kError):
+    """An annotate stage in batch mode (``mode = "batch"``) waits for a Batch API batch it submitted (or found still
+    running). Not a failure: the CLI prints this one line and exits 6; the next build polls the batch, collects its
+    answers into the request cache and goes on."""
+
+
+class BatchExportedError(Fea20kError):
+    """``fea20k batch export`` stopped the build at the exported stage after writing its pending requests (the CLI
+    reports the file and exits 0)."""
+
+    def __init__(self, message: str, count: int = 0) -> None:
+        super().__init__(message)
+        self.count = count
+
+
 class ReviewPendingError(Fea20kError):
     """A ``review.gate`` step is waiting for a curator: too few of its sampled rows have a decision in
     ``reviews/round-N.jsonl``. Not a failure: the CLI prints this one line and exits 5; once the decisions are

@@ -63,6 +63,19 @@ CREATE TABLE IF NOT EXISTS calls (
     seconds REAL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,            -- the Batch API's id; submitting-<token> until it is known; export-<time>
+    round INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    annotator TEXT NOT NULL,
+    model TEXT,
+    input_file_id TEXT,
+    status TEXT NOT NULL,           -- submitting | submitted | collected | expired | failed | cancelled | exported
+    requests INTEGER NOT NULL,
+    keys TEXT NOT NULL,             -- JSON list of the request cache keys (the lines' custom_id)
+    submitted REAL NOT NULL,
+    collected REAL
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     round INTEGER NOT NULL,
     stage TEXT NOT NULL,
@@ -239,6 +252,44 @@ class Ledger:
         ).fetchall()
         return {k: {"calls": calls, "tokens_in": t_in, "tokens_out": t_out, "cost_usd": cost}
                 for k, calls, t_in, t_out, cost in rows}
+
+    # -- Batch API batches (fea20k.annotate.batch)
+    def record_batch(self, batch_id: str, round_: int, stage: str, annotator: str, model: str | None,
+                     input_file_id: str | None, keys: list[str], status: str = "submitted") -> None:
+        self.conn.execute(
+            "INSERT INTO batches(id, round, stage, annotator, model, input_file_id, status, requests, keys, "
+            "submitted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (batch_id, round_, stage, annotator, model, input_file_id, status, len(keys), json.dumps(keys),
+             time.time()),
+        )
+
+    def open_batches(self, round_: int, stage: str, annotator: str) -> list[dict[str, Any]]:
+        """The batches of a stage submitted and not yet collected, oldest first."""
+        rows = self.conn.execute(
+            "SELECT id, requests, submitted FROM batches WHERE round = ? AND stage = ? AND annotator = ? "
+            "AND status IN ('submitting', 'submitted') ORDER BY submitted", (round_, stage, annotator)).fetchall()
+        return [{"id": i, "requests": n, "submitted": t} for i, n, t in rows]
+
+    def adopt_batch(self, placeholder: str, batch_id: str, input_file_id: str | None) -> None:
+        """Give a ``submitting-<token>`` row the id of the batch the Batch API created for it."""
+        self.conn.execute("UPDATE batches SET id = ?, input_file_id = ?, status = 'submitted' WHERE id = ?",
+                          (batch_id, input_file_id, placeholder))
+
+    def drop_batch(self, batch_id: str) -> None:
+        self.conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+
+    def close_batch(self, batch_id: str, status: str) -> None:
+        self.conn.execute("UPDATE batches SET status = ?, collected = ? WHERE id = ?",
+                          (status, time.time(), batch_id))
+
+    def batch_for_keys(self) -> dict[str, tuple[str, str | None, int, str]]:
+        """request key -> (annotator, model, round, stage) of every batch or export recorded."""
+        out: dict[str, tuple[str, str | None, int, str]] = {}
+        for annotator, model, round_, stage, keys in self.conn.execute(
+                "SELECT annotator, model, round, stage, keys FROM batches ORDER BY submitted"):
+            for k in json.loads(keys):
+                out[k] = (annotator, model, round_, stage)
+        return out
 
     # -- checkpoints and releases
     def record_checkpoint(self, round_: int, stage: str, path: str, signature: str | None = None) -> None:

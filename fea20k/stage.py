@@ -191,6 +191,10 @@ class MapStage(Stage, ABC):
             raise RuntimeError(f"stage {self.name}: process() returned {len(out)} records for {len(batch)}")
         return out
 
+    def settle(self) -> None:
+        """Called in the build process once every chunk of the run went through :meth:`process`: work gathered
+        over the chunks (the annotate stages' Batch API submission) is sent here. May raise to stop the build."""
+
 
 class AggregateStage(Stage, ABC):
     """Sees the whole upstream output (streamed chunk by chunk) and yields output chunks, or nothing (a sink)."""

@@ -22,6 +22,15 @@ cache as one), and on a fatal error (a 404, a refused key) the calls already on 
 before the error is raised (no new attempt or retry starts; the wait is bounded by the annotator's ``timeout``).
 Before the first call the template is rendered through every branch (:meth:`~fea20k.annotate.task.Task.preflight`).
 Offline backends (``rules``) write from the record itself: no prompt, no cache, no repair loop.
+
+In batch mode (``mode = "batch"``, :mod:`fea20k.annotate.batch`) step 2 sends nothing: a cache miss reserves the
+budget at the batch price and queues the request; the records wait (pending, their chunks unwritten). Once every
+chunk ran, :meth:`AnnotateStage.settle` uploads the queue as one Batch API request file, creates the batch, records
+its id in the ledger and raises :class:`~fea20k.errors.BatchPendingError` (exit 6). The next build first polls the
+stage's open batches (:meth:`AnnotateStage._collect_batches`): one still running stops it again with the same line
+(a batch is never submitted twice); a finished or expired one has its answered lines cached, and the repair loop
+goes on from the cache, its next attempts making the next batch. Lines that failed are simply not cached: they are
+asked again in the next batch. ``fea20k batch export`` queues the same way and writes the file instead.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import asyncio
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -42,7 +52,7 @@ from fea20k.annotate.backends import Backend, Reply, Request, get_backend
 from fea20k.annotate.clients import LIVE_FIELDS, Budget, share
 from fea20k.annotate.spec import AnnotatorSpec, load_annotator
 from fea20k.annotate.task import DraftTask, Feedback, Task, image_data_url, image_ref, prompt_text, request_key
-from fea20k.errors import BudgetExceededError, ConfigError, PendingError
+from fea20k.errors import BatchExportedError, BatchPendingError, BudgetExceededError, ConfigError, PendingError
 from fea20k.record import FaceRecord, Rationale
 from fea20k.redact import mask
 from fea20k.stage import MapStage, StageConfig
@@ -55,6 +65,11 @@ IMAGE_TOKENS = 255  # rough input-token cost of one image, for the tokens-per-mi
 STATUS_EVERY = 0.25  # seconds between live-status updates
 WINDOW = 2  # records in the repair loop at once, per unit of concurrency (see AnnotateStage.process)
 DRAIN_GRACE = 1.0  # seconds beyond the annotator's timeout that calls on the wire get to finish after a fatal error
+SUBMITTING = "submitting-"  # ledger id of a batch until the Batch API has given it its id
+QUEUED = "queued for a batch"  # the error of a request batch mode queued instead of sending
+
+# `fea20k batch export`: stage key -> the file its queued requests are written to (set by the CLI, same process)
+EXPORT_TO: dict[str, Path] = {}
 
 # How the repair loop of one record ended
 DONE, FAILED, BUDGET, PENDING = "done", "failed", "budget", "pending"
@@ -137,6 +152,9 @@ class AnnotateStage(MapStage):
             updates["budget_usd"] = self.config.budget_usd
         if self.config.processes is not None:
             updates["processes"] = self.config.processes
+        # batch mode and the export queue requests in this process (a client process's queue would be lost)
+        if self.ctx.stage_key in EXPORT_TO or spec.mode == "batch":
+            updates["processes"] = 1
         client = getattr(self, "_client", None)
         if client is not None:  # client k of n (see as_client): this process's share of the limits
             k, n = client[0], client[1]
@@ -240,7 +258,99 @@ class AnnotateStage(MapStage):
         else:
             self._budget = Budget.local(self.spec.budget_usd, self._spent_before())
         self._identity = None if self.backend.offline else self.request_identity()
+        self._queue: dict[str, bytes] = {}  # batch mode / export: request key -> chat request body
         self._loaded = True
+        if self.batching and self.ctx.stage_key not in EXPORT_TO:
+            self._collect_batches()
+
+    @property
+    def batching(self) -> bool:
+        """Requests are queued for a batch (batch mode, or ``fea20k batch export``) instead of sent."""
+        return not self.backend.offline and (self.spec.mode == "batch" or self.ctx.stage_key in EXPORT_TO)
+
+    def _batch_price(self, annotator: str, tokens_in: int, tokens_out: int) -> float:
+        return self.backend.cost_of(tokens_in, tokens_out) * self.spec.batch_discount
+
+    def _batch_client(self) -> Any:
+        from fea20k.annotate.batch import BatchClient
+
+        assert self.spec.base_url is not None
+        return BatchClient(self.spec.base_url, self.spec.api_key_env, self.spec.timeout)
+
+    def _collect_batches(self) -> None:
+        """Poll the stage's open batches: raise BatchPendingError while one runs; cache what a finished, expired or
+        failed one answered and close it (its unanswered requests go into the next batch)."""
+        from fea20k.annotate.batch import RUNNING, cache_answers, parse_output
+
+        ledger = self.ctx.workspace.ledger
+        opened = ledger.open_batches(self.ctx.round, self.ctx.stage_key, self.spec.name)
+        if not opened:
+            return
+        client = self._batch_client()
+        owner = (self.spec.name, self.backend.model, self.ctx.round, self.ctx.stage_key)
+        for row in opened:
+            if row["id"].startswith(SUBMITTING):  # a build died while submitting: did the batch get created?
+                b = client.find(row["id"].removeprefix(SUBMITTING))
+                if b is None:
+                    ledger.drop_batch(row["id"])  # never created: its requests are queued again by this run
+                    continue
+                ledger.adopt_batch(row["id"], b.id, b.input_file_id)
+                row["id"] = b.id
+            else:
+                b = client.retrieve(row["id"])
+            if b.status in RUNNING:
+                raise self._batch_wait(row["id"], row["requests"], row["submitted"])
+            answered = failed = 0
+            for file_id in (b.output_file_id, b.error_file_id):
+                if file_id:
+                    text = client.content(file_id)
+                    a, f, _ = cache_answers(ledger, parse_output(text.splitlines()), lambda _k: owner,
+                                            self._batch_price)
+                    answered, failed = answered + a, failed + f
+            status = "collected" if b.status == "completed" else b.status
+            ledger.close_batch(row["id"], status)
+            self.stats.add("batch_answers", answered)
+            logger.info("%s: batch %s %s: %d answered, %d failed, %d of %d requests to ask again", self.name,
+                        row["id"], b.status, answered, failed, row["requests"] - answered, row["requests"])
+
+    def _batch_wait(self, batch_id: str, count: int, submitted: float) -> BatchPendingError:
+        at = time.strftime("%H:%M", time.localtime(submitted))
+        return BatchPendingError(
+            f"round {self.ctx.round} waits for batch {batch_id} ({count} request{'' if count == 1 else 's'}, "
+            f"submitted {at}); re-run `fea20k build --round {self.ctx.round}` to collect it")
+
+    def settle(self) -> None:
+        """After every chunk ran: submit the queued requests as one batch (or write them for ``fea20k batch
+        export``) and stop the build until it is answered."""
+        queue = getattr(self, "_queue", None)
+        if not queue:
+            return
+        from fea20k.annotate.batch import request_line
+
+        ledger = self.ctx.workspace.ledger
+        keys = sorted(queue)
+        lines = [request_line(k, queue[k]) for k in keys]
+        self._queue = {}
+        export = EXPORT_TO.get(self.ctx.stage_key)
+        if export is not None:
+            from fea20k.io import atomic_write_bytes
+
+            atomic_write_bytes(export, ("\n".join(lines) + "\n").encode())
+            ledger.record_batch(f"export-{time.time():.6f}", self.ctx.round, self.ctx.stage_key, self.spec.name,
+                                self.backend.model, None, keys, status="exported")
+            raise BatchExportedError(f"wrote {len(keys)} request(s) of round {self.ctx.round} {self.ctx.stage_key} "
+                                     f"to {export}", len(keys))
+        # recorded before the upload under a token the batch carries in its metadata: a build killed before it
+        # learns the batch id finds the batch by the token next time (see _collect_batches), never submits twice
+        token = uuid.uuid4().hex
+        ledger.record_batch(SUBMITTING + token, self.ctx.round, self.ctx.stage_key, self.spec.name,
+                            self.backend.model, None, keys, status="submitting")
+        batch_id, file_id = self._batch_client().submit(
+            lines, {"fea20k_round": str(self.ctx.round), "fea20k_stage": self.ctx.stage_key,
+                    "fea20k_submission": token})
+        ledger.adopt_batch(SUBMITTING + token, batch_id, file_id)
+        logger.info("%s: submitted batch %s (%d requests, input file %s)", self.name, batch_id, len(keys), file_id)
+        raise self._batch_wait(batch_id, len(keys), time.time())
 
     def _start_pool(self) -> Any:
         spec = self.spec
@@ -471,6 +581,8 @@ class AnnotateStage(MapStage):
         if self._outage.open or self._halting:
             return Reply(text=None, error=f"not sent: {self._outage.cause or 'the stage is stopping'}", fatal=True,
                          transport=True)
+        if self.batching:
+            return self._enqueue(req)
         est = self.backend.cost_of(req.est_tokens - self.spec.max_tokens, self.spec.max_tokens)
         if not self._budget.try_reserve(est):
             return None
@@ -505,6 +617,19 @@ class AnnotateStage(MapStage):
         elif reply.calls:
             self._outage.streak = 0  # the endpoint answered (even a refusal): it is up
         return reply
+
+    def _enqueue(self, req: Request) -> Reply | None:
+        """Batch mode: reserve the request's estimated cost at the batch price (kept: it is committed to the
+        batch) and queue it; the record waits for the batch. None: the budget refused it."""
+        from fea20k.annotate.backends.openai_compat import request_body
+
+        assert req.key is not None
+        if req.key not in self._queue:
+            est = self.backend.cost_of(req.est_tokens - self.spec.max_tokens, self.spec.max_tokens)
+            if not self._budget.try_reserve(est * self.spec.batch_discount):
+                return None
+            self._queue[req.key] = request_body(req)
+        return Reply(text=None, error=QUEUED, fatal=True, transport=True)
 
     def _image(self, rec: FaceRecord) -> bytes | None:
         if rec.face:

@@ -32,7 +32,7 @@ class AnnotatorSpec(StrictModel):
     TRANSPORT_KEYS: ClassVar[frozenset[str]] = frozenset({
         "base_url", "api_key_env", "concurrency", "rpm", "tpm", "timeout", "max_retries", "backoff_base",
         "backoff_max", "price_in", "price_out", "budget_usd", "description", "http_client", "processes",
-        "circuit_breaker",
+        "circuit_breaker", "mode", "batch_discount",
     })
 
     name: str = ""
@@ -69,6 +69,10 @@ class AnnotatorSpec(StrictModel):
     price_in: float = Field(0.0, ge=0)  # USD per million input tokens
     price_out: float = Field(0.0, ge=0)  # USD per million output tokens
     budget_usd: float | None = Field(None, ge=0)
+    # openai: "sync" sends each request as it is built; "batch" submits a round's requests as one Batch API batch
+    # (fea20k.annotate.batch), priced at price_in/price_out times batch_discount (the OpenAI Batch API's half price)
+    mode: Literal["sync", "batch"] = "sync"
+    batch_discount: float = Field(0.5, ge=0, le=1)
     feedback_max_chars: int = Field(1500, ge=0)  # the previous reply quoted in a repair prompt is cut to this
     vllm: dict[str, Any] = Field(default_factory=dict)  # extra vllm.LLM(...) engine arguments
     # backend 'transformers': device ("auto": a CUDA GPU when there is one, else "cpu"; or "cuda:1", ...) and dtype
@@ -82,6 +86,10 @@ class AnnotatorSpec(StrictModel):
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend 'openai' needs `base_url` (e.g. https://api.openai.com/v1, or "
                              "http://127.0.0.1:8000/v1 for vllm serve)")
+        if self.mode == "batch" and self.backend != "openai":
+            raise ValueError(f"mode = \"batch\" needs backend 'openai' (the Batch API), not {self.backend!r}")
+        if self.mode == "batch" and self.processes > 1:
+            raise ValueError("mode = \"batch\" submits from the build process: set processes = 1")
         if self.backend == "rules" and not self.phrases:
             raise ValueError("backend 'rules' needs `phrases` (a phrase-template file under annotators/)")
         unknown = sorted(set(self.transformers) - set(TRANSFORMERS_KEYS))

@@ -3,7 +3,8 @@
 Commands import the library lazily, so ``fea20k --help`` stays fast and never imports torch, vllm, ray or
 insightface. A :class:`~fea20k.errors.Fea20kUserError` becomes one red line on stderr and exit code 2; records left
 pending (:class:`~fea20k.errors.PendingError`: an endpoint down longer than the retries) one line and exit code 4;
-a review gate waiting for decisions (:class:`~fea20k.errors.ReviewPendingError`) one line and exit code 5.
+a review gate waiting for decisions (:class:`~fea20k.errors.ReviewPendingError`) one line and exit code 5; an
+annotate stage waiting for its Batch API batch (:class:`~fea20k.errors.BatchPendingError`) one line and exit code 6.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rich.markup import escape
 from fea20k.cli import (  # noqa: F401
     annotate_cmds,
     audit_cmds,
+    batch_cmds,
     eval_cmds,
     publish_cmds,
     review_cmds,
@@ -24,6 +26,7 @@ from fea20k.cli import (  # noqa: F401
 )
 from fea20k.cli.app import app, err_console
 from fea20k.errors import (
+    BatchPendingError,
     BudgetExceededError,
     DiskFullError,
     Fea20kUserError,
@@ -41,6 +44,8 @@ _EXITS: dict[type[BaseException], tuple[str, int]] = {
     PendingError: ("[yellow]incomplete:[/yellow] {}", 4),
     # a review.gate step waits for decisions in reviews/round-N.jsonl; the next build goes on from it
     ReviewPendingError: ("[yellow]{}[/yellow]", 5),
+    # an annotate stage in batch mode waits for its Batch API batch; the next build polls and collects it
+    BatchPendingError: ("[yellow]{}[/yellow]", 6),
     Interrupted: ("[yellow]{}[/yellow]", 130),
     DiskFullError: ("[red]error:[/red] {}", 1),
 }
@@ -50,7 +55,8 @@ _KNOWN = tuple(_EXITS)
 def main() -> None:
     """Console-script entry point. Exit codes: 0 done, 1 failure (a full disk included), 2 a user error (bad
     config, the workspace locked by another command), 3 the annotation budget reached, 4 records left pending (an
-    endpoint down: re-run to retry them), 5 a review gate waits for decisions, 130 Ctrl-C."""
+    endpoint down: re-run to retry them), 5 a review gate waits for decisions, 6 an annotate stage waits for its
+    Batch API batch (re-run to collect it), 130 Ctrl-C."""
     # messages are escaped: they quote TOML tables such as [stages."annotate.draft"], which are not markup
     try:
         # without standalone mode click returns a command's typer.Exit code instead of exiting with it

@@ -20,7 +20,12 @@ It runs on its own event loop in a background thread, binds 127.0.0.1 on a free 
   and a log of every request with its outcome;
 * a reply policy that, by default, answers a correct rationale from the ground-truth block it finds in the prompt
   (the AUs listed there in parentheses, the emotion to reach), with a controllable ``wrong_rate`` of well-formed
-  but wrong answers (another emotion).
+  but wrong answers (another emotion);
+* the Batch API (``POST /v1/files``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``, ``GET
+  /v1/batches/{id}``, ``GET /v1/batches``) answering each line with the same reply policy (counted in
+  ``counts``/``answered`` like a synchronous request), with a :class:`BatchPlan`: a batch completes after N polls
+  and/or T seconds, some of its lines fail, or it expires with part of its lines answered. ``batches`` holds every
+  batch created.
 
 Example::
 
@@ -72,6 +77,17 @@ class FaultPlan:
         return self.kinds[int.from_bytes(h[8:12], "big") % len(self.kinds)]
 
 
+@dataclass
+class BatchPlan:
+    """How the loopback Batch API runs the batches it is given (ordinals are 1-based, in creation order)."""
+
+    polls: int = 1  # GET /v1/batches/{id} calls that still see a batch in progress before it completes
+    seconds: float = 0.0  # and the least time from creation to completion
+    fail_lines: dict[int, int] = field(default_factory=dict)  # batch ordinal -> its first n lines fail (HTTP 500)
+    expire: frozenset[int] = frozenset()  # batch ordinals that expire: the first half of their lines answered
+    create_latency: float = 0.0  # seconds POST /v1/batches takes to answer (the batch exists from the start)
+
+
 def gold_reply(prompt: str, wrong: bool = False) -> str:
     """A correct Facial-R1-format rationale for the ground truth stated in ``prompt`` (wrong emotion if asked).
 
@@ -102,7 +118,8 @@ class OpenAIServer:
 
     def __init__(self, latency: float = 0.0, max_concurrent: int = 64, faults: FaultPlan | None = None,
                  wrong_rate: float = 0.0, lifetime: float | None = 600.0,
-                 reply: Callable[[str, dict[str, Any]], str] | None = None, port: int = 0) -> None:
+                 reply: Callable[[str, dict[str, Any]], str] | None = None, port: int = 0,
+                 batch: BatchPlan | None = None) -> None:
         self.latency = latency
         self.max_concurrent = max_concurrent
         self.faults = faults or FaultPlan()
@@ -113,6 +130,10 @@ class OpenAIServer:
         self.answered: Counter[str] = Counter()  # well-formed 200 replies sent, per key
         self.log: list[dict[str, Any]] = []
         self.port = port
+        self.batch_plan = batch or BatchPlan()
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}  # batch id -> the Batch API object (+ "_polls", "_t")
+        self.batch_api_calls = 0  # Batch API HTTP requests received
         self._ordinal = 0
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -173,6 +194,11 @@ class OpenAIServer:
         self._slots_free_at = [0.0] * self.max_concurrent  # a heap: when each service slot is next free
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_post("/v1/files", self._file_upload)
+        app.router.add_get("/v1/files/{id}/content", self._file_content)
+        app.router.add_post("/v1/batches", self._batch_create)
+        app.router.add_get("/v1/batches/{id}", self._batch_get)
+        app.router.add_get("/v1/batches", self._batch_list)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self.port)
@@ -238,6 +264,12 @@ class OpenAIServer:
         if fault == "malformed_json":
             return web.Response(text='{"id": "chatcmpl-x", "choices": [{"message": ', status=200,
                                 content_type="application/json")
+        return web.json_response(self._completion(body, key, repeat, ordinal, fault))
+
+    def _completion(self, body: dict[str, Any], key: str, repeat: int, ordinal: int,
+                    fault: str | None = None) -> dict[str, Any]:
+        """The chat-completions reply to ``body`` under the reply policy (``fault``: bad_format, empty or None)."""
+        messages = body["messages"]
         text = prompt_text(messages)
         if fault == "bad_format":
             content = "The person in the picture looks like they are feeling something."
@@ -254,13 +286,125 @@ class OpenAIServer:
                        for p in m["content"] if p.get("type") == "image_url")
         usage = {"prompt_tokens": len(text) // 4 + 85 * n_images, "completion_tokens": len(content) // 4 + 1}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        return web.json_response({
+        return {
             "id": f"chatcmpl-{ordinal}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                          "finish_reason": "stop"}],
             "usage": usage,
-        })
+        }
+
+    # -- the Batch API
+    def _new_file(self, data: bytes, purpose: str, name: str) -> dict[str, Any]:
+        with self._lock:
+            file_id = f"file-{len(self.files) + 1}"
+            self.files[file_id] = data
+        return {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                "filename": name, "purpose": purpose}
+
+    async def _file_upload(self, request: Any) -> Any:
+        from aiohttp import web
+
+        self.batch_api_calls += 1
+        form = await request.post()
+        upload, purpose = form.get("file"), form.get("purpose")
+        if upload is None or purpose != "batch":
+            return web.json_response({"error": {"message": "need a file and purpose=batch"}}, status=400)
+        return web.json_response(self._new_file(upload.file.read(), "batch", upload.filename or "input.jsonl"))
+
+    async def _file_content(self, request: Any) -> Any:
+        from aiohttp import web
+
+        self.batch_api_calls += 1
+        data = self.files.get(request.match_info["id"])
+        if data is None:
+            return web.json_response({"error": {"message": "no such file"}}, status=404)
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def _batch_create(self, request: Any) -> Any:
+        from aiohttp import web
+
+        self.batch_api_calls += 1
+        params = await request.json()
+        if params.get("input_file_id") not in self.files or params.get("completion_window") != "24h":
+            return web.json_response({"error": {"message": "bad input_file_id or completion_window"}}, status=400)
+        now = int(time.time())
+        with self._lock:
+            batch_id = f"batch_{len(self.batches) + 1}"
+            self.batches[batch_id] = {
+                "id": batch_id, "object": "batch", "endpoint": params.get("endpoint"), "errors": None,
+                "input_file_id": params["input_file_id"], "completion_window": "24h", "status": "in_progress",
+                "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": now,
+                "expires_at": now + 86400, "completed_at": None, "expired_at": None,
+                "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                "metadata": params.get("metadata"), "_polls": 0, "_t": time.monotonic(),
+                "_ordinal": len(self.batches) + 1,
+            }
+        if self.batch_plan.create_latency:
+            await asyncio.sleep(self.batch_plan.create_latency)
+        return web.json_response(self._public(self.batches[batch_id]))
+
+    async def _batch_list(self, request: Any) -> Any:
+        from aiohttp import web
+
+        self.batch_api_calls += 1
+        data = [self._public(b) for b in reversed(self.batches.values())]  # newest first, as the API lists them
+        return web.json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                                  "last_id": data[-1]["id"] if data else None, "has_more": False})
+
+    async def _batch_get(self, request: Any) -> Any:
+        from aiohttp import web
+
+        self.batch_api_calls += 1
+        b = self.batches.get(request.match_info["id"])
+        if b is None:
+            return web.json_response({"error": {"message": "no such batch"}}, status=404)
+        if b["status"] == "in_progress":
+            b["_polls"] += 1
+            plan = self.batch_plan
+            if b["_polls"] > plan.polls and time.monotonic() - b["_t"] >= plan.seconds:
+                self._finish(b)
+        return web.json_response(self._public(b))
+
+    def _finish(self, b: dict[str, Any]) -> None:
+        """Answer a batch's lines: completed, or expired with the first half answered."""
+        lines = [json.loads(line) for line in self.files[b["input_file_id"]].decode().splitlines() if line.strip()]
+        n_fail = self.batch_plan.fail_lines.get(b["_ordinal"], 0)
+        expired = b["_ordinal"] in self.batch_plan.expire
+        out, err = [], []
+        for i, line in enumerate(lines):
+            rid = f"batch_req_{b['id']}_{i}"
+            if expired and i >= len(lines) // 2:
+                err.append({"id": rid, "custom_id": line["custom_id"], "response": None, "error": {
+                    "code": "batch_expired",
+                    "message": "This request could not be executed before the completion window expired."}})
+            elif i < n_fail:
+                err.append({"id": rid, "custom_id": line["custom_id"], "response": {
+                    "status_code": 500, "request_id": rid,
+                    "body": {"error": {"message": "injected server error", "type": "server_error"}}},
+                    "error": None})
+            else:
+                body = line["body"]
+                key = request_key(body.get("model"), body["messages"], body)
+                with self._lock:
+                    self._ordinal += 1
+                    self.counts[key] += 1
+                    repeat, ordinal = self.counts[key], self._ordinal
+                out.append({"id": rid, "custom_id": line["custom_id"], "response": {
+                    "status_code": 200, "request_id": rid, "body": self._completion(body, key, repeat, ordinal)},
+                    "error": None})
+        now = int(time.time())
+        for name, rows in (("output_file_id", out), ("error_file_id", err)):
+            if rows:
+                data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                b[name] = self._new_file(data, "batch_output", f"{b['id']}_{name}.jsonl")["id"]
+        b["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
+        b["status"] = "expired" if expired else "completed"
+        b["expired_at" if expired else "completed_at"] = now
+
+    @staticmethod
+    def _public(b: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in b.items() if not k.startswith("_")}
 
     def _wrong(self, key: str, repeat: int) -> bool:
         if self.wrong_rate <= 0:

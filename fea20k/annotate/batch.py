@@ -1,0 +1,156 @@
+"""Batch mode of the ``openai`` backend: the OpenAI Batch API, and ``vllm run-batch`` files.
+
+A request file has one JSON line per request, ``{"custom_id", "method": "POST", "url": "/v1/chat/completions",
+"body"}``: the ``custom_id`` is the request cache key (:func:`fea20k.annotate.task.request_key`) and the body is
+byte for byte what the synchronous path sends (:func:`~fea20k.annotate.backends.openai_compat.request_body`). An
+output file (the Batch API's, or ``vllm run-batch -o``) has one line per answered request, ``{"id", "custom_id",
+"response": {"status_code", "request_id", "body"}, "error"}``; the error file the same shape with ``response``
+null and ``error`` ``{"code", "message"}``. Answers are cached under their ``custom_id``, so the annotate stage
+then finds them in the cache like any answer it paid for earlier.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from fea20k.annotate.backends.openai_compat import NO_KEY, parse_completion
+from fea20k.errors import ConfigError, PendingError
+from fea20k.ledger import Ledger
+from fea20k.redact import mask
+
+
+logger = logging.getLogger(__name__)
+
+ENDPOINT = "/v1/chat/completions"
+COMPLETION_WINDOW = "24h"
+RUNNING = frozenset({"validating", "in_progress", "finalizing", "cancelling"})  # Batch API statuses still to wait
+
+
+def request_line(key: str, body: bytes) -> str:
+    """One Batch API / ``vllm run-batch`` input line; ``body`` (already JSON) is spliced in, not re-encoded."""
+    return (f'{{"custom_id":{json.dumps(key)},"method":"POST","url":"{ENDPOINT}","body":'
+            f'{body.decode("utf-8")}}}')
+
+
+@dataclass
+class Answer:
+    """One line of an output or error file."""
+
+    key: str
+    body: dict[str, Any] | None  # the chat-completions reply of a 200 line
+    error: str | None  # why the line has no answer
+
+
+def parse_output(lines: Iterable[str]) -> Iterator[Answer]:
+    """The answers of a Batch API / ``vllm run-batch`` output (or error) file; malformed lines are skipped."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            key = data["custom_id"]
+        except (ValueError, KeyError, TypeError):
+            logger.warning("batch output line %d is not a Batch API result line; skipped", n)
+            continue
+        response = data.get("response") or {}
+        status = response.get("status_code")
+        if data.get("error") or status != 200 or not isinstance(response.get("body"), dict):
+            err = data.get("error") or {}
+            why = (f"{err.get('code') or 'error'}: {err.get('message') or ''}" if isinstance(err, dict) and err
+                   else f"http_{status}")
+            yield Answer(key, None, mask(why) or "error")
+        else:
+            yield Answer(key, response["body"], None)
+
+
+def cache_answers(ledger: Ledger, answers: Iterable[Answer], who: Callable[[str], tuple[str, str | None, int, str]
+                                                                           | None],
+                  price: Callable[[str, int, int], float]) -> tuple[int, int, int]:
+    """Cache every answered line under its key and account it as a call (``price(annotator, in, out)``), in one
+    transaction. ``who(key)``: (annotator, model, round, stage) of the request, None for a key fea20k never asked.
+    Returns (answered, failed, unknown) line counts."""
+    answered = failed = unknown = 0
+    with ledger.transaction():
+        for a in answers:
+            owner = who(a.key)
+            if owner is None:
+                unknown += 1
+                continue
+            annotator, model, round_, stage = owner
+            if a.body is None:
+                failed += 1
+                ledger.record_call(round=round_, stage=stage, annotator=annotator, model=model, status="error",
+                                   error=f"batch: {a.error}")
+                continue
+            content, usage, error = parse_completion(json.dumps(a.body))
+            t_in, t_out = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            cost = price(annotator, t_in, t_out)
+            ledger.record_call(round=round_, stage=stage, annotator=annotator, model=model,
+                               status="error" if error else "ok", error=error, tokens_in=t_in, tokens_out=t_out,
+                               cost=cost)
+            if error and not (error.startswith("empty_reply")):
+                failed += 1  # a broken envelope is not an answer: the request goes into the next batch
+                continue
+            reply = {"text": content, "tokens_in": t_in, "tokens_out": t_out, "cost": cost,
+                     "finish_reason": usage.get("finish_reason")}
+            if error:  # an empty reply: cached as the failed attempt the synchronous path caches
+                reply.update(text=None, empty=True, error=error, raw=json.dumps(a.body)[:4000])
+            ledger.cache_put(a.key, annotator, model, reply, t_in, t_out, cost, round_=round_, stage=stage)
+            answered += 1
+    return answered, failed, unknown
+
+
+class BatchClient:
+    """The Batch API calls of one annotator (files upload, batch create / retrieve, file content)."""
+
+    def __init__(self, base_url: str, api_key_env: str | None, timeout: float) -> None:
+        from openai import OpenAI
+
+        key = os.environ.get(api_key_env, "") if api_key_env else NO_KEY
+        self.base_url = base_url
+        self.client = OpenAI(api_key=key or NO_KEY, base_url=base_url, max_retries=3, timeout=max(timeout, 60.0))
+        del key
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run one Batch API call; an unreachable endpoint leaves the records pending (exit 4), a refusal is the
+        user's to fix."""
+        import openai
+
+        try:
+            return fn()
+        except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
+                openai.RateLimitError) as e:
+            raise PendingError(1, None, f"{what}: {type(e).__name__}", what="collected or submitted",
+                               reason=f"the Batch API at {self.base_url} is unreachable") from None
+        except openai.APIStatusError as e:
+            raise ConfigError(f"the Batch API at {self.base_url} refused {what} (HTTP {e.status_code}: "
+                              f"{mask(str(e.message))[:200]})") from None
+
+    def submit(self, lines: list[str], metadata: dict[str, str]) -> tuple[str, str]:
+        """Upload the request file (``purpose=batch``) and create its batch; returns (batch id, input file id)."""
+        data = ("\n".join(lines) + "\n").encode()
+        f = self._call("the file upload", lambda: self.client.files.create(
+            file=("fea20k-requests.jsonl", data, "application/jsonl"), purpose="batch"))
+        b = self._call("the batch creation", lambda: self.client.batches.create(
+            input_file_id=f.id, endpoint=ENDPOINT, completion_window=COMPLETION_WINDOW, metadata=metadata))
+        return b.id, f.id
+
+    def find(self, token: str) -> Any | None:
+        """The batch created with metadata ``fea20k_submission = token`` (a build killed before it learnt the id),
+        or None when it was never created."""
+        page = self._call("listing batches", lambda: self.client.batches.list(limit=100))
+        for b in page.data:
+            if (b.metadata or {}).get("fea20k_submission") == token:
+                return b
+        return None
+
+    def retrieve(self, batch_id: str) -> Any:
+        return self._call(f"polling batch {batch_id}", lambda: self.client.batches.retrieve(batch_id))
+
+    def content(self, file_id: str) -> str:
+        return self._call(f"downloading file {file_id}", lambda: self.client.files.content(file_id).text)
