@@ -179,7 +179,7 @@ def run_eval(ws: Workspace, annotator: str, release: Path, split: str = "test", 
                     logger.warning("eval: %s", e.message().split("; re-run", 1)[0])
                 for rec in live:
                     rat = rec.rationale
-                    answered = bool(rat and rat.raw) and not _transport_failed(rat.errors)
+                    answered = bool(rat and rat.raw) and not _refused(rat.errors)
                     if not answered:
                         run.failed.append(rec.id)
                         continue
@@ -202,12 +202,13 @@ def run_eval(ws: Workspace, annotator: str, release: Path, split: str = "test", 
     return run
 
 
-# how a backend's error starts when the request got no reply at all (openai: retries exhausted, a non-retryable
-# HTTP status; vllm: the engine refused the prompt), as opposed to a reply that is empty or malformed (a prediction)
-NO_REPLY = ("transport_failed", "http_", "engine_rejected")
+# how a backend's error starts when the request was refused (a non-retryable HTTP status; vllm: the engine refused
+# the prompt): no answer, unlike an empty or malformed reply, which is a prediction. A transport failure leaves the
+# record pending with no raw reply at all (fea20k.annotate.runner), which the caller sees as ``not rat.raw``.
+NO_REPLY = ("http_", "engine_rejected")
 
 
-def _transport_failed(errors: list[str]) -> bool:
+def _refused(errors: list[str]) -> bool:
     return any(e.split(": ", 1)[-1].startswith(NO_REPLY) for e in errors)
 
 

@@ -69,11 +69,9 @@ class RulesBackend(Backend):
         missing = [e for e in self.vocab.emotions if e not in self.phrases.reasoning]
         if missing:
             raise ConfigError(f"{self.phrases_path}: [reasoning] has no phrases for {missing}")
-        from fea20k.annotate.task import EmotionSets
+        from fea20k.annotate.task import load_emotion_sets
 
-        sets_path = annotator_file(self.annotators_dir, self.spec.emotion_sets, self.spec_path)
-        self.emotion_sets = validate_model(EmotionSets, read_toml(sets_path), str(sets_path))
-        self.emotion_sets.check(self.vocab, str(sets_path))
+        _, self.emotion_sets = load_emotion_sets(self.annotators_dir, self.spec, self.spec_path, self.vocab)
 
     @property
     def model(self) -> str | None:
