@@ -66,7 +66,7 @@ def write_demo(directory: Path, n: int = 500, seed: int = 0) -> dict[str, int]:
     Every image is drawn from its own seeded generator, so the output does not depend on the number of worker
     processes (``FEA20K_WORKERS``, default: the usable cores).
     """
-    from fea20k.config import workers
+    from fea20k.env import workers
     from fea20k.workspace import CONFIG_NAME, init_workspace
 
     directory = Path(directory)

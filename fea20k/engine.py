@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fea20k import config as env_config
+from fea20k import env
 from fea20k.errors import (
     BatchExportedError,
     BatchPendingError,
@@ -713,7 +713,7 @@ def process_chunk(stage: MapStage, in_path: Path, d: Path, index: int) -> dict[s
 
 def maybe_crash(stage_key: str, index: int) -> None:
     """The ``FEA20K_CRASH_AFTER`` fault hook: SIGKILL the build process (called in the driver only)."""
-    spec = env_config.crash_after()
+    spec = env.crash_after()
     if spec is not None and spec == (stage_key, index):
         logger.warning("FEA20K_CRASH_AFTER: killing the build after %s chunk %d", stage_key, index)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -749,7 +749,7 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
     if done_rows:
         logger.info("%s: resuming, %d of %d chunk(s) already done", key, len(parts) - len(todo), len(parts))
         advance(done_rows)
-    n_workers = opts.workers or env_config.workers()
+    n_workers = opts.workers or env.workers()
     pending: list[dict[str, Any]] = []  # the PendingError of each chunk left unwritten (see process_chunk)
 
     def finished(result: dict[str, Any], index: int) -> None:

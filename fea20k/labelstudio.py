@@ -96,7 +96,7 @@ def sample_settings(ws: Any, round_: int) -> tuple[float, int]:
     """The review sample's rate and seed: the round's ``review.gate`` configuration when it has one (so the export
     holds the rows the gate waits for), else the review page's defaults."""
     if GATE_STAGE in ws.recipe.plan(round_).steps:
-        from fea20k.settings import validate_model
+        from fea20k.config import validate_model
         from fea20k.validate.review_gate import ReviewGateConfig
 
         cfg = validate_model(ReviewGateConfig, ws.recipe.stages.get(GATE_STAGE, {}),

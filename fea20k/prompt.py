@@ -28,9 +28,9 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from fea20k.config import StrictModel, read_toml, validate_model
 from fea20k.errors import ConfigError
 from fea20k.record import FaceRecord
-from fea20k.settings import StrictModel, read_toml, validate_model
 from fea20k.vocab import Vocab
 
 

@@ -28,9 +28,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from fea20k.config import StrictModel, validate_model
 from fea20k.errors import UnknownStageError, require
 from fea20k.record import FaceRecord
-from fea20k.settings import StrictModel, validate_model
 from fea20k.stats import StageStats
 
 

@@ -7,10 +7,10 @@ import shutil
 from functools import cached_property
 from pathlib import Path
 
+from fea20k.config import Recipe, WorkspaceConfig, load_toml_model
 from fea20k.errors import ConfigError, Fea20kUserError
 from fea20k.ledger import Ledger
 from fea20k.resources import DATA_FOLDERS, data_root
-from fea20k.settings import Recipe, WorkspaceConfig, load_toml_model
 
 
 logger = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fea20k.config import WorkspaceConfig, load_toml_model
 from fea20k.ingest.disfa import DISFA_AUS, Disfa
 from fea20k.ingest.rafdb import RafDbBasic
 from fea20k.record import FaceRecord
-from fea20k.settings import WorkspaceConfig, load_toml_model
 
 
 N = 60

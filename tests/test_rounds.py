@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from fea20k.config import Recipe, load_toml_model
 from fea20k.engine import BuildResult, build_round, round_status
 from fea20k.io import StageOutput
 from fea20k.resources import data_path
-from fea20k.settings import Recipe, load_toml_model
 from fea20k.workspace import Workspace
 
 

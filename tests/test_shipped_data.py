@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from fea20k.config import Recipe, load_toml_model, read_toml
 from fea20k.resources import data_path
-from fea20k.settings import Recipe, load_toml_model, read_toml
 from fea20k.stage import get_stage_class
 from fea20k.vocab import load_vocab
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fea20k.annotate.spec import AnnotatorSpec, load_annotator
+from fea20k.config import read_toml
 from fea20k.errors import ConfigError, Fea20kUserError
 from fea20k.record import FaceRecord
-from fea20k.settings import read_toml
 from fea20k.vocab import Vocab, load_vocab
 
 

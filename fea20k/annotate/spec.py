@@ -13,9 +13,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from fea20k.config import StrictModel, read_toml, validate_model
 from fea20k.errors import ConfigError
 from fea20k.redact import watch_env
-from fea20k.settings import StrictModel, read_toml, validate_model
 
 
 # TOML files of annotators/ that are data the annotators read, not annotators

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from fea20k.annotate.spec import AnnotatorSpec, annotator_file
+from fea20k.config import read_toml
 from fea20k.errors import ConfigError
 from fea20k.prompt import EmotionSets, Feedback, PromptContract, PromptInputs
 from fea20k.prompt import load_emotion_sets as load_sets_file
 from fea20k.record import FaceRecord
-from fea20k.settings import read_toml
 from fea20k.validate.checks import FormatRules, RuleSet, check_format
 from fea20k.validate.parse import Parsed, parse
 from fea20k.vocab import Vocab

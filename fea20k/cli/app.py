@@ -51,7 +51,7 @@ def writing(workspace: Path, wait: bool = False) -> Iterator[None]:
 
 def setup_logging(workspace: Path | None, quiet: bool = False) -> None:
     """Console + workspace log file; level from FEA20K_LOG_LEVEL."""
-    from fea20k.config import log_level
+    from fea20k.env import log_level
     from fea20k.logging import setup_cli_logging
 
     log_file = None

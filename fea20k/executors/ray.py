@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from fea20k import config as env_config
+from fea20k import env
 from fea20k.engine import ExecOptions, process_chunk
 from fea20k.errors import Fea20kUserError, StageError, require
 from fea20k.stage import MapStage, Stage, StageContext, get_stage_class, load_workspace_plugins
@@ -62,7 +62,7 @@ def run_map_chunks(stage: MapStage, todo: list[tuple[int, Path]], out_dir: Path,
     connect(opts)
     quiet_data_context()
     ds = chunk_dataset(stage, todo, out_dir, pool_size(stage, len(todo), opts))
-    crash = env_config.crash_after()
+    crash = env.crash_after()
     for row in ds.iter_rows():
         if row["error"] is not None:
             raise_chunk_error(stage, row)
@@ -85,7 +85,7 @@ def connect(opts: ExecOptions) -> None:
     address = opts.address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {}
     if address is None:
-        kwargs["num_cpus"] = opts.workers or env_config.workers()
+        kwargs["num_cpus"] = opts.workers or env.workers()
     logger.info("ray: %s", f"connecting to {address}" if address else f"starting a local instance ({kwargs})")
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING, **kwargs)
@@ -98,7 +98,7 @@ def quiet_data_context() -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    if env_config.log_level() != "DEBUG":
+    if env.log_level() != "DEBUG":
         logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from fea20k.config import StrictModel, read_toml, validate_model
 from fea20k.faces.align import source_points, template
 from fea20k.record import FaceRecord
-from fea20k.settings import StrictModel, read_toml, validate_model
 from fea20k.stage import MapStage, StageConfig, register_stage
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import Field
 
+from fea20k.config import StrictModel, load_toml_model
 from fea20k.publish.facts import NO_EMOTION, ReleaseFacts
-from fea20k.settings import StrictModel, load_toml_model
 
 
 SYNTHETIC_KEY = "synthetic"

@@ -27,9 +27,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, PrivateAttr, ValidationError
 
+from fea20k.config import StrictModel, read_toml, strict_validate
 from fea20k.errors import ConfigError
 from fea20k.record import FaceRecord
-from fea20k.settings import StrictModel, read_toml, strict_validate
 from fea20k.validate.parse import Parsed, parse, synonyms_from
 
 

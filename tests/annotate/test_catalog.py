@@ -16,9 +16,9 @@ from fea20k.annotate.catalog import (
     parse_aus,
     preview,
 )
+from fea20k.config import read_toml
 from fea20k.errors import ConfigError, Fea20kUserError
 from fea20k.resources import data_path
-from fea20k.settings import read_toml
 from fea20k.vocab import load_vocab
 from fea20k.workspace import Workspace, init_workspace
 

@@ -23,9 +23,9 @@ from pydantic import Field
 from fea20k.annotate.backends import register_backend
 from fea20k.annotate.backends.base import Backend, Reply, Request
 from fea20k.annotate.spec import annotator_file
+from fea20k.config import StrictModel, read_toml, validate_model
 from fea20k.errors import ConfigError
 from fea20k.record import FaceRecord
-from fea20k.settings import StrictModel, read_toml, validate_model
 
 
 class Phrases(StrictModel):

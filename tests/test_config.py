@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from fea20k.config import Recipe, SourceConfig, WorkspaceConfig, load_toml_model, validate_model
 from fea20k.errors import ConfigError
 from fea20k.resources import data_path
-from fea20k.settings import Recipe, SourceConfig, WorkspaceConfig, load_toml_model, validate_model
 from fea20k.workspace import Workspace, init_workspace
 
 
@@ -47,7 +47,7 @@ def test_what_a_file_can_only_spell_one_way_still_validates() -> None:
                             "r.toml")
     assert recipe.max_exclusion_share == 1.0
     from fea20k.annotate.backends.rules import Phrases
-    from fea20k.settings import read_toml
+    from fea20k.config import read_toml
 
     phrases = validate_model(Phrases, read_toml(data_path("annotators", "rules", "phrases.toml")), "phrases.toml")
     assert all(isinstance(k, int) for k in phrases.movements)
