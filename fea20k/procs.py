@@ -5,6 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 
 def exit_with_parent() -> None:
@@ -32,3 +38,30 @@ def quiet_on_interrupt() -> None:
 
 def _exit_quietly(signum: int, frame: object) -> None:
     os._exit(128 + signum)
+
+
+def worker_pool(workers: int, initializer: Callable[..., None] | None = None,
+                initargs: tuple[Any, ...] = ()) -> ProcessPoolExecutor:
+    """The one way fea20k starts worker processes: a "spawn" ``ProcessPoolExecutor`` whose workers end as soon as
+    this process dies (no orphans after a kill -9), end quietly on Ctrl-C (the build reports it once), may not open
+    the workspace ledger (:data:`NO_LEDGER_ENV`: the build process owns it), and then run ``initializer(*initargs)``.
+
+    spawn, not fork: the workers are children of the build process itself (not of a fork server), so they can
+    watch it, and no lock or thread of the parent is copied into them half-held."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(initializer, initargs))
+
+
+# Set in every worker process: fea20k.ledger.Ledger refuses to open the SQLite file there (issue 17: one owner).
+NO_LEDGER_ENV = "FEA20K_NO_LEDGER"
+
+
+def _init_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+    os.environ[NO_LEDGER_ENV] = "1"
+    exit_with_parent()
+    quiet_on_interrupt()
+    if initializer is not None:
+        initializer(*initargs)
