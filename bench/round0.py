@@ -1,7 +1,11 @@
-"""Round 0 on the demo corpora: samples/s per stage, wall time and peak RSS, as one JSON line.
+"""Round 0 on the demo corpora: samples/s per stage, wall time, peak RSS and workspace bytes, as one JSON line.
 
     python bench/round0.py --n 5000
     python bench/round0.py --n 20000      # RSS must not grow with n
+    python bench/round0.py --n 5000 --baseline cee3f87   # the same bench on that commit and on this tree, in one run
+
+Bytes per sample: the workspace (``.fea20k`` and ``releases``), the aligned crops (the ``face`` bytes faces.align
+wrote) and the release folder; ``bytes_ratio`` = workspace / (crops + release).
 
 The demo corpora are written by a separate process (not measured); the build runs in this process, its image
 work on the engine's process pool. Peak RSS is reported for this process and for the largest worker.
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -24,7 +29,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--keep", type=Path, default=None, help="build here instead of a temp dir (kept)")
+    ap.add_argument("--baseline", default=None, help="a git commit: run this bench on it and on this tree")
     args = ap.parse_args()
+    if args.baseline:
+        compare(args)
+        return
 
     tmp = tempfile.TemporaryDirectory() if args.keep is None else None
     ws = (Path(tmp.name) if tmp else args.keep) / "ws"
@@ -61,9 +70,59 @@ def main() -> None:
         "rerun_stages_ran": again.ran,
         "peak_rss_mb_main": round(self_kb / 1024, 1),
         "peak_rss_mb_largest_child": round(child_kb / 1024, 1),
+        **bytes_per_sample(ws, args.n),
     }))
     if tmp:
         tmp.cleanup()
+
+
+def tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def bytes_per_sample(ws: Path, n: int) -> dict[str, float]:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    crops = sum(int(pc.sum(pc.binary_length(pq.read_table(p, columns=["face"]).column("face"))).as_py() or 0)
+                for p in (ws / ".fea20k" / "rounds" / "0" / "faces.align").glob("part-*.parquet"))
+    workspace = tree_bytes(ws / ".fea20k") + tree_bytes(ws / "releases")
+    release = tree_bytes(ws / "releases" / "round-0")
+    stages = {d.name: round(tree_bytes(d) / n, 1) for d in sorted((ws / ".fea20k" / "rounds" / "0").iterdir())
+              if d.is_dir() and d.name != "ingest"}
+    return {"workspace_bytes_per_sample": round(workspace / n, 1), "crop_bytes_per_sample": round(crops / n, 1),
+            "release_bytes_per_sample": round(release / n, 1),
+            "bytes_ratio": round(workspace / max(1, crops + release), 3), "stage_bytes_per_sample": stages}
+
+
+def compare(args: argparse.Namespace) -> None:
+    """This bench on ``args.baseline`` (a git worktree of it) and on this tree, one after the other, each in a fresh
+    process; prints both and the ratios the issue tracks (after / before)."""
+    here = Path(__file__).resolve().parents[1]
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "baseline"
+        subprocess.run(["git", "-C", str(here), "worktree", "add", "--detach", str(base), args.baseline], check=True,
+                       capture_output=True)
+        try:
+            for name, tree in (("before", base), ("after", here)):
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--n", str(args.n)]
+                if args.workers:
+                    cmd += ["--workers", str(args.workers)]
+                env = {**os.environ, "PYTHONPATH": str(tree)}
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=tmp)
+                runs[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        finally:
+            subprocess.run(["git", "-C", str(here), "worktree", "remove", "--force", str(base)], check=False,
+                           capture_output=True)
+    before, after = runs["before"], runs["after"]
+    speed = {k: round(after["stages"][k]["samples_per_s"] / before["stages"][k]["samples_per_s"], 2)
+             for k in after["stages"] if k in before["stages"] and before["stages"][k]["samples_per_s"]
+             and after["stages"][k]["samples_per_s"]}
+    print(json.dumps({"bench": "round0-compare", "n": args.n, "baseline": args.baseline, "before": before,
+                      "after": after, "speedup_by_stage": speed,
+                      "build_time_ratio": round(after["build_wall_s"] / before["build_wall_s"], 3),
+                      "bytes_ratio_before": before["bytes_ratio"], "bytes_ratio_after": after["bytes_ratio"]}))
 
 
 if __name__ == "__main__":

@@ -18,17 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fea20k import env
 from fea20k.errors import (
@@ -42,7 +40,12 @@ from fea20k.errors import (
     UnknownStageError,
 )
 from fea20k.io import (
+    ALIGNED,
+    KEYED,
     PART_GLOB,
+    SIGNATURE_FILE,
+    UP_PART,
+    UP_ROW,
     StageOutput,
     atomic_write_bytes,
     atomic_write_json,
@@ -50,16 +53,18 @@ from fea20k.io import (
     completed_chunks,
     disk_full_error,
     is_disk_full,
+    own_columns,
     part_name,
-    read_chunk,
+    read_part_table,
     stats_name,
     write_chunk,
+    write_lineage,
     write_table_atomic,
 )
 from fea20k.lock import pid_alive, workspace_lock
-from fea20k.procs import exit_with_parent, quiet_on_interrupt
+from fea20k.procs import worker_pool
 from fea20k.record import FaceRecord
-from fea20k.schema import SCHEMA, to_arrow
+from fea20k.schema import SCHEMA, from_arrow, to_arrow
 from fea20k.stage import (
     AggregateStage,
     MapStage,
@@ -75,7 +80,6 @@ from fea20k.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
-SIGNATURE_FILE = "_SIGNATURE"
 SUCCESS_FILE = "_SUCCESS.json"
 
 
@@ -303,49 +307,19 @@ def kept_chunks(ws: Workspace, round_: int) -> int:
 # ---------------------------------------------------------------------------------------------- progress
 
 
-class Progress:
-    """Progress display for a build: rich bars on a terminal, nothing otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._progress = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as RichProgress
-
-            self._progress = RichProgress(
-                TextColumn("[bold]{task.description:<22}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[status]}"),
-                console=Console(stderr=True),
-                transient=False,
-            )
-
-    def __enter__(self) -> Progress:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+class Progress(Protocol):
+    """Where a build reports its progress (the CLI shows bars: fea20k.cli.progress); the engine shows nothing."""
 
     def task(self, description: str, total: int | None) -> tuple[Callable[[int], None], Callable[[str], None]]:
-        if self._progress is None:
-            return (lambda n: None), (lambda s: None)
-        tid = self._progress.add_task(description, total=total, status="")
-        prog = self._progress
-        return (lambda n: prog.advance(tid, n)), (lambda s: prog.update(tid, status=s))
+        """Start a task; returns (advance by n rows, set the live status text)."""
+        ...
+
+
+class NoProgress:
+    """Reports nothing (library calls, tests, benchmarks)."""
+
+    def task(self, description: str, total: int | None) -> tuple[Callable[[int], None], Callable[[str], None]]:
+        return (lambda n: None), (lambda s: None)
 
 
 # ---------------------------------------------------------------------------------------------- execution
@@ -409,20 +383,26 @@ def build_round(
     executor: str = "local",
     address: str | None = None,
     wait: bool = False,
+    progress: Progress | None = None,
+    command: str | None = None,
 ) -> BuildResult:
     """Run round ``round_``: every stage whose output is missing or stale, in order; skip the rest.
 
     Holds the workspace lock (:mod:`fea20k.lock`) throughout: another writer raises
     :class:`~fea20k.lock.WorkspaceLockedError` naming the holder, or is waited for with ``wait``. Ctrl-C
     (KeyboardInterrupt) propagates, with the run and the stage recorded ``interrupted``; complete chunks are kept.
+    ``progress`` receives the per-stage progress (nothing is shown by default; ``quiet`` is kept for callers that
+    pass it); ``command`` is what the ledger and the lock record as the build's command line.
     """
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
-    with workspace_lock(ws.root, f"build_round(round={round_}) in {Path(sys.argv[0]).name or 'python'}", wait=wait):
-        return _build_round(ws, round_, from_stage, until_stage, quiet, workers, executor, address)
+    command = command or f"build_round(round={round_})"
+    with workspace_lock(ws.root, command, wait=wait):
+        return _build_round(ws, round_, from_stage, until_stage, progress or NoProgress(), command,
+                            ExecOptions(workers=workers, executor=executor, address=address))
 
 
-def _build_round(ws: Workspace, round_: int, from_stage: str | None, until_stage: str | None, quiet: bool,
-                 workers: int | None, executor: str, address: str | None) -> BuildResult:
+def _build_round(ws: Workspace, round_: int, from_stage: str | None, until_stage: str | None, progress: Progress,
+                 command: str, opts: ExecOptions) -> BuildResult:
     t0 = time.perf_counter()
     plan = plan_round(ws, round_)
     keys = [ps.key for g in plan for ps in g]
@@ -432,22 +412,19 @@ def _build_round(ws: Workspace, round_: int, from_stage: str | None, until_stage
             raise Fea20kUserError(f"{opt} {val!r} is not a step of round {round_}; steps: {keys}")
     if round_ > 0:
         _check_previous_round(ws, round_)
-    opts = ExecOptions(workers=workers, executor=executor, address=address)
     result = BuildResult(round=round_)
-    run_id = ws.ledger.start_run(round_, " ".join(sys.argv) or "build_round")
-    enabled = not quiet and sys.stderr.isatty()
+    run_id = ws.ledger.start_run(round_, command)
     forced = False
     status = "failed"
     try:
-        with Progress(enabled) as progress:
-            for group in plan:
-                for ps in group:
-                    if from_stage is not None and _matches(ps, from_stage):
-                        forced = True
-                    result.stages.append(_run_or_skip(ws, ps, forced, progress, opts))
-                _guard(ws, group)
-                if until_stage is not None and any(_matches(ps, until_stage) for ps in group):
-                    break
+        for group in plan:
+            for ps in group:
+                if from_stage is not None and _matches(ps, from_stage):
+                    forced = True
+                result.stages.append(_run_or_skip(ws, ps, forced, progress, opts))
+            _guard(ws, group)
+            if until_stage is not None and any(_matches(ps, until_stage) for ps in group):
+                break
         status = "done"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -501,8 +478,9 @@ def _run_or_skip(
     return _run_stage(ws, ps, progress, opts)
 
 
-def _prepare_dir(d: Path, signature: str) -> None:
-    """Keep completed chunks written with the same signature; wipe anything else."""
+def _prepare_dir(d: Path, signature: str, stage: Stage, upstream: list[Path]) -> None:
+    """Keep completed chunks written with the same signature; wipe anything else. A stage that stores only the
+    columns it writes records where the others are read from (:func:`fea20k.io.write_lineage`)."""
     sig_file = d / SIGNATURE_FILE
     if d.exists():
         old = sig_file.read_text().strip() if sig_file.exists() else None
@@ -512,12 +490,15 @@ def _prepare_dir(d: Path, signature: str) -> None:
     for tmp in d.glob(".*.tmp-*"):
         tmp.unlink()
     if not sig_file.exists():
+        if stage.writes is not None and upstream and not isinstance(stage, SourceStage):
+            write_lineage(d, ALIGNED if isinstance(stage, MapStage) else KEYED, upstream)
         atomic_write_bytes(sig_file, signature.encode())
 
 
 def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, opts: ExecOptions) -> StageRun:
     d = ws.stage_dir(ps.round, ps.key)
-    _prepare_dir(d, ps.signature)
+    upstream = [ws.stage_dir(r, k) for r, k in ps.upstream]
+    _prepare_dir(d, ps.signature, ps.stage, upstream)
     ws.ledger.stage_started(ps.round, ps.key, ps.signature)
     t0 = time.perf_counter()
     stage = ps.stage
@@ -527,10 +508,9 @@ def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, opts: ExecOp
         if isinstance(stage, SourceStage):
             stats = _run_source(stage, d, ws.recipe.chunk_size, progress, ps.key)
         elif isinstance(stage, MapStage):
-            inputs = StageOutput([ws.stage_dir(r, k) for r, k in ps.upstream])
-            stats = _run_map(stage, inputs, d, progress, ps.key, opts)
+            stats = _run_map(stage, StageOutput(upstream), d, progress, ps.key, opts)
         elif isinstance(stage, AggregateStage):
-            inputs = StageOutput([ws.stage_dir(r, k) for r, k in ps.upstream])
+            inputs = StageOutput(upstream, columns=stage.view_columns())
             stats = _run_aggregate(stage, inputs, d, ws.recipe.chunk_size, progress, ps.key)
         else:  # pragma: no cover - registry only holds the three kinds
             raise TypeError(f"{stage.name}: unknown stage kind {stage.kind!r}")
@@ -597,50 +577,26 @@ def _merge_chunk_stats(d: Path) -> StageStats:
 
 
 def _run_source(stage: SourceStage, d: Path, chunk_size: int, progress: Progress, key: str) -> StageStats:
+    """Arrow tables from the source (records are turned into one table per chunk) are re-cut into chunks and
+    written as they are; a resumed run skips the rows of the chunks already written."""
+    import pyarrow as pa
+
     done = completed_chunks(d)
     advance, status = progress.task(key, stage.estimate_count())
     stage.ctx.status_hook = status
     stage.load()
-    skip = done * chunk_size
+    skip, seen, index = done * chunk_size, 0, done
     if done:
         logger.info("%s: resuming after %d complete chunk(s)", key, done)
         advance(skip)
-    if stage.columnar:
-        return _run_source_tables(stage, d, chunk_size, advance, done)
-    index = done
-    buf: list[FaceRecord] = []
-    stage.ctx.stats = StageStats()  # counters of skipped records are already in the written chunks
-    t0 = time.perf_counter()
-    for i, rec in enumerate(stage.iter_records()):
-        if i < skip:
-            continue
-        if i == skip:
-            stage.ctx.stats = StageStats()
-        buf.append(rec)
-        if len(buf) >= chunk_size:
-            _flush_source_chunk(stage, d, index, buf, t0)
-            advance(len(buf))
-            index, buf, t0 = index + 1, [], time.perf_counter()
-            stage.ctx.stats = StageStats()
-    if buf or index == 0:
-        _flush_source_chunk(stage, d, index, buf, t0)
-        advance(len(buf))
-    return _merge_chunk_stats(d)
-
-
-def _run_source_tables(stage: SourceStage, d: Path, chunk_size: int, advance: Callable[[int], None],
-                       done: int) -> StageStats:
-    """The columnar path: Arrow tables from the source are re-cut into chunks and written as they are."""
-    import pyarrow as pa
-
-    skip, seen, index = done * chunk_size, 0, done
     pending: list[pa.Table] = []
     pending_rows = 0
     stage.ctx.stats = StageStats()
     t0 = time.perf_counter()
-    for table in stage.iter_tables():
+    for table in (stage.iter_tables() if stage.columnar else _record_tables(stage, chunk_size)):
         if seen + table.num_rows <= skip:
             seen += table.num_rows
+            stage.ctx.stats = StageStats()  # the counters of skipped rows are in the chunks already written
             continue
         if seen < skip:
             table, seen = table.slice(skip - seen), skip
@@ -658,6 +614,19 @@ def _run_source_tables(stage: SourceStage, d: Path, chunk_size: int, advance: Ca
         _flush_table_chunk(stage, d, index, combined, t0)
         advance(pending_rows)
     return _merge_chunk_stats(d)
+
+
+def _record_tables(stage: SourceStage, chunk_size: int) -> Iterator[Any]:
+    """A record-yielding source as one table per ``chunk_size`` records (each flushed as soon as it is made, so
+    the counters the stage adds while reading them belong to that chunk)."""
+    buf: list[FaceRecord] = []
+    for rec in stage.iter_records():
+        buf.append(rec)
+        if len(buf) >= chunk_size:
+            yield to_arrow(buf)
+            buf = []
+    if buf:
+        yield to_arrow(buf)
 
 
 def _flush_table_chunk(stage: SourceStage, d: Path, index: int, table: Any, t0: float) -> None:
@@ -684,21 +653,17 @@ def _flush_table_chunk(stage: SourceStage, d: Path, index: int, table: Any, t0: 
     maybe_crash(stage.ctx.stage_key, index)
 
 
-def _flush_source_chunk(stage: SourceStage, d: Path, index: int, buf: list[FaceRecord], t0: float) -> None:
-    stats = _chunk_stats(stage.name, 0, buf, 0, stage.ctx.stats, time.perf_counter() - t0)
-    write_chunk(d, index, buf, stats.to_dict())
-    maybe_crash(stage.ctx.stage_key, index)
-
-
 def process_chunk(stage: MapStage, in_path: Path, d: Path, index: int) -> dict[str, Any]:
     """Run a map stage on input chunk ``in_path`` and write output chunk ``index`` (+ its stats) into ``d``.
 
-    A chunk holding *pending* records (the stage raised :class:`~fea20k.errors.PendingError`: an endpoint down) is
-    not written: its stats dict carries ``pending`` instead, and the next build redoes the whole chunk, which costs
-    no paid call (every answer is in the request cache) and leaves a chunk either complete or absent, as a crash
-    does. Its other records' work is therefore done twice on the CPU, never on the wire."""
+    The stage is given the columns it reads (assembled along the input's lineage) and the part stores the columns
+    it writes. A chunk holding *pending* records (the stage raised :class:`~fea20k.errors.PendingError`: an
+    endpoint down) is not written: its stats dict carries ``pending`` instead, and the next build redoes the whole
+    chunk, which costs no paid call (every answer is in the request cache) and leaves a chunk either complete or
+    absent, as a crash does. Its other records' work is therefore done twice on the CPU, never on the wire."""
     t0 = time.perf_counter()
-    batch = read_chunk(in_path)
+    view = read_part_table(in_path, stage.view_columns())
+    batch = from_arrow(view)
     pre_excluded = sum(1 for r in batch if r.excluded)
     stage.ctx.stats = StageStats()
     try:
@@ -706,9 +671,24 @@ def process_chunk(stage: MapStage, in_path: Path, d: Path, index: int) -> dict[s
     except PendingError as e:
         logger.info("%s: chunk %d not written: %d record(s) pending", stage.ctx.stage_key, index, e.count)
         return {"in": len(batch), "pending": e.to_dict()}
+    own = own_columns(stage.writes)
+    check_declared_writes(stage, view, out, own)
     stats = _chunk_stats(stage.name, len(batch), out, pre_excluded, stage.ctx.stats, time.perf_counter() - t0)
-    write_chunk(d, index, out, stats.to_dict())
+    write_chunk(d, index, out, stats.to_dict(), own)
     return stats.to_dict()
+
+
+def check_declared_writes(stage: Stage, view: Any, out: list[FaceRecord], own: list[str]) -> None:
+    """Once per stage instance: a column the stage changed must be one it declares in ``writes`` (an undeclared
+    change would not be stored, so it would be lost silently). Raises at the stage's first chunk."""
+    if stage.writes is None or getattr(stage, "_writes_checked", False) or len(out) != view.num_rows:
+        return
+    stage._writes_checked = True  # type: ignore[attr-defined]
+    before = from_arrow(view)
+    for col in view.column_names:
+        if col not in own and [getattr(r, col) for r in before] != [getattr(r, col) for r in out]:
+            raise RuntimeError(f"stage {stage.name} changed column {col!r}, which it does not declare in `writes` "
+                               f"({sorted(stage.writes)}): add it there")
 
 
 def maybe_crash(stage_key: str, index: int) -> None:
@@ -723,9 +703,7 @@ _WORKER_STAGE: MapStage | None = None
 
 
 def _worker_init(cls: type[MapStage], config: dict[str, Any], ctx: StageContext, plugin_root: str) -> None:
-    global _WORKER_STAGE
-    exit_with_parent()
-    quiet_on_interrupt()
+    global _WORKER_STAGE  # one stage per worker process, built once (the pool's initializer)
     load_workspace_plugins(Path(plugin_root))
     stage = cls(config, ctx)
     assert isinstance(stage, MapStage)
@@ -762,11 +740,9 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
     if opts.executor != "local":
         get_map_runner(opts.executor)(stage, todo, d, advance, opts)
     elif stage.workers == "process" and n_workers > 1 and len(todo) > 1:
-        # spawn: workers are children of the build process itself (not of a fork server), so they can watch it
-        ctx = mp.get_context("spawn")
         cfg = stage.config.model_dump(mode="json")
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(type(stage), cfg, stage.ctx, str(stage.ctx.workspace_root))) as pool:
+        with worker_pool(n_workers, _worker_init,
+                         (type(stage), cfg, stage.ctx, str(stage.ctx.workspace_root))) as pool:
             running: dict[Future[dict[str, Any]], int] = {}
             queue = list(todo)
             while queue or running:
@@ -808,14 +784,32 @@ def _run_aggregate(stage: AggregateStage, inputs: StageOutput, d: Path, chunk_si
     stage.load()
     t0 = time.perf_counter()
     stats = stage.ctx.stats
+    own = own_columns(stage.writes)
+    where = inputs.locate() if stage.writes is not None else None
     for index, chunk in enumerate(_rechunk(stage.run(inputs), chunk_size)):
-        write_table_atomic(d / part_name(index), to_arrow(chunk))
+        table = to_arrow(chunk, own)
+        if where is not None:
+            table = _with_pointers(stage, table, where)
+        write_table_atomic(d / part_name(index), table)
         _count_output(stage.name, chunk, stats)
     stats.n_in = n_in
     advance(n_in)
     stats.seconds = time.perf_counter() - t0
     atomic_write_json(d / "stats.json", stats.to_dict())
     return stats
+
+
+def _with_pointers(stage: Stage, table: Any, where: dict[str, tuple[int, int]]) -> Any:
+    """An aggregate's own columns plus, per row, the upstream part and row it came from (its other columns)."""
+    import pyarrow as pa
+
+    try:
+        at = [where[rid] for rid in table.column("id").to_pylist()]
+    except KeyError as e:
+        raise RuntimeError(f"stage {stage.name} yielded record {e.args[0]!r}, which is not in its input; a stage "
+                           "that makes new records must declare `writes = None`") from None
+    table = table.append_column(UP_PART, pa.array([p for p, _ in at], type=pa.int32()))
+    return table.append_column(UP_ROW, pa.array([r for _, r in at], type=pa.int32()))
 
 
 def _rechunk(chunks: Iterator[list[FaceRecord]], size: int) -> Iterator[list[FaceRecord]]:

@@ -51,13 +51,11 @@ class SourceLoss:
 def losses(stage_dir: Path, stage_name: str) -> dict[str, SourceLoss]:
     """Per source: records entering the stage and those it excluded, by reason (light columns only)."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from fea20k.io import StageOutput
 
     out: dict[str, SourceLoss] = {}
-    for part in StageOutput([stage_dir]).parts:
-        t = pq.read_table(part, columns=["source", "accepted", "reasons", "excluded_at", "image"])
+    for t in StageOutput([stage_dir]).iter_tables(["source", "accepted", "reasons", "excluded_at", "image"]):
         at = t.column("excluded_at")
         before = pc.fill_null(pc.and_(pc.is_valid(at), pc.not_equal(at, stage_name)), False)
         t = t.filter(pc.invert(before))  # excluded upstream: never entered this stage

@@ -8,6 +8,7 @@ import os
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,9 +128,161 @@ def write_table_atomic(path: Path, table: pa.Table) -> None:
         os.replace(tmp, path)
 
 
-def write_chunk(stage_dir: Path, index: int, records: Sequence[FaceRecord], stats: dict[str, Any]) -> None:
-    """Write chunk ``index`` of a stage: the Parquet part first, then its stats (the part's completion mark)."""
-    write_table_atomic(stage_dir / part_name(index), to_arrow(records))
+# ---------------------------------------------------------------------------------------------- stage outputs
+# A stage's part holds ``id``, the columns the stage writes and the verdict (docs/engine.md, "Stage outputs"); the
+# other columns are read from upstream by following the folder's lineage file. Faces are therefore stored once, by
+# the stage that makes them, and a stage that only adds a verdict stores a few bytes per sample.
+
+KEY = "id"
+VERDICT = ("accepted", "reasons", "excluded_at")
+UP_PART, UP_ROW = "_up_part", "_up_row"  # an aggregate's row -> (upstream part, row) it came from
+LINEAGE_FILE = "_LINEAGE.json"
+SIGNATURE_FILE = "_SIGNATURE"
+ALIGNED, KEYED = "aligned", "keyed"
+
+
+class StaleOutputError(Fea20kUserError):
+    """A stage output whose upstream output was rebuilt since it was written: its rows no longer line up."""
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a stage folder's other columns live: its upstream folders (relative to it, their parts concatenated
+    in order), the signatures they had when it was written, and how rows match: ``aligned`` (part i row r is
+    upstream part i row r: a map stage) or ``keyed`` (the ``_up_part``/``_up_row`` columns: an aggregate)."""
+
+    link: str
+    upstream: tuple[str, ...]
+    signatures: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"link": self.link, "upstream": list(self.upstream), "signatures": list(self.signatures)}
+
+
+def write_lineage(stage_dir: Path, link: str, upstream: Sequence[Path]) -> None:
+    """Record in ``stage_dir`` where the columns it does not store are read from (before its first part)."""
+    ups = [Path(os.path.relpath(u, stage_dir)).as_posix() for u in upstream]
+    sigs = [_signature(Path(u)) for u in upstream]
+    atomic_write_json(stage_dir / LINEAGE_FILE, Lineage(link, tuple(ups), tuple(sigs)).to_dict())
+
+
+def _signature(stage_dir: Path) -> str:
+    p = stage_dir / SIGNATURE_FILE
+    return p.read_text().strip() if p.is_file() else ""
+
+
+def read_lineage(stage_dir: Path) -> Lineage | None:
+    """The lineage of a stage folder, None when its parts hold whole records."""
+    p = stage_dir / LINEAGE_FILE
+    if not p.is_file():
+        return None
+    raw = json.loads(p.read_text())
+    return Lineage(raw["link"], tuple(raw["upstream"]), tuple(raw["signatures"]))
+
+
+def _upstream_parts(stage_dir: Path, lineage: Lineage) -> list[Path]:
+    """The upstream parts, after checking each upstream folder still has the signature it had when this one was
+    written (else its rows may not line up any more)."""
+    parts: list[Path] = []
+    for rel, sig in zip(lineage.upstream, lineage.signatures, strict=True):
+        up = Path(os.path.normpath(stage_dir / rel))
+        if _signature(up) != sig:
+            raise StaleOutputError(
+                f"{stage_dir} was built from {up} before that was rebuilt (or removed); its rows no longer line up "
+                "with it: run `fea20k build` for this round to bring it up to date")
+        parts.extend(sorted(up.glob(PART_GLOB)))
+    return parts
+
+
+def part_index(path: Path) -> int:
+    return int(path.name[len("part-"):-len(".parquet")])
+
+
+def _ordered(columns: Sequence[str] | None) -> list[str]:
+    if columns is None:
+        return list(SCHEMA.names)
+    wanted = set(columns)
+    unknown = wanted - set(SCHEMA.names)
+    if unknown:
+        raise ValueError(f"unknown record column(s) {sorted(unknown)}; columns are {SCHEMA.names}")
+    return [c for c in SCHEMA.names if c in wanted]
+
+
+def read_part_table(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """Columns ``columns`` (default: every record column) of the rows of part ``path``, in :data:`SCHEMA` order and
+    types: those the part stores, the rest assembled from upstream along the folder's lineage."""
+    want = _ordered(columns)
+    stored = set(pq.read_schema(path).names)
+    missing = [c for c in want if c not in stored]
+    lineage = read_lineage(path.parent) if missing else None
+    if lineage is None:  # whole records (or a column no stage wrote): nothing to assemble
+        table = pq.read_table(path, columns=[c for c in want if c in stored])
+        return _with_columns(table, want, {})
+    extra = [KEY] + ([UP_PART, UP_ROW] if lineage.link == KEYED else [])
+    table = pq.read_table(path, columns=list(dict.fromkeys([*(c for c in want if c in stored), *extra])))
+    ups = _upstream_parts(path.parent, lineage)
+    if lineage.link == ALIGNED:
+        index = part_index(path)
+        if index >= len(ups):
+            raise StaleOutputError(f"{path}: its upstream has {len(ups)} part(s); run `fea20k build` again")
+        up = read_part_table(ups[index], [*missing, KEY])
+    else:
+        up = _gather(ups, table, [*missing, KEY])
+    if not up.column(KEY).equals(table.column(KEY)):
+        raise StaleOutputError(f"{path}: its rows no longer match its upstream's; run `fea20k build` again")
+    return _with_columns(table, want, {c: up.column(c) for c in missing})
+
+
+def _gather(ups: list[Path], table: pa.Table, columns: list[str]) -> pa.Table:
+    """The upstream rows an aggregate's rows point at (``_up_part``/``_up_row``), in the aggregate's order; each
+    upstream part is read once."""
+    import numpy as np
+
+    parts = table.column(UP_PART).to_numpy()
+    rows = table.column(UP_ROW).to_numpy()
+    if not len(parts):
+        return schema_of_columns(columns).empty_table()
+    pieces, positions = [], []
+    for p in np.unique(parts):
+        at = np.nonzero(parts == p)[0]
+        pieces.append(read_part_table(ups[int(p)], columns).take(pa.array(rows[at])))
+        positions.append(at)
+    gathered = pa.concat_tables(pieces)
+    inverse = np.empty(len(parts), dtype=np.int64)
+    inverse[np.concatenate(positions)] = np.arange(len(parts))
+    return gathered.take(pa.array(inverse))
+
+
+def schema_of_columns(columns: Sequence[str]) -> pa.Schema:
+    return pa.schema([SCHEMA.field(c) for c in _ordered(columns)])
+
+
+def _with_columns(table: pa.Table, want: list[str], more: dict[str, Any]) -> pa.Table:
+    """A table of exactly ``want`` (SCHEMA types): from ``table``, from ``more``, else nulls."""
+    arrays = []
+    for c in want:
+        if c in more:
+            arrays.append(more[c])
+        elif c in table.column_names:
+            arrays.append(table.column(c))
+        else:
+            arrays.append(pa.nulls(table.num_rows, SCHEMA.field(c).type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(c) for c in want]))
+
+
+def own_columns(writes: Sequence[str] | None) -> list[str]:
+    """The columns a stage's part stores: ``id``, what it writes and the verdict (every column when ``writes`` is
+    None: the stage's parts are self-contained)."""
+    if writes is None:
+        return list(SCHEMA.names)
+    return _ordered([KEY, *writes, *VERDICT])
+
+
+def write_chunk(stage_dir: Path, index: int, records: Sequence[FaceRecord], stats: dict[str, Any],
+                columns: Sequence[str] | None = None) -> None:
+    """Write chunk ``index`` of a stage (``columns`` of the records, default all): the Parquet part first, then its
+    stats (the part's completion mark)."""
+    write_table_atomic(stage_dir / part_name(index), to_arrow(records, columns))
     atomic_write_json(stage_dir / stats_name(index), stats)
 
 
@@ -146,14 +299,20 @@ def completed_chunks(stage_dir: Path) -> int:
 
 
 def read_chunk(path: Path, columns: Sequence[str] | None = None) -> list[FaceRecord]:
-    return from_arrow(pq.read_table(path, columns=list(columns) if columns else None, schema=SCHEMA))
+    """The records of one part (``columns`` of them; the others keep their defaults), assembled along lineage."""
+    return from_arrow(read_part_table(path, columns))
 
 
 class StageOutput:
-    """The ordered Parquet parts of one or more stage directories, read chunk by chunk (bounded memory)."""
+    """The ordered Parquet parts of one or more stage directories, read chunk by chunk (bounded memory).
 
-    def __init__(self, dirs: Sequence[Path]) -> None:
+    ``columns``: the record columns its readers get (default all): the engine gives a stage only what it declares
+    it reads, so a stage that does not look at the faces never reads them.
+    """
+
+    def __init__(self, dirs: Sequence[Path], columns: Sequence[str] | None = None) -> None:
         self.dirs = list(dirs)
+        self.columns = _ordered(columns) if columns is not None else None
 
     @property
     def parts(self) -> list[Path]:
@@ -166,9 +325,14 @@ class StageOutput:
         """Total rows, from Parquet metadata (no data read)."""
         return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts)
 
-    def iter_chunks(self) -> Iterator[list[FaceRecord]]:
+    def iter_tables(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+        """One Arrow table per part, with ``columns`` (default: this output's columns)."""
         for p in self.parts:
-            yield read_chunk(p)
+            yield read_part_table(p, columns if columns is not None else self.columns)
+
+    def iter_chunks(self) -> Iterator[list[FaceRecord]]:
+        for table in self.iter_tables():
+            yield from_arrow(table)
 
     def iter_records(self) -> Iterator[FaceRecord]:
         for chunk in self.iter_chunks():
@@ -176,7 +340,15 @@ class StageOutput:
 
     def read_columns(self, columns: Sequence[str]) -> pa.Table:
         """A few columns of every part, concatenated (for light passes such as pool selection)."""
-        tables = [pq.read_table(p, columns=list(columns)) for p in self.parts]
+        tables = list(self.iter_tables(columns))
         if not tables:
-            return pa.Table.from_pylist([], schema=pa.schema([SCHEMA.field(c) for c in columns]))
+            return schema_of_columns(columns).empty_table()
         return pa.concat_tables(tables)
+
+    def locate(self) -> dict[str, tuple[int, int]]:
+        """id -> (part, row) over the parts (the ``id`` column only)."""
+        where: dict[str, tuple[int, int]] = {}
+        for p, path in enumerate(self.parts):
+            ids = pq.read_table(path, columns=[KEY]).column(KEY).to_pylist()
+            where.update((rid, (p, r)) for r, rid in enumerate(ids))
+        return where

@@ -63,17 +63,27 @@ SCHEMA = pa.schema(
 _MAP_FIELDS = ("quality", "aus", "au_intensity", "scores", "provenance")
 
 
-def _row(rec: FaceRecord) -> dict[str, Any]:
-    row = {name: getattr(rec, name) for name in SCHEMA.names}
-    row["image"] = asdict(rec.image) if rec.image is not None else None
-    row["rationale"] = asdict(rec.rationale) if rec.rationale is not None else None
-    row["meta"] = json.dumps(rec.meta, sort_keys=True, ensure_ascii=False) if rec.meta else None
-    return row
+_CONVERT = {
+    "image": lambda rec: asdict(rec.image) if rec.image is not None else None,
+    "rationale": lambda rec: asdict(rec.rationale) if rec.rationale is not None else None,
+    "meta": lambda rec: json.dumps(rec.meta, sort_keys=True, ensure_ascii=False) if rec.meta else None,
+}
 
 
-def to_arrow(records: Sequence[FaceRecord]) -> pa.Table:
-    """Records -> an Arrow table with :data:`SCHEMA`."""
-    return pa.Table.from_pylist([_row(r) for r in records], schema=SCHEMA)
+def schema_of(columns: Sequence[str]) -> pa.Schema:
+    """The part of :data:`SCHEMA` holding ``columns`` (in the order given)."""
+    return pa.schema([SCHEMA.field(c) for c in columns])
+
+
+def to_arrow(records: Sequence[FaceRecord], columns: Sequence[str] | None = None) -> pa.Table:
+    """Records -> an Arrow table with :data:`SCHEMA`, or with only ``columns`` of it (a stage's own columns)."""
+    names = list(columns) if columns is not None else SCHEMA.names
+    arrays = []
+    for name in names:
+        convert = _CONVERT.get(name)
+        values = [convert(r) for r in records] if convert else [getattr(r, name) for r in records]
+        arrays.append(pa.array(values, type=SCHEMA.field(name).type))
+    return pa.Table.from_arrays(arrays, schema=schema_of(names))
 
 
 def from_arrow(table: pa.Table | pa.RecordBatch) -> list[FaceRecord]:
@@ -97,3 +107,7 @@ def iter_records(rows: Iterable[dict[str, Any]]) -> Iterable[FaceRecord]:
         meta = kw.get("meta")
         kw["meta"] = json.loads(meta) if meta else {}
         yield FaceRecord(**kw)
+
+
+# Every column but the aligned crop: what a stage reads when it never looks at the pixels.
+WITHOUT_FACE = frozenset(SCHEMA.names) - {"face"}

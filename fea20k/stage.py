@@ -94,6 +94,12 @@ class Stage:
     # what one worker of this stage needs on a distributed executor (Ray): num_cpus, num_gpus (fractions allowed),
     # memory (bytes); any other key is a custom cluster resource
     resources: ClassVar[dict[str, float]] = {"num_cpus": 1}
+    # The record columns the stage looks at and the ones it changes (docs/engine.md, "Stage outputs"). The engine
+    # reads only ``reads`` (plus ``writes``, ``id`` and the verdict, which every stage may change) and stores only
+    # ``writes``; the rest is read from upstream when a later stage needs it. None: every column (a stage that
+    # declares nothing reads and stores whole records, which is always correct, only slower and bigger).
+    reads: ClassVar[frozenset[str] | None] = None
+    writes: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, config: StageConfig | dict[str, Any] | None = None, ctx: StageContext | None = None,
                  where: str | None = None) -> None:
@@ -104,6 +110,15 @@ class Stage:
         else:
             self.config = validate_model(self.Config, config or {}, where or f"recipe [stages.\"{self.name}\"]")
         self.ctx = ctx or StageContext(workspace_root=Path("."), round=0, stage_key=self.name)
+
+    def view_columns(self) -> list[str] | None:
+        """The columns the engine reads for this stage (None: all): ``reads`` with ``writes``, ``id`` and the
+        verdict. Override to depend on the configuration (an annotator that never sends the face)."""
+        if self.reads is None or self.writes is None:  # whole records out need whole records in
+            return None
+        from fea20k.io import KEY, VERDICT
+
+        return sorted({KEY, *VERDICT, *self.reads, *(self.writes or ())})
 
     # -- hooks
     def recipe_files(self) -> list[Path]:

@@ -158,6 +158,7 @@ class Align(MapStage):
     """
 
     Config = AlignConfig
+    writes = frozenset({"face", "face_transform", "quality", "provenance", "meta"})
     VERSION = "1"
     workers = "process"
     config: AlignConfig

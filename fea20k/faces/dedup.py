@@ -77,6 +77,8 @@ class Dedup(AggregateStage):
     """
 
     Config = DedupConfig
+    reads = frozenset({"face", "subject", "image", "source", "meta"})
+    writes = frozenset({"meta"})
     config: DedupConfig
 
     def run(self, inputs: StageOutput) -> Iterator[list[FaceRecord]]:

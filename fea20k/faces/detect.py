@@ -200,6 +200,7 @@ class Detect(MapStage):
     """
 
     Config = DetectConfig
+    writes = frozenset({"quality", "provenance", "bbox", "landmarks", "landmark_scheme", "meta"})
     workers = "process"
     config: DetectConfig
 

@@ -60,6 +60,8 @@ class Quality(MapStage):
     """
 
     Config = QualityConfig
+    reads = frozenset({"face", "quality", "source", "meta"})
+    writes = frozenset({"quality", "provenance"})
     workers = "process"
     config: QualityConfig
 

@@ -54,7 +54,6 @@ class ReleaseFacts:
     rounds: dict[int, RoundAcceptance] = field(default_factory=dict)
     reviews: Counter[str] = field(default_factory=Counter)  # accept / reject / accept_overruled / unknown_id
     row_digests: dict[str, str] = field(default_factory=dict)  # released id -> digest
-    with_face: int = 0  # released rows with an aligned crop
 
     def add_released(self, hf_split: str, rec: FaceRecord) -> None:
         self.counts[(rec.source, hf_split, rec.emotion or NO_EMOTION)] += 1

@@ -6,6 +6,7 @@ pipeline step.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import yaml
 from pydantic import Field
 
+from fea20k import __version__
 from fea20k.errors import DiskFullError, Fea20kUserError
 from fea20k.io import StageOutput, disk_full_error, is_disk_full
 from fea20k.publish.card import (
@@ -36,7 +38,7 @@ from fea20k.publish.notes import NOTES_FILE, compare, release_digests
 from fea20k.publish.release import ReleaseWriter, ShardInfo
 from fea20k.publish.reviews import load_reviews, reviews_path
 from fea20k.record import FaceRecord
-from fea20k.schema import SCHEMA, from_arrow
+from fea20k.schema import WITHOUT_FACE, from_arrow
 from fea20k.stage import AggregateStage, StageConfig, register_stage
 from fea20k.workspace import Workspace
 
@@ -103,17 +105,10 @@ def image_policy(ws: Workspace, sources: Iterable[str], requested: bool | None, 
     return False, blocked
 
 
-def _light_rows(dirs: list[Path]) -> Iterator[tuple[str, str | None, bool | None, str | None, list[str], Any]]:
+def _light_rows(inputs: StageOutput) -> Iterator[tuple[str, str | None, bool | None, str | None, list[str], Any]]:
     cols = ["source", "emotion", "accepted", "excluded_at", "reasons", "round"]
-    for d in dirs:
-        for part in StageOutput([d]).parts:
-            t = pq.read_table(part, columns=cols)
-            yield from zip(*(t.column(c).to_pylist() for c in cols), strict=True)
-
-
-def _carried(rec: FaceRecord, round_: int) -> bool:
-    """A row merged in from an earlier round (``publish.merge``): it counts toward that round's acceptance."""
-    return rec.round is not None and rec.round < round_
+    for t in inputs.iter_tables(cols):
+        yield from zip(*(t.column(c).to_pylist() for c in cols), strict=True)
 
 
 def build_release(
@@ -138,84 +133,18 @@ def build_release(
         shard_max_bytes: shard size cap (default ``[publish] shard_max_mb``).
     """
     out_dir = Path(out_dir) if out_dir is not None else ws.release_dir(round_)
-    if inputs is None:
-        d = upstream_dir(ws, round_)
-        if not (d / "_SUCCESS.json").is_file():
-            raise Fea20kUserError(f"round {round_}: {d.name} has not completed; run `fea20k build --round {round_}`")
-        inputs = StageOutput([d])
+    inputs = inputs if inputs is not None else _completed_upstream(ws, round_)
     terms_path = ws.data_file(sources_file)
-    terms = load_sources_file(terms_path)
-    vocab = _vocab(ws)
     facts = ReleaseFacts()
-
-    # pass 1 (light columns): sources present, acceptance of this round and of earlier rounds' validate outputs
-    sources_seen: set[str] = set()
-    for src, emo, acc, exat, reasons, rnd in _light_rows(inputs.dirs):
-        sources_seen.add(src)
-        if rnd is None or rnd >= round_:
-            facts.add_pool_row(round_, emo, acc, exat, reasons or [])
-    for k in range(round_):
-        d = ws.stage_dir(k, "validate")
-        if (d / "_SUCCESS.json").is_file():
-            for _src, emo, acc, exat, reasons, _ in _light_rows([d]):
-                facts.add_pool_row(k, emo, acc, exat, reasons or [])
-
+    sources_seen = _pool_facts(ws, round_, inputs, facts)
     images, blocked = image_policy(ws, sources_seen, include_images, confirmed, terms_path)
-    reviews = load_reviews(ws.root, round_)
-    review_cols = {rid: (r.decision, r.note or r.reason) for rid, r in reviews.items()}
-    seen_review_ids: set[str] = set()
-    max_bytes = shard_max_bytes or ws.config.publish.shard_max_mb << 20
-
     with building_dir(out_dir) as tmp:
-        writer = ReleaseWriter(tmp, vocab.emotions, images, shard_max_bytes=max_bytes)
-        try:
-            for part in inputs.parts:
-                _publish_part(pq.read_table(part, schema=SCHEMA), writer, reviews, review_cols, seen_review_ids,
-                              facts)
-            shards = writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
-        unknown = sorted(set(reviews) - seen_review_ids)
-        if unknown:
-            facts.reviews["unknown id"] += len(unknown)
-            logger.warning("%s: %d review(s) name ids not in round %d's release, e.g. %s",
-                           reviews_path(ws.root, round_).name, len(unknown), round_, unknown[:3])
-
-        # release notes against the previous round's local release
-        prev = ws.release_dir(round_ - 1) if round_ > 0 else None
-        prev_digests = release_digests(prev) if prev is not None else None
-        notes = compare(round_, facts.row_digests, prev_digests, round_ - 1 if prev_digests is not None else None)
-        (tmp / NOTES_FILE).write_text(notes.markdown(), encoding="utf-8")
-
-        # the card
-        import yaml
-
-        from fea20k import __version__
-
-        seen = {k: v for k, v in ws.config.sources.items() if k in sources_seen}
-        src_facts = source_facts(seen, terms, source_conventions(ws, seen))
-        front = {
-            "pretty_name": terms.release.pretty_name,
-            "license": terms.release.license,
-            "language": ["en"],
-            "task_categories": ["image-classification", "image-text-to-text"],
-            "tags": ["facial-expression-recognition", "action-units", "emotion", "rationale", "fea20k"],
-            "configs": writer.configs_yaml(),
-            "dataset_info": writer.dataset_info(shards),
-        }
-        recipe_bytes = ws.recipe_path.read_bytes()
-        import hashlib
-
-        ctx = card_context(
-            facts=facts, round_=round_, sources=[src_facts[s] for s in sorted(src_facts)], release=terms.release,
-            include_images=images, emotions=vocab.emotions, au_names=vocab.au_names, recipe_name=ws.recipe.name,
-            recipe_sha256=hashlib.sha256(recipe_bytes).hexdigest()[:16],
-            curation_sha256=tree_digest(ws.root, CURATOR_FOLDERS)[:16], fea20k_version=__version__,
-            front_matter=yaml.safe_dump(front, sort_keys=False, allow_unicode=True),
-            n_rejected=writer.rows["rejected"],
-        )
-        (tmp / "README.md").write_text(render_card(ws.data_file(card_template), ctx), encoding="utf-8")
+        writer = ReleaseWriter(tmp, _vocab(ws).emotions, images,
+                               shard_max_bytes=shard_max_bytes or ws.config.publish.shard_max_mb << 20)
+        shards = _write_splits(ws, round_, inputs, writer, facts, images)
+        notes = _write_notes(ws, round_, tmp, facts)
+        _write_card(ws, round_, tmp, writer, shards, facts, images, sources_seen,
+                    load_sources_file(terms_path), card_template)
         manifest = {"round": round_, "include_images": images, "rows": writer.rows,
                     "inputs": [str(d.relative_to(ws.root)) if d.is_relative_to(ws.root) else d.name
                                for d in inputs.dirs]}
@@ -223,6 +152,86 @@ def build_release(
     logger.info("release round-%d: %s (%s)", round_, dict(writer.rows), "with faces" if images else "annotations-only")
     return ReleaseSummary(folder=out_dir, round=round_, include_images=images, rows=dict(writer.rows), shards=shards,
                           notes_summary=notes.summary(), blocked=[b.source for b in blocked])
+
+
+def _completed_upstream(ws: Workspace, round_: int) -> StageOutput:
+    d = upstream_dir(ws, round_)
+    if not (d / "_SUCCESS.json").is_file():
+        raise Fea20kUserError(f"round {round_}: {d.name} has not completed; run `fea20k build --round {round_}`")
+    return StageOutput([d])
+
+
+def _pool_facts(ws: Workspace, round_: int, inputs: StageOutput, facts: ReleaseFacts) -> set[str]:
+    """Pass 1 (light columns): acceptance of this round's pool and of earlier rounds' validate outputs; returns the
+    sources present."""
+    sources_seen: set[str] = set()
+    for src, emo, acc, exat, reasons, rnd in _light_rows(inputs):
+        sources_seen.add(src)
+        if rnd is None or rnd >= round_:
+            facts.add_pool_row(round_, emo, acc, exat, reasons or [])
+    for k in range(round_):
+        d = ws.stage_dir(k, "validate")
+        if (d / "_SUCCESS.json").is_file():
+            for _src, emo, acc, exat, reasons, _ in _light_rows(StageOutput([d])):
+                facts.add_pool_row(k, emo, acc, exat, reasons or [])
+    return sources_seen
+
+
+def _write_splits(ws: Workspace, round_: int, inputs: StageOutput, writer: ReleaseWriter, facts: ReleaseFacts,
+                  images: bool) -> dict[str, list[ShardInfo]]:
+    """Pass 2: every row routed to train / test / rejected with the reviews applied; the faces are read only when
+    they go in."""
+    reviews = load_reviews(ws.root, round_)
+    review_cols = {rid: (r.decision, r.note or r.reason) for rid, r in reviews.items()}
+    seen_review_ids: set[str] = set()
+    try:
+        for table in inputs.iter_tables(None if images else sorted(WITHOUT_FACE)):
+            _publish_part(table, writer, reviews, review_cols, seen_review_ids, facts)
+        shards = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    unknown = sorted(set(reviews) - seen_review_ids)
+    if unknown:
+        facts.reviews["unknown id"] += len(unknown)
+        logger.warning("%s: %d review(s) name ids not in round %d's release, e.g. %s",
+                       reviews_path(ws.root, round_).name, len(unknown), round_, unknown[:3])
+    return shards
+
+
+def _write_notes(ws: Workspace, round_: int, tmp: Path, facts: ReleaseFacts) -> Any:
+    """Release notes against the previous round's local release."""
+    prev = ws.release_dir(round_ - 1) if round_ > 0 else None
+    prev_digests = release_digests(prev) if prev is not None else None
+    notes = compare(round_, facts.row_digests, prev_digests, round_ - 1 if prev_digests is not None else None)
+    (tmp / NOTES_FILE).write_text(notes.markdown(), encoding="utf-8")
+    return notes
+
+
+def _write_card(ws: Workspace, round_: int, tmp: Path, writer: ReleaseWriter, shards: dict[str, list[ShardInfo]],
+                facts: ReleaseFacts, images: bool, sources_seen: set[str], terms: Any, card_template: str) -> None:
+    """The dataset card README.md: YAML front matter (configs, features) and the rendered template."""
+    vocab = _vocab(ws)
+    seen = {k: v for k, v in ws.config.sources.items() if k in sources_seen}
+    src_facts = source_facts(seen, terms, source_conventions(ws, seen))
+    front = {
+        "pretty_name": terms.release.pretty_name,
+        "license": terms.release.license,
+        "language": ["en"],
+        "task_categories": ["image-classification", "image-text-to-text"],
+        "tags": ["facial-expression-recognition", "action-units", "emotion", "rationale", "fea20k"],
+        "configs": writer.configs_yaml(),
+        "dataset_info": writer.dataset_info(shards),
+    }
+    ctx = card_context(
+        facts=facts, round_=round_, sources=[src_facts[s] for s in sorted(src_facts)], release=terms.release,
+        include_images=images, emotions=vocab.emotions, au_names=vocab.au_names, recipe_name=ws.recipe.name,
+        recipe_sha256=hashlib.sha256(ws.recipe_path.read_bytes()).hexdigest()[:16],
+        curation_sha256=tree_digest(ws.root, CURATOR_FOLDERS)[:16], fea20k_version=__version__,
+        front_matter=yaml.safe_dump(front, sort_keys=False, allow_unicode=True),
+        n_rejected=writer.rows["rejected"],
+    )
+    (tmp / "README.md").write_text(render_card(ws.data_file(card_template), ctx), encoding="utf-8")
 
 
 LIGHT_COLUMNS = ["id", "source", "split", "emotion", "aus", "au_coded", "rationale", "accepted", "reasons",
@@ -277,10 +286,7 @@ def _publish_part(table: pa.Table, writer: ReleaseWriter, reviews: dict[str, Any
         mask = pc.equal(routes, split)
         if not pc.any(mask).as_py():
             continue
-        rows = table.filter(mask)
-        if split != "rejected":
-            facts.with_face += rows.num_rows - rows.column("face").null_count
-        writer.add_table(split, rows, review_cols)
+        writer.add_table(split, table.filter(mask), review_cols)
 
 
 def _with_edits(table: pa.Table, light: list[FaceRecord], edited: dict[int, str]) -> pa.Table:

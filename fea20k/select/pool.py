@@ -83,6 +83,8 @@ class SelectPool(AggregateStage):
     """
 
     Config = SelectConfig
+    reads = frozenset({"source", "split", "emotion"})
+    writes = frozenset({"round"})
     config: SelectConfig
 
     def _size(self) -> PoolSize:

@@ -23,8 +23,9 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from fea20k.io import StageOutput
+from fea20k.io import StageOutput, read_part_table
 from fea20k.record import FaceRecord
+from fea20k.schema import WITHOUT_FACE
 from fea20k.stage import AggregateStage, StageConfig, register_stage
 
 
@@ -93,6 +94,8 @@ class Leakage(AggregateStage):
     """
 
     Config = LeakageConfig
+    reads = WITHOUT_FACE  # faces are read only for the pHash rules' corpora (_first_pass)
+    writes = frozenset({"meta"})
     config: LeakageConfig
 
     def run(self, inputs: StageOutput) -> Iterator[list[FaceRecord]]:
@@ -115,8 +118,6 @@ class Leakage(AggregateStage):
 
     def _first_pass(self, inputs: StageOutput, rules: list[Rule],
                     sides: dict[tuple[str, str], _Side]) -> dict[str, tuple[str, str]]:
-        import pyarrow.parquet as pq
-
         from fea20k.faces.phash import phash
 
         ph_rules = [r for r in rules if r.kind == "phash"]
@@ -124,11 +125,11 @@ class Leakage(AggregateStage):
         hashes: dict[tuple[str, str], list[tuple[int, str, bool]]] = {(r.name, s): [] for r in ph_rules for s in "ab"}
         cols = ["id", "split", "subject", "image", "meta", "accepted"]
         for part in inputs.parts:
-            table = pq.read_table(part, columns=cols)
+            table = read_part_table(part, cols)
             rows = table.to_pylist()
             metas = [json.loads(r["meta"]) if r["meta"] else {} for r in rows]
             need_face = [i for i, m in enumerate(metas) if m.get("corpus") in ph_corpora]
-            faces = pq.read_table(part, columns=["face"]).column("face").to_pylist() if need_face else []
+            faces = read_part_table(part, ["face"]).column("face").to_pylist() if need_face else []
             for i, (row, meta) in enumerate(zip(rows, metas, strict=True)):
                 if row["accepted"] is False:
                     continue

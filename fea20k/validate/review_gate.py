@@ -62,6 +62,8 @@ class ReviewGate(AggregateStage):
     """
 
     Config = ReviewGateConfig
+    reads = frozenset({"id"})
+    writes: frozenset[str] = frozenset()  # the verdict only
     VERSION: ClassVar[str] = "1"
 
     def recipe_files(self) -> list[Path]:
@@ -70,15 +72,13 @@ class ReviewGate(AggregateStage):
         return [reviews_path(self.ctx.workspace_root, self.ctx.round)]
 
     def run(self, inputs: StageOutput) -> Iterator[list[FaceRecord]]:
-        import pyarrow.parquet as pq
-
         from fea20k.publish.reviews import load_reviews
 
         cfg = self.config
         decided = load_reviews(self.ctx.workspace_root, self.ctx.round)
         sampled = reviewed = 0
-        for part in inputs.parts:  # light columns only: the faces are read once, when passing the rows through
-            for row in pq.read_table(part, columns=_LIGHT).to_pylist():
+        for table in inputs.iter_tables(_LIGHT):
+            for row in table.to_pylist():
                 if in_review(_Light(**row), cfg.sample_rate, cfg.seed):
                     sampled += 1
                     reviewed += row["id"] in decided

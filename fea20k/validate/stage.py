@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from fea20k.io import StageOutput
 from fea20k.record import FaceRecord
+from fea20k.schema import WITHOUT_FACE
 from fea20k.stage import AggregateStage, StageConfig, register_stage
 from fea20k.validate.checks import RuleSet, check_text, load_ruleset
 
@@ -121,6 +122,8 @@ class Validate(AggregateStage):
     """
 
     Config = ValidateConfig
+    reads = WITHOUT_FACE
+    writes = frozenset({"scores", "meta", "provenance"})
     VERSION: ClassVar[str] = "1"
 
     def _rules_path(self) -> Path:
