@@ -111,3 +111,5 @@ def iter_records(rows: Iterable[dict[str, Any]]) -> Iterable[FaceRecord]:
 
 # Every column but the aligned crop: what a stage reads when it never looks at the pixels.
 WITHOUT_FACE = frozenset(SCHEMA.names) - {"face"}
+# Every column but the face and its geometry: the labels, the text and the bookkeeping (annotate, validate).
+WITHOUT_GEOMETRY = WITHOUT_FACE - {"face_transform", "quality", "bbox", "landmarks", "landmark_scheme"}

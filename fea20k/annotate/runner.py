@@ -55,7 +55,7 @@ from fea20k.annotate.task import DraftTask, Feedback, Task, image_data_url, imag
 from fea20k.errors import BatchExportedError, BatchPendingError, BudgetExceededError, ConfigError, PendingError
 from fea20k.record import FaceRecord, Rationale
 from fea20k.redact import mask
-from fea20k.schema import WITHOUT_FACE
+from fea20k.schema import WITHOUT_GEOMETRY
 from fea20k.stage import MapStage, StageConfig
 from fea20k.vocab import Vocab, load_vocab
 
@@ -129,7 +129,7 @@ class AnnotateStage(MapStage):
 
     Config = AnnotateConfig
     workers = "inline"
-    reads = WITHOUT_FACE  # and the face, when the backend sends it (view_columns)
+    reads = WITHOUT_GEOMETRY  # and the face, when the backend sends it (view_columns)
     writes = frozenset({"rationale", "provenance"})
     task_cls: ClassVar[type[Task]] = DraftTask
     config: AnnotateConfig

@@ -31,6 +31,7 @@ def export(
     ``custom_id`` = the request cache key, ``body`` = the chat request of the synchronous path. Run it through
     ``vllm run-batch -i FILE -o OUT --model ...`` (or the Batch API), then ``fea20k batch import OUT``."""
     from fea20k.annotate import runner
+    from fea20k.cli.progress import command_line
     from fea20k.engine import build_round
     from fea20k.errors import BatchExportedError
     from fea20k.io import atomic_write_bytes
@@ -39,7 +40,7 @@ def export(
     runner.EXPORT_TO[stage] = file.resolve()
     try:
         with writing(workspace, wait):
-            build_round(workspace, round_, until_stage=stage, quiet=quiet)
+            build_round(workspace, round_, until_stage=stage, command=command_line())
     except BatchExportedError as e:
         console.print(str(e))
         return

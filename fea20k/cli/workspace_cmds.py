@@ -119,14 +119,16 @@ def build(
 ) -> None:
     """Run round N: every stage whose output is missing or stale; skip what is up to date; resume what crashed.
     Ctrl-C stops it (exit 130) keeping every complete chunk; the next build resumes there."""
+    from fea20k.cli.progress import TerminalProgress, command_line
     from fea20k.engine import build_round
     from fea20k.report import build_summary_table
 
     setup_logging(workspace, quiet)
     try:
-        with writing(workspace, wait):
-            result = build_round(workspace, round_, from_stage=from_stage, until_stage=until_stage, quiet=quiet,
-                                 workers=workers, executor=executor, address=address)
+        with writing(workspace, wait), TerminalProgress(quiet) as progress:
+            result = build_round(workspace, round_, from_stage=from_stage, until_stage=until_stage,
+                                 workers=workers, executor=executor, address=address, progress=progress,
+                                 command=command_line())
     except KeyboardInterrupt:
         from fea20k.engine import kept_chunks
         from fea20k.errors import Interrupted

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
-from fea20k.io import StageOutput
+from fea20k.io import StageOutput, read_part_table
 from fea20k.record import FaceRecord
-from fea20k.schema import WITHOUT_FACE
+from fea20k.schema import WITHOUT_GEOMETRY
 from fea20k.stage import AggregateStage, StageConfig, register_stage
 from fea20k.validate.checks import RuleSet, check_text, load_ruleset
 
@@ -122,7 +122,7 @@ class Validate(AggregateStage):
     """
 
     Config = ValidateConfig
-    reads = WITHOUT_FACE
+    reads = WITHOUT_GEOMETRY
     writes = frozenset({"scores", "meta", "provenance"})
     VERSION: ClassVar[str] = "1"
 
@@ -140,14 +140,15 @@ class Validate(AggregateStage):
 
     # -- template passes
     def _light_keys(self, part: Path) -> list[bytes]:
-        import pyarrow.parquet as pq
+        import pyarrow.compute as pc
 
         tr = self.rules.template
         exempt = set(tr.exempt_backends)
-        t = pq.read_table(part, columns=["accepted", "rationale.text", "rationale.backend"])
-        accepted = t.column(0).to_pylist()
-        texts = t.column(1).to_pylist()
-        backends = t.column(2).to_pylist()
+        t = read_part_table(part, ["accepted", "rationale"])
+        accepted = t.column("accepted").to_pylist()
+        rationale = t.column("rationale")
+        texts = pc.struct_field(rationale, "text").to_pylist()
+        backends = pc.struct_field(rationale, "backend").to_pylist()
         return [template_key(text) for acc, text, be in zip(accepted, texts, backends, strict=True)
                 if acc is not False and text and be not in exempt]
 
