@@ -124,7 +124,9 @@ def write_table_atomic(path: Path, table: pa.Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with _no_partial_write(tmp, path, table.nbytes):  # Arrow's in-memory size: at most what the file takes
-        pq.write_table(table, tmp, compression="zstd")
+        # JPEG crops do not compress: storing them plainly makes every later read of the faces cheaper
+        compression = {name: "none" if name == "face" else "zstd" for name in table.column_names}
+        pq.write_table(table, tmp, compression=compression)
         os.replace(tmp, path)
 
 
@@ -247,11 +249,19 @@ def _gather(ups: list[Path], table: pa.Table, columns: list[str]) -> pa.Table:
     pieces, positions = [], []
     for p in np.unique(parts):
         at = np.nonzero(parts == p)[0]
-        pieces.append(read_part_table(ups[int(p)], columns).take(pa.array(rows[at])))
+        up = read_part_table(ups[int(p)], columns)
+        r = rows[at]
+        if len(r) and r[-1] - r[0] + 1 == len(r) and bool(np.all(np.diff(r) == 1)):
+            pieces.append(up.slice(int(r[0]), len(r)))  # a run of rows (an order-keeping stage): no copy
+        else:
+            pieces.append(up.take(pa.array(r)))
         positions.append(at)
     gathered = pa.concat_tables(pieces)
+    order = np.concatenate(positions)
+    if bool(np.all(order == np.arange(len(order)))):
+        return gathered  # the parts were met in order: nothing to put back
     inverse = np.empty(len(parts), dtype=np.int64)
-    inverse[np.concatenate(positions)] = np.arange(len(parts))
+    inverse[order] = np.arange(len(parts))
     return gathered.take(pa.array(inverse))
 
 

@@ -112,13 +112,13 @@ class Stage:
         self.ctx = ctx or StageContext(workspace_root=Path("."), round=0, stage_key=self.name)
 
     def view_columns(self) -> list[str] | None:
-        """The columns the engine reads for this stage (None: all): ``reads`` with ``writes``, ``id`` and the
-        verdict. Override to depend on the configuration (an annotator that never sends the face)."""
+        """The columns the engine reads for this stage (None: all): ``reads`` with ``writes``, ``id``, ``source``
+        and the verdict. Override to depend on the configuration (an annotator that never sends the face)."""
         if self.reads is None or self.writes is None:  # whole records out need whole records in
             return None
         from fea20k.io import KEY, VERDICT
 
-        return sorted({KEY, *VERDICT, *self.reads, *(self.writes or ())})
+        return sorted({KEY, "source", *VERDICT, *self.reads, *(self.writes or ())})  # a record needs its source
 
     # -- hooks
     def recipe_files(self) -> list[Path]:
