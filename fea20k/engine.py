@@ -510,7 +510,7 @@ def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, opts: ExecOp
         elif isinstance(stage, MapStage):
             stats = _run_map(stage, StageOutput(upstream), d, progress, ps.key, opts)
         elif isinstance(stage, AggregateStage):
-            inputs = StageOutput(upstream, columns=stage.view_columns())
+            inputs = StageOutput(upstream, columns=view_columns(stage))
             stats = _run_aggregate(stage, inputs, d, ws.recipe.chunk_size, progress, ps.key)
         else:  # pragma: no cover - registry only holds the three kinds
             raise TypeError(f"{stage.name}: unknown stage kind {stage.kind!r}")
@@ -662,7 +662,7 @@ def process_chunk(stage: MapStage, in_path: Path, d: Path, index: int) -> dict[s
     chunk, which costs no paid call (every answer is in the request cache) and leaves a chunk either complete or
     absent, as a crash does. Its other records' work is therefore done twice on the CPU, never on the wire."""
     t0 = time.perf_counter()
-    view = read_part_table(in_path, stage.view_columns())
+    view = read_part_table(in_path, view_columns(stage))
     batch = from_arrow(view)
     pre_excluded = sum(1 for r in batch if r.excluded)
     stage.ctx.stats = StageStats()
@@ -678,14 +678,19 @@ def process_chunk(stage: MapStage, in_path: Path, d: Path, index: int) -> dict[s
     return stats.to_dict()
 
 
+def view_columns(stage: Stage) -> list[str] | None:
+    """The columns the engine reads for ``stage`` (None: all; all as well under ``FEA20K_READ_ALL_COLUMNS=1``)."""
+    return None if env.read_all_columns() else stage.view_columns()
+
+
 def check_declared_writes(stage: Stage, view: Any, out: list[FaceRecord], own: list[str]) -> None:
     """Once per stage instance: a column the stage changed must be one it declares in ``writes`` (an undeclared
     change would not be stored, so it would be lost silently). Raises at the stage's first chunk."""
-    if stage.writes is None or getattr(stage, "_writes_checked", False) or len(out) != view.num_rows:
+    if stage.writes is None or getattr(stage, "_writes_checked", False) or view is None or len(out) != view.num_rows:
         return
     stage._writes_checked = True  # type: ignore[attr-defined]
-    before = from_arrow(view)
-    for col in view.column_names:
+    before = from_arrow(view)  # columns outside the view keep their defaults here, and must in ``out`` too
+    for col in SCHEMA.names:
         if col not in own and [getattr(r, col) for r in before] != [getattr(r, col) for r in out]:
             raise RuntimeError(f"stage {stage.name} changed column {col!r}, which it does not declare in `writes` "
                                f"({sorted(stage.writes)}): add it there")
@@ -790,6 +795,8 @@ def _run_aggregate(stage: AggregateStage, inputs: StageOutput, d: Path, chunk_si
         table = to_arrow(chunk, own)
         if where is not None:
             table = _with_pointers(stage, table, where)
+            if index == 0:
+                check_declared_writes(stage, _rows_of(inputs, table), chunk, own)
         write_table_atomic(d / part_name(index), table)
         _count_output(stage.name, chunk, stats)
     stats.n_in = n_in
@@ -797,6 +804,18 @@ def _run_aggregate(stage: AggregateStage, inputs: StageOutput, d: Path, chunk_si
     stats.seconds = time.perf_counter() - t0
     atomic_write_json(d / "stats.json", stats.to_dict())
     return stats
+
+
+def _rows_of(inputs: StageOutput, table: Any) -> Any:
+    """The input rows (the stage's view of them) an aggregate's output rows point at, in their order."""
+    import pyarrow as pa
+
+    parts = inputs.parts
+    pointers = list(zip(table.column(UP_PART).to_pylist(), table.column(UP_ROW).to_pylist(), strict=True))
+    read = {p: read_part_table(parts[p], inputs.columns) for p in sorted({p for p, _ in pointers})}
+    if not read:
+        return read_part_table(parts[0], inputs.columns).slice(0, 0) if parts else None
+    return pa.concat_tables([read[p].slice(r, 1) for p, r in pointers])
 
 
 def _with_pointers(stage: Stage, table: Any, where: dict[str, tuple[int, int]]) -> Any:

@@ -29,3 +29,9 @@ def crash_after() -> tuple[str, int] | None:
         return None
     key, k = spec.rsplit(":", 1)
     return key, int(k)
+
+
+def read_all_columns() -> bool:
+    """``FEA20K_READ_ALL_COLUMNS=1``: give every stage whole records instead of the columns it declares it reads
+    (a check that a stage's ``reads`` misses nothing: its outputs must not change)."""
+    return os.environ.get("FEA20K_READ_ALL_COLUMNS", "") == "1"

@@ -312,7 +312,12 @@ def completed_chunks(stage_dir: Path) -> int:
 
 def read_chunk(path: Path, columns: Sequence[str] | None = None) -> list[FaceRecord]:
     """The records of one part (``columns`` of them; the others keep their defaults), assembled along lineage."""
-    return from_arrow(read_part_table(path, columns))
+    return from_arrow(read_part_table(path, _record_columns(columns)))
+
+
+def _record_columns(columns: Sequence[str] | None) -> list[str] | None:
+    """``columns`` with what every record has (its id and source)."""
+    return None if columns is None else [*columns, KEY, "source"]
 
 
 class StageOutput:
@@ -343,7 +348,7 @@ class StageOutput:
             yield read_part_table(p, columns if columns is not None else self.columns)
 
     def iter_chunks(self) -> Iterator[list[FaceRecord]]:
-        for table in self.iter_tables():
+        for table in self.iter_tables(_record_columns(self.columns)):
             yield from_arrow(table)
 
     def iter_records(self) -> Iterator[FaceRecord]:

@@ -60,7 +60,6 @@ class Quality(MapStage):
     """
 
     Config = QualityConfig
-    reads = frozenset({"face", "quality", "source", "meta"})
     writes = frozenset({"quality", "provenance"})
     workers = "process"
     config: QualityConfig
