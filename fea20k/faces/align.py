@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from fea20k.faces.image_io import Loaded, Request, load_many
+from fea20k.faces.phash import phash
 from fea20k.faces.schemes import TEMPLATE_112, TEMPLATE_SIZE, Scheme, canonical_order, get_scheme, reduce_points
 from fea20k.record import FaceRecord
 from fea20k.stage import MapStage, StageConfig, register_stage
@@ -316,6 +317,8 @@ class Align(MapStage):
         if not ok:  # pragma: no cover - encoding a valid uint8 array does not fail
             return "image_undecodable"
         rec.face = buf.tobytes()
+        # the crop's pHash, computed here on the pool: faces.dedup and validate.leakage (serial) reuse it
+        rec.meta["phash"] = f"{phash(rec.face):016x}"
         rec.face_transform = [float(v) for v in m.reshape(-1)]
         rec.quality.update(quality)
         rec.provenance[self.name] = detail

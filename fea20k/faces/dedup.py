@@ -89,7 +89,7 @@ class Dedup(AggregateStage):
                 if rec.excluded or rec.face is None:
                     continue
                 try:
-                    h = phash(rec.face)
+                    h = int(rec.meta["phash"], 16) if "phash" in rec.meta else phash(rec.face)
                 except ValueError:
                     self.stats.add("unhashable")
                     continue

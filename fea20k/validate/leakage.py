@@ -128,7 +128,8 @@ class Leakage(AggregateStage):
             table = read_part_table(part, cols)
             rows = table.to_pylist()
             metas = [json.loads(r["meta"]) if r["meta"] else {} for r in rows]
-            need_face = [i for i, m in enumerate(metas) if m.get("corpus") in ph_corpora]
+            # faces.align stores each crop's pHash: the faces are read only for crops that lack one
+            need_face = [i for i, m in enumerate(metas) if m.get("corpus") in ph_corpora and "phash" not in m]
             faces = read_part_table(part, ["face"]).column("face").to_pylist() if need_face else []
             for i, (row, meta) in enumerate(zip(rows, metas, strict=True)):
                 if row["accepted"] is False:
@@ -141,6 +142,9 @@ class Leakage(AggregateStage):
                     if side is None:
                         continue
                     if rule.kind == "phash":
+                        if "phash" in meta:
+                            hashes[(rule.name, side)].append((int(meta["phash"], 16), row["id"], is_test))
+                            continue
                         face = faces[i] if faces else None
                         if face:
                             try:
