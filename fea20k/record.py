@@ -92,7 +92,3 @@ class FaceRecord:
         """Sorted AU numbers marked present (1)."""
         return sorted(k for k, v in self.aus.items() if v == 1)
 
-    def known_aus(self) -> dict[int, int]:
-        """The AUs whose value is known (0 or 1), restricted to the AUs the source codes when it says which."""
-        coded = set(self.au_coded) if self.au_coded else None
-        return {k: v for k, v in self.aus.items() if v is not None and (coded is None or k in coded)}

@@ -36,10 +36,6 @@ class StageStats:
             counters=_add_counters(self.counters, other.counters),
         )
 
-    @property
-    def n_dropped(self) -> int:
-        return sum(self.dropped.values())
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "in": self.n_in,

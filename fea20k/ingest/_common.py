@@ -129,14 +129,6 @@ class DirIndex:
         return found, size_arr
 
 
-def first_existing(root: Path, candidates: list[str]) -> str | None:
-    """The first of ``candidates`` (relative paths) that exists under ``root``."""
-    for c in candidates:
-        if (root / c).exists():
-            return c
-    return None
-
-
 def rel_stem(relpath: str) -> str:
     """``relpath`` without its extension (fast; no Path objects)."""
     head, sep, name = relpath.rpartition("/")
