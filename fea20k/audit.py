@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import logging
 import re
 from collections import Counter, defaultdict
@@ -528,18 +527,3 @@ def render_html(data: AuditData, records: list[FaceRecord], filters: Filters, fl
         page = page.replace("{{ " + k + " }}", v)
     return page
 
-
-def audit_json(data: AuditData, flag_ratio: float = 0.5) -> str:
-    """The counts as JSON (for scripts)."""
-    return json.dumps({
-        "round": data.round, "stages": data.stages, "pool_stage": data.pool_stage, "pool": data.n_pool,
-        "accepted": data.n_accepted,
-        "rejections": [{"stage": s, "reason": r, "source": src, "n": n}
-                       for (s, r, src), n in sorted(data.rejections.items())],
-        "acceptance": [{"emotion": e, "checked": n, "accepted": a, "rate": rate, "flagged": f}
-                       for e, n, a, rate, f in data.acceptance(flag_ratio)],
-        "repairs": {key: {"drafted": r.drafted, "first_try": r.first_try, "repaired": r.repaired, "failed": r.failed,
-                          "rejected_attempts": [{"reason": reason, "source": src, "n": n}
-                                                for (reason, src), n in sorted(r.reasons.items())]}
-                    for key, r in data.repairs.items()},
-    }, indent=1)
