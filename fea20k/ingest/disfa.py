@@ -341,7 +341,7 @@ conventions: AU present when intensity >= threshold (option threshold, default 2
         if self._wants_pool(n_frames):
             workers = self._processes()
             pool = process_pool(workers)
-            return pool, pool.submit(pool_ready), workers  # type: ignore[attr-defined]
+            return pool, pool.submit(pool_ready), workers
         if self.config.threads > 1:
             return ThreadPoolExecutor(max_workers=self.config.threads), None, self.config.threads
         return None, None, 0
