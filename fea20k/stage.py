@@ -1,4 +1,4 @@
-"""Stage base classes, the stage context and the registry by name (style P1-P3).
+"""Stage base classes, the stage context and the registry by name (docs/style.md P1-P3).
 
 Three kinds of stage, all consuming and producing lists of :class:`~fea20k.record.FaceRecord`:
 

@@ -1,4 +1,4 @@
-"""Per-stage statistics as addable data (style P9)."""
+"""Per-stage statistics as addable data (docs/style.md P9)."""
 
 from __future__ import annotations
 

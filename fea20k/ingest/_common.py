@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# corpora.md §13.3: the exclusion reasons ingest adapters use (names are part of the data contract)
+# docs/corpora.md §13.3: the exclusion reasons ingest adapters use (names are part of the data contract)
 AFFECTNET_NONE = "affectnet_none"
 AFFECTNET_UNCERTAIN = "affectnet_uncertain"
 AFFECTNET_NOFACE = "affectnet_noface"

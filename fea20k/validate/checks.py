@@ -251,7 +251,7 @@ class CheckResult:
 
 
 def check_format(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str], scores: dict[str, float]) -> None:
-    """Format (§3): the reference regex in strict mode, or think + answer blocks in tolerant mode."""
+    """Format (docs/facial-r1.md §3): the reference regex in strict mode, or think + answer blocks in tolerant mode."""
     fr = rules.format
     text = p.text
     ok = True

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 
-# The reference format rule (facial-r1.md §3, §4.2), verbatim.
+# The reference format rule (docs/facial-r1.md §3, §4.2), verbatim.
 FORMAT_PATTERN = r"<think>.*?</think>\s*<answer>.*?</answer>"
 _STRICT_GROUPS_RE = re.compile(r"<think>(.*?)</think>\s*<answer>(.*?)</answer>", re.DOTALL)
 _TAG_RE = re.compile(r"<(/?)(think|answer)>", re.IGNORECASE)
