@@ -13,12 +13,12 @@ feedback keys that explain its reasons to a model in a repair prompt (``annotato
             res.reasons.append("banned_word")
 
 Checks run in registration order (the built-in ones below first, then workspace plugins, ``validators/*.py``,
-which the engine imports before a build). A section absent from the rule file takes its model's defaults;
-``enabled = false`` switches a check off. :func:`load_ruleset` reads and validates the rule set; :func:`check_text`
-runs every enabled check on a text against a record's labels and returns a :class:`CheckResult` with named
-reasons and scores. Template collapse needs a view of the whole round and is done by the validate stage
-(``fea20k.validate.stage``) from the ``[template]`` section; everything else is here, all reading the one
-:mod:`~fea20k.validate.parse` result.
+which the engine and :func:`load_ruleset` import; README "Adding a validation check"). A section absent from the
+rule file takes its model's defaults; ``enabled = false`` switches a check off. :func:`load_ruleset` reads and
+validates the rule set; :func:`check_text` runs every enabled check on a text against a record's labels and
+returns a :class:`CheckResult` with named reasons and scores. Template collapse needs a view of the whole round
+and is done by the validate stage (``fea20k.validate.stage``) from the ``[template]`` section; everything else is
+here, all reading the one :mod:`~fea20k.validate.parse` result.
 
 Reasons (each check's name for a failure, in the order the checks run):
 
@@ -565,7 +565,8 @@ def consistency_check(p: Parsed, rec: FaceRecord, rule: ConsistencyRules, vocab:
 
 def check_format(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str], scores: dict[str, float]) -> None:
     """The format check alone, into the caller's lists (the annotate task judges a reply's format with it)."""
-    format_check(p, rec, rules.section("format"), rules._c, CheckResult(passed=True, reasons=reasons, scores=scores))
+    vocab: RuleVocab = rules.__pydantic_private__["_c"]  # type: ignore[index]
+    format_check(p, rec, rules.section("format"), vocab, CheckResult(passed=True, reasons=reasons, scores=scores))
 
 
 def check_parsed(p: Parsed, rec: FaceRecord, rules: RuleSet) -> CheckResult:
