@@ -1,7 +1,7 @@
 """Validated configuration models: the workspace file ``fea20k.toml`` and the recipe ``pipelines/*.toml``.
 
-Every model rejects unknown keys; a failure names the file, the key and the fix (style P5). Values are strict: a
-boolean is ``true``/``false``, a number is a number, a string is a string (``include_images = "no"`` is an error,
+Every model rejects unknown keys; a failure names the file, the key and the fix (docs/style.md P5). Values are strict:
+a boolean is ``true``/``false``, a number is a number, a string is a string (``include_images = "no"`` is an error,
 not false); see :func:`validate_model`.
 """
 

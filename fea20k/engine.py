@@ -502,6 +502,11 @@ def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, opts: ExecOp
     ws.ledger.stage_started(ps.round, ps.key, ps.signature)
     t0 = time.perf_counter()
     stage = ps.stage
+    # the build owns the ledger: worker processes reach it through this service (fea20k.ledger_service)
+    from fea20k.ledger_service import start_service
+
+    ledger_service = start_service(ws.ledger.path, public=opts.executor != "local")
+    stage.ctx.ledger_at = ledger_service.address
     logger.info("%s: running (signature %s)", ps.key, ps.signature)
     consumed = _input_snapshot(ws, ps)  # taken before reading: an input part written later makes the output stale
     try:
@@ -529,6 +534,8 @@ def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, opts: ExecOp
         raise
     finally:
         stage.close()
+        ledger_service.stop()
+        stage.ctx.ledger_at = None
     wall = time.perf_counter() - t0
     stats.counters["wall_seconds"] = round(wall, 4)
     stats.seconds = wall

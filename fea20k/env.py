@@ -1,4 +1,4 @@
-"""Process-wide settings read from the environment variables (FEA20K_*), in one place (style P5)."""
+"""Process-wide settings read from the environment variables (FEA20K_*), in one place (docs/style.md P5)."""
 
 from __future__ import annotations
 

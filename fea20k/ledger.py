@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fea20k.errors import Fea20kError
+from fea20k.procs import NO_LEDGER_ENV
 from fea20k.redact import mask
 
 
@@ -108,10 +110,24 @@ class StageState:
     stats: dict[str, Any] | None
 
 
+class LedgerOwnerError(Fea20kError, RuntimeError):
+    """A worker process tried to open the workspace ledger: only the build process may (see :class:`Ledger`)."""
+
+
 class Ledger:
-    """Thin wrapper over the workspace's SQLite ledger. One connection per process (open lazily)."""
+    """Thin wrapper over the workspace's SQLite ledger. One connection per process (open lazily).
+
+    Only the build process opens it: SQLite's WAL mode needs every writer on one host, which a multi-node cluster on
+    a shared filesystem breaks. Worker processes (``procs.worker_pool``, Ray workers, annotate client processes) run
+    with :data:`~fea20k.procs.NO_LEDGER_ENV` set, where this constructor raises; they reach the build's ledger
+    through :mod:`fea20k.ledger_service` instead (``StageContext.workspace.ledger`` gives them the client)."""
 
     def __init__(self, path: Path) -> None:
+        if os.environ.get(NO_LEDGER_ENV):
+            raise LedgerOwnerError(
+                f"{path}: this is a worker process ({NO_LEDGER_ENV} is set), which may not open the workspace "
+                "ledger; the build process owns it and serves it: reach it through the stage's "
+                "ctx.workspace.ledger, which the engine points at its ledger service (fea20k.ledger_service)")
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
@@ -218,6 +234,23 @@ class Ledger:
             (key, annotator, model, json.dumps(response), tokens_in, tokens_out, cost, round_, stage, time.time()),
         )
 
+    def record_replies(self, cached: list[dict[str, Any]], calls: list[dict[str, Any]]) -> None:
+        """Cache answers (each the keyword arguments of :meth:`cache_put`) and account calls (each those of
+        :meth:`record_call`) in one transaction: a ``kill -9`` keeps both or neither, so a paid call is never lost
+        from the cache while its cost is counted (or the other way round)."""
+        with self.transaction():
+            for entry in cached:
+                self.cache_put(**entry)
+            for call in calls:
+                self.record_call(**call)
+
+    def spent(self, round_: int, stage: str, annotator: str) -> float:
+        """Dollars one annotator's calls of one stage have cost in a round (a budget's starting point)."""
+        row = self.conn.execute(
+            "SELECT COALESCE(SUM(cost), 0) FROM calls WHERE round = ? AND stage = ? AND annotator = ?",
+            (round_, stage, annotator)).fetchone()
+        return float(row[0])
+
     def record_call(self, **fields: Any) -> None:
         """Account one model call (ok or error) for cost reporting; its error text is masked (fea20k.redact)."""
         fields.setdefault("created", time.time())
@@ -302,6 +335,16 @@ class Ledger:
         q = "SELECT path FROM checkpoints WHERE round = ?" + (" AND stage = ?" if stage else "") + " ORDER BY created"
         rows = self.conn.execute(q, (round_, stage) if stage else (round_,)).fetchall()
         return rows[-1][0] if rows else None
+
+    def checkpoint_identity(self, round_: int) -> str | None:
+        """The checkpoint :meth:`checkpoint` resolves for ``round_``, as ``path@<signature>`` when it was registered
+        with one (so a retrain into the same folder differs), else ``path``."""
+        rows = self.conn.execute("SELECT path, signature FROM checkpoints WHERE round = ? ORDER BY created",
+                                 (round_,)).fetchall()
+        if not rows:
+            return None
+        path, signature = rows[-1]
+        return f"{path}@{signature}" if signature else str(path)
 
     def record_release(self, round_: int, target: str, tag: str | None, revision: str | None = None) -> None:
         self.conn.execute(

@@ -1,6 +1,6 @@
 """The one prompt contract: the exact messages a sample is asked with, for drafting, regeneration, training and eval.
 
-Facial-R1 uses one prompt for SFT, GRPO, synthesis and evaluation (README: "One prompt contract"). fea20k renders it
+Facial-R1 uses one prompt for SFT, GRPO, synthesis and evaluation (docs/prompt-contract.md). fea20k renders it
 in one place, :class:`PromptContract`, from an annotator's Jinja2 template, its
 emotion sets and the workspace vocabulary (AU names, emotion prototypes):
 

@@ -1,4 +1,4 @@
-"""FaceRecord, the one record type that flows through every stage (ARCHITECTURE.md, "The record").
+"""FaceRecord, the one record type that flows through every stage (docs/engine.md, "The record").
 
 Conventions:
 * ``id`` is deterministic: ``f"{source}/{relpath without extension}"``, plus ``#{frame}`` for video corpora.
@@ -6,7 +6,7 @@ Conventions:
   root, ``frame`` for videos); it never holds an absolute path.
 * ``aus`` maps AU number -> 1 present / 0 absent / ``None`` unknown. Unknown is never 0.
 * A record that a stage rules out keeps flowing to that stage's output with ``accepted = False``, the reason(s) in
-  ``reasons`` and the stage name in ``excluded_at``: nothing is dropped silently (style P8).
+  ``reasons`` and the stage name in ``excluded_at``: nothing is dropped silently (docs/style.md P8).
 """
 
 from __future__ import annotations
@@ -92,7 +92,3 @@ class FaceRecord:
         """Sorted AU numbers marked present (1)."""
         return sorted(k for k, v in self.aus.items() if v == 1)
 
-    def known_aus(self) -> dict[int, int]:
-        """The AUs whose value is known (0 or 1), restricted to the AUs the source codes when it says which."""
-        coded = set(self.au_coded) if self.au_coded else None
-        return {k: v for k, v in self.aus.items() if v is not None and (coded is None or k in coded)}

@@ -43,7 +43,7 @@ from fea20k.validate.parse import normalise_emotion, parse
 
 RewardFn = Callable[..., list[float]]
 
-_SOLUTION_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>")  # no DOTALL, as the reference (§4.3.1)
+_SOLUTION_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>")  # no DOTALL, as the reference (§4.3)
 _AU_TOKEN_RE = re.compile(r"^\s*(?:AU)?\s*0*(\d+)\s*$", re.IGNORECASE)
 _REFERENCE_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
 _REFERENCE_AU_RE = re.compile(r"AU\d+")
@@ -79,7 +79,7 @@ def _content_text(content: Any) -> str:
 
 
 def gt_emotion(labels: Any = None, solution: Any = None, emotion: Any = None) -> str:
-    """Ground-truth answer string of one sample (the reference's target, §4.1 and §4.3.1)."""
+    """Ground-truth answer string of one sample (the reference's target, §4.1 and §4.3)."""
     if labels is not None:
         if isinstance(labels, str):
             target = labels

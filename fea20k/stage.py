@@ -1,4 +1,4 @@
-"""Stage base classes, the stage context and the registry by name (style P1-P3).
+"""Stage base classes, the stage context and the registry by name (docs/style.md P1-P3).
 
 Three kinds of stage, all consuming and producing lists of :class:`~fea20k.record.FaceRecord`:
 
@@ -55,7 +55,9 @@ class StageConfig(StrictModel):
 class StageContext:
     """What a stage may use at run time: the workspace, the round, its stats and a live-status hook.
 
-    Picklable (only the workspace root, round and stage key travel to worker processes).
+    Picklable (only the workspace root, round, stage key and ledger service address travel to worker processes).
+    ``ledger_at``: where the build process serves the ledger while the stage runs (set by the engine; see
+    :mod:`fea20k.ledger_service`): in any other process ``workspace.ledger`` is then that service's client.
     """
 
     workspace_root: Path
@@ -63,12 +65,13 @@ class StageContext:
     stage_key: str
     stats: StageStats = field(default_factory=StageStats)
     status_hook: Callable[[str], None] | None = None
+    ledger_at: Any = None  # a fea20k.ledger_service.LedgerAddress (not imported here: stage.py stays light)
 
     @cached_property
     def workspace(self) -> Workspace:
         from fea20k.workspace import Workspace
 
-        return Workspace(self.workspace_root)
+        return Workspace(self.workspace_root, ledger_at=self.ledger_at)
 
     def status(self, text: str) -> None:
         """Show a short live status (e.g. 'done 120 · retrying 3 · $0.42') next to the stage's progress bar."""
@@ -76,7 +79,8 @@ class StageContext:
             self.status_hook(text)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"workspace_root": self.workspace_root, "round": self.round, "stage_key": self.stage_key}
+        return {"workspace_root": self.workspace_root, "round": self.round, "stage_key": self.stage_key,
+                "ledger_at": self.ledger_at}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]

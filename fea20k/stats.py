@@ -1,4 +1,4 @@
-"""Per-stage statistics as addable data (style P9)."""
+"""Per-stage statistics as addable data (docs/style.md P9)."""
 
 from __future__ import annotations
 
@@ -35,10 +35,6 @@ class StageStats:
             seconds=self.seconds + other.seconds,
             counters=_add_counters(self.counters, other.counters),
         )
-
-    @property
-    def n_dropped(self) -> int:
-        return sum(self.dropped.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -6,11 +6,16 @@ import logging
 import shutil
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fea20k.config import Recipe, WorkspaceConfig, load_toml_model
 from fea20k.errors import ConfigError, Fea20kUserError
 from fea20k.ledger import Ledger
 from fea20k.resources import DATA_FOLDERS, data_root
+
+
+if TYPE_CHECKING:
+    from fea20k.ledger_service import LedgerAddress, RemoteLedger
 
 
 logger = logging.getLogger(__name__)
@@ -36,10 +41,14 @@ include_images = false
 
 
 class Workspace:
-    """Paths and loaded configuration of one workspace directory."""
+    """Paths and loaded configuration of one workspace directory.
 
-    def __init__(self, root: Path) -> None:
+    ``ledger_at``: the build process's ledger service (:mod:`fea20k.ledger_service`); a worker process given one
+    reaches the ledger through it (only the build process opens the SQLite file)."""
+
+    def __init__(self, root: Path, ledger_at: LedgerAddress | None = None) -> None:
         self.root = Path(root).resolve()
+        self.ledger_at = ledger_at
         if not (self.root / CONFIG_NAME).is_file():
             raise ConfigError(
                 f"{self.root / CONFIG_NAME}: not found; run `fea20k init {root}` (or `fea20k demo {root}`) first, "
@@ -67,8 +76,11 @@ class Workspace:
         return self.root / STATE_DIR
 
     @cached_property
-    def ledger(self) -> Ledger:
-        return Ledger(self.state_dir / "ledger.sqlite")
+    def ledger(self) -> Ledger | RemoteLedger:
+        """The workspace ledger: the SQLite file in the build process, the build's ledger service in a worker."""
+        from fea20k.ledger_service import open_ledger
+
+        return open_ledger(self.state_dir / "ledger.sqlite", self.ledger_at)
 
     def round_dir(self, round_: int) -> Path:
         return self.state_dir / "rounds" / str(round_)

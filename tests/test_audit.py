@@ -178,3 +178,29 @@ def test_html_audit_shows_the_repair_loop(ws: Path) -> None:
     assert "5 drafted: 2 right first time, 2 repaired, 1 failed after every attempt" in section
     # hedging (3 attempts) before emotion_mismatch (1), counted per source
     assert section.index("hedging") < section.index("emotion_mismatch") and "<b>3</b>" in section
+
+
+def test_html_escapes_every_value() -> None:
+    from collections import Counter
+
+    from fea20k.audit import RepairData
+    from fea20k.publish.reviews import Review
+    from fea20k.record import Rationale
+
+    hostile = '<script>alert("x")</script>'
+    rec = FaceRecord(id=f"src/{hostile}", source="s<i>", split="train&", emotion="sadness", emotion_origin="gt",
+                     aus={4: 1}, au_coded=[4],
+                     reasons=[f"r{hostile}"], excluded_at="validate",
+                     rationale=Rationale(text=f"<think>{hostile} (AU4)</think>\n<answer>sadness</answer>",
+                                         annotator="a", backend="rules"),
+                     meta={"validate": {"hallucinated": [4]}})
+    review = Review(id=rec.id, decision="reject", note=hostile)
+    repair = RepairData(drafted=1, failed=1, reasons=Counter({(hostile, "s<i>"): 1}))
+    data = AuditData(round=0, stages=["validate"], pool_stage="validate",
+                     rejections=Counter({("validate", f"r{hostile}", "s<i>"): 1}),
+                     checked_by_emotion=Counter({hostile: 1}), reviews={rec.id: review},
+                     repairs={f"annotate.{hostile}": repair})
+    page = render_html(data, [rec], Filters(reason=hostile))
+    assert "<script>" not in page and "<i>" not in page
+    assert page.count("&lt;script&gt;") >= 8  # id, reason (table + card), rationale, review, filter, repair, emotion
+    assert 'class="match">AU4</span>' in page and "<think>" not in page and "&lt;think&gt;" in page

@@ -52,6 +52,14 @@ def test_missing_workspace_is_one_line_exit_2(tmp_path: Path) -> None:
     assert "Traceback" not in err
 
 
+def test_usage_error_exits_2_without_a_traceback() -> None:
+    """click's own errors are shown by click (standalone mode), with its exit code."""
+    proc = subprocess.run([sys.executable, "-m", "fea20k", "build", "--no-such-option"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2
+    assert "No such option: --no-such-option" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_init_creates_workspace(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["init", str(tmp_path / "ws")])
     assert r.exit_code == 0, r.output

@@ -1,4 +1,4 @@
-"""Each reward pinned by a table, including the edge cases of facial-r1.md §4."""
+"""Each reward pinned by a table, including the edge cases of docs/facial-r1.md §4."""
 
 from __future__ import annotations
 

@@ -16,12 +16,16 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fea20k.annotate.backends.openai_compat import NO_KEY, parse_completion
 from fea20k.errors import ConfigError, PendingError
-from fea20k.ledger import Ledger
 from fea20k.redact import mask
+
+
+if TYPE_CHECKING:
+    from fea20k.ledger import Ledger
+    from fea20k.ledger_service import RemoteLedger
 
 
 logger = logging.getLogger(__name__)
@@ -68,41 +72,54 @@ def parse_output(lines: Iterable[str]) -> Iterator[Answer]:
             yield Answer(key, response["body"], None)
 
 
-def cache_answers(ledger: Ledger, answers: Iterable[Answer], who: Callable[[str], tuple[str, str | None, int, str]
-                                                                           | None],
+def cache_answers(ledger: Ledger | RemoteLedger, answers: Iterable[Answer],
+                  who: Callable[[str], tuple[str, str | None, int, str] | None],
                   price: Callable[[str, int, int], float]) -> tuple[int, int, int]:
     """Cache every answered line under its key and account it as a call (``price(annotator, in, out)``), in one
-    transaction. ``who(key)``: (annotator, model, round, stage) of the request, None for a key fea20k never asked.
-    Returns (answered, failed, unknown) line counts."""
-    answered = failed = unknown = 0
-    with ledger.transaction():
-        for a in answers:
-            owner = who(a.key)
-            if owner is None:
-                unknown += 1
-                continue
-            annotator, model, round_, stage = owner
-            if a.body is None:
-                failed += 1
-                ledger.record_call(round=round_, stage=stage, annotator=annotator, model=model, status="error",
-                                   error=f"batch: {a.error}")
-                continue
-            content, usage, error = parse_completion(json.dumps(a.body))
-            t_in, t_out = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-            cost = price(annotator, t_in, t_out)
-            ledger.record_call(round=round_, stage=stage, annotator=annotator, model=model,
-                               status="error" if error else "ok", error=error, tokens_in=t_in, tokens_out=t_out,
-                               cost=cost)
-            if error and not (error.startswith("empty_reply")):
-                failed += 1  # a broken envelope is not an answer: the request goes into the next batch
-                continue
-            reply = {"text": content, "tokens_in": t_in, "tokens_out": t_out, "cost": cost,
-                     "finish_reason": usage.get("finish_reason")}
-            if error:  # an empty reply: cached as the failed attempt the synchronous path caches
-                reply.update(text=None, empty=True, error=error, raw=json.dumps(a.body)[:4000])
-            ledger.cache_put(a.key, annotator, model, reply, t_in, t_out, cost, round_=round_, stage=stage)
-            answered += 1
-    return answered, failed, unknown
+    transaction (:meth:`~fea20k.ledger.Ledger.record_replies`). ``who(key)``: (annotator, model, round, stage) of the
+    request, None for a key fea20k never asked. Returns (answered, failed, unknown) line counts."""
+    cached: list[dict[str, Any]] = []
+    calls: list[dict[str, Any]] = []
+    failed = unknown = 0
+    for a in answers:
+        owner = who(a.key)
+        if owner is None:
+            unknown += 1
+            continue
+        annotator, model, round_, stage = owner
+        where = {"round": round_, "stage": stage, "annotator": annotator, "model": model}
+        if a.body is None:
+            failed += 1
+            calls.append({**where, "status": "error", "error": f"batch: {a.error}"})
+            continue
+        entry, call = _answer_entry(a, owner, price)
+        calls.append({**where, **call})
+        if entry is None:
+            failed += 1  # a broken envelope is not an answer: the request goes into the next batch
+        else:
+            cached.append(entry)
+    ledger.record_replies(cached, calls)
+    return len(cached), failed, unknown
+
+
+def _answer_entry(a: Answer, owner: tuple[str, str | None, int, str], price: Callable[[str, int, int], float]
+                  ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The cache entry (None: not an answer) and the call accounting of one answered line."""
+    annotator, model, round_, stage = owner
+    content, usage, error = parse_completion(json.dumps(a.body))
+    t_in, t_out = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    cost = price(annotator, t_in, t_out)
+    call = {"status": "error" if error else "ok", "error": error, "tokens_in": t_in, "tokens_out": t_out,
+            "cost": cost}
+    if error and not error.startswith("empty_reply"):
+        return None, call
+    reply = {"text": content, "tokens_in": t_in, "tokens_out": t_out, "cost": cost,
+             "finish_reason": usage.get("finish_reason")}
+    if error:  # an empty reply: cached as the failed attempt the synchronous path caches
+        reply.update(text=None, empty=True, error=error, raw=json.dumps(a.body)[:4000])
+    entry = {"key": a.key, "annotator": annotator, "model": model, "response": reply, "tokens_in": t_in,
+             "tokens_out": t_out, "cost": cost, "round_": round_, "stage": stage}
+    return entry, call
 
 
 class BatchClient:

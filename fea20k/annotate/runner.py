@@ -49,10 +49,11 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from fea20k.annotate.backends import Backend, Reply, Request, get_backend
-from fea20k.annotate.clients import LIVE_FIELDS, Budget, share
+from fea20k.annotate.clients import LIVE_FIELDS, share
 from fea20k.annotate.spec import AnnotatorSpec, load_annotator
 from fea20k.annotate.task import DraftTask, Feedback, Task, image_data_url, image_ref, prompt_text, request_key
 from fea20k.errors import BatchExportedError, BatchPendingError, BudgetExceededError, ConfigError, PendingError
+from fea20k.ledger_service import budget_for
 from fea20k.record import FaceRecord, Rationale
 from fea20k.redact import mask
 from fea20k.schema import WITHOUT_GEOMETRY
@@ -199,13 +200,7 @@ class AnnotateStage(MapStage):
         one): the same row :meth:`previous_checkpoint` resolves, so a retrain into the same folder differs too."""
         if self.ctx.round <= 0:
             return None
-        row = self.ctx.workspace.ledger.conn.execute(
-            "SELECT path, signature FROM checkpoints WHERE round = ? ORDER BY created", (self.ctx.round - 1,),
-        ).fetchall()
-        if not row:
-            return None
-        path, signature = row[-1]
-        return f"{path}@{signature}" if signature else str(path)
+        return self.ctx.workspace.ledger.checkpoint_identity(self.ctx.round - 1)
 
     def request_identity(self) -> str | None:
         """The weights' identity hashed into every request key beside the model name (see
@@ -260,12 +255,11 @@ class AnnotateStage(MapStage):
             else:
                 self._loop = asyncio.new_event_loop()
                 self._loop.run_until_complete(self.backend.start())
-        if self._pool is not None:
-            self._budget = Budget(self.spec.budget_usd, self._pool.budget_array)
-        elif client is not None:
-            self._budget = Budget(self.spec.budget_usd, client[2])
-        else:
-            self._budget = Budget.local(self.spec.budget_usd, self._spent_before())
+        if client is not None and client[2] is not None:
+            self._budget = client[2]
+        else:  # one budget for every process of the stage: the ledger service's (see fea20k.ledger_service)
+            self._budget = budget_for(self.ctx.workspace.ledger, self.ctx.ledger_at,
+                                      (self.ctx.round, self.ctx.stage_key, self.spec.name), self.spec.budget_usd)
         self._identity = None if self.backend.offline else self.request_identity()
         self._queue: dict[str, bytes] = {}  # batch mode / export: request key -> chat request body
         self._loaded = True
@@ -367,8 +361,7 @@ class AnnotateStage(MapStage):
 
         logger.info("%s: %d client processes, %d requests in flight each (about)", self.name, spec.processes,
                     share(spec.concurrency, 0, spec.processes))
-        return ClientPool(type(self), self.config.model_dump(mode="json"), self.ctx, spec.processes,
-                          self._spent_before())
+        return ClientPool(type(self), self.config.model_dump(mode="json"), self.ctx, spec.processes)
 
     def close(self) -> None:
         pool = getattr(self, "_pool", None)
@@ -400,12 +393,6 @@ class AnnotateStage(MapStage):
         rules = load_ruleset(path)
         return (lambda text, rec: check_text(text, rec, rules)), rules.synonyms
 
-    def _spent_before(self) -> float:
-        row = self.ctx.workspace.ledger.conn.execute(
-            "SELECT COALESCE(SUM(cost), 0) FROM calls WHERE round = ? AND stage = ? AND annotator = ?",
-            (self.ctx.round, self.ctx.stage_key, self.spec.name)).fetchone()
-        return float(row[0])
-
     # ------------------------------------------------------------------------------------------ processing
     def process(self, batch: list[FaceRecord]) -> list[FaceRecord]:
         """Annotate ``batch`` in place. Raises BudgetExceededError at the cap, PendingError when records of the
@@ -416,7 +403,7 @@ class AnnotateStage(MapStage):
         if self._pool is not None:
             return self._process_sharded(batch)
         outcomes = self._run_loop(batch)
-        if self._budget.hit:
+        if self._budget.hit():
             raise self._budget_error(sum(o in (DONE, FAILED) for o in outcomes), len(batch))
         pending = outcomes.count(PENDING)
         if pending:
@@ -427,7 +414,7 @@ class AnnotateStage(MapStage):
         """Client-process side of :meth:`_process_sharded`: annotate ``batch`` in place, report how it ended."""
         self.load()
         outcomes = self._run_loop(batch)
-        return {"finished": sum(o in (DONE, FAILED) for o in outcomes), "budget_hit": self._budget.hit,
+        return {"finished": sum(o in (DONE, FAILED) for o in outcomes), "budget_hit": self._budget.hit(),
                 "pending": outcomes.count(PENDING), "since": self._outage.since, "cause": self._outage.cause}
 
     def _run_loop(self, batch: list[FaceRecord]) -> list[str]:
@@ -480,7 +467,7 @@ class AnnotateStage(MapStage):
     def _budget_error(self, done: int, total: int) -> BudgetExceededError:
         return BudgetExceededError(
             f"annotator {self.spec.name!r}: budget cap ${self._budget.cap:.4f} reached "
-            f"(${self._budget.spent:.4f} spent in round {self.ctx.round}, stage {self.ctx.stage_key}); "
+            f"(${self._budget.spent():.4f} spent in round {self.ctx.round}, stage {self.ctx.stage_key}); "
             f"{done} of {total} record(s) of this chunk finished; the chunks written before it and every answered "
             f"call are kept. Raise budget_usd in {self._spec_and_path[1]} or [stages.\"{self.name}\"] and re-run "
             "to continue")
@@ -601,15 +588,14 @@ class AnnotateStage(MapStage):
         finally:
             self._budget.release(est)
         self._budget.charge(reply.cost)
-        with ledger.transaction():
-            if reply.answered:
-                ledger.cache_put(req.key, self.spec.name, req.model, reply.to_cache(), reply.tokens_in,
-                                 reply.tokens_out, reply.cost, round_=self.ctx.round, stage=self.ctx.stage_key)
-            for call in reply.calls:
-                ledger.record_call(round=self.ctx.round, stage=self.ctx.stage_key, annotator=self.spec.name,
-                                   model=req.model, status=call.status, error=call.error,
-                                   tokens_in=call.tokens_in, tokens_out=call.tokens_out, cost=call.cost,
-                                   seconds=round(call.seconds, 4))
+        where = {"round_": self.ctx.round, "stage": self.ctx.stage_key}
+        cached = [{"key": req.key, "annotator": self.spec.name, "model": req.model, "response": reply.to_cache(),
+                   "tokens_in": reply.tokens_in, "tokens_out": reply.tokens_out, "cost": reply.cost, **where}
+                  ] if reply.answered else []
+        ledger.record_replies(cached, [
+            {"round": self.ctx.round, "stage": self.ctx.stage_key, "annotator": self.spec.name, "model": req.model,
+             "status": call.status, "error": call.error, "tokens_in": call.tokens_in, "tokens_out": call.tokens_out,
+             "cost": call.cost, "seconds": round(call.seconds, 4)} for call in reply.calls])
         s = self.stats
         s.add("calls", len(reply.calls))
         s.add("retries", reply.retries)

@@ -54,42 +54,35 @@ _KNOWN = tuple(_EXITS)
 
 def main() -> None:
     """Console-script entry point. Exit codes: 0 done, 1 failure (a full disk included), 2 a user error (bad
-    config, the workspace locked by another command), 3 the annotation budget reached, 4 records left pending (an
-    endpoint down: re-run to retry them), 5 a review gate waits for decisions, 6 an annotate stage waits for its
-    Batch API batch (re-run to collect it), 130 Ctrl-C."""
-    # messages are escaped: they quote TOML tables such as [stages."annotate.draft"], which are not markup
+    config, the workspace locked by another command, a usage error), 3 the annotation budget reached, 4 records left
+    pending (an endpoint down: re-run to retry them), 5 a review gate waits for decisions, 6 an annotate stage waits
+    for its Batch API batch (re-run to collect it), 130 Ctrl-C.
+
+    The app runs in click's standalone mode, which shows click's own errors and exits with their codes (and with a
+    command's ``typer.Exit`` code); fea20k's errors pass through it untouched and become one line here. Returns
+    normally on success, so it can be called from Python."""
     try:
-        # without standalone mode click returns a command's typer.Exit code instead of exiting with it
-        code = app(standalone_mode=False)
-        if code == 130:  # typer made a KeyboardInterrupt exit 130; a command with more to say raises Interrupted
+        app()
+    except SystemExit as e:
+        if e.code == 130:  # typer's exit for a KeyboardInterrupt; a command with more to say raises Interrupted
             _say("[yellow]interrupted[/yellow]; what was complete is kept, re-run the command to finish")
-        if isinstance(code, int) and code:
-            sys.exit(code)
+        if e.code:
+            raise
     except _KNOWN as e:
         prefix, code = next(v for t, v in _EXITS.items() if isinstance(e, t))
+        # escaped: messages quote TOML tables such as [stages."annotate.draft"], which are not markup
         _say(prefix.format(escape(str(e))))
         sys.exit(code)
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        _say("[yellow]interrupted[/yellow]; what was complete is kept, re-run the command to finish")
-        sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - click's own usage errors arrive here in standalone_mode=False
-        import click
-
+    except Exception as e:
         from fea20k.io import is_disk_full
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(2 if isinstance(e, click.UsageError) else 1)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        if is_disk_full(e):  # a write outside fea20k.io's atomic writers (a release shard, the ledger)
-            where = getattr(e, "filename", None) or "a file"
-            _say(f"[red]error:[/red] disk full: could not write {escape(str(where))}; free some space and re-run: "
-                 "everything written before is kept")
-            sys.exit(1)
-        raise
+        if not is_disk_full(e):
+            raise
+        # a write outside fea20k.io's atomic writers (a release shard, the ledger)
+        where = getattr(e, "filename", None) or "a file"
+        _say(f"[red]error:[/red] disk full: could not write {escape(str(where))}; free some space and re-run: "
+             "everything written before is kept")
+        sys.exit(1)
 
 
 def _say(line: str) -> None:

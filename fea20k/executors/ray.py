@@ -5,8 +5,9 @@ Only map stages go through Ray; source and aggregate stages run on the driver as
 :func:`~fea20k.engine.process_chunk` on it, which reads the input part, calls ``stage.run_batch`` and writes the
 output part and its stats atomically into the stage folder, exactly as locally. So the signatures, the completion
 markers, the per-chunk stats (merged by the engine) and resume at the first incomplete chunk keep their meaning, and
-model calls go through the workspace's request cache from every worker (the ledger opens one connection per
-process).
+model calls go through the workspace's request cache from every worker. Workers never open the ledger (SQLite's WAL
+needs every writer on one host): they run with :data:`~fea20k.procs.NO_LEDGER_ENV` set and call the build's ledger
+service (:mod:`fea20k.ledger_service`) at the address in the stage context, this node's IP as Ray reports it.
 
 * A stage that holds a client or a model (it overrides ``load()``) runs on an actor pool: one stage instance per
   actor, loaded once. A stateless stage runs as plain Ray tasks.
@@ -35,6 +36,7 @@ import pyarrow as pa
 from fea20k import env
 from fea20k.engine import ExecOptions, process_chunk
 from fea20k.errors import Fea20kUserError, StageError, require
+from fea20k.procs import NO_LEDGER_ENV
 from fea20k.stage import MapStage, Stage, StageContext, get_stage_class, load_workspace_plugins
 
 
@@ -61,6 +63,10 @@ def run_map_chunks(stage: MapStage, todo: list[tuple[int, Path]], out_dir: Path,
         return
     connect(opts)
     quiet_data_context()
+    if stage.ctx.ledger_at is not None:  # the service listens on every interface; workers on other nodes need an IP
+        import ray
+
+        stage.ctx.ledger_at = stage.ctx.ledger_at.reachable_at(ray.util.get_node_ip_address())
     ds = chunk_dataset(stage, todo, out_dir, pool_size(stage, len(todo), opts))
     crash = env.crash_after()
     for row in ds.iter_rows():
@@ -217,6 +223,8 @@ def _pickled(e: BaseException) -> bytes:
 def _worker_setup() -> None:
     # fault injection is the driver's business (see run_map_chunks)
     os.environ.pop("FEA20K_CRASH_AFTER", None)
+    # the driver owns the ledger: here fea20k.ledger.Ledger refuses to open, stages get the service's client
+    os.environ[NO_LEDGER_ENV] = "1"
 
 
 class ChunkWorker:

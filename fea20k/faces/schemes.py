@@ -53,16 +53,16 @@ _IBUG68: Groups = ((36, 37, 38, 39, 40, 41), (42, 43, 44, 45, 46, 47), (30,), (4
 _P49: Groups = ((19, 20, 21, 22, 23, 24), (25, 26, 27, 28, 29, 30), (13,), (31,), (37,))
 
 SCHEMES: dict[str, Scheme] = {
-    # RAF-DB manual annotation: two eye centres, nose tip, two mouth corners [RAF-DB README, corpora.md section 1].
+    # RAF-DB manual annotation: two eye centres, nose tip, two mouth corners [RAF-DB README, docs/corpora.md §1].
     # Which side comes first is unverified; alignment fixes a mirrored order (see ``canonical_order``).
     "raf5": Scheme("raf5", 5, ((0,), (1,), (2,), (3,), (4,))),
     # RAF-DB auto annotation (Face++, 37 points): the point order is not documented -> landmarks' bounding box.
     "raf37_facepp": Scheme("raf37_facepp", 37, None),
     "ibug68": Scheme("ibug68", 68, _IBUG68),
-    # RAF-AU 68 points: order and frame unverified (corpora.md section 2); 68-point sets are iBUG-ordered in practice.
+    # RAF-AU 68 points: order and frame unverified (docs/corpora.md §3); 68-point sets are iBUG-ordered in practice.
     "rafau68_unverified": Scheme("rafau68_unverified", 68, _IBUG68),
     # DISFA AAM 66 points = iBUG 68 without the inner mouth corners 60 and 64 (CMU/Multi-PIE 66 markup); indices
-    # below 60 are iBUG's [src: corpora.md section 8; Multi-PIE 66-point markup].
+    # below 60 are iBUG's [src: docs/corpora.md §8; Multi-PIE 66-point markup].
     "disfa66": Scheme("disfa66", 66, _IBUG68),
     "disfa66_aam": Scheme("disfa66_aam", 66, _IBUG68),
     "bp4d49": Scheme("bp4d49", 49, _P49),
@@ -70,7 +70,7 @@ SCHEMES: dict[str, Scheme] = {
     # InsightFace 2d106det: points 38/88 pupils, 86 nose tip, 52/61 mouth corners [src: deepinsight/insightface
     # alignment/coordinate_reg 2d106 markup; the 5-point subset [38, 88, 86, 52, 61] used with norm_crop].
     "insightface106": Scheme("insightface106", 106, ((38,), (88,), (86,), (52,), (61,))),
-    # FABA ships the raw 2d106det output in [-1, 1] of the whole image (corpora.md section 12).
+    # FABA ships the raw 2d106det output in [-1, 1] of the whole image (docs/corpora.md §12).
     "insightface106_norm": Scheme("insightface106_norm", 106, ((38,), (88,), (86,), (52,), (61,)), normalised=True),
     # faces.detect outputs: insightface detectors give 5 ArcFace-ordered points; the Haar fallback gives 2 eyes.
     "insightface5": Scheme("insightface5", 5, ((0,), (1,), (2,), (3,), (4,))),

@@ -1,6 +1,6 @@
 """AffectNet: the legacy CSV release (``affectnet_csv``) and the later NPY release "AffectNet8" (``affectnet_npy``).
 
-corpora.md §4-§5. Both releases share the expression ids 0..10; 8/9/10 (None, Uncertain, Non-Face) are
+docs/corpora.md §4-§5. Both releases share the expression ids 0..10; 8/9/10 (None, Uncertain, Non-Face) are
 reasoned exclusions, valence/arousal -2 ("not applicable") become ``None``. The validation set serves as the
 test set (there is no public test set), so ``validation.csv`` / ``val_set`` map to ``val_split`` (default "test").
 """
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# corpora.md §4 "Expression ids": (id, AffectNet name, canonical name or None). Map by id, never by hcai's strings.
+# docs/corpora.md §4: (id, AffectNet name, canonical name or None). Map by id, never by hcai's strings.
 EXPRESSION_TABLE: tuple[tuple[int, str, str | None], ...] = (
     (0, "Neutral", "neutral"),
     (1, "Happy", "happiness"),
@@ -78,7 +78,7 @@ CSV_COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_
                "expression", "valence", "arousal")
 N_LANDMARK_VALUES = 136  # 68 iBUG points, x;y interleaved
 
-# (file-list folder, image folder) patterns seen in the wild, tried in order (corpora.md §4 "Tree")
+# (file-list folder, image folder) patterns seen in the wild, tried in order (docs/corpora.md §4 "Tree")
 CSV_LAYOUTS: tuple[tuple[str, str], ...] = (
     ("Manually_Annotated_file_lists", "Manually_Annotated_Images"),
     ("Manually_Annotated_file_lists", "Manually_Annotated/Manually_Annotated_Images"),

@@ -1,8 +1,8 @@
 """Base of every ingest adapter: configuration (source name, root), layout checks, record helpers.
 
 An adapter reads one corpus in one release layout, exactly as it unpacked (``docs/corpora.md``), and yields one
-:class:`~fea20k.record.FaceRecord` per face. Bad rows become excluded records with a reason (corpora.md §13), never
-exceptions; a root that is not the expected layout is a :class:`~fea20k.errors.SourceLayoutError` naming the
+:class:`~fea20k.record.FaceRecord` per face. Bad rows become excluded records with a reason (docs/corpora.md §13.3),
+never exceptions; a root that is not the expected layout is a :class:`~fea20k.errors.SourceLayoutError` naming the
 layout expected and what was found.
 """
 
@@ -33,7 +33,7 @@ class IngestAdapter(SourceStage):
     # `fea20k sources` and on the release card, so a consumer can tell how each label was read
     CONVENTIONS: ClassVar[dict[str, str]] = {}
     # The pixel frame the source's landmarks and boxes refer to: "stored" = the pixels as stored in the file, the
-    # EXIF orientation tag ignored. Every adapter is "stored": corpora.md gives every corpus's points "in
+    # EXIF orientation tag ignored. Every adapter is "stored": docs/corpora.md gives every corpus's points "in
     # original-image pixels" of the released files (RAF, AffectNet) or of video frames and .mat crops that carry
     # no tag (DISFA, DISFA+, BP4D, FER); the released images are re-encoded crops that rarely keep the tag; FABA's
     # frame is not documented either way (unverified). faces.image_io decodes every path (full, reduced,

@@ -1,6 +1,6 @@
 """BP4D-Spontaneous (``bp4d``) and BP4D+ / MMSE (``bp4dplus``): per subject x task AU occurrence CSVs + frame JPEGs.
 
-corpora.md §10-§11. ``AUCoding/AU_OCC/<subj>_<task>.csv``: the header names AU numbers; column 0 is the frame.
+docs/corpora.md §10-§11. ``AUCoding/AU_OCC/<subj>_<task>.csv``: the header names AU numbers; column 0 is the frame.
 The legacy files have 100 columns ``0..99``; re-released and BP4D+ files have ~35 *named* columns whose first header
 is meaningless and whose names may repeat, so columns are read by position and a repeated AU keeps its first
 column. Cells: 1 present, 0 absent, **9 unknown -> None, never 0**.
@@ -293,8 +293,8 @@ BP4D/
                            if any(r is not None and r[i].strip() in ("0", "1") for _, _, r in parsed))
         folder, frames = self._frames(images_dir, subject, task)
         intensity = self._intensity(subject, task)
-        # one id per frame (its file): a frame on two rows of the CSV (a hand-edited or concatenated copy; corpora.md
-        # does not rule it out) is read at its first row's place and its rows resolved together (resolve_duplicates)
+        # one id per frame (its file): a frame on two rows of the CSV (a hand-edited or concatenated copy;
+        # docs/corpora.md §10) is read at its first row's place and its rows resolved together (resolve_duplicates)
         rows_of: dict[int, list[int]] = {}
         for i, (_, frame, row) in enumerate(parsed):
             if row is not None:

@@ -11,7 +11,7 @@ Layout::
         <root>/Images/Left/LeftVideoSNxxx_comp.avi/frame-<f>.jpg     (public loaders, 1-based)
         <root>/LeftVideoSNxxx_comp/LeftVideoSNxxx_comp_<f:05d>.jpg   (ffmpeg-style, 1-based)
 
-Label frame ``f`` (1-based) is video frame ``f - 1`` (corpora.md §8); a frame file numbered ``n`` is video frame
+Label frame ``f`` (1-based) is video frame ``f - 1`` (docs/corpora.md §8); a frame file numbered ``n`` is video frame
 ``n - base``, the base decided per subject from the files present (``frame_base``). The label line count is the frame
 count. Frame images are not decoded here (the faces stage does it): their existence is checked, and the shared
 cheap image check (``_common.check_images``) runs on a sample of each subject's frame files, on all of them once one
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DISFA_AUS = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)  # the 12 coded AUs [DISFA README; corpora.md §8]
+DISFA_AUS = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)  # the 12 coded AUs [DISFA README; docs/corpora.md §8]
 BENCHMARK_AUS = (1, 2, 4, 6, 9, 12, 25, 26)  # the 8-AU protocol [ME-GraphAU DISFA_image_label_process.py au_idx]
 MAX_INTENSITY = 5  # FACS A..E
 SPLITS_FILE = Path(__file__).with_name("splits") / "disfa_megraphau.json"
@@ -341,7 +341,7 @@ conventions: AU present when intensity >= threshold (option threshold, default 2
         if self._wants_pool(n_frames):
             workers = self._processes()
             pool = process_pool(workers)
-            return pool, pool.submit(pool_ready), workers  # type: ignore[attr-defined]
+            return pool, pool.submit(pool_ready), workers
         if self.config.threads > 1:
             return ThreadPoolExecutor(max_workers=self.config.threads), None, self.config.threads
         return None, None, 0

@@ -1,6 +1,6 @@
 """DISFA+ (Extended DISFA): posed AU trials, per-frame AU intensity files, cropped faces with 49 landmarks.
 
-corpora.md §9. Labels ``Labels/SNxxx/<trial>/AU<k>.txt`` hold rows ``<frame>.jpg <intensity 0-5>`` (an optional
+docs/corpora.md §9. Labels ``Labels/SNxxx/<trial>/AU<k>.txt`` hold rows ``<frame>.jpg <intensity 0-5>`` (an optional
 header line is skipped); only lines matching ``^\\s*(\\d+\\.jpg)\\s+(\\d)\\s*$`` count. A frame is labelled only when
 all 12 AU files have it (py-feat's intersection rule); a frame missing from some AU file becomes an excluded record.
 Some copies double the subject level (``Labels/SN001/SN001/...``): detected per subject and folder.

@@ -1,7 +1,7 @@
 """FABA-Instruct (EmoLA, ECCV 2024): JSON annotations over AffectNet images, 106-point normalised landmarks.
 
-corpora.md §12. ``{train,eval}/{split}_{au,emotion}_anno.json``; the image and landmark paths in them are relative to
-``data/`` (the folder holding ``FABAInstruct/``), which is the source root (a root pointing at ``FABAInstruct``
+docs/corpora.md §12. ``{train,eval}/{split}_{au,emotion}_anno.json``; the image and landmark paths in them are relative
+to ``data/`` (the folder holding ``FABAInstruct/``), which is the source root (a root pointing at ``FABAInstruct``
 itself also works). One record per image: an image present in both the AU and the emotion file of a split gets both
 labels.
 

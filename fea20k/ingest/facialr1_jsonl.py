@@ -1,4 +1,4 @@
-"""The authors' released Facial-R1 / FEA-20K JSONL annotations (facial-r1.md §6.1).
+"""The authors' released Facial-R1 / FEA-20K JSONL annotations (docs/facial-r1.md §6.1).
 
 Each line: ``id, dataset, image (str or list), question, AUs ["AU1", ...], labels [emotion, ...], description
 (<think>...</think><answer>...</answer>), meta_info, is_valid``. Images are relative to the per-dataset image folder,
@@ -26,7 +26,7 @@ from fea20k.stage import register_stage
 
 logger = logging.getLogger(__name__)
 
-RELEASED_INVALID = "released_invalid"  # is_valid = false in the released file (not a corpus reason of §13.3)
+RELEASED_INVALID = "released_invalid"  # is_valid = false in the released file (not a docs/corpora.md §13.3 reason)
 
 
 class FacialR1JsonlConfig(IngestConfig):
@@ -41,7 +41,7 @@ class FacialR1JsonlConfig(IngestConfig):
 
 
 def split_of(file_stem: str) -> str:
-    """``*-Test*`` files -> test, everything else -> train (facial-r1.md §6.4 naming)."""
+    """``*-Test*`` files -> test, everything else -> train (docs/facial-r1.md §6.4 naming)."""
     return "test" if "test" in file_stem.lower() else "train"
 
 

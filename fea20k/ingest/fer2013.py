@@ -1,5 +1,5 @@
 """FER2013: the original CSV (``fer2013_csv``, also Kaggle's ``icml_face_data.csv`` and the competition ``train.csv``)
-and the Kaggle folder layout (``fer2013_folder``). corpora.md §6.
+and the Kaggle folder layout (``fer2013_folder``). docs/corpora.md §6.
 
 Image convention for the CSV variants (FER2013 and FERPlus): the pixels live in the CSV, so a record's image is
 ``ImageRef(root=<source>, path="fer2013.csv", frame=<0-based data-row index>)`` (the header is not a row) and its
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# corpora.md §6a label map: (id, FER2013 name, canonical). Never trust a third-party order.
+# docs/corpora.md §6a label map: (id, FER2013 name, canonical). Never trust a third-party order.
 FER_TABLE: tuple[tuple[int, str, str], ...] = (
     (0, "Angry", "anger"),
     (1, "Disgust", "disgust"),
@@ -55,7 +55,7 @@ FER_TABLE: tuple[tuple[int, str, str], ...] = (
 )
 FER_TO_CANONICAL: dict[int, str] = {i: c for i, _, c in FER_TABLE}
 
-# corpora.md §6b / §13.1: Kaggle folder names -> canonical
+# docs/corpora.md §6b / §13.1: Kaggle folder names -> canonical
 FER_FOLDER_TO_CANONICAL: dict[str, str] = {
     "angry": "anger",
     "disgust": "disgust",
@@ -72,7 +72,7 @@ USAGE_TO_SPLIT: dict[str, str] = {"Training": "train", "PublicTest": "val", "Pri
 FER_SIDE = 48
 FER_PIXELS = FER_SIDE * FER_SIDE
 CSV_CANDIDATES = ("fer2013.csv", "fer2013/fer2013.csv", "icml_face_data.csv")  # every row, with Usage
-KAGGLE_TRAIN_CSV = "train.csv"  # the competition's train.csv: emotion,pixels, no Usage (corpora.md §6a)
+KAGGLE_TRAIN_CSV = "train.csv"  # the competition's train.csv: emotion,pixels, no Usage (docs/corpora.md §6a)
 _PIXEL_TEXT = bytes(range(48, 58)) + b" "  # the bytes of a well-formed pixel string
 
 
@@ -305,7 +305,7 @@ class Fer2013Folder(IngestAdapter):
     The ``<n>`` is not the CSV row index: this variant cannot be joined to ``fer2013.csv`` or FERPlus.
 
     Config: ``test_unprefixed`` ("test", "val" or "exclude"): the split of test/ files named without a
-    PublicTest_/PrivateTest_ prefix (other Kaggle copies name them ``im<n>.png``). corpora.md §6b splits test/ by
+    PublicTest_/PrivateTest_ prefix (other Kaggle copies name them ``im<n>.png``). docs/corpora.md §6b splits test/ by
     prefix only; such a file could be either, so it stays held out in ``test`` by default, with one warning
     naming the files and the option.
 

@@ -1,6 +1,6 @@
 """FERPlus (``fer2013new.csv``): 10-tagger votes for the FER2013 images, joined with ``fer2013.csv`` BY ROW POSITION.
 
-corpora.md §7. The number in ``Image name`` is NOT the row index (blank rows shift it); the two files are zipped
+docs/corpora.md §7. The number in ``Image name`` is NOT the row index (blank rows shift it); the two files are zipped
 line by line, as Microsoft's ``generate_training_data.py`` does. The label is the official majority vote
 (``ferplus.py::_process_data``): zero every count <= 1, then the argmax wins if it has more than half of the
 remaining votes; an argmax of ``unknown`` / ``NF`` or no majority is a reasoned exclusion. The normalised
@@ -43,7 +43,7 @@ from fea20k.stage import register_stage
 
 logger = logging.getLogger(__name__)
 
-# corpora.md §7 / §13.1: vote columns in file order -> canonical name (None: unknown / not a face)
+# docs/corpora.md §7 / §13.1: vote columns in file order -> canonical name (None: unknown / not a face)
 VOTE_COLUMNS: tuple[tuple[str, str | None], ...] = (
     ("neutral", "neutral"),
     ("happiness", "happiness"),
@@ -302,7 +302,7 @@ conventions: majority vote (counts <= 1 zeroed; argmax needs > 50 %); Training/F
         """The record of one label.csv row, and the size of its PNG when one is found (``None``: not looked up or
         absent)."""
         name = row[0].strip()
-        has_rect = len(row) > 1 and row[1].lstrip().startswith("(")  # corpora.md §7: the committed label.csv
+        has_rect = len(row) > 1 and row[1].lstrip().startswith("(")  # docs/corpora.md §7: the committed label.csv
         rec = (self.make_record(f"{rel_dir}/{name}") if name else
                self.make_record(f"{rel_dir}/label.csv", frame=line))
         rec.split, rec.bbox = split, [0.0, 0.0, float(FER_SIDE), float(FER_SIDE)]

@@ -21,6 +21,7 @@ import os
 import struct
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -31,10 +32,32 @@ MI_INT8, MI_UINT32, MI_INT32, MI_MATRIX, MI_COMPRESSED = 1, 6, 5, 14, 15
 _MX_CLASSES = {6: "f8", 7: "f4", 8: "i1", 9: "u1", 10: "i2", 11: "u2", 12: "i4", 13: "u4", 14: "i8", 15: "u8"}
 _FLAG_COMPLEX, _FLAG_LOGICAL = 0x0800, 0x0200
 _READ_SIZE = 1 << 16
-# the structure of the last uncompressed file read: (name, file size, end of the structure bytes, the bytes
-# data[124:end] (version, endian, tags, flags, dims, name), data offset, stored dtype, count, class dtype, dims).
-# DISFA's per-frame files share it, so the next file is checked with one comparison and read with one frombuffer.
-_last_layout: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The structure of one uncompressed simple ``.mat`` file: its bytes ``data[124:offset]`` (version, endian,
+    tags, flags, dims, name), up to where its numbers start. DISFA's per-frame files share it, so a file of the same
+    size is checked with one comparison and read with one ``frombuffer`` (:meth:`read`). Immutable, so threads may
+    share one; whoever reads many files keeps one (:func:`read_matrices`: for the files of one call)."""
+
+    name: str
+    size: int  # file size
+    structure: bytes
+    offset: int  # where the numbers start
+    stored: str  # their dtype in the file (with byte order)
+    count: int
+    dtype: str  # the matrix class's dtype
+    dims: tuple[int, ...]
+
+    def read(self, data: bytes) -> Any:
+        """The matrix of ``data`` when it has exactly this layout (only the numbers differ), else ``None``."""
+        if len(data) != self.size or data[124:self.offset] != self.structure:
+            return None
+        import numpy as np
+
+        return np.frombuffer(data, dtype=self.stored, count=self.count, offset=self.offset).astype(
+            self.dtype).reshape(self.dims, order="F")
 
 
 class _Unusual(Exception):  # noqa: N818 - internal signal: "not the simple form, ask scipy"
@@ -47,6 +70,10 @@ def read_matrix(path: str | os.PathLike[str], name: str) -> Any:
     Raises ``KeyError`` when the file has no such variable, ``OSError`` when it cannot be read, and scipy's errors
     (``ValueError``, ``MatReadError``, ...) for files only scipy can judge.
     """
+    return read_matrix_bytes(_read_file(path), name)
+
+
+def _read_file(path: str | os.PathLike[str]) -> bytes:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))  # no file object: this runs once per frame
     try:
         chunks = [os.read(fd, _READ_SIZE)]
@@ -54,14 +81,14 @@ def read_matrix(path: str | os.PathLike[str], name: str) -> Any:
             chunks.append(os.read(fd, _READ_SIZE))
     finally:
         os.close(fd)
-    return read_matrix_bytes(chunks[0] if len(chunks) == 1 else b"".join(chunks), name)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def read_matrices(paths: Sequence[str], name: str, dtype: Any = None) -> tuple[Any, Any, dict[int, Any]]:
     """``name`` of many ``.mat`` files that mostly share one structure (DISFA's per-frame landmark files).
 
-    Returns ``(values, fast, others)``: ``fast`` is a boolean numpy mask of the files laid out exactly as the cached
-    layout (the first readable file sets it), ``values`` their matrices stacked, shape ``(fast.sum(), *dims)``, of
+    Returns ``(values, fast, others)``: ``fast`` is a boolean numpy mask of the files laid out exactly as the first
+    readable file (its :class:`Layout`), ``values`` their matrices stacked, shape ``(fast.sum(), *dims)``, of
     the matrix class's dtype or ``dtype`` (C order);
     ``others`` maps the index of every other file to what :func:`read_matrix` gives for it, or to the exception it
     raises (``OSError``, ``KeyError``, ``ValueError``, ``TypeError``, ``IndexError``, ``zlib.error``, scipy's
@@ -72,28 +99,64 @@ def read_matrices(paths: Sequence[str], name: str, dtype: Any = None) -> tuple[A
 
     n = len(paths)
     others: dict[int, Any] = {}
-    first = 0
-    layout = None
-    while first < n and layout is None:  # the first readable file decides the layout (read the usual way)
-        try:
-            others[first] = read_matrix(paths[first], name)
-        except _read_errors() as e:
-            others[first] = e
-        layout = _last_layout if _last_layout is not None and _last_layout[0] == name else None
-        first += 1
+    first, layout = _first_layout(paths, name, others)
     if layout is None:  # no plain file: nothing is shared
         return np.zeros((0,)), np.zeros(n, dtype=bool), others
-    first -= 1  # read that file again below, with the others of its layout
-    del others[first]
-    _, size, end, structure, offset, stored, count, class_dtype, dims = layout
-    buf = bytearray(n * size)
+    buf, odd = _read_same_size(paths, first, layout.size, others)
+    same = np.ones(n, dtype=bool)
+    same[:first] = False
+    same[list(odd)] = False
+    same[list(others)] = False
+    rows = np.frombuffer(buf, dtype=np.uint8).reshape(n, layout.size)
+    ref = np.frombuffer(layout.structure, dtype=np.uint8)
+    if same.all():  # the usual case: strided views, no row copies
+        fast = (rows[:, 124:layout.offset] == ref).all(axis=1)
+    else:
+        fast = same.copy()
+        idx = np.flatnonzero(same)
+        fast[idx] = (rows[idx, 124:layout.offset] == ref).all(axis=1)
+    for i in np.flatnonzero(same & ~fast).tolist():  # the layout's size, another structure
+        odd[i] = bytes(rows[i])
+    for i in sorted(odd):
+        try:
+            others[i] = read_matrix_bytes(odd[i], name)
+        except _read_errors() as e:
+            others[i] = e
+    block = rows[:, layout.offset:layout.offset + layout.count * np.dtype(layout.stored).itemsize]
+    if not fast.all():
+        block = block[fast]
+    dims = layout.dims
+    values = block.view(layout.stored).reshape((len(block), *dims[::-1])).transpose(0, *range(len(dims), 0, -1))
+    return np.array(values, dtype=dtype or layout.dtype, order="C"), fast, others
+
+
+def _first_layout(paths: Sequence[str], name: str, others: dict[int, Any]) -> tuple[int, Layout | None]:
+    """``(index, layout)`` of the first file with a :class:`Layout` (read the usual way); what each file before it
+    gives (a matrix, or the exception) goes to ``others``. ``(len(paths), None)`` when no file has one."""
+    for i, path in enumerate(paths):
+        try:
+            value, layout = _read_bytes(_read_file(path), name)
+        except _read_errors() as e:
+            others[i] = e
+            continue
+        if layout is not None:
+            return i, layout  # that file is read again with the others of its layout
+        others[i] = value
+    return len(paths), None
+
+
+def _read_same_size(paths: Sequence[str], first: int, size: int, others: dict[int, Any]
+                    ) -> tuple[bytearray, dict[int, bytes]]:
+    """``paths[first:]`` read into one buffer, file ``i`` at ``i * size``; the files of another size are returned
+    whole (``{index: bytes}``) and those that cannot be read go to ``others`` (the exception)."""
+    buf = bytearray(len(paths) * size)
     view = memoryview(buf)
     odd: dict[int, bytes] = {}
     flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
     want = size + 1  # one more byte than the layout's size tells a larger file at once
     op, rd, cl = os.open, os.read, os.close
     pos = first * size
-    for i in range(first, n):  # the hot loop: three system calls per file, nothing else per file
+    for i in range(first, len(paths)):  # the hot loop: three system calls per file, nothing else per file
         try:
             fd = op(paths[i], flags)
         except OSError as e:
@@ -114,30 +177,7 @@ def read_matrices(paths: Sequence[str], name: str, dtype: Any = None) -> tuple[A
         finally:
             cl(fd)
         pos += size
-    same = np.ones(n, dtype=bool)
-    same[:first] = False
-    same[list(odd)] = False
-    same[list(others)] = False
-    rows = np.frombuffer(buf, dtype=np.uint8).reshape(n, size)
-    ref = np.frombuffer(structure, dtype=np.uint8)
-    if same.all():  # the usual case: strided views, no row copies
-        fast = (rows[:, 124:end] == ref).all(axis=1)
-    else:
-        fast = same.copy()
-        idx = np.flatnonzero(same)
-        fast[idx] = (rows[idx, 124:end] == ref).all(axis=1)
-    for i in np.flatnonzero(same & ~fast).tolist():  # the layout's size, another structure
-        odd[i] = bytes(rows[i])
-    for i in sorted(odd):
-        try:
-            others[i] = read_matrix_bytes(odd[i], name)
-        except _read_errors() as e:
-            others[i] = e
-    block = rows[:, offset:offset + count * np.dtype(stored).itemsize]
-    if not fast.all():
-        block = block[fast]
-    values = block.view(stored).reshape((len(block), *dims[::-1])).transpose(0, *range(len(dims), 0, -1))
-    return np.array(values, dtype=dtype or class_dtype, order="C"), fast, others
+    return buf, odd
 
 
 def read_stack(paths: Sequence[str], name: str, shape: tuple[int, ...], dtype: Any = "f8"
@@ -185,37 +225,49 @@ def _read_errors() -> tuple[type[BaseException], ...]:
 
 def read_matrix_bytes(data: bytes, name: str) -> Any:
     """:func:`read_matrix` on the bytes of a ``.mat`` file."""
-    layout = _last_layout
-    if layout is not None and layout[0] == name and layout[1] == len(data) and \
-            data[124:layout[2]] == layout[3]:  # same structure as the previous file: only the numbers differ
-        import numpy as np
+    return _read_bytes(data, name)[0]
 
-        _, _, _, _, offset, stored, count, dtype, dims = layout
-        return np.frombuffer(data, dtype=stored, count=count, offset=offset).astype(dtype).reshape(dims, order="F")
+
+def _read_bytes(data: bytes, name: str) -> tuple[Any, Layout | None]:
+    """``name`` of ``data`` and, for an uncompressed simple file, its :class:`Layout` (else ``None``)."""
     try:
-        found = parse_simple(data, name)
+        found, layout = _parse(data, name)
     except (_Unusual, struct.error, zlib.error, ValueError):  # truncated or odd: scipy decides (and explains)
-        found = None
+        found, layout = None, None
     if found is not None:
-        return found
+        return found, layout
     import scipy.io
 
-    return scipy.io.loadmat(io.BytesIO(data), variable_names=[name])[name]
+    return scipy.io.loadmat(io.BytesIO(data), variable_names=[name])[name], None
+
+
+def layout_of(data: bytes, name: str) -> Layout | None:
+    """The :class:`Layout` of ``data`` (the bytes of a ``.mat`` file holding ``name``): ``None`` unless ``name`` is a
+    plain real matrix stored uncompressed."""
+    try:
+        return _parse(data, name)[1]
+    except (_Unusual, struct.error, zlib.error, ValueError):
+        return None
 
 
 def parse_simple(data: bytes, name: str) -> Any:
     """``name`` parsed by the fast path; ``None`` when the file is not the simple v5 form (or lacks ``name``)."""
+    return _parse(data, name)[0]
+
+
+def _parse(data: bytes, name: str) -> tuple[Any, Layout | None]:
+    """:func:`parse_simple`, and the file's :class:`Layout` when the matrix is stored uncompressed."""
     if len(data) < 136:
-        return None
+        return None, None
     indicator = data[126:128]
     if indicator == b"IM":
         bo = "<"
     elif indicator == b"MI":
         bo = ">"
     else:
-        return None
+        return None, None
     if struct.unpack_from(bo + "H", data, 124)[0] != 0x0100:
-        return None
+        return None, None
     want = name.encode("ascii", "replace")
     pos, end = 128, len(data)
     while pos + 8 <= end:
@@ -226,16 +278,16 @@ def parse_simple(data: bytes, name: str) -> Any:
             itype, inbytes = struct.unpack_from(bo + "II", inner, 0)
             if itype != MI_MATRIX:
                 raise _Unusual
-            arr = _matrix(inner, 8, 8 + inbytes, bo, want)
+            arr, layout = _matrix(inner, 8, 8 + inbytes, bo, want)
             pos = body + nbytes
         elif mtype == MI_MATRIX:
-            arr = _matrix(data, body, body + nbytes, bo, want, remember=data)
+            arr, layout = _matrix(data, body, body + nbytes, bo, want, whole=data)
             pos = body + nbytes + (-nbytes % 8)
         else:
             raise _Unusual
         if arr is not None:
-            return arr
-    return None
+            return arr, layout
+    return None, None
 
 
 def _element(buf: bytes, pos: int, bo: str) -> tuple[int, int, int, int]:
@@ -247,10 +299,10 @@ def _element(buf: bytes, pos: int, bo: str) -> tuple[int, int, int, int]:
     return first, pos + 8, nbytes, pos + 8 + nbytes + (-nbytes % 8)
 
 
-def _matrix(buf: bytes, pos: int, end: int, bo: str, want: bytes, remember: bytes | None = None) -> Any:
-    """The miMATRIX body in ``buf[pos:end]`` as an array when its name is ``want``; ``None`` for another name.
-    ``remember``: the whole file, when ``buf`` is it (uncompressed): its layout is kept for the next file."""
-    global _last_layout
+def _matrix(buf: bytes, pos: int, end: int, bo: str, want: bytes,
+            whole: bytes | None = None) -> tuple[Any, Layout | None]:
+    """The miMATRIX body in ``buf[pos:end]`` as an array when its name is ``want`` (``None`` for another name), and
+    its :class:`Layout` when ``whole`` (the whole file, when ``buf`` is it: uncompressed) is given."""
     import numpy as np
 
     mtype, start, nbytes, pos = _element(buf, pos, bo)
@@ -266,7 +318,7 @@ def _matrix(buf: bytes, pos: int, end: int, bo: str, want: bytes, remember: byte
     if mtype != MI_INT8:
         raise _Unusual
     if buf[start:start + nbytes] != want:
-        return None
+        return None, None
     if dtype is None or flags & (_FLAG_COMPLEX | _FLAG_LOGICAL):
         raise _Unusual  # char, cell, struct, sparse, logical or complex: scipy's job
     mtype, start, nbytes, pos = _element(buf, pos, bo)
@@ -279,7 +331,8 @@ def _matrix(buf: bytes, pos: int, end: int, bo: str, want: bytes, remember: byte
     values = np.frombuffer(buf, dtype=bo + stored, count=nbytes // int(stored[1]), offset=start)
     if values.size != count:
         raise _Unusual
-    if remember is not None:
-        _last_layout = (want.decode("ascii", "replace"), len(remember), start, remember[124:start], start,
-                        bo + stored, count, dtype, dims)
-    return values.astype(dtype).reshape(dims, order="F")
+    layout = None
+    if whole is not None:
+        layout = Layout(want.decode("ascii", "replace"), len(whole), whole[124:start], start, bo + stored, count,
+                        dtype, tuple(dims))
+    return values.astype(dtype).reshape(dims, order="F"), layout

@@ -1,4 +1,4 @@
-"""RAF-AU: ``RAFAU_label.txt`` (``<name>.jpg <AU string>``) + ``aligned/<stem>_aligned.jpg``. corpora.md §3.
+"""RAF-AU: ``RAFAU_label.txt`` (``<name>.jpg <AU string>``) + ``aligned/<stem>_aligned.jpg``. docs/corpora.md §3.
 
 The AU string is ``+``-joined tokens, each a number optionally prefixed by a side ``L``/``R``/``B``/``T`` (left,
 right, bottom, top only); ``null`` means no AU. Occurrence only. An AU absent from a coded line is 0; a ``null`` line
@@ -37,7 +37,7 @@ from fea20k.stage import register_stage
 
 logger = logging.getLogger(__name__)
 
-# AUs RAF-AU codes: the 27 of the FEA-20K RAF-AU files (facial-r1.md §8.2) plus AU39 from OpenGraphAU's au_idx
+# AUs RAF-AU codes: the 27 of the FEA-20K RAF-AU files (docs/facial-r1.md §8.2) plus AU39 from OpenGraphAU's au_idx
 RAFAU_AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 16, 17, 18, 19, 20, 22, 23, 24, 25, 26, 27, 28,
                               29, 30, 32, 39, 43)
 LABEL_FILE = "RAFAU_label.txt"

@@ -35,7 +35,7 @@ LABEL_FILES = ("EmoLabel/list_patition_label.txt", "EmoLabel/list_partition_labe
 RAF_BASIC_CLASSES: dict[int, str] = {
     1: "Surprise", 2: "Fear", 3: "Disgust", 4: "Happiness", 5: "Sadness", 6: "Anger", 7: "Neutral",
 }
-# RAF-DB compound, 1-based ids -> class names, with the basic emotions each one combines [corpora.md §2]. The
+# RAF-DB compound, 1-based ids -> class names, with the basic emotions each one combines [docs/corpora.md §2]. The
 # components are kept in meta only (a project decision, not a dataset fact); emotion stays None.
 RAF_COMPOUND_CLASSES: dict[int, tuple[str, tuple[str, ...]]] = {
     1: ("Happily Surprised", ("happiness", "surprise")),

@@ -1,7 +1,7 @@
 """What the ready-made trainers (``python -m fea20k.train.sft`` / ``.grpo``) share: data loading, the base-model check,
 the prompt (always :mod:`fea20k.prompt`'s contract), the images, the files a trained folder needs beside the weights
 and the run summary. Models and processors load through :mod:`fea20k.models` (the one local loader). Heavy imports
-happen inside functions.
+happen inside functions. Section numbers (§) are those of docs/facial-r1.md.
 """
 
 from __future__ import annotations

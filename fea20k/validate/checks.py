@@ -1,11 +1,26 @@
-"""The rule set (``validators/default.toml``) and the per-record checks run on one rationale.
+"""The rule set (``validators/default.toml``) and the registry of per-record checks run on one rationale.
 
-:func:`load_ruleset` reads and validates the rule set; :func:`check_text` runs every enabled check on a text
-against a record's labels and returns a :class:`CheckResult` with named reasons and scores. Template collapse
-needs a view of the whole round and is done by the validate stage (``fea20k.validate.stage``); everything else
-is here, one small function per check, all reading the one :mod:`~fea20k.validate.parse` result.
+A check is one function registered with its rule model (the section of the rule file that configures it) and the
+feedback keys that explain its reasons to a model in a repair prompt (``annotators/feedback.toml``)::
 
-Reasons (each check's name for a failure):
+    class BannedWordRules(CheckRule):            # the [banned_words] section; every key has a default
+        words: list[str] = []
+
+    @check("banned_words", BannedWordRules, feedback="banned_word")
+    def banned_words(p: Parsed, rec: FaceRecord, rule: BannedWordRules, vocab: RuleVocab,
+                     res: CheckResult) -> None:
+        if any(w in p.text.lower() for w in rule.words):
+            res.reasons.append("banned_word")
+
+Checks run in registration order (the built-in ones below first, then workspace plugins, ``validators/*.py``,
+which the engine and :func:`load_ruleset` import; README "Adding a validation check"). A section absent from the
+rule file takes its model's defaults; ``enabled = false`` switches a check off. :func:`load_ruleset` reads and
+validates the rule set; :func:`check_text` runs every enabled check on a text against a record's labels and
+returns a :class:`CheckResult` with named reasons and scores. Template collapse needs a view of the whole round
+and is done by the validate stage (``fea20k.validate.stage``) from the ``[template]`` section; everything else is
+here, all reading the one :mod:`~fea20k.validate.parse` result.
+
+Reasons (each check's name for a failure, in the order the checks run):
 
 * format: ``empty_rationale``, ``no_think_tag``, ``no_answer_tag``, ``multiple_answer_tags``,
   ``text_outside_tags``, ``format_invalid``, ``answer_not_canonical``, ``au_token_not_canonical``
@@ -21,11 +36,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, Field, PrivateAttr, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from fea20k.config import StrictModel, read_toml, strict_validate
 from fea20k.errors import ConfigError
@@ -33,7 +50,7 @@ from fea20k.record import FaceRecord
 from fea20k.validate.parse import Parsed, parse, synonyms_from
 
 
-# ---------------------------------------------------------------------------------------------- rule set model
+# ---------------------------------------------------------------------------------------------- rule values
 
 
 def _unit_open_low(v: float) -> float:
@@ -66,165 +83,17 @@ NonNegInt = Annotated[int, AfterValidator(_non_negative)]
 PosInt = Annotated[int, AfterValidator(_positive)]
 
 
-class FormatRules(StrictModel):
+class CheckRule(StrictModel):
+    """Base of a check's rule model (its section of the rule file): ``enabled`` switches the check off."""
+
     enabled: bool = True
-    mode: Literal["strict", "tolerant"] = "strict"
-    single_answer: bool = True
-    canonical_answer: bool = True
-    canonical_au_tokens: bool = True
 
 
-class EmotionRules(StrictModel):
-    enabled: bool = True
-    origins: list[Literal["gt", "teacher", "model"]] = Field(default_factory=lambda: ["gt"])
+class TemplateRules(CheckRule):
+    """Template collapse, the round-level rule the validate stage applies (not a per-record check)."""
 
-
-class AURules(StrictModel):
-    enabled: bool = True
-    mode: Literal["exact", "f1"] = "f1"
-    min_f1: UnitOpenLow = 0.6
-    scope: Literal["all", "think"] = "all"
-    max_hallucinated: int = -1
-
-
-class HedgingRules(StrictModel):
-    enabled: bool = True
-    words: list[str] = Field(default_factory=list)
-    max_hits: NonNegInt = 0
-
-
-class LengthRules(StrictModel):
-    enabled: bool = True
-    min_words: NonNegInt = 8
-    max_words: PosInt = 400
-
-
-class ConsistencyRules(StrictModel):
-    enabled: bool = True
-    min_prototype_fraction: UnitClosed = 0.5
-    min_mentions: NonNegInt = 1
-    neutral_max_aus: NonNegInt = 2
-
-
-class TemplateRules(StrictModel):
-    enabled: bool = True
     max_repeats: PosInt = 20
     exempt_backends: list[str] = Field(default_factory=lambda: ["rules"])
-
-
-@dataclass(slots=True)
-class Compiled:
-    """What the checks need from the rule set and the vocabularies, as plain attributes (fast to read)."""
-
-    synonyms: dict[str, str]
-    prototypes: dict[str, frozenset[int]]
-    hedge_re: re.Pattern[str] | None
-    hedge_first: tuple[str, ...]
-
-
-class RuleSet(StrictModel):
-    """The validated rule set. Compiled helpers (synonyms, prototypes, hedging regex) are private attributes."""
-
-    format: FormatRules = Field(default_factory=FormatRules)
-    emotion: EmotionRules = Field(default_factory=EmotionRules)
-    aus: AURules = Field(default_factory=AURules)
-    hedging: HedgingRules = Field(default_factory=HedgingRules)
-    length: LengthRules = Field(default_factory=LengthRules)
-    consistency: ConsistencyRules = Field(default_factory=ConsistencyRules)
-    template: TemplateRules = Field(default_factory=TemplateRules)
-
-    _c: Compiled = PrivateAttr(default=None)  # type: ignore[assignment]
-    _digest: str = PrivateAttr(default="")
-    _where: str = PrivateAttr(default="")
-
-    def model_post_init(self, context: Any, /) -> None:
-        self.compile(None)
-
-    def compile(self, validators_dir: Path | None) -> RuleSet:
-        """Load the vocabularies (from ``validators_dir``, else the shipped ones) and compile the word lists."""
-        from fea20k.vocab import load_vocab
-
-        vocab = load_vocab(Path(validators_dir) if validators_dir else None)
-        words = [w.strip() for w in self.hedging.words if w.strip()]
-        hedge_re = None
-        if words:
-            alts = "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in sorted(words, key=len, reverse=True))
-            hedge_re = re.compile(rf"(?<!\w)(?:{alts})(?!\w)", re.IGNORECASE)
-        self._c = Compiled(
-            synonyms=synonyms_from(Path(validators_dir) if validators_dir else None),
-            prototypes={e: core | opt for e, (core, opt) in vocab.prototypes.items()},
-            hedge_re=hedge_re,
-            # cheap substring pre-filter: the longest word of every phrase, lower-cased
-            hedge_first=tuple(sorted({max(w.lower().split(), key=len) for w in words})),
-        )
-        return self
-
-    @property
-    def synonyms(self) -> dict[str, str]:
-        return self._c.synonyms
-
-    @property
-    def digest(self) -> str:
-        """sha256[:12] of the rule file(s) this rule set was loaded from ('' when built in code)."""
-        return self._digest
-
-    @property
-    def au_reason(self) -> str:
-        """The reason name of a failed AU check in the configured mode."""
-        return "au_mismatch" if self.aus.mode == "exact" else f"au_f1_below_{self.aus.min_f1:g}"
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return json.dumps(v, default=str)
-
-
-def _format_errors(where: str, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
-        section = f"[{loc[0]}] " if len(loc) > 1 else ""
-        key = ".".join(loc[1:]) if len(loc) > 1 else (loc[0] if loc else "")
-        msg = str(e["msg"]).removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{where}: {section}unknown key '{key}'; remove it or check its spelling")
-        elif e["type"] == "missing":
-            lines.append(f"{where}: {section}missing key '{key}'")
-        else:
-            msg = msg[0].lower() + msg[1:] if msg else msg
-            lines.append(f"{where}: {section}{key} = {_toml_value(e.get('input'))} {msg}")
-    return "; ".join(lines)
-
-
-def load_ruleset(path: Path | str, where: str | None = None) -> RuleSet:
-    """Read and validate a rule set file. Vocabularies come from the same folder when it has ``vocab.toml``.
-
-    Errors are :class:`~fea20k.errors.ConfigError` naming the file and key, e.g.
-    ``validators/default.toml: [aus] min_f1 = 1.2 must be in (0, 1]``.
-    """
-    path = Path(path)
-    shown = where or str(path)
-    data = read_toml(path)
-    try:
-        rules = strict_validate(RuleSet, data)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(shown, e)) from None
-    folder = path.parent if (path.parent / "vocab.toml").is_file() else None
-    rules.compile(folder)
-    h = hashlib.sha256(path.read_bytes())
-    rules._digest = h.hexdigest()[:12]
-    rules._where = shown
-    return rules
-
-
-def default_ruleset() -> RuleSet:
-    """The shipped ``validators/default.toml``."""
-    from fea20k.resources import data_path
-
-    return load_ruleset(data_path("validators", "default.toml"), where="validators/default.toml")
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -247,62 +116,317 @@ class CheckResult:
         return {"hallucinated": self.hallucinated, "missed": self.missed, "unverifiable": self.unverifiable}
 
 
-# ---------------------------------------------------------------------------------------------- checks
+@dataclass(slots=True)
+class RuleVocab:
+    """What the checks read from the rule set's vocabularies (its folder's ``vocab.toml`` and ``prototypes.toml``),
+    as plain attributes (fast to read)."""
+
+    synonyms: dict[str, str]
+    prototypes: dict[str, frozenset[int]]
 
 
-def check_format(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str], scores: dict[str, float]) -> None:
-    """Format (§3): the reference regex in strict mode, or think + answer blocks in tolerant mode."""
-    fr = rules.format
-    text = p.text
-    ok = True
+# ---------------------------------------------------------------------------------------------- the registry
+
+
+CheckFn = Callable[[Parsed, FaceRecord, Any, RuleVocab, CheckResult], None]
+F = TypeVar("F", bound=Callable[..., None])
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A registered check: its section name, rule model, feedback keys and function.
+
+    ``fn(p, rec, rule, vocab, res)`` reads the parsed text, the record's labels, its own rule section and the
+    rule set's vocabularies, and appends reasons to ``res.reasons`` (scores to ``res.scores``)."""
+
+    name: str
+    rule: type[StrictModel]
+    feedback: tuple[str, ...]
+    fn: CheckFn
+
+    def explains(self, reason: str) -> bool:
+        """Whether one of this check's feedback keys explains ``reason`` (``au_f1_below_0.6`` -> ``au_f1_below``),
+        the way the annotate repair loop looks a reason up in ``annotators/feedback.toml``."""
+        return reason in self.feedback or reason.rstrip("0123456789.").rstrip("_") in self.feedback
+
+
+_CHECKS: dict[str, Check] = {}
+
+
+def check(name: str, rule: type[StrictModel], feedback: str | tuple[str, ...]) -> Callable[[F], F]:
+    """Register a per-record check under ``name``, configured by the ``[name]`` section of the rule file.
+
+    Args:
+        name: the section name and the check's name (a lower-case identifier).
+        rule: the section's model, a :class:`~fea20k.config.StrictModel` with an ``enabled`` flag (subclass
+            :class:`CheckRule`) and a default for every key (an absent section is the defaults).
+        feedback: the ``annotators/feedback.toml`` key(s) that explain the check's reasons in a repair prompt.
+
+    Registering a name again from the same function (a re-imported module) replaces it in place; from another
+    function it is a :class:`~fea20k.errors.ConfigError`.
+    """
+    keys = (feedback,) if isinstance(feedback, str) else tuple(feedback)
+    if not name.isidentifier() or name != name.lower() or name in RuleSet.model_fields or hasattr(RuleSet, name):
+        raise ConfigError(f"check name {name!r} must be a lower-case identifier, and not 'template' or another "
+                          "attribute of RuleSet")
+    if not (isinstance(rule, type) and issubclass(rule, StrictModel) and "enabled" in rule.model_fields):
+        raise ConfigError(f"check {name!r}: its rule model must be a StrictModel with an 'enabled' field "
+                          "(subclass fea20k.validate.checks.CheckRule)")
+    try:
+        rule()
+    except ValidationError as e:
+        raise ConfigError(f"check {name!r}: every key of {rule.__name__} needs a default (an absent [{name}] "
+                          f"section is the defaults): {e.errors()[0]['loc']}") from None
+
+    def deco(fn: F) -> F:
+        existing = _CHECKS.get(name)
+        if existing is not None and (existing.fn.__module__, existing.fn.__qualname__) \
+                != (fn.__module__, fn.__qualname__):
+            raise ConfigError(f"check {name!r} registered twice: {existing.fn.__module__}.{existing.fn.__qualname__}"
+                              f" and {fn.__module__}.{fn.__qualname__}; give one of them another name")
+        _CHECKS[name] = Check(name, rule, keys, fn)
+        return fn
+
+    return deco
+
+
+def registered_checks() -> tuple[Check, ...]:
+    """Every registered check, in the order they run."""
+    return tuple(_CHECKS.values())
+
+
+def get_check(name: str) -> Check:
+    """The check registered under ``name``; an unknown name lists the registered ones."""
+    try:
+        return _CHECKS[name]
+    except KeyError:
+        raise ConfigError(f"unknown check {name!r}; registered: {', '.join(_CHECKS)}") from None
+
+
+# ---------------------------------------------------------------------------------------------- rule set model
+
+
+class RuleSet(StrictModel):
+    """The validated rule set: one section per registered check (``rules.format``, ``rules.aus``, ...) plus the
+    stage's ``template`` rule. The vocabularies the checks read are compiled into a private :class:`RuleVocab`."""
+
+    # the check sections are not declared here: the registry supplies them, plugins included, and the validator
+    # below turns each into its rule model (an unknown section is an error)
+    model_config = ConfigDict(extra="allow")
+
+    template: TemplateRules = Field(default_factory=TemplateRules)
+
+    _c: RuleVocab = PrivateAttr(default=None)  # type: ignore[assignment]
+    _run: tuple[tuple[CheckFn, Any], ...] = PrivateAttr(default=())
+    _digest: str = PrivateAttr(default="")
+    _where: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _check_sections(self) -> RuleSet:
+        given = self.__pydantic_extra__ or {}
+        unknown = [k for k in given if k not in _CHECKS]
+        if unknown:
+            raise ValueError(f"unknown rule section(s) {unknown}; the checks are: {', '.join(_CHECKS)}")
+        sections: dict[str, Any] = {}
+        for name, c in _CHECKS.items():
+            value = given.get(name)
+            if value is None:
+                value = c.rule()
+            elif not isinstance(value, c.rule):
+                value = c.rule.model_validate(value)
+            sections[name] = value
+        object.__setattr__(self, "__pydantic_extra__", sections)
+        # what check_parsed runs, resolved once: (function, rule) in registration order
+        self._run = tuple((_CHECKS[name].fn, rule) for name, rule in sections.items())
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        self.compile(None)
+
+    def compile(self, validators_dir: Path | None) -> RuleSet:
+        """Load the vocabularies (from ``validators_dir``, else the shipped ones) the checks read."""
+        from fea20k.vocab import load_vocab
+
+        vocab = load_vocab(Path(validators_dir) if validators_dir else None)
+        self._c = RuleVocab(
+            synonyms=synonyms_from(Path(validators_dir) if validators_dir else None),
+            prototypes={e: core | opt for e, (core, opt) in vocab.prototypes.items()},
+        )
+        return self
+
+    def section(self, name: str) -> Any:
+        """The rule of check ``name`` (``None`` for a check registered after this rule set was built)."""
+        return (self.__pydantic_extra__ or {}).get(name)
+
+    @property
+    def vocab(self) -> RuleVocab:
+        return self._c
+
+    @property
+    def synonyms(self) -> dict[str, str]:
+        return self._c.synonyms
+
+    @property
+    def digest(self) -> str:
+        """sha256[:12] of the rule file(s) this rule set was loaded from ('' when built in code)."""
+        return self._digest
+
+    @property
+    def au_reason(self) -> str:
+        """The reason name of a failed AU check in the configured mode."""
+        return self.section("aus").reason
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return json.dumps(v, default=str)
+
+
+def _format_errors(where: str, errors: list[dict[str, Any]]) -> str:
+    lines = []
+    for e in errors:
+        loc = [str(p) for p in e["loc"]]
+        section = f"[{loc[0]}] " if len(loc) > 1 else ""
+        key = ".".join(loc[1:]) if len(loc) > 1 else (loc[0] if loc else "")
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{where}: {section}unknown key '{key}'; remove it or check its spelling")
+        elif e["type"] == "missing":
+            lines.append(f"{where}: {section}missing key '{key}'")
+        else:
+            msg = msg[0].lower() + msg[1:] if msg else msg
+            lines.append(f"{where}: {section}{key} = {_toml_value(e.get('input'))} {msg}")
+    return "; ".join(lines)
+
+
+def _validate_file(data: dict[str, Any], where: str) -> RuleSet:
+    """Each section strictly against its rule model (the registry's, or the template's); every problem is one
+    ``file: [section] key ...`` line, an unknown section an unknown key."""
+    models: dict[str, type[StrictModel]] = {c.name: c.rule for c in _CHECKS.values()}
+    models["template"] = TemplateRules
+    sections: dict[str, Any] = {}
+    errors: list[dict[str, Any]] = []
+    for name, model in models.items():
+        if name in data:
+            try:
+                sections[name] = strict_validate(model, data[name])
+            except ValidationError as e:
+                errors += [{**err, "loc": (name, *err["loc"])} for err in e.errors()]
+    errors += [{"type": "extra_forbidden", "loc": (k,), "msg": "", "input": data[k]} for k in data if k not in models]
+    if errors:
+        raise ConfigError(_format_errors(where, errors))
+    return RuleSet(**sections)
+
+
+def load_ruleset(path: Path | str, where: str | None = None) -> RuleSet:
+    """Read and validate a rule set file. Vocabularies come from the same folder when it has ``vocab.toml``.
+
+    A file in a workspace's ``validators/`` folder may configure the workspace's own checks (``validators/*.py``):
+    they are imported first, as the engine does before a build. Errors are :class:`~fea20k.errors.ConfigError`
+    naming the file and key, e.g. ``validators/default.toml: [aus] min_f1 = 1.2 must be in (0, 1]``.
+    """
+    path = Path(path)
+    shown = where or str(path)
+    data = read_toml(path)
+    if path.parent.name == "validators":
+        from fea20k.stage import load_workspace_plugins
+
+        load_workspace_plugins(path.parent.parent)
+    rules = _validate_file(data, shown)
+    folder = path.parent if (path.parent / "vocab.toml").is_file() else None
+    rules.compile(folder)
+    h = hashlib.sha256(path.read_bytes())
+    rules._digest = h.hexdigest()[:12]
+    rules._where = shown
+    return rules
+
+
+def default_ruleset() -> RuleSet:
+    """The shipped ``validators/default.toml``."""
+    from fea20k.resources import data_path
+
+    return load_ruleset(data_path("validators", "default.toml"), where="validators/default.toml")
+
+
+# ---------------------------------------------------------------------------------------------- the checks
+# Defined in the order they run; each with its rule model (its section of validators/default.toml).
+
+
+class FormatRules(CheckRule):
+    mode: Literal["strict", "tolerant"] = "strict"
+    single_answer: bool = True
+    canonical_answer: bool = True
+    canonical_au_tokens: bool = True
+
+
+@check("format", FormatRules, feedback=("empty_rationale", "no_think_tag", "no_answer_tag", "text_outside_tags",
+                                        "format_invalid", "multiple_answer_tags", "answer_not_canonical",
+                                        "au_token_not_canonical"))
+def format_check(p: Parsed, rec: FaceRecord, rule: FormatRules, vocab: RuleVocab, res: CheckResult) -> None:
+    """Format (docs/facial-r1.md §3): the reference regex in strict mode, or think + answer blocks in tolerant mode."""
+    reasons, text = res.reasons, p.text
     if not text.strip():
         reasons.append("empty_rationale")
-        scores["format"] = 0.0
+        res.scores["format"] = 0.0
         return
-    if fr.mode == "strict" and not p.format_ok:
-        ok = False
+    failed: str | None = None
+    if rule.mode == "strict" and not p.format_ok:
         if p.n_think_tags == 0:
-            reasons.append("no_think_tag")
+            failed = "no_think_tag"
         elif p.n_answer_tags == 0:
-            reasons.append("no_answer_tag")
+            failed = "no_answer_tag"
         elif not text.startswith("<think>") or not text.endswith("</answer>"):
-            reasons.append("text_outside_tags")
+            failed = "text_outside_tags"
         else:
-            reasons.append("format_invalid")
-    elif fr.mode == "tolerant" and (p.think is None or not p.answer_tagged):
-        ok = False
-        reasons.append("no_think_tag" if p.think is None else "no_answer_tag")
-    if ok and fr.single_answer and p.n_answer_tags > 1:
-        ok = False
-        reasons.append("multiple_answer_tags")
-    if ok and fr.canonical_answer and rec.emotion is not None and not p.answer_exact:
-        ok = False
-        reasons.append("answer_not_canonical")
-    if ok and fr.canonical_au_tokens:
-        for m in p.mentions:
-            if not m.canonical:
-                ok = False
-                reasons.append("au_token_not_canonical")
-                break
-    scores["format"] = 1.0 if ok else 0.0
+            failed = "format_invalid"
+    elif rule.mode == "tolerant" and (p.think is None or not p.answer_tagged):
+        failed = "no_think_tag" if p.think is None else "no_answer_tag"
+    elif rule.single_answer and p.n_answer_tags > 1:
+        failed = "multiple_answer_tags"
+    elif rule.canonical_answer and rec.emotion is not None and not p.answer_exact:
+        failed = "answer_not_canonical"
+    elif rule.canonical_au_tokens and not all(m.canonical for m in p.mentions):
+        failed = "au_token_not_canonical"
+    if failed is not None:
+        reasons.append(failed)
+    res.scores["format"] = 0.0 if failed else 1.0
 
 
-def check_emotion(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str], scores: dict[str, float]) -> None:
+class EmotionRules(CheckRule):
+    origins: list[Literal["gt", "teacher", "model"]] = Field(default_factory=lambda: ["gt"])
+
+
+@check("emotion", EmotionRules, feedback=("emotion_missing", "emotion_unknown", "emotion_mismatch"))
+def emotion_check(p: Parsed, rec: FaceRecord, rule: EmotionRules, vocab: RuleVocab, res: CheckResult) -> None:
     """The answer's emotion equals the label, where the label's origin is trusted (default: ground truth)."""
-    if rec.emotion is None or rec.emotion_origin not in rules.emotion.origins:
+    if rec.emotion is None or rec.emotion_origin not in rule.origins:
         return
     answer = p.first_answer
     if answer is None or not answer:
-        reasons.append("emotion_missing")
-        scores["emotion_match"] = 0.0
+        res.reasons.append("emotion_missing")
     elif p.emotion is None:
-        reasons.append("emotion_unknown")
-        scores["emotion_match"] = 0.0
+        res.reasons.append("emotion_unknown")
     elif p.emotion != rec.emotion:
-        reasons.append("emotion_mismatch")
-        scores["emotion_match"] = 0.0
+        res.reasons.append("emotion_mismatch")
     else:
-        scores["emotion_match"] = 1.0
+        res.scores["emotion_match"] = 1.0
+        return
+    res.scores["emotion_match"] = 0.0
+
+
+class AURules(CheckRule):
+    mode: Literal["exact", "f1"] = "f1"
+    min_f1: UnitOpenLow = 0.6
+    scope: Literal["all", "think"] = "all"
+    max_hallucinated: int = -1
+
+    @property
+    def reason(self) -> str:
+        """The reason name of a failed AU check in the configured mode."""
+        return "au_mismatch" if self.mode == "exact" else f"au_f1_below_{self.min_f1:g}"
 
 
 def au_sets(p: Parsed, rec: FaceRecord, scope: str) -> tuple[set[int], set[int], set[int], set[int]]:
@@ -325,11 +449,11 @@ def prf(pred: set[int], gt: set[int]) -> tuple[float, float, float]:
     return precision, recall, f1
 
 
-def check_aus(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str], scores: dict[str, float],
-              res: CheckResult) -> None:
+@check("aus", AURules, feedback=("au_mismatch", "au_f1_below", "au_hallucinated"))
+def au_check(p: Parsed, rec: FaceRecord, rule: AURules, vocab: RuleVocab, res: CheckResult) -> None:
     """AU agreement on the AUs the source codes; hallucinated / missed / unverifiable AUs reported."""
-    ar = rules.aus
-    mentioned, gt, known, unverifiable = au_sets(p, rec, ar.scope)
+    mentioned, gt, known, unverifiable = au_sets(p, rec, rule.scope)
+    scores = res.scores
     res.unverifiable = sorted(unverifiable)
     scores["au_mentions"] = float(len(mentioned))
     if not known:
@@ -345,87 +469,116 @@ def check_aus(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str], sc
     scores["au_f1"] = f1
     scores["au_hallucinated"] = float(len(hallucinated))
     scores["au_missed"] = float(len(missed))
-    if ar.mode == "exact":
-        if pred != gt:
-            reasons.append("au_mismatch")
-    elif f1 < ar.min_f1:
-        reasons.append(rules.au_reason)
-    if 0 <= ar.max_hallucinated < len(hallucinated):
-        reasons.append("au_hallucinated")
+    failed = pred != gt if rule.mode == "exact" else f1 < rule.min_f1
+    if failed:
+        res.reasons.append(rule.reason)
+    if 0 <= rule.max_hallucinated < len(hallucinated):
+        res.reasons.append("au_hallucinated")
 
 
-def check_hedging(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str], scores: dict[str, float],
-                  c: Compiled) -> None:
+class HedgingRules(CheckRule):
+    words: list[str] = Field(default_factory=list)
+    max_hits: NonNegInt = 0
+
+
+@lru_cache(maxsize=16)
+def _hedge_matcher(words: tuple[str, ...]) -> tuple[re.Pattern[str] | None, tuple[str, ...]]:
+    """The hedging regex of a word list (``None`` when empty) and its substring pre-filter."""
+    words = tuple(w.strip() for w in words if w.strip())
+    if not words:
+        return None, ()
+    alts = "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in sorted(words, key=len, reverse=True))
+    # cheap substring pre-filter: the longest word of every phrase, lower-cased
+    first = tuple(sorted({max(w.lower().split(), key=len) for w in words}))
+    return re.compile(rf"(?<!\w)(?:{alts})(?!\w)", re.IGNORECASE), first
+
+
+@check("hedging", HedgingRules, feedback="hedging")
+def hedging_check(p: Parsed, rec: FaceRecord, rule: HedgingRules, vocab: RuleVocab, res: CheckResult) -> None:
     """Hedging words in the think text (the whole text when there is no think block)."""
-    if c.hedge_re is None:
+    hedge_re, first = _hedge_matcher(tuple(rule.words))
+    if hedge_re is None:
         return
     target = p.think if p.think is not None else p.text
     low = target.lower()
-    hits = len(c.hedge_re.findall(target)) if any(map(low.__contains__, c.hedge_first)) else 0
-    scores["hedging_hits"] = float(hits)
-    if hits > rules.hedging.max_hits:
-        reasons.append("hedging")
+    hits = len(hedge_re.findall(target)) if any(map(low.__contains__, first)) else 0
+    res.scores["hedging_hits"] = float(hits)
+    if hits > rule.max_hits:
+        res.reasons.append("hedging")
 
 
-def check_length(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str], scores: dict[str, float]) -> None:
+class LengthRules(CheckRule):
+    min_words: NonNegInt = 8
+    max_words: PosInt = 400
+
+
+@check("length", LengthRules, feedback=("too_short", "too_long"))
+def length_check(p: Parsed, rec: FaceRecord, rule: LengthRules, vocab: RuleVocab, res: CheckResult) -> None:
     """Word count of the think text (the whole text when there is no think block) within bounds."""
     target = p.think if p.think is not None else p.text
     n = len(target.split())
-    scores["words"] = float(n)
-    if n < rules.length.min_words:
-        reasons.append("too_short")
-    elif n > rules.length.max_words:
-        reasons.append("too_long")
+    res.scores["words"] = float(n)
+    if n < rule.min_words:
+        res.reasons.append("too_short")
+    elif n > rule.max_words:
+        res.reasons.append("too_long")
 
 
-def check_consistency(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str], scores: dict[str, float],
-                      c: Compiled) -> None:
+class ConsistencyRules(CheckRule):
+    min_prototype_fraction: UnitClosed = 0.5
+    min_mentions: NonNegInt = 1
+    neutral_max_aus: NonNegInt = 2
+
+
+@check("consistency", ConsistencyRules, feedback=("au_emotion_inconsistent", "no_au_mentioned"))
+def consistency_check(p: Parsed, rec: FaceRecord, rule: ConsistencyRules, vocab: RuleVocab,
+                      res: CheckResult) -> None:
     """For a ground-truth emotion without AU labels: the named AUs fit the emotion's prototype."""
-    cr = rules.consistency
     if rec.emotion is None or rec.emotion_origin != "gt":
         return
     if any(v is not None for v in rec.aus.values()):
         return  # AU labels exist: the AU check verifies the AUs directly
-    proto = c.prototypes.get(rec.emotion)
+    proto = vocab.prototypes.get(rec.emotion)
     if proto is None:
         return
     mentioned = p.aus(("think",)) if p.think is not None else p.aus()
+    scores = res.scores
     if not proto:  # neutral: no prototype AUs
-        scores["prototype_fraction"] = 1.0 if len(mentioned) <= cr.neutral_max_aus else 0.0
-        if len(mentioned) > cr.neutral_max_aus:
-            reasons.append("au_emotion_inconsistent")
+        scores["prototype_fraction"] = 1.0 if len(mentioned) <= rule.neutral_max_aus else 0.0
+        if len(mentioned) > rule.neutral_max_aus:
+            res.reasons.append("au_emotion_inconsistent")
         return
-    if len(mentioned) < cr.min_mentions:
-        reasons.append("no_au_mentioned")
+    if len(mentioned) < rule.min_mentions:
+        res.reasons.append("no_au_mentioned")
         scores["prototype_fraction"] = 0.0
         return
     if not mentioned:
         return
     frac = len(mentioned & proto) / len(mentioned)
     scores["prototype_fraction"] = frac
-    if frac < cr.min_prototype_fraction:
-        reasons.append("au_emotion_inconsistent")
+    if frac < rule.min_prototype_fraction:
+        res.reasons.append("au_emotion_inconsistent")
+
+
+# ---------------------------------------------------------------------------------------------- running them
+
+
+def check_format(p: Parsed, rec: FaceRecord, rules: RuleSet, reasons: list[str], scores: dict[str, float]) -> None:
+    """The format check alone, into the caller's lists (the annotate task judges a reply's format with it)."""
+    vocab: RuleVocab = rules.__pydantic_private__["_c"]  # type: ignore[index]
+    format_check(p, rec, rules.section("format"), vocab, CheckResult(passed=True, reasons=reasons, scores=scores))
 
 
 def check_parsed(p: Parsed, rec: FaceRecord, rules: RuleSet) -> CheckResult:
-    """Run every enabled per-record check on an already parsed text."""
-    c: Compiled = rules.__pydantic_private__["_c"]  # direct read: pydantic's __getattr__ is slow on hot paths
-    reasons: list[str] = []
-    scores: dict[str, float] = {}
-    res = CheckResult(passed=True, reasons=reasons, scores=scores, parsed=p)
-    if rules.format.enabled:
-        check_format(p, rec, rules, reasons, scores)
-    if rules.emotion.enabled:
-        check_emotion(p, rec, rules, reasons, scores)
-    if rules.aus.enabled:
-        check_aus(p, rec, rules, reasons, scores, res)
-    if rules.hedging.enabled:
-        check_hedging(p, rec, rules, reasons, scores, c)
-    if rules.length.enabled:
-        check_length(p, rec, rules, reasons, scores)
-    if rules.consistency.enabled:
-        check_consistency(p, rec, rules, reasons, scores, c)
-    res.passed = not reasons
+    """Run every enabled registered check, in registration order, on an already parsed text."""
+    # direct reads: pydantic's __getattr__ is slow on hot paths
+    private = rules.__pydantic_private__
+    vocab: RuleVocab = private["_c"]  # type: ignore[index]
+    res = CheckResult(passed=True, parsed=p)
+    for fn, rule in private["_run"]:  # type: ignore[index]
+        if rule.enabled:
+            fn(p, rec, rule, vocab, res)
+    res.passed = not res.reasons
     return res
 
 
@@ -436,5 +589,5 @@ def check_text(text: str | None, rec: FaceRecord, rules: RuleSet) -> CheckResult
     """
     # blocks are always read tolerantly, so that every check can report on a text that fails the format rule;
     # the format check itself applies the configured (strict) rule through ``Parsed.format_ok``
-    syn = rules.__pydantic_private__["_c"].synonyms
+    syn = rules.__pydantic_private__["_c"].synonyms  # type: ignore[index]
     return check_parsed(parse(text, mode="tolerant", synonyms=syn), rec, rules)

@@ -1,4 +1,4 @@
-"""Cross-source leakage check (corpora.md §13.4): the same face in two corpora must not be in train and in test.
+"""Cross-source leakage check (docs/corpora.md §13.4): the same face in two corpora must not be in train and in test.
 
 Rules (each names the corpora on its two sides and how an item of one is matched to an item of the other):
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 
-# The reference format rule (facial-r1.md §3, §4.2), verbatim.
+# The reference format rule (docs/facial-r1.md §3, §4.2), verbatim.
 FORMAT_PATTERN = r"<think>.*?</think>\s*<answer>.*?</answer>"
 _STRICT_GROUPS_RE = re.compile(r"<think>(.*?)</think>\s*<answer>(.*?)</answer>", re.DOTALL)
 _TAG_RE = re.compile(r"<(/?)(think|answer)>", re.IGNORECASE)
@@ -73,7 +73,6 @@ class Parsed:
     mentions: list[AUMention] = field(default_factory=list)
     emotion: str | None = None  # normalised first answer (or the untagged answer)
     answer_exact: bool = False  # the answer was already exactly a canonical emotion word
-    _synonyms: dict[str, str] | None = None
 
     @property
     def first_answer(self) -> str | None:
@@ -84,10 +83,6 @@ class Parsed:
     def last_answer(self) -> str | None:
         """The last answer block, stripped (the untagged answer when there is no tag, in tolerant mode)."""
         return self.answers[-1] if self.answers else self.untagged_answer
-
-    def emotion_of(self, answer: str | None) -> str | None:
-        """Normalise any answer string with this parse's synonym map."""
-        return normalise_emotion(answer, self._synonyms) if answer is not None else None
 
     def aus(self, where: tuple[str, ...] = ("think", "answer", "outside")) -> set[int]:
         """AU numbers mentioned in the given blocks (sides merged: ``L12`` counts as AU12)."""
@@ -145,6 +140,9 @@ def normalise_emotion(answer: str, synonyms: dict[str, str] | None = None) -> st
 # ---------------------------------------------------------------------------------------------- parsing
 
 
+Span = tuple[int, int]
+
+
 def parse(text: str | None, mode: str = "tolerant", synonyms: dict[str, str] | None = None) -> Parsed:
     """Parse one model output (see the module docstring). ``synonyms`` defaults to the shipped vocabulary."""
     if mode not in ("strict", "tolerant"):
@@ -152,51 +150,8 @@ def parse(text: str | None, mode: str = "tolerant", synonyms: dict[str, str] | N
     syn = synonyms if synonyms is not None else _default_synonyms()
     text = text or ""
     g = _STRICT_GROUPS_RE.fullmatch(text)  # the reference format rule, with groups
-    format_ok = g is not None
-    p = Parsed(text=text, mode=mode, format_ok=format_ok, _synonyms=syn)
-    think_span: tuple[int, int] | None = None
-    answer_spans: list[tuple[int, int]] = []
-    last_think_close = -1
-
-    low = text.lower() if g is not None else ""
-    if g is not None and low.count("<answer>") == 1 and low.count("<think>") == 1 \
-            and low.count("</think>") == 1 and low.count("</answer>") == 1:
-        # fast path (the common case): a well-formed text with exactly one block of each
-        p.n_think_tags = p.n_answer_tags = 1
-        think_span, answer_spans = (g.start(1), g.end(1)), [(g.start(2), g.end(2))]
-        last_think_close = g.end(1) + len("</think>")
-    else:
-        # tag scan: counts, first think block, every answer block (spans for locating AU mentions)
-        open_think = open_answer = -1
-        for m in _TAG_RE.finditer(text):
-            closing, tag = m.group(1), m.group(2).lower()
-            if tag == "think":
-                if not closing:
-                    p.n_think_tags += 1
-                    if open_think < 0 and think_span is None:
-                        open_think = m.end()
-                else:
-                    last_think_close = m.end()
-                    if open_think >= 0 and think_span is None:
-                        think_span = (open_think, m.start())
-                        open_think = -1
-            else:
-                if not closing:
-                    p.n_answer_tags += 1
-                    open_answer = m.end()
-                elif open_answer >= 0:
-                    answer_spans.append((open_answer, m.start()))
-                    open_answer = -1
-        if mode == "strict":
-            if g is not None:
-                think_span = (g.start(1), g.end(1))
-                # the reference regex lets "<answer>a</answer><answer>b</answer>" through as one block; keep the
-                # individual blocks (n_answer_tags tells the format check there were several)
-                a0, a1 = g.start(2) - len("<answer>"), g.end(2) + len("</answer>")
-                answer_spans = [s for s in answer_spans if s[0] >= a0 and s[1] <= a1] or [(g.start(2), g.end(2))]
-            else:
-                think_span, answer_spans = None, []
-
+    p = Parsed(text=text, mode=mode, format_ok=g is not None)
+    think_span, answer_spans, last_think_close = _block_spans(p, g)
     if think_span is not None:
         p.think = text[think_span[0]:think_span[1]].strip()
     p.answers = [text[a:b].strip() for a, b in answer_spans]
@@ -204,38 +159,85 @@ def parse(text: str | None, mode: str = "tolerant", synonyms: dict[str, str] | N
     if not answer_spans and mode == "tolerant":
         tail = text[last_think_close:] if last_think_close >= 0 else text
         p.untagged_answer = _TAG_RE.sub("", tail).strip()
-
-    # AU mentions, located by block
     if text:
-        ts, te = think_span if think_span is not None else (-1, -1)
-        found: list[tuple[int, int, str | None, str, bool]] = []
-        for m in _AU_RE.finditer(text):
-            start, side = m.start(), None
-            if start >= 1 and text[start - 1] in "LR" and (start < 2 or not text[start - 2].isalnum()):
-                start, side = start - 1, text[start - 1]
-            elif start >= 2 and text[start - 1] in " -" and text[start - 2] in "LR" \
-                    and (start < 3 or not text[start - 3].isalnum()):
-                start, side = start - 2, text[start - 2]
-            tok = text[start:m.end()]
-            # canonical: exactly "AU" + digits, no side, no padding (faster than a regex fullmatch)
-            found.append((start, int(m.group(1)), side, tok,
-                          side is None and tok[:2] == "AU" and tok[2:3] != "0" and tok[2:].isdigit()))
-        if "L" in text or "R" in text:
-            sides = [(m.start(), int(m.group(1)), m.group(0)[0], m.group(0), True) for m in _SIDE_RE.finditer(text)]
-            if sides:
-                found.extend(sides)
-                found.sort()
-        for start, au, side, tok, canonical in found:
-            if ts <= start < te:
-                where = "think"
-            elif answer_spans and any(a <= start < b for a, b in answer_spans):
-                where = "answer"
-            else:
-                where = "outside"
-            p.mentions.append(AUMention(au, side, where, tok, start, canonical))
-
+        p.mentions = _au_mentions(text, think_span, answer_spans)
     ans = p.first_answer
     if ans is not None:
         p.emotion = normalise_emotion(ans, syn)
         p.answer_exact = p.emotion is not None and ans == p.emotion
     return p
+
+
+def _block_spans(p: Parsed, g: re.Match[str] | None) -> tuple[Span | None, list[Span], int]:
+    """(think block, answer blocks, end of the last ``</think>`` or -1) of ``p.text``; counts the tags into ``p``."""
+    text = p.text
+    low = text.lower() if g is not None else ""
+    if g is not None and low.count("<answer>") == 1 and low.count("<think>") == 1 \
+            and low.count("</think>") == 1 and low.count("</answer>") == 1:
+        # fast path (the common case): a well-formed text with exactly one block of each
+        p.n_think_tags = p.n_answer_tags = 1
+        return (g.start(1), g.end(1)), [(g.start(2), g.end(2))], g.end(1) + len("</think>")
+    # tag scan: counts, first think block, every answer block (spans for locating AU mentions)
+    think_span: Span | None = None
+    answer_spans: list[Span] = []
+    last_think_close = open_think = open_answer = -1
+    for m in _TAG_RE.finditer(text):
+        closing, tag = m.group(1), m.group(2).lower()
+        if tag == "think":
+            if not closing:
+                p.n_think_tags += 1
+                if open_think < 0 and think_span is None:
+                    open_think = m.end()
+            else:
+                last_think_close = m.end()
+                if open_think >= 0 and think_span is None:
+                    think_span = (open_think, m.start())
+                    open_think = -1
+        else:
+            if not closing:
+                p.n_answer_tags += 1
+                open_answer = m.end()
+            elif open_answer >= 0:
+                answer_spans.append((open_answer, m.start()))
+                open_answer = -1
+    if p.mode == "strict":
+        if g is None:
+            return None, [], last_think_close
+        # the reference regex lets "<answer>a</answer><answer>b</answer>" through as one block; keep the
+        # individual blocks (n_answer_tags tells the format check there were several)
+        a0, a1 = g.start(2) - len("<answer>"), g.end(2) + len("</answer>")
+        answer_spans = [s for s in answer_spans if s[0] >= a0 and s[1] <= a1] or [(g.start(2), g.end(2))]
+        think_span = (g.start(1), g.end(1))
+    return think_span, answer_spans, last_think_close
+
+
+def _au_mentions(text: str, think_span: Span | None, answer_spans: list[Span]) -> list[AUMention]:
+    """Every AU mention of ``text``, in order, located by block."""
+    ts, te = think_span if think_span is not None else (-1, -1)
+    found: list[tuple[int, int, str | None, str, bool]] = []
+    for m in _AU_RE.finditer(text):
+        start, side = m.start(), None
+        if start >= 1 and text[start - 1] in "LR" and (start < 2 or not text[start - 2].isalnum()):
+            start, side = start - 1, text[start - 1]
+        elif start >= 2 and text[start - 1] in " -" and text[start - 2] in "LR" \
+                and (start < 3 or not text[start - 3].isalnum()):
+            start, side = start - 2, text[start - 2]
+        tok = text[start:m.end()]
+        # canonical: exactly "AU" + digits, no side, no padding (faster than a regex fullmatch)
+        found.append((start, int(m.group(1)), side, tok,
+                      side is None and tok[:2] == "AU" and tok[2:3] != "0" and tok[2:].isdigit()))
+    if "L" in text or "R" in text:
+        sides = [(m.start(), int(m.group(1)), m.group(0)[0], m.group(0), True) for m in _SIDE_RE.finditer(text)]
+        if sides:
+            found.extend(sides)
+            found.sort()
+    mentions = []
+    for start, au, side, tok, canonical in found:
+        if ts <= start < te:
+            where = "think"
+        elif answer_spans and any(a <= start < b for a, b in answer_spans):
+            where = "answer"
+        else:
+            where = "outside"
+        mentions.append(AUMention(au, side, where, tok, start, canonical))
+    return mentions

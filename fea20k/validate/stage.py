@@ -102,11 +102,12 @@ class ValidateConfig(StageConfig):
 class Validate(AggregateStage):
     """Check every drafted rationale against its record's labels; rule out the ones that fail, with reasons.
 
-    Runs the per-record checks of :mod:`fea20k.validate.checks` (format, emotion agreement, AU agreement by
-    F1 or exact set on the AUs the source codes, hedging, length, AU<->emotion consistency) and, over the whole
-    round, template collapse (two light streaming passes over the rationale column, bounded memory, then the
-    checking pass). The rule set, emotion synonyms and prototypes are curator files (``recipe_files``), so
-    editing a threshold re-runs only this stage and the ones after it.
+    Runs the registered per-record checks of :mod:`fea20k.validate.checks` in order (format, emotion agreement,
+    AU agreement by F1 or exact set on the AUs the source codes, hedging, length, AU<->emotion consistency, then
+    the workspace's own checks from ``validators/*.py``) and, over the whole round, template collapse (two light
+    streaming passes over the rationale column, bounded memory, then the checking pass). The rule set, emotion
+    synonyms, prototypes and the workspace's check modules are curator files (``recipe_files``), so editing a
+    threshold or a check re-runs only this stage and the ones after it.
 
     Args:
         rules: the rule set file, relative to the workspace (default ``validators/default.toml``); its folder
@@ -116,7 +117,8 @@ class Validate(AggregateStage):
         au_hallucinated, au_missed, au_mentions, hedging_hits, words, prototype_fraction, template_count),
         meta["validate"] ({hallucinated, missed, unverifiable} AU lists), provenance["validate"] =
         "<rules>@<sha256[:12]>". Records excluded upstream pass through untouched.
-    Drops: no_rationale; the check reasons listed in fea20k.validate.checks; template_collapse.
+    Drops: no_rationale; the reasons of the registered checks (listed in fea20k.validate.checks);
+        template_collapse.
     Example:
         ``[stages.validate] rules = "validators/strict.toml"``
     """
@@ -131,7 +133,9 @@ class Validate(AggregateStage):
 
     def recipe_files(self) -> list[Path]:
         p = self._rules_path()
-        return [p, p.parent / "vocab.toml", p.parent / "prototypes.toml"]
+        # the workspace's plugin modules may register checks: their code decides verdicts as a threshold does
+        plugins = sorted(self.ctx.workspace.data_file("validators").glob("*.py"))
+        return [p, p.parent / "vocab.toml", p.parent / "prototypes.toml", *plugins]
 
     def load(self) -> None:
         path = self._rules_path()

@@ -66,7 +66,7 @@ def _field(rec: FaceRecord, key: str) -> Any:
 
 
 def assert_properties(records: list[FaceRecord]) -> None:
-    """corpora.md §14 property test: canonical emotions, AU values in {0, 1, None}, unique ids."""
+    """docs/corpora.md §14 property test: canonical emotions, AU values in {0, 1, None}, unique ids."""
     ids = [r.id for r in records]
     assert len(ids) == len(set(ids))
     for r in records:

@@ -142,7 +142,7 @@ def test_broken_frame_files_are_image_undecodable(tmp_path: Path, caplog: pytest
 
 def test_a_frame_on_two_rows_is_one_record_or_one_label_conflict(tmp_path: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    """corpora.md does not rule out a frame listed twice in an AU_OCC CSV (a hand-edited or concatenated copy); the
+    """docs/corpora.md §10 allows a frame listed twice in an AU_OCC CSV (a hand-edited or concatenated copy); the
     id is the frame's file, so: the same cells twice -> one record (the repeat noted and counted); other cells ->
     one label_conflict record listing both rows and the AUs that differ. Nothing else moves."""
     root, expected = build_bp4d(tmp_path)

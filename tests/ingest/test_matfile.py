@@ -93,11 +93,13 @@ def test_layout_cache_reads_each_file_own_numbers(tmp_path: Path) -> None:
         path = tmp_path / f"SN001_{t:04d}_lm.mat"
         path.write_bytes(_savemat({"pts": np.full((66, 2), t + 0.5)}, False))
         paths.append(path)
+    layout = matfile.layout_of(paths[0].read_bytes(), "pts")
+    assert layout is not None and layout.size == paths[0].stat().st_size
     for t, path in enumerate(paths):
-        got = read_matrix(path, "pts")
-        assert got.shape == (66, 2) and (got == t + 0.5).all()
-    assert matfile._last_layout is not None and matfile._last_layout[1] == paths[0].stat().st_size
+        for got in (read_matrix(path, "pts"), layout.read(path.read_bytes())):
+            assert got.shape == (66, 2) and (got == t + 0.5).all()
     other = _savemat({"pts": np.zeros((2, 66))}, False)  # same size, other dims: not taken for the cached layout
+    assert len(other) == layout.size and layout.read(other) is None
     assert read_matrix_bytes(other, "pts").shape == (2, 66)
 
 
@@ -118,7 +120,6 @@ def test_read_matrices_and_read_stack_on_a_mixed_folder(tmp_path: Path) -> None:
         paths.append(str(tmp_path / f"{key}.mat"))
     paths.insert(3, str(tmp_path / "missing.mat"))
     names = [Path(p).stem for p in paths]
-    matfile._last_layout = None
     values, fast, others = matfile.read_matrices(paths, "pts")
     assert fast.tolist() == [n.startswith("good") for n in names]  # good0 set the layout
     assert values.shape == (6, 66, 2) and values.dtype == np.float64 and values.flags.c_contiguous
@@ -150,7 +151,6 @@ def test_read_stack_when_no_file_is_plain(tmp_path: Path) -> None:
     for t in range(3):
         (tmp_path / f"{t}.mat").write_bytes(_savemat({"pts": np.full((66, 2), float(t))}, True))
         paths.append(str(tmp_path / f"{t}.mat"))
-    matfile._last_layout = None
     points, ok, problems = matfile.read_stack([str(tmp_path / "none.mat"), *paths], "pts", (66, 2))
     assert ok.tolist() == [False, True, True, True] and list(problems) == [0]
     assert [p[5, 1] for p in points[1:]] == [0.0, 1.0, 2.0]

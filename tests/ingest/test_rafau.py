@@ -63,7 +63,7 @@ def test_wrong_layout(tmp_path: Path) -> None:
 @pytest.mark.skipif(not os.environ.get("FEA20K_DATA_RAFAU"), reason="set FEA20K_DATA_RAFAU to a real RAF-AU copy")
 def test_real_data() -> None:
     recs = run("rafau", Path(os.environ["FEA20K_DATA_RAFAU"]))
-    assert len(recs) == 4601  # one public audit's line count (corpora.md §3)
+    assert len(recs) == 4601  # one public audit's line count (docs/corpora.md §3)
     assert sum(1 for r in recs if r.meta.get("null")) == 253
 
 
