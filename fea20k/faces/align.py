@@ -259,58 +259,20 @@ class Align(MapStage):
         return batch
 
     def _align_one(self, rec: FaceRecord, plan: Plan, img: Loaded) -> str | None:
+        """Crop ``rec`` from its loaded image as ``plan`` says; the exclusion reason, or None when it worked."""
         import cv2
-        import numpy as np
 
         cfg = self.config
-        size = cfg.size
         assert img.image is not None
         src_w, src_h = img.size if img.size != (0, 0) else (img.image.shape[1], img.image.shape[0])
         quality: dict[str, Any] = {"src_w": float(src_w), "src_h": float(src_h)}
         if plan.kind == "passthrough":
-            h, w = img.image.shape[:2]
-            m = np.array([[size / w, 0.0, 0.5 * size / w - 0.5], [0.0, size / h, 0.5 * size / h - 0.5]])
-            interp = cv2.INTER_AREA if size < min(w, h) else cv2.INTER_CUBIC
-            crop = cv2.resize(img.image, (size, size), interpolation=interp)
-            conv = "gray->rgb" if img.mode.startswith("gray") else f"{img.mode}->rgb"
-            detail = f"passthrough resize {w}x{h}->{size} {conv}" if w != h else \
-                f"passthrough resize {w}->{size} {conv}"
-            quality["face_px"] = float(min(w, h))
-            ref = source_points(rec, src_w, src_h)
-            if ref is not None and ref[1][0] and ref[1][1]:
-                quality["iod_px"] = float(np.linalg.norm(ref[0][1] - ref[0][0]))
-            self.stats.add("passthrough")
+            crop, m, detail = self._passthrough(rec, img, quality)
         else:
-            if plan.kind == "similarity":
-                assert plan.scheme is not None and plan.points is not None
-                ref, mask = reduce_points(plan.scheme, plan.points, src_w, src_h)
-                if mask.sum() < 2 or np.ptp(ref[mask], axis=0).max() < MIN_SPREAD_PX:
-                    return "landmarks_implausible"
-                ref, swapped = canonical_order(ref, mask)
-                if swapped:
-                    self.stats.add("left_right_swapped")
-                m, rmse = fit_similarity(ref[mask], template(size, cfg.margin)[mask])
-                quality["fit_rmse"] = rmse
-                if mask[0] and mask[1]:
-                    quality["iod_px"] = float(np.linalg.norm(ref[1] - ref[0]))
-                detail = f"similarity {plan.detail} {size}"
-                self.stats.add("similarity")
-            else:
-                assert plan.box is not None
-                m = box_transform(plan.box, size, cfg.margin, cfg.box_scale)
-                detail = f"box crop ({plan.detail}) {size}"
-                self.stats.add("box")
-            scale = linear_scale(m)
-            if not math.isfinite(scale) or scale <= 0:
-                return "landmarks_implausible"
-            quality["scale"] = scale
-            quality["face_px"] = size / scale
-            if img.scale != (1.0, 1.0):
-                detail += f" decoded 1/{plan.reduce}"
-                self.stats.add("reduced_decode")
-            m_dec = compose_decoded(m, img.scale)
-            crop = cv2.warpAffine(img.image, m_dec, (size, size), flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+            warped = self._warp(plan, img, quality)
+            if isinstance(warped, str):
+                return warped
+            crop, m, detail = warped
         if cfg.margin:
             detail += f" margin {cfg.margin:g}"
         ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
@@ -323,3 +285,63 @@ class Align(MapStage):
         rec.quality.update(quality)
         rec.provenance[self.name] = detail
         return None
+
+    def _passthrough(self, rec: FaceRecord, img: Loaded, quality: dict[str, Any]) -> tuple[Any, Any, str]:
+        """An already aligned crop, resized to the output size: (crop, transform, provenance detail)."""
+        import cv2
+        import numpy as np
+
+        size = self.config.size
+        assert img.image is not None
+        h, w = img.image.shape[:2]
+        m = np.array([[size / w, 0.0, 0.5 * size / w - 0.5], [0.0, size / h, 0.5 * size / h - 0.5]])
+        interp = cv2.INTER_AREA if size < min(w, h) else cv2.INTER_CUBIC
+        crop = cv2.resize(img.image, (size, size), interpolation=interp)
+        conv = "gray->rgb" if img.mode.startswith("gray") else f"{img.mode}->rgb"
+        detail = f"passthrough resize {w}x{h}->{size} {conv}" if w != h else f"passthrough resize {w}->{size} {conv}"
+        quality["face_px"] = float(min(w, h))
+        ref = source_points(rec, int(quality["src_w"]), int(quality["src_h"]))
+        if ref is not None and ref[1][0] and ref[1][1]:
+            quality["iod_px"] = float(np.linalg.norm(ref[0][1] - ref[0][0]))
+        self.stats.add("passthrough")
+        return crop, m, detail
+
+    def _warp(self, plan: Plan, img: Loaded, quality: dict[str, Any]) -> tuple[Any, Any, str] | str:
+        """The face warped to the template (similarity from landmarks, or a box crop): (crop, transform, detail),
+        or the exclusion reason."""
+        import cv2
+        import numpy as np
+
+        cfg = self.config
+        size = cfg.size
+        assert img.image is not None
+        if plan.kind == "similarity":
+            assert plan.scheme is not None and plan.points is not None
+            ref, mask = reduce_points(plan.scheme, plan.points, int(quality["src_w"]), int(quality["src_h"]))
+            if mask.sum() < 2 or np.ptp(ref[mask], axis=0).max() < MIN_SPREAD_PX:
+                return "landmarks_implausible"
+            ref, swapped = canonical_order(ref, mask)
+            if swapped:
+                self.stats.add("left_right_swapped")
+            m, rmse = fit_similarity(ref[mask], template(size, cfg.margin)[mask])
+            quality["fit_rmse"] = rmse
+            if mask[0] and mask[1]:
+                quality["iod_px"] = float(np.linalg.norm(ref[1] - ref[0]))
+            detail = f"similarity {plan.detail} {size}"
+            self.stats.add("similarity")
+        else:
+            assert plan.box is not None
+            m = box_transform(plan.box, size, cfg.margin, cfg.box_scale)
+            detail = f"box crop ({plan.detail}) {size}"
+            self.stats.add("box")
+        scale = linear_scale(m)
+        if not math.isfinite(scale) or scale <= 0:
+            return "landmarks_implausible"
+        quality["scale"] = scale
+        quality["face_px"] = size / scale
+        if img.scale != (1.0, 1.0):
+            detail += f" decoded 1/{plan.reduce}"
+            self.stats.add("reduced_decode")
+        crop = cv2.warpAffine(img.image, compose_decoded(m, img.scale), (size, size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        return crop, m, detail
