@@ -51,8 +51,21 @@ def worker_pool(workers: int, initializer: Callable[..., None] | None = None,
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(initializer, initargs))
+    if threading.current_thread() is threading.main_thread():
+        # start the workers now with SIGINT ignored (kept across exec): a Ctrl-C while one is still importing would
+        # otherwise print its traceback; quiet_on_interrupt takes over once it runs
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pool.submit(_started)  # a spawn pool starts all its workers at the first submit
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    return pool
+
+
+def _started() -> None:
+    """The no-op job that starts a pool's workers."""
 
 
 # Set in every worker process: fea20k.ledger.Ledger refuses to open the SQLite file there (issue 17: one owner).
