@@ -197,14 +197,18 @@ def json_string(arr: object) -> object:
 
 
 def json_float(arr: object) -> object:
-    """Floats -> JSON number text as ``json.dumps`` reads back (``1.0`` stays a float; null -> ``null``).
-    Non-finite values must be nulled (or routed elsewhere) by the caller."""
+    """Floats -> JSON number text as ``json.dumps`` writes it (``1.0`` stays a float; null -> ``null``; non-finite
+    values as ``NaN``, ``Infinity``, ``-Infinity``, which ``json.loads`` reads back)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     text = pc.cast(arr, pa.string())
     whole = pc.match_substring_regex(text, r"^-?\d+$")
-    return pc.fill_null(pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text), "null")
+    text = pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text)
+    if pc.any(pc.match_substring_regex(text, "^-?(inf|nan)$")).as_py():  # Arrow's spelling of them
+        text = pc.replace_substring_regex(text, "^-?nan$", "NaN")
+        text = pc.replace_substring_regex(pc.replace_substring_regex(text, "^inf$", "Infinity"), "^-inf$", "-Infinity")
+    return pc.fill_null(text, "null")
 
 
 def has_control_chars(arr: object) -> object:
