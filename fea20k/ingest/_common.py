@@ -21,7 +21,9 @@ from fea20k.record import FaceRecord
 
 
 if TYPE_CHECKING:
+    import zipfile
     from concurrent.futures import ProcessPoolExecutor
+    from typing import BinaryIO
 
     from fea20k.stage import SourceStage
 
@@ -476,9 +478,7 @@ def check_zip_members(zip_path: Path | str, members: Sequence[str]) -> list[tupl
     signature and size checks only: its last bytes exist only after inflating the whole member (a 1040x1392 frame,
     ~1 ms each, minutes per corpus), so a truncated compressed member is left to the full decode in faces.align.
     """
-    import struct
     import zipfile
-    import zlib
 
     try:
         zf = zipfile.ZipFile(zip_path)
@@ -491,7 +491,18 @@ def check_zip_members(zip_path: Path | str, members: Sequence[str]) -> list[tupl
     except OSError as e:
         zf.close()
         return [(IMAGE_UNDECODABLE, f"unreadable zip {zip_path} ({e})")] * len(members)
-    out: list[tuple[str, str] | None] = []
+    try:
+        return [_check_zip_member(zf, raw, name) for name in members]
+    finally:
+        raw.close()
+        zf.close()
+
+
+def _check_zip_member(zf: zipfile.ZipFile, raw: BinaryIO, name: str) -> tuple[str, str] | None:
+    """:func:`check_zip_members` for one member of the open zip ``zf`` (``raw``: the same file, unbuffered)."""
+    import struct
+    import zipfile
+    import zlib
 
     def read_at(n: int, offset: int) -> bytes:
         if hasattr(os, "pread"):
@@ -500,36 +511,27 @@ def check_zip_members(zip_path: Path | str, members: Sequence[str]) -> list[tupl
         return raw.read(n)
 
     try:
-        for name in members:
-            try:
-                info = zf.getinfo(name)
-            except KeyError:
-                out.append((IMAGE_MISSING, "no such zip member"))
-                continue
-            size = info.file_size
-            if size == 0:
-                out.append((IMAGE_UNDECODABLE, "zero-byte file"))
-                continue
-            try:
-                if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:  # plain bytes, in place
-                    local = read_at(30, info.header_offset)
-                    if local[:4] != b"PK\x03\x04":
-                        raise zipfile.BadZipFile(f"no local header at offset {info.header_offset}")
-                    start = info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30]))
-                    head = read_at(min(IMAGE_HEAD_BYTES, size), start)  # the member's bytes only
-                    tail = read_at(min(IMAGE_TAIL_BYTES, size), start + max(size - IMAGE_TAIL_BYTES, 0))
-                else:
-                    with zf.open(info) as f:  # inflates the first block only
-                        head, tail = f.read(IMAGE_HEAD_BYTES), None
-            except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError) as e:
-                out.append((IMAGE_UNDECODABLE, f"unreadable zip member ({e})"))
-                continue
-            detail = sniff_image(head, tail, size)
-            out.append(None if detail is None else (IMAGE_UNDECODABLE, detail))
-    finally:
-        raw.close()
-        zf.close()
-    return out
+        info = zf.getinfo(name)
+    except KeyError:
+        return IMAGE_MISSING, "no such zip member"
+    size = info.file_size
+    if size == 0:
+        return IMAGE_UNDECODABLE, "zero-byte file"
+    try:
+        if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:  # plain bytes, in place
+            local = read_at(30, info.header_offset)
+            if local[:4] != b"PK\x03\x04":
+                raise zipfile.BadZipFile(f"no local header at offset {info.header_offset}")
+            start = info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30]))
+            head = read_at(min(IMAGE_HEAD_BYTES, size), start)  # the member's bytes only
+            tail: bytes | None = read_at(min(IMAGE_TAIL_BYTES, size), start + max(size - IMAGE_TAIL_BYTES, 0))
+        else:
+            with zf.open(info) as f:  # inflates the first block only
+                head, tail = f.read(IMAGE_HEAD_BYTES), None
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError) as e:
+        return IMAGE_UNDECODABLE, f"unreadable zip member ({e})"
+    detail = sniff_image(head, tail, size)
+    return None if detail is None else (IMAGE_UNDECODABLE, detail)
 
 
 def exclude_unusable_images(stage: SourceStage, records: Sequence[FaceRecord],

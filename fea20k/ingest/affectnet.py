@@ -779,8 +779,6 @@ AffectNet/
             yield self._one(folder, split, sid, images.get(sid), sid in ann)
 
     def _one(self, folder: str, split: str, sid: str, image: str | None, has_exp: bool) -> FaceRecord:
-        import numpy as np
-
         ann = self.root / folder / "annotations"
         rec = self.make_record(f"{folder}/images/{image or sid + '.jpg'}", split=split)
         rec.meta["split_raw"] = folder
@@ -801,21 +799,7 @@ AffectNet/
                 rec.meta[key] = va_value(float(load_npy_scalar(p)))
             except (ValueError, OSError):
                 rec.meta[key] = None
-        lnd_path = ann / f"{sid}_lnd.npy"
-        if lnd_path.is_file():
-            try:
-                lnd = np.load(lnd_path, allow_pickle=False).astype(np.float64).reshape(-1)
-            except (ValueError, OSError) as e:
-                logger.warning("%s: unreadable landmarks (%s); landmarks left empty", lnd_path, e)
-                lnd = None
-            if lnd is not None and lnd.size == N_LANDMARK_VALUES:
-                rec.landmarks = lnd.reshape(-1, 2).tolist()
-                rec.landmark_scheme = "ibug68"
-            elif lnd is not None:
-                logger.warning("%s: %d values, expected %d; landmarks left empty", lnd_path, lnd.size,
-                               N_LANDMARK_VALUES)
-        else:
-            self.stats.add("landmarks_missing")
+        self._landmarks(rec, ann / f"{sid}_lnd.npy")
         emotion, reason = classify_expression(expr, self.config.classes)
         if reason is not None:
             if reason == LABEL_OUT_OF_RANGE and expr != CONTEMPT:
@@ -825,22 +809,45 @@ AffectNet/
         if image is None:
             return self.exclude(rec, IMAGE_MISSING)
         if self.config.check_images:
-            from PIL import Image, UnidentifiedImageError
+            return self._image_box(rec, self.root / folder / "images" / image)
+        return rec
 
-            img_path = self.root / folder / "images" / image
-            problem = check_image(img_path)
-            if problem is not None:
-                logger.warning("%s: %s; the record is excluded (%s); re-extract the file from the release archive",
-                               img_path, problem[1], problem[0])
-                rec.meta["image_error"] = problem[1]
-                return self.exclude(rec, problem[0])
-            try:
-                with Image.open(img_path) as im:
-                    w, h = im.size
-            except (UnidentifiedImageError, OSError) as e:
-                rec.meta["image_error"] = f"{type(e).__name__}: {e}"
-                return self.exclude(rec, IMAGE_UNDECODABLE)
-            rec.bbox = [0.0, 0.0, float(w), float(h)]
+    def _landmarks(self, rec: FaceRecord, lnd_path: Path) -> None:
+        """``rec``'s 68 landmarks from ``<id>_lnd.npy``; left empty (with a warning or a count) when missing or odd."""
+        import numpy as np
+
+        if not lnd_path.is_file():
+            self.stats.add("landmarks_missing")
+            return
+        try:
+            lnd = np.load(lnd_path, allow_pickle=False).astype(np.float64).reshape(-1)
+        except (ValueError, OSError) as e:
+            logger.warning("%s: unreadable landmarks (%s); landmarks left empty", lnd_path, e)
+            return
+        if lnd.size == N_LANDMARK_VALUES:
+            rec.landmarks = lnd.reshape(-1, 2).tolist()
+            rec.landmark_scheme = "ibug68"
+        else:
+            logger.warning("%s: %d values, expected %d; landmarks left empty", lnd_path, lnd.size, N_LANDMARK_VALUES)
+
+    def _image_box(self, rec: FaceRecord, img_path: Path) -> FaceRecord:
+        """``rec`` with its box, the whole image (the release's crops are faces), or excluded when the image is
+        not usable (``_common.check_image``, then the header PIL reads)."""
+        from PIL import Image, UnidentifiedImageError
+
+        problem = check_image(img_path)
+        if problem is not None:
+            logger.warning("%s: %s; the record is excluded (%s); re-extract the file from the release archive",
+                           img_path, problem[1], problem[0])
+            rec.meta["image_error"] = problem[1]
+            return self.exclude(rec, problem[0])
+        try:
+            with Image.open(img_path) as im:
+                w, h = im.size
+        except (UnidentifiedImageError, OSError) as e:
+            rec.meta["image_error"] = f"{type(e).__name__}: {e}"
+            return self.exclude(rec, IMAGE_UNDECODABLE)
+        rec.bbox = [0.0, 0.0, float(w), float(h)]
         return rec
 
 
