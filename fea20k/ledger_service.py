@@ -138,11 +138,13 @@ class LedgerService:
     """Serves :data:`SERVED` methods of the ledger at ``path`` to worker processes (see the module docstring).
 
     ``bind``: the interface to listen on: ``127.0.0.1`` for workers on this host, ``0.0.0.0`` for other nodes (then
-    give them :meth:`LedgerAddress.reachable_at` this node's address). ``calls`` counts the calls served by method."""
+    give them :meth:`LedgerAddress.reachable_at` this node's address). ``calls`` counts the calls served by method,
+``connections`` the worker connections accepted (one per worker process)."""
 
     def __init__(self, path: Path, bind: str = "127.0.0.1") -> None:
         self.ledger = Ledger(path)  # its own connection: the build's other connections are used by other threads
         self.calls: Counter[str] = Counter()
+        self.connections = 0
         self._authkey = secrets.token_bytes(32)
         self._listener = Listener((bind, 0), authkey=self._authkey)
         host, port = self._listener.address
@@ -182,7 +184,8 @@ class LedgerService:
             t.join(STOP_TIMEOUT)
         self.ledger.close()
         if self.calls:
-            logger.debug("ledger service: served %d call(s) %s", sum(self.calls.values()), dict(self.calls))
+            logger.debug("ledger service: served %d call(s) to %d worker(s): %s", sum(self.calls.values()),
+                         self.connections, dict(self.calls))
 
     def __enter__(self) -> LedgerService:
         return self
@@ -203,6 +206,7 @@ class LedgerService:
                 conn.close()
                 return
             self._conns.append(conn)
+            self.connections += 1
             t = threading.Thread(target=self._serve, args=(conn,), name="fea20k-ledger-client", daemon=True)
             self._threads.append(t)
             t.start()
@@ -227,6 +231,8 @@ class LedgerService:
 
     def _dispatch(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.calls[method] += 1
+        if method == "ping":
+            return True
         if method == "budget":
             key, cap, op, *rest = args
             if op not in BUDGET_OPS:
@@ -307,6 +313,10 @@ class RemoteLedger:
         if not ok:
             raise value
         return value
+
+    def ping(self) -> None:
+        """Reach the service now (a worker starting up), so a node that cannot fails at once, naming the address."""
+        self.call("ping")
 
     def close(self) -> None:
         if self._conn is not None:
