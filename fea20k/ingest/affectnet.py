@@ -188,7 +188,7 @@ AffectNet/
         """One Arrow table per CSV block (columnar path; ``iter_records`` is derived from it).
 
         Ids are unique: a pre-scan of the path column of both files (in a thread, beside the first blocks) finds the
-        images listed more than once; their rows take the per-row path and are held, then resolved by
+        images listed more than once; their rows are held as records (boxes and landmarks as parsed), then resolved by
         ``_common.resolve_duplicates`` (one record, or one ``label_conflict`` exclusion) in a last table.
         """
         lists, images = self._detect()
@@ -408,8 +408,7 @@ AffectNet/
         reason = pc.if_else(reach_arr, pc.take(pa.array([*reasons, LABEL_OUT_OF_RANGE], pa.string()), slot),
                             pc.if_else(pa.array(labelled & ~lnd_bad), BAD_BBOX, LABEL_PARSE_ERROR))
         raw_expr = batch.column("expression")
-        odd = ~labelled | (labelled & (~in_range | lnd_bad | ~box_ok))
-        for i in np.flatnonzero(odd).tolist():
+        for i in np.flatnonzero(~labelled | ~in_range | lnd_bad | ~box_ok).tolist():  # the odd rows, in order
             if not expr_ok[i]:
                 warn_line(path, int(lines[i]), f"expression {raw_expr[i].as_py()!r} is not an integer")
                 continue
@@ -652,7 +651,7 @@ def _stems(sub: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 def _image_keys(column: pa.Array | pa.ChunkedArray, images: str) -> pa.Array:
     """The id keys of a raw path column, as the records get them. An empty key ("", which may repeat) matches no
-    record: rows with an empty path get line ids and take the per-row path anyway."""
+    record: rows with an empty path get line ids."""
     return _stems(_image_paths(column, images))
 
 
