@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from fea20k.annotate.backends import ModelRequest, Reply
 from fea20k.annotate.clients import LIVE_FIELDS, share
 from fea20k.errors import BudgetExceededError, PendingError
-from fea20k.ledger_service import budget_for
+from fea20k.ledger_service import budget_for, lookup, settle
 from fea20k.redact import mask
 
 
@@ -205,7 +205,9 @@ class Transport:
         """Cache, else budget check + backend call + immediate cache write and ledger accounting. None: the budget
         refused the call; a ``transport`` reply: the endpoint failed, or the stage sends nothing more."""
         assert req.key is not None
-        hit = self.ctx.workspace.ledger.cache_get(req.key)
+        est = self._estimate(req)
+        sending = not (self.outage.open or self.halting or self.batching)
+        hit, reserved = lookup(self.ctx.workspace.ledger, self.budget, req.key, est if sending else None)
         if hit is not None:
             self.stats.add("cache_hits")
             return Reply.from_cache(hit)
@@ -214,16 +216,15 @@ class Transport:
                          transport=True)
         if self.batching:
             return self.enqueue(req)
-        est = self._estimate(req)
-        if not self.budget.try_reserve(est):
+        if not reserved:
             return None
         started = time.time()
         try:
             reply = await self.backend.complete(req)
-        finally:
+        except BaseException:
             self.budget.release(est)
-        self.budget.charge(reply.cost)
-        self._record(req, reply)
+            raise
+        self._record(req, reply, est)
         self._observe(reply, started)
         return reply
 
@@ -231,17 +232,18 @@ class Transport:
         """The most a request can cost: its prompt's estimated tokens and a full reply."""
         return self.backend.cost_of(req.est_tokens - self.spec.max_tokens, self.spec.max_tokens)
 
-    def _record(self, req: ModelRequest, reply: Reply) -> None:
-        """Cache the reply and account its calls in the ledger, in one transaction; count them in the stats."""
+    def _record(self, req: ModelRequest, reply: Reply, est: float) -> None:
+        """Free the call's reservation ``est`` and charge its cost, cache the reply and account its calls in the
+        ledger (one transaction); count them in the stats."""
         where = {"round": self.ctx.round, "stage": self.ctx.stage_key, "annotator": self.spec.name,
                  "model": req.model}
         cached = [{"key": req.key, "annotator": self.spec.name, "model": req.model, "response": reply.to_cache(),
                    "tokens_in": reply.tokens_in, "tokens_out": reply.tokens_out, "cost": reply.cost,
                    "round_": self.ctx.round, "stage": self.ctx.stage_key}] if reply.answered else []
-        self.ctx.workspace.ledger.record_replies(cached, [
-            {**where, "status": call.status, "error": call.error, "tokens_in": call.tokens_in,
-             "tokens_out": call.tokens_out, "cost": call.cost, "seconds": round(call.seconds, 4)}
-            for call in reply.calls])
+        calls = [{**where, "status": call.status, "error": call.error, "tokens_in": call.tokens_in,
+                  "tokens_out": call.tokens_out, "cost": call.cost, "seconds": round(call.seconds, 4)}
+                 for call in reply.calls]
+        settle(self.ctx.workspace.ledger, self.budget, cached, calls, est, reply.cost)
         s = self.stats
         s.add("calls", len(reply.calls))
         s.add("retries", reply.retries)
