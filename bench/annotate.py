@@ -138,11 +138,11 @@ def main() -> None:
             runs[name] = _run_stage(ws, f"bench_{name}", [copy.copy(r) for r in recs])
         stage_s, ok, calls, steal = runs["two"]
 
-        from fea20k.annotate.backends import Request
+        from fea20k.annotate.backends import ModelRequest
         from fea20k.annotate.backends.openai_compat import request_body
         from fea20k.annotate.task import image_data_url
 
-        bodies = [request_body(Request(rec=recs[i], params={"max_tokens": 64}, model="bench", messages=[
+        bodies = [request_body(ModelRequest(rec=recs[i], params={"max_tokens": 64}, model="bench", messages=[
             {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(faces[i])}},
                                          {"type": "text", "text": f"Face {i}: what is the emotion?"}]}]))
                   for i in range(64)]

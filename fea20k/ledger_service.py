@@ -42,7 +42,7 @@ SERVED = frozenset({
     "record_checkpoint", "checkpoint", "checkpoint_identity", "record_release", "releases", "stage_state",
 })
 # The Budget operations a worker may call (see LedgerService.budget)
-BUDGET_OPS = frozenset({"try_reserve", "release", "charge", "spent", "hit"})
+BUDGET_OPS = frozenset({"try_reserve", "settle", "release", "charge", "spent", "hit"})
 CONNECT_TIMEOUT = 30.0  # seconds a worker keeps trying to reach the service (a busy build accepts late)
 STOP_TIMEOUT = 5.0  # seconds stop() waits for the service threads
 
@@ -108,15 +108,21 @@ class Budget:
         with self._lock:
             self._spent += cost
 
+    def settle(self, est: float, cost: float) -> None:
+        """A call ended: free its reservation ``est`` and charge what it cost (one round trip from a worker)."""
+        with self._lock:
+            self._reserved -= est
+            self._spent += cost
+
 
 class RemoteBudget:
     """A worker's handle on a :class:`Budget` the ledger service keeps (same methods)."""
 
     def __init__(self, ledger: RemoteLedger, key: tuple[int, str, str], cap: float | None) -> None:
-        self.cap, self._ledger, self._key = cap, ledger, key
+        self.cap, self.ledger, self.key = cap, ledger, key
 
     def _op(self, op: str, *args: Any) -> Any:
-        return self._ledger.call("budget", self._key, self.cap, op, *args)
+        return self.ledger.call("budget", self.key, self.cap, op, *args)
 
     def spent(self) -> float:
         return float(self._op("spent"))
@@ -133,16 +139,21 @@ class RemoteBudget:
     def charge(self, cost: float) -> None:
         self._op("charge", cost)
 
+    def settle(self, est: float, cost: float) -> None:
+        self._op("settle", est, cost)
+
 
 class LedgerService:
     """Serves :data:`SERVED` methods of the ledger at ``path`` to worker processes (see the module docstring).
 
     ``bind``: the interface to listen on: ``127.0.0.1`` for workers on this host, ``0.0.0.0`` for other nodes (then
-    give them :meth:`LedgerAddress.reachable_at` this node's address). ``calls`` counts the calls served by method."""
+    give them :meth:`LedgerAddress.reachable_at` this node's address). ``calls`` counts the calls served by method,
+``connections`` the worker connections accepted (one per worker process)."""
 
     def __init__(self, path: Path, bind: str = "127.0.0.1") -> None:
         self.ledger = Ledger(path)  # its own connection: the build's other connections are used by other threads
         self.calls: Counter[str] = Counter()
+        self.connections = 0
         self._authkey = secrets.token_bytes(32)
         self._listener = Listener((bind, 0), authkey=self._authkey)
         host, port = self._listener.address
@@ -182,7 +193,8 @@ class LedgerService:
             t.join(STOP_TIMEOUT)
         self.ledger.close()
         if self.calls:
-            logger.debug("ledger service: served %d call(s) %s", sum(self.calls.values()), dict(self.calls))
+            logger.debug("ledger service: served %d call(s) to %d worker(s): %s", sum(self.calls.values()),
+                         self.connections, dict(self.calls))
 
     def __enter__(self) -> LedgerService:
         return self
@@ -203,6 +215,7 @@ class LedgerService:
                 conn.close()
                 return
             self._conns.append(conn)
+            self.connections += 1
             t = threading.Thread(target=self._serve, args=(conn,), name="fea20k-ledger-client", daemon=True)
             self._threads.append(t)
             t.start()
@@ -227,6 +240,10 @@ class LedgerService:
 
     def _dispatch(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.calls[method] += 1
+        if method == "ping":
+            return True
+        if method in COMBINED:
+            return COMBINED[method](self, *args)
         if method == "budget":
             key, cap, op, *rest = args
             if op not in BUDGET_OPS:
@@ -308,6 +325,10 @@ class RemoteLedger:
             raise value
         return value
 
+    def ping(self) -> None:
+        """Reach the service now (a worker starting up), so a node that cannot fails at once, naming the address."""
+        self.call("ping")
+
     def close(self) -> None:
         if self._conn is not None:
             try:
@@ -332,6 +353,50 @@ class RemoteLedger:
                 "(a firewall or another network interface?)") from None
         self._pid = os.getpid()
         return self._conn
+
+
+# One round trip instead of two for the annotate path's two steps per request (a client process makes hundreds of
+# requests a second, each hop through the build process costs it and the build CPU time): see lookup and settle.
+def _served_lookup(service: LedgerService, key: str, budget_key: tuple[int, str, str], cap: float | None,
+                   est: float | None) -> tuple[dict[str, Any] | None, bool]:
+    with service._lock:  # noqa: SLF001 - the service's own helper
+        hit = service.ledger.cache_get(key)
+    if hit is not None or est is None:
+        return hit, False
+    return None, service.budget(tuple(budget_key), cap).try_reserve(est)  # type: ignore[arg-type]
+
+
+def _served_settle(service: LedgerService, cached: list[dict[str, Any]], calls: list[dict[str, Any]],
+                   budget_key: tuple[int, str, str], cap: float | None, est: float, cost: float) -> None:
+    service.budget(tuple(budget_key), cap).settle(est, cost)  # type: ignore[arg-type]
+    with service._lock:  # noqa: SLF001
+        service.ledger.record_replies(cached, calls)
+
+
+COMBINED = {"lookup": _served_lookup, "settle": _served_settle}
+
+
+def lookup(ledger: Ledger | RemoteLedger, budget: Budget | RemoteBudget, key: str,
+           est: float | None) -> tuple[dict[str, Any] | None, bool]:
+    """The cached reply of request ``key``; on a miss, when ``est`` is given, whether the budget reserved it (the
+    request may go out). One round trip from a worker."""
+    if isinstance(budget, RemoteBudget):
+        return budget.ledger.call("lookup", key, budget.key, budget.cap, est)
+    hit = ledger.cache_get(key)
+    if hit is not None or est is None:
+        return hit, False
+    return None, budget.try_reserve(est)
+
+
+def settle(ledger: Ledger | RemoteLedger, budget: Budget | RemoteBudget, cached: list[dict[str, Any]],
+           calls: list[dict[str, Any]], est: float, cost: float) -> None:
+    """A call ended: free its reservation ``est``, charge its ``cost``, then cache its reply and account its calls
+    (:meth:`Ledger.record_replies`). One round trip from a worker."""
+    if isinstance(budget, RemoteBudget):
+        budget.ledger.call("settle", cached, calls, budget.key, budget.cap, est, cost)
+        return
+    budget.settle(est, cost)
+    ledger.record_replies(cached, calls)
 
 
 def open_ledger(path: Path, address: LedgerAddress | None) -> Ledger | RemoteLedger:

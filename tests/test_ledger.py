@@ -123,3 +123,27 @@ def test_one_budget_for_every_process(tmp_path: Path) -> None:
         assert here.spent() == pytest.approx(0.85)
     alone = budget_for(Ledger(path), None, key, 1.0)  # no service: this process's own, from the ledger
     assert alone.spent() == pytest.approx(0.75) and alone.try_reserve(0.2)
+
+
+def test_lookup_and_settle_take_one_round_trip_each_from_a_worker(tmp_path: Path) -> None:
+    """The annotate path's two steps per request (cache or reserve; charge, cache and account) are one call each."""
+    from dataclasses import replace
+
+    from fea20k.ledger_service import RemoteLedger, budget_for, lookup, settle, start_service
+
+    path = tmp_path / "ledger.sqlite"
+    key = (0, "annotate.draft", "loop")
+    with start_service(path) as service:
+        remote = RemoteLedger(replace(service.address, owner="elsewhere"))
+        budget = budget_for(remote, service.address, key, 1.0)
+        assert lookup(remote, budget, "k", 0.6) == (None, True)  # a miss, reserved
+        settle(remote, budget, [{"key": "k", "annotator": "loop", "model": "m", "response": {"text": "t"},
+                                 "cost": 0.5, "round_": 0, "stage": "annotate.draft"}],
+               [{"round": 0, "stage": "annotate.draft", "annotator": "loop", "status": "ok", "cost": 0.5}], 0.6, 0.5)
+        assert lookup(remote, budget, "k", 0.6) == ({"text": "t"}, False)  # a hit reserves nothing
+        assert lookup(remote, budget, "other", 0.6) == (None, False)  # 0.5 spent + 0.6 > 1.0: refused
+        assert lookup(remote, budget, "other", None) == (None, False)  # no estimate: a look-up only
+        assert dict(service.calls) == {"lookup": 4, "settle": 1}
+        assert service.budget(key, 1.0).spent() == pytest.approx(0.5)
+    local = Ledger(path)
+    assert local.spent(*key) == pytest.approx(0.5) and local.cache_get("k") == {"text": "t"}

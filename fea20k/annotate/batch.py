@@ -19,13 +19,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fea20k.annotate.backends.openai_compat import NO_KEY, parse_completion
-from fea20k.errors import ConfigError, PendingError
+from fea20k.errors import BatchExportedError, BatchPendingError, ConfigError, PendingError
 from fea20k.redact import mask
 
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from fea20k.ledger import Ledger
     from fea20k.ledger_service import RemoteLedger
+    from fea20k.stage import StageContext
 
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,10 @@ logger = logging.getLogger(__name__)
 ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOW = "24h"
 RUNNING = frozenset({"validating", "in_progress", "finalizing", "cancelling"})  # Batch API statuses still to wait
+SUBMITTING = "submitting-"  # ledger id of a batch until the Batch API has given it its id
+
+# (annotator, model, round, stage key) of the requests of a batch
+Owner = tuple[str, "str | None", int, str]
 
 
 def request_line(key: str, body: bytes) -> str:
@@ -171,3 +178,74 @@ class BatchClient:
 
     def content(self, file_id: str) -> str:
         return self._call(f"downloading file {file_id}", lambda: self.client.files.content(file_id).text)
+
+
+def collect(ctx: StageContext, make_client: Callable[[], BatchClient], owner: Owner,
+            price: Callable[[str, int, int], float], name: str) -> None:
+    """Poll a stage's open batches: raise BatchPendingError while one runs; cache what a finished, expired or
+    failed one answered and close it (its unanswered requests go into the next batch)."""
+    ledger = ctx.workspace.ledger
+    opened = ledger.open_batches(ctx.round, ctx.stage_key, owner[0])
+    if not opened:
+        return
+    client = make_client()
+    for row in opened:
+        if row["id"].startswith(SUBMITTING):  # a build died while submitting: did the batch get created?
+            b = client.find(row["id"].removeprefix(SUBMITTING))
+            if b is None:
+                ledger.drop_batch(row["id"])  # never created: its requests are queued again by this run
+                continue
+            ledger.adopt_batch(row["id"], b.id, b.input_file_id)
+            row["id"] = b.id
+        else:
+            b = client.retrieve(row["id"])
+        if b.status in RUNNING:
+            raise batch_wait(ctx.round, row["id"], row["requests"], row["submitted"])
+        answered = failed = 0
+        for file_id in (b.output_file_id, b.error_file_id):
+            if file_id:
+                a, f, _ = cache_answers(ledger, parse_output(client.content(file_id).splitlines()),
+                                        lambda _k: owner, price)
+                answered, failed = answered + a, failed + f
+        ledger.close_batch(row["id"], "collected" if b.status == "completed" else b.status)
+        ctx.stats.add("batch_answers", answered)
+        logger.info("%s: batch %s %s: %d answered, %d failed, %d of %d requests to ask again", name, row["id"],
+                    b.status, answered, failed, row["requests"] - answered, row["requests"])
+
+
+def batch_wait(round_: int, batch_id: str, count: int, submitted: float) -> BatchPendingError:
+    import time
+
+    at = time.strftime("%H:%M", time.localtime(submitted))
+    return BatchPendingError(
+        f"round {round_} waits for batch {batch_id} ({count} request{'' if count == 1 else 's'}, "
+        f"submitted {at}); re-run `fea20k build --round {round_}` to collect it")
+
+
+def submit(ctx: StageContext, queue: dict[str, bytes], export: Path | None, make_client: Callable[[], BatchClient],
+           owner: Owner, name: str) -> None:
+    """Submit the queued requests (key -> body) as one batch, or write them to ``export`` (``fea20k batch
+    export``), and stop the build until it is answered (BatchPendingError, BatchExportedError)."""
+    import time
+    import uuid
+
+    ledger = ctx.workspace.ledger
+    annotator, model, round_, stage = owner
+    keys = sorted(queue)
+    lines = [request_line(k, queue[k]) for k in keys]
+    if export is not None:
+        from fea20k.io import atomic_write_bytes
+
+        atomic_write_bytes(export, ("\n".join(lines) + "\n").encode())
+        ledger.record_batch(f"export-{time.time():.6f}", round_, stage, annotator, model, None, keys,
+                            status="exported")
+        raise BatchExportedError(f"wrote {len(keys)} request(s) of round {round_} {stage} to {export}", len(keys))
+    # recorded before the upload under a token the batch carries in its metadata: a build killed before it learns
+    # the batch id finds the batch by the token next time (see collect), never submits twice
+    token = uuid.uuid4().hex
+    ledger.record_batch(SUBMITTING + token, round_, stage, annotator, model, None, keys, status="submitting")
+    batch_id, file_id = make_client().submit(
+        lines, {"fea20k_round": str(round_), "fea20k_stage": stage, "fea20k_submission": token})
+    ledger.adopt_batch(SUBMITTING + token, batch_id, file_id)
+    logger.info("%s: submitted batch %s (%d requests, input file %s)", name, batch_id, len(keys), file_id)
+    raise batch_wait(round_, batch_id, len(keys), time.time())

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fea20k.cli.app import QuietOpt, WaitOpt, WorkspaceOpt, app, console, err_console, setup_logging, writing
+
+
+if TYPE_CHECKING:
+    from fea20k.eval_run import EvalRun
 
 
 @app.command("eval")
@@ -35,12 +39,13 @@ def eval_(
     quiet: QuietOpt = False,
 ) -> None:
     """AU F1 per AU (macro, micro), emotion accuracy (per-class recall, confusion matrix) and ROUGE-L, per source."""
-    from fea20k.metrics import evaluate_file, renderables
+    from fea20k.metrics import evaluate_file
 
     if (predictions is None) == (annotator is None):
         err_console.print("error: give a PREDICTIONS file or --annotator NAME (with --release), not both")
         raise typer.Exit(2)
     failed = 0
+    run = None
     if annotator is not None:
         if release is None:
             err_console.print("error: --annotator needs --release DIR (the release whose split the model answers)")
@@ -60,24 +65,31 @@ def eval_(
     if as_json:
         typer.echo(json.dumps(result, indent=1, sort_keys=True, default=str))
     else:
-        for r in renderables(result):
-            console.print(r)
-        proto = result.get("protocol")
-        if proto:
-            console.print(f"protocol: {proto['annotator']} ({proto['backend']}, {proto['model']}), prompt contract "
-                          f"{proto['prompt_contract']}, {split} split, no ground truth in the prompt, 1 attempt",
-                          markup=False)
-            for src, p in proto["per_source"].items():
-                aus = ",".join(map(str, p["au_set"])) if p["au_set"] else "-"
-                classes = ",".join(p["class_set"]) if p["class_set"] else "-"
-                console.print(f"  {src}: AU set {aus}; classes {classes}", markup=False)
-            console.print(f"predictions: {run.predictions}; result: {run.result_file}", markup=False)
-        if result.get("rouge_missing"):
-            console.print(f"[yellow]{result['rouge_missing']}[/yellow]")
-        if result.get("unknown_ids"):
-            console.print(f"[yellow]{result['unknown_ids']} prediction id(s) are not in the release's {split} "
-                          "split[/yellow]")
+        _print_result(result, split, run)
     if failed:
         err_console.print(f"{failed} sample(s) got no reply (endpoint or engine failure) and are not scored; re-run "
                           "to ask only those (answered ones come from the cache)", markup=False)
         raise typer.Exit(1)
+
+
+def _print_result(result: dict[str, Any], split: str, run: EvalRun | None) -> None:
+    """The metric tables, then the protocol of a model run (``run``) and what was not scored."""
+    from fea20k.metrics import renderables
+
+    for r in renderables(result):
+        console.print(r)
+    proto = result.get("protocol")
+    if proto and run is not None:
+        console.print(f"protocol: {proto['annotator']} ({proto['backend']}, {proto['model']}), prompt contract "
+                      f"{proto['prompt_contract']}, {split} split, no ground truth in the prompt, 1 attempt",
+                      markup=False)
+        for src, p in proto["per_source"].items():
+            aus = ",".join(map(str, p["au_set"])) if p["au_set"] else "-"
+            classes = ",".join(p["class_set"]) if p["class_set"] else "-"
+            console.print(f"  {src}: AU set {aus}; classes {classes}", markup=False)
+        console.print(f"predictions: {run.predictions}; result: {run.result_file}", markup=False)
+    if result.get("rouge_missing"):
+        console.print(f"[yellow]{result['rouge_missing']}[/yellow]")
+    if result.get("unknown_ids"):
+        console.print(f"[yellow]{result['unknown_ids']} prediction id(s) are not in the release's {split} "
+                      "split[/yellow]")

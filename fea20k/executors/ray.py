@@ -233,6 +233,8 @@ class ChunkWorker:
     def __init__(self, module: str, name: str, config: dict[str, Any], ctx: StageContext, out_dir: str) -> None:
         _worker_setup()
         self.stage = build_stage(module, name, config, ctx)
+        if ctx.ledger_at is not None:  # a node that cannot reach the build's ledger service fails here, at start
+            self.stage.ctx.workspace.ledger.ping()
         self.stage.load()
         self.out_dir = Path(out_dir)
 

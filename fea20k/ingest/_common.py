@@ -21,7 +21,9 @@ from fea20k.record import FaceRecord
 
 
 if TYPE_CHECKING:
+    import zipfile
     from concurrent.futures import ProcessPoolExecutor
+    from typing import BinaryIO
 
     from fea20k.stage import SourceStage
 
@@ -197,14 +199,18 @@ def json_string(arr: object) -> object:
 
 
 def json_float(arr: object) -> object:
-    """Floats -> JSON number text as ``json.dumps`` reads back (``1.0`` stays a float; null -> ``null``).
-    Non-finite values must be nulled (or routed elsewhere) by the caller."""
+    """Floats -> JSON number text as ``json.dumps`` writes it (``1.0`` stays a float; null -> ``null``; non-finite
+    values as ``NaN``, ``Infinity``, ``-Infinity``, which ``json.loads`` reads back)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     text = pc.cast(arr, pa.string())
     whole = pc.match_substring_regex(text, r"^-?\d+$")
-    return pc.fill_null(pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text), "null")
+    text = pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text)
+    if pc.any(pc.match_substring_regex(text, "^-?(inf|nan)$")).as_py():  # Arrow's spelling of them
+        text = pc.replace_substring_regex(text, "^-?nan$", "NaN")
+        text = pc.replace_substring_regex(pc.replace_substring_regex(text, "^inf$", "Infinity"), "^-inf$", "-Infinity")
+    return pc.fill_null(text, "null")
 
 
 def has_control_chars(arr: object) -> object:
@@ -472,9 +478,7 @@ def check_zip_members(zip_path: Path | str, members: Sequence[str]) -> list[tupl
     signature and size checks only: its last bytes exist only after inflating the whole member (a 1040x1392 frame,
     ~1 ms each, minutes per corpus), so a truncated compressed member is left to the full decode in faces.align.
     """
-    import struct
     import zipfile
-    import zlib
 
     try:
         zf = zipfile.ZipFile(zip_path)
@@ -487,7 +491,18 @@ def check_zip_members(zip_path: Path | str, members: Sequence[str]) -> list[tupl
     except OSError as e:
         zf.close()
         return [(IMAGE_UNDECODABLE, f"unreadable zip {zip_path} ({e})")] * len(members)
-    out: list[tuple[str, str] | None] = []
+    try:
+        return [_check_zip_member(zf, raw, name) for name in members]
+    finally:
+        raw.close()
+        zf.close()
+
+
+def _check_zip_member(zf: zipfile.ZipFile, raw: BinaryIO, name: str) -> tuple[str, str] | None:
+    """:func:`check_zip_members` for one member of the open zip ``zf`` (``raw``: the same file, unbuffered)."""
+    import struct
+    import zipfile
+    import zlib
 
     def read_at(n: int, offset: int) -> bytes:
         if hasattr(os, "pread"):
@@ -496,36 +511,27 @@ def check_zip_members(zip_path: Path | str, members: Sequence[str]) -> list[tupl
         return raw.read(n)
 
     try:
-        for name in members:
-            try:
-                info = zf.getinfo(name)
-            except KeyError:
-                out.append((IMAGE_MISSING, "no such zip member"))
-                continue
-            size = info.file_size
-            if size == 0:
-                out.append((IMAGE_UNDECODABLE, "zero-byte file"))
-                continue
-            try:
-                if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:  # plain bytes, in place
-                    local = read_at(30, info.header_offset)
-                    if local[:4] != b"PK\x03\x04":
-                        raise zipfile.BadZipFile(f"no local header at offset {info.header_offset}")
-                    start = info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30]))
-                    head = read_at(min(IMAGE_HEAD_BYTES, size), start)  # the member's bytes only
-                    tail = read_at(min(IMAGE_TAIL_BYTES, size), start + max(size - IMAGE_TAIL_BYTES, 0))
-                else:
-                    with zf.open(info) as f:  # inflates the first block only
-                        head, tail = f.read(IMAGE_HEAD_BYTES), None
-            except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError) as e:
-                out.append((IMAGE_UNDECODABLE, f"unreadable zip member ({e})"))
-                continue
-            detail = sniff_image(head, tail, size)
-            out.append(None if detail is None else (IMAGE_UNDECODABLE, detail))
-    finally:
-        raw.close()
-        zf.close()
-    return out
+        info = zf.getinfo(name)
+    except KeyError:
+        return IMAGE_MISSING, "no such zip member"
+    size = info.file_size
+    if size == 0:
+        return IMAGE_UNDECODABLE, "zero-byte file"
+    try:
+        if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:  # plain bytes, in place
+            local = read_at(30, info.header_offset)
+            if local[:4] != b"PK\x03\x04":
+                raise zipfile.BadZipFile(f"no local header at offset {info.header_offset}")
+            start = info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30]))
+            head = read_at(min(IMAGE_HEAD_BYTES, size), start)  # the member's bytes only
+            tail: bytes | None = read_at(min(IMAGE_TAIL_BYTES, size), start + max(size - IMAGE_TAIL_BYTES, 0))
+        else:
+            with zf.open(info) as f:  # inflates the first block only
+                head, tail = f.read(IMAGE_HEAD_BYTES), None
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError) as e:
+        return IMAGE_UNDECODABLE, f"unreadable zip member ({e})"
+    detail = sniff_image(head, tail, size)
+    return None if detail is None else (IMAGE_UNDECODABLE, detail)
 
 
 def exclude_unusable_images(stage: SourceStage, records: Sequence[FaceRecord],

@@ -16,6 +16,7 @@ import re
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -187,7 +188,7 @@ AffectNet/
         """One Arrow table per CSV block (columnar path; ``iter_records`` is derived from it).
 
         Ids are unique: a pre-scan of the path column of both files (in a thread, beside the first blocks) finds the
-        images listed more than once; their rows take the per-row path and are held, then resolved by
+        images listed more than once; their rows are held as records (boxes and landmarks as parsed), then resolved by
         ``_common.resolve_duplicates`` (one record, or one ``label_conflict`` exclusion) in a last table.
         """
         lists, images = self._detect()
@@ -209,7 +210,7 @@ AffectNet/
 
             yield to_arrow([resolve_duplicates(group, self) for group in repeats.held.values()])
 
-    def _repeated(self, images: str, paths: list[Path]) -> tuple[set[str], pa.Array | None]:
+    def _repeated(self, images: str, paths: list[Path]) -> set[str]:
         """The ids listed more than once across ``paths``: the path column only, read with the same CSV options
         and normalised as the records' ids are (well-formed and malformed rows alike)."""
         import pyarrow as pa
@@ -239,22 +240,22 @@ AffectNet/
             keys.append(pa.array([rel_stem(image_path(f[0], images)) for f in firsts if f], pa.string()))
         chunks = [c for k in keys for c in (k.chunks if isinstance(k, pa.ChunkedArray) else [k])]
         if not chunks:
-            return set(), None
+            return set()
         counts = pc.value_counts(pa.chunked_array(chunks, pa.string()))
         repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1)).drop_null()
         repeated = repeated.filter(pc.not_equal(repeated, ""))  # empty paths get line ids
         if not len(repeated):
-            return set(), None
+            return set()
         logger.info("%s: %d image(s) listed more than once; each becomes one record", self.source, len(repeated))
-        return {f"{self.source}/{images}/{k}" for k in repeated.to_pylist()}, repeated
+        return {f"{self.source}/{images}/{k}" for k in repeated.to_pylist()}
 
     # ------------------------------------------------------------------------------------------- CSV reading
 
     def _csv_tables(self, path: Path, images: str, split: str, split_raw: str,
                     index: DirIndex | None, repeats: _Repeats) -> Iterator[pa.Table]:
-        """Stream ``path`` block by block. Well-formed rows are built column-wise (:meth:`_fast_table`); the rare
-        odd rows (non-numeric label or box, bad landmarks, control characters) go through :meth:`_row`, and rows
-        with the wrong column count through :meth:`_malformed`; all are put back in file order."""
+        """Stream ``path`` block by block. Rows are built column-wise (:meth:`_assemble`), odd ones (non-numeric
+        label or box, bad landmarks) included; rows with the wrong column count, which the CSV reader cannot split,
+        go through :meth:`_malformed`; all are put back in file order."""
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
@@ -297,11 +298,12 @@ AffectNet/
             if recs:
                 yield to_arrow(recs)
 
-    def _assemble(self, path: Path, batch: pa.RecordBatch, landmarks: tuple[Any, Any, Any],
-                  bad: list[tuple[int, str]], state: dict[str, int], images: str, split: str, split_raw: str,
-                  index: DirIndex | None, repeats: _Repeats) -> Iterator[pa.Table]:
-        """One block's table: well-formed rows built column-wise, odd rows through the per-row path, rows with
-        the wrong column count (``bad``, from the CSV reader) put back at their line."""
+    def _assemble(self, path: Path, batch: pa.RecordBatch, landmarks: _Landmarks, bad: list[tuple[int, str]],
+                  state: dict[str, int], images: str, split: str, split_raw: str, index: DirIndex | None,
+                  repeats: _Repeats) -> Iterator[pa.Table]:
+        """One block's table: its rows built column-wise (:meth:`_block_table`), the rows with the wrong column
+        count (``bad``, from the CSV reader) put back at their line, the rows of images listed more than once held
+        in ``repeats``."""
         import numpy as np
         import pyarrow as pa
 
@@ -317,16 +319,15 @@ AffectNet/
         del bad[:len(here)]
         tables, order = [], []
         if n:
-            fast, slow_rows = self._fast_table(path, batch, landmarks, lines, images, split, split_raw, index,
-                                               repeats)
-            tables.append(fast)
-            order.append(lines[np.setdiff1d(np.arange(n), slow_rows, assume_unique=True)])
-            if len(slow_rows):
-                recs = self._slow_rows(path, batch, slow_rows, lines, images, split, split_raw, index)
-                kept = [i for i, rec in enumerate(recs) if not repeats.hold(rec, path, int(lines[slow_rows[i]]))]
-                if kept:
-                    tables.append(to_arrow([recs[i] for i in kept]))
-                    order.append(lines[slow_rows[kept]])
+            table, exact = self._block_table(path, batch, landmarks, lines, images, split, split_raw, index)
+            held = repeats.mask(table.column("id"))
+            if held.any():
+                rows = np.flatnonzero(held)
+                for rec, i in zip(exact.records(table, rows), rows.tolist(), strict=True):
+                    repeats.hold(rec, path, int(lines[i]))
+                table, lines = table.filter(pa.array(~held)), lines[~held]
+            tables.append(table)
+            order.append(lines)
         if here:
             recs = [self._malformed(path, num, text, images, split, split_raw) for num, text in here]
             kept = [i for i, rec in enumerate(recs) if not repeats.hold(rec, path, here[i][0])]
@@ -339,141 +340,154 @@ AffectNet/
         elif tables:
             yield pa.concat_tables(tables).take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
 
-    def _fast_table(self, path: Path, batch: pa.RecordBatch, landmarks: tuple[Any, Any, Any], lines: Any,
-                    images: str, split: str, split_raw: str, index: DirIndex | None,
-                    repeats: _Repeats) -> tuple[pa.Table, Any]:
-        """The well-formed rows of ``batch`` as a table built column-wise, and the positions of the other rows
-        (odd rows, and rows of images listed more than once)."""
+    def _block_table(self, path: Path, batch: pa.RecordBatch, landmarks: _Landmarks, lines: Any, images: str,
+                     split: str, split_raw: str, index: DirIndex | None) -> tuple[pa.Table, _Exact]:
+        """Every row of ``batch`` as a table, built column-wise, and the exact (float64) boxes and landmarks of its
+        rows (:class:`_Exact`, for the rows that are held as records)."""
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
 
+        from fea20k.schema import IMAGE_REF
+
+        rows = self._parse_rows(path, batch, landmarks, lines, images)
         n = batch.num_rows
-        sub = _image_paths(batch.column("subDirectory_filePath"), images)
-        expr, expr_ok = _numbers(batch.column("expression"), pa.int64())
-        box = [_numbers(batch.column(c), pa.float64()) for c in ("face_x", "face_y", "face_width", "face_height")]
-        va = [_numbers(batch.column(c), pa.float64()) for c in ("valence", "arousal")]
-        flat, has_lnd, lnd_bad = landmarks
-        slow = ~expr_ok | lnd_bad | np.asarray(pc.fill_null(pc.equal(pc.binary_length(sub), 0), True), dtype=bool)
-        slow |= np.asarray(has_control_chars(sub), dtype=bool)
-        for values, ok in box:
-            slow |= ~ok | ~np.isfinite(values)
-        for values, _ in va:
-            slow |= np.isinf(values)
-        if repeats.keys is not None:
-            slow |= np.asarray(pc.fill_null(pc.is_in(_stems(sub), value_set=repeats.keys), False), dtype=bool)
-        slow_rows = np.flatnonzero(slow)
-        if len(slow_rows):
-            keep = ~slow
-            keep_arr = pa.array(keep)
-            flat = flat.reshape(-1, N_LANDMARK_VALUES)[keep[has_lnd]]
-            has_lnd = has_lnd[keep]
-            sub = sub.filter(keep_arr)
-            expr = expr[keep]
-            box = [(v[keep], ok[keep]) for v, ok in box]
-            va = [(v[keep], ok[keep]) for v, ok in va]
-            lines = lines[keep]
-            n = int(keep.sum())
-        # labels: one lookup table over ids 0..10 (+ one slot for "outside 0..10")
-        in_range = (expr >= 0) & (expr <= 10)
-        slot = np.where(in_range, expr, 11)
-        emotions: list[str | None] = []
-        reasons: list[str | None] = []
-        for raw in range(11):
-            emotion, reason = classify_expression(raw, self.config.classes)
-            emotions.append(emotion)
-            reasons.append(reason)
-        slot_arr = pa.array(slot)
-        emotion = pc.take(pa.array([*emotions, None], pa.string()), slot_arr)
-        reason = pc.take(pa.array([*reasons, LABEL_OUT_OF_RANGE], pa.string()), slot_arr)
-        for i in np.flatnonzero(~in_range).tolist():
-            warn_line(path, int(lines[i]), f"expression {int(expr[i])} is outside 0..10")
-        relpath = pc.binary_join_element_wise(images, sub, "/")
-        image_path = relpath
-        image_error: object = ""
-        if index is not None:
-            checked = np.asarray(reason.is_null(), dtype=bool)
-            rows = np.flatnonzero(checked)
-            real, size = index.lookup_many(relpath.filter(pa.array(checked)))
-            pick = np.full(n, -1, dtype=np.int64)
-            pick[rows] = np.arange(len(rows))
-            image_path = pc.coalesce(pc.take(real, pa.array(pick, mask=pick < 0)), relpath)
-            codes = np.zeros(n, dtype=np.int8)
-            codes[rows[size < 0]] = 1
-            # the signature check of every image found (threads; a few syscalls and <= 96 bytes read per file)
-            found = np.flatnonzero(size >= 0)
-            real_found = real.filter(pa.array(size >= 0)).to_pylist()
-            root = str(self.root)
-            problems = check_images([os.path.join(root, r) for r in real_found], size[found], self.config.threads * 4)
-            bad = [(k, p) for k, p in enumerate(problems) if p is not None]
-            if bad:
-                details = np.full(n, None, dtype=object)
-                for k, (code_reason, detail) in bad:
-                    codes[rows[found[k]]] = 1 if code_reason == IMAGE_MISSING else 2
-                    details[rows[found[k]]] = detail
-                detail_arr = pa.array(details, pa.string())
-                image_error = pc.if_else(detail_arr.is_valid(), pc.binary_join_element_wise(
-                    ', "image_error": ', json_string(detail_arr), ""), "")
-                logger.warning("%s: %d image(s) not usable (first: %s: %s); those records are excluded "
-                               "(image_undecodable / image_missing); re-extract them from the release archive",
-                               path, len(bad), self.root / real_found[bad[0][0]], bad[0][1][1])
-            reason = pc.coalesce(reason, pc.take(pa.array([None, IMAGE_MISSING, IMAGE_UNDECODABLE], pa.string()),
-                                                 pa.array(codes)))
-        (x, _), (y, _), (w, _), (h, _) = box
-        positive = (w > 0) & (h > 0)
-        n_nonpositive = int((~positive).sum())
-        if n_nonpositive:
-            self.stats.add("bbox_nonpositive", n_nonpositive)
+        relpath = pc.binary_join_element_wise(images, rows.sub, "/")
+        reason, image_path, image_error = self._check_images(path, relpath, rows.reason, index)
+        x, y, w, h = rows.box
+        positive = rows.reach & (w > 0) & (h > 0)
+        nonpositive = rows.reach & ~positive
+        if nonpositive.any():
+            self.stats.add("bbox_nonpositive", int(nonpositive.sum()))
         bbox = pa.ListArray.from_arrays(
             pa.array(np.concatenate([[0], np.cumsum(positive.astype(np.int32) * 4)]).astype(np.int32)),
             pa.array(np.stack([x, y, w, h], axis=1)[positive].reshape(-1).astype(np.float32)),
             mask=pa.array(~positive))
-        key = _stems(sub)
-        valence, arousal = (pa.array(v, mask=np.isnan(v) | (v == NOT_APPLICABLE)) for v, _ in va)
-        no_box: object = ""
-        if n_nonpositive:
-            raw_box = pc.binary_join_element_wise(*(json_float(pa.array(v)) for v in (x, y, w, h)), ", ")
-            raw_box = pc.binary_join_element_wise(', "bbox_raw": [', raw_box, "]", "")
-            no_box = pc.if_else(pa.array(positive), "", raw_box)
-        meta = pc.binary_join_element_wise(
-            '{"affectnet_key": ', json_string(key), ', "arousal": ', json_float(arousal),
-            no_box,
-            f', "corpus": "{self.corpus}"', image_error, ', "raw_label": ', pc.cast(pa.array(expr), pa.string()),
-            f', "split_raw": {json.dumps(split_raw)}, "valence": ', json_float(valence), "}", "")
-        from fea20k.schema import IMAGE_REF
-
+        key = _stems(rows.sub)
         image = pa.StructArray.from_arrays([pa.repeat(pa.scalar(self.source), n), image_path,
                                             pa.nulls(n, pa.int32())], fields=list(IMAGE_REF))
         table = table_of(n, {
             "id": pc.binary_join_element_wise(f"{self.source}/{images}", key, "/"),
             "source": self.source, "split": split, "image": image,
-            "bbox": bbox, "landmarks": nested_points(flat, has_lnd, N_LANDMARK_VALUES // 2),
-            "landmark_scheme": pc.if_else(pa.array(has_lnd), "ibug68", pa.scalar(None, pa.string())),
-            "emotion": emotion,
-            "emotion_origin": pc.if_else(emotion.is_valid(), "gt", pa.scalar(None, pa.string())),
+            "bbox": bbox, "landmarks": nested_points(rows.flat, rows.has, N_LANDMARK_VALUES // 2),
+            "landmark_scheme": pc.if_else(pa.array(rows.has), "ibug68", pa.scalar(None, pa.string())),
+            "emotion": rows.emotion,
+            "emotion_origin": pc.if_else(rows.emotion.is_valid(), "gt", pa.scalar(None, pa.string())),
             **exclusion_columns(reason, self.name),
-            "meta": meta,
+            "meta": self._meta(rows, key, nonpositive, image_error, split_raw),
         })
-        return table, slow_rows
+        return table, _Exact(rows.box, rows.flat, rows.has)
 
-    def _slow_rows(self, path: Path, batch: pa.RecordBatch, rows: Any, lines: Any, images: str, split: str,
-                   split_raw: str, index: DirIndex | None) -> list[FaceRecord]:
-        """The odd rows of ``batch`` through the per-row path (one warning each, naming file and line)."""
+    def _parse_rows(self, path: Path, batch: pa.RecordBatch, landmarks: _Landmarks, lines: Any,
+                    images: str) -> _Rows:
+        """The columns of ``batch`` parsed, and each row's first problem, in the order a row is judged: expression
+        not an integer, empty path, bad landmarks (label_parse_error), face box not numeric (bad_bbox), then the
+        label (:func:`classify_expression`). One warning per odd row, naming file and line."""
+        import numpy as np
         import pyarrow as pa
+        import pyarrow.compute as pc
 
-        picked = batch.take(pa.array(rows))
-        cols = {name: picked.column(name).to_pylist() for name in CSV_COLUMNS}
-        out = []
-        for k, i in enumerate(rows.tolist()):
-            raw_expr = cols["expression"][k]
-            expr = _to_number(raw_expr, int)
-            va = [va_value(v) if v is not None else None
-                  for v in (_to_number(cols[c][k], float) for c in ("valence", "arousal"))]
-            row = (cols["subDirectory_filePath"][k],
-                   *(_to_number(cols[c][k], float) for c in ("face_x", "face_y", "face_width", "face_height")),
-                   expr, *va, raw_expr, _parse_landmark_string(cols["facial_landmarks"][k]))
-            out.append(self._row(path, int(lines[i]), row, images, split, split_raw, index))
-        return out
+        sub = _image_paths(batch.column("subDirectory_filePath"), images)
+        empty = np.asarray(pc.fill_null(pc.equal(pc.binary_length(sub), 0), True), dtype=bool)
+        if empty.any():  # an id per line, not one shared by every empty path
+            sub = pc.replace_with_mask(sub, pa.array(empty), pa.array(
+                [f"_malformed/{path.name}/{v}" for v in lines[empty].tolist()], pa.string()))
+        expr, expr_ok = _numbers(batch.column("expression"), pa.int64())
+        box = [_numbers(batch.column(c), pa.float64()) for c in ("face_x", "face_y", "face_width", "face_height")]
+        box_ok = np.logical_and.reduce([ok for _, ok in box])
+        lnd_bad = np.zeros(len(expr), dtype=bool)
+        lnd_bad[list(landmarks.problems)] = True
+        labelled = expr_ok & ~empty
+        reach = labelled & ~lnd_bad & box_ok
+        in_range = (expr >= 0) & (expr <= 10)
+        slot = pa.array(np.where(in_range, expr, 11))
+        emotions, reasons = zip(*(classify_expression(raw, self.config.classes) for raw in range(11)), strict=True)
+        reach_arr = pa.array(reach)
+        emotion = pc.if_else(reach_arr, pc.take(pa.array([*emotions, None], pa.string()), slot),
+                             pa.scalar(None, pa.string()))
+        reason = pc.if_else(reach_arr, pc.take(pa.array([*reasons, LABEL_OUT_OF_RANGE], pa.string()), slot),
+                            pc.if_else(pa.array(labelled & ~lnd_bad), BAD_BBOX, LABEL_PARSE_ERROR))
+        raw_expr = batch.column("expression")
+        for i in np.flatnonzero(~labelled | ~in_range | lnd_bad | ~box_ok).tolist():  # the odd rows, in order
+            if not expr_ok[i]:
+                warn_line(path, int(lines[i]), f"expression {raw_expr[i].as_py()!r} is not an integer")
+                continue
+            if empty[i]:
+                warn_line(path, int(lines[i]), "empty subDirectory_filePath")
+                continue
+            if not in_range[i]:
+                warn_line(path, int(lines[i]), f"expression {int(expr[i])} is outside 0..10")
+            if lnd_bad[i] or not box_ok[i]:
+                warn_line(path, int(lines[i]), landmarks.problems.get(i, "face box is not numeric"))
+        flat, has = landmarks.flat, landmarks.has
+        if (has & ~labelled).any():  # a row judged before its landmarks keeps none
+            flat, has = flat.reshape(-1, N_LANDMARK_VALUES)[labelled[has]].reshape(-1), has & labelled
+        va = [_numbers(batch.column(c), pa.float64())[0] for c in ("valence", "arousal")]
+        return _Rows(sub, expr, expr_ok, raw_expr, [v for v, _ in box], va, flat, has, emotion, reason, reach)
+
+    def _check_images(self, path: Path, relpath: pa.Array, reason: pa.Array, index: DirIndex | None
+                      ) -> tuple[pa.Array, pa.Array, object]:
+        """``(reason, image path, image_error JSON fragment)``: the rows without a reason so far get their image
+        looked up (the real name on disk: ``.JPG``) and checked (``_common.check_images``, on threads); one warning
+        for the block names the first unusable file."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if index is None:
+            return reason, relpath, ""
+        n = len(relpath)
+        checked = np.asarray(reason.is_null(), dtype=bool)
+        rows = np.flatnonzero(checked)
+        real, size = index.lookup_many(relpath.filter(pa.array(checked)))
+        pick = np.full(n, -1, dtype=np.int64)
+        pick[rows] = np.arange(len(rows))
+        image_path = pc.coalesce(pc.take(real, pa.array(pick, mask=pick < 0)), relpath)
+        codes = np.zeros(n, dtype=np.int8)
+        codes[rows[size < 0]] = 1
+        # the signature check of every image found (threads; a few syscalls and <= 96 bytes read per file)
+        found = np.flatnonzero(size >= 0)
+        real_found = real.filter(pa.array(size >= 0)).to_pylist()
+        root = str(self.root)
+        problems = check_images([os.path.join(root, r) for r in real_found], size[found], self.config.threads * 4)
+        bad = [(k, p) for k, p in enumerate(problems) if p is not None]
+        image_error: object = ""
+        if bad:
+            details = np.full(n, None, dtype=object)
+            for k, (code_reason, detail) in bad:
+                codes[rows[found[k]]] = 1 if code_reason == IMAGE_MISSING else 2
+                details[rows[found[k]]] = detail
+            detail_arr = pa.array(details, pa.string())
+            image_error = pc.if_else(detail_arr.is_valid(), pc.binary_join_element_wise(
+                ', "image_error": ', _json_text(detail_arr), ""), "")
+            logger.warning("%s: %d image(s) not usable (first: %s: %s); those records are excluded "
+                           "(image_undecodable / image_missing); re-extract them from the release archive",
+                           path, len(bad), self.root / real_found[bad[0][0]], bad[0][1][1])
+        reason = pc.coalesce(reason, pc.take(pa.array([None, IMAGE_MISSING, IMAGE_UNDECODABLE], pa.string()),
+                                             pa.array(codes)))
+        return reason, image_path, image_error
+
+    def _meta(self, rows: _Rows, key: pa.Array, nonpositive: Any, image_error: object, split_raw: str) -> pa.Array:
+        """The ``meta`` JSON column: affectnet_key, valence/arousal (-2 and unparsed -> null), raw_label (the text
+        of an expression that is not an integer), bbox_raw (a box that is not positive), image_error."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        valence, arousal = (pa.array(v, mask=np.isnan(v) | (v == NOT_APPLICABLE)) for v in rows.va)
+        raw_label = pc.cast(pa.array(rows.expr), pa.string())
+        if not rows.expr_ok.all():
+            raw_label = pc.if_else(pa.array(rows.expr_ok), raw_label, _json_text(rows.raw_expr))
+        no_box: object = ""
+        if nonpositive.any():
+            raw_box = pc.binary_join_element_wise(*(json_float(pa.array(v)) for v in rows.box), ", ")
+            raw_box = pc.binary_join_element_wise(', "bbox_raw": [', raw_box, "]", "")
+            no_box = pc.if_else(pa.array(nonpositive), raw_box, "")
+        return pc.binary_join_element_wise(
+            '{"affectnet_key": ', _json_text(key), ', "arousal": ', json_float(arousal),
+            no_box,
+            f', "corpus": "{self.corpus}"', image_error, ', "raw_label": ', raw_label,
+            f', "split_raw": {json.dumps(split_raw)}, "valence": ', json_float(valence), "}", "")
 
     def _new(self, relpath: str, **fields: object) -> FaceRecord:
         rec = FaceRecord(id=f"{self.source}/{rel_stem(relpath)}", source=self.source,
@@ -491,78 +505,34 @@ AffectNet/
         rec.meta.update(split_raw=split_raw, line=line, raw_row=text[:500])
         return self.exclude(rec, LABEL_PARSE_ERROR)
 
-    def _row(self, path: os.PathLike[str], line: int, row: tuple, images: str, split: str, split_raw: str,
-             index: DirIndex | None) -> FaceRecord:
-        """One CSV row (already split into typed columns by :func:`_parse_columns`) -> a record. Hot path."""
-        sub, x, y, w, h, expr, valence, arousal, raw_expr, landmarks = row
-        sub = image_path(sub or "", images) or f"_malformed/{os.path.basename(path)}/{line}"
-        relpath = f"{images}/{sub}"
-        key = rel_stem(sub)
-        meta = {"corpus": self.corpus, "split_raw": split_raw, "affectnet_key": key, "raw_label": expr,
-                "valence": valence, "arousal": arousal}
-        rec = FaceRecord(id=f"{self.source}/{images}/{key}", source=self.source, split=split,
-                         image=ImageRef(root=self.source, path=relpath), meta=meta)
-        if expr is None:
-            warn_line(path, line, f"expression {raw_expr!r} is not an integer")
-            meta["raw_label"] = raw_expr
-            return self.exclude(rec, LABEL_PARSE_ERROR)
-        if sub.startswith("_malformed/"):
-            warn_line(path, line, "empty subDirectory_filePath")
-            return self.exclude(rec, LABEL_PARSE_ERROR)
-        emotion, reason = classify_expression(expr, self.config.classes)
-        if reason == LABEL_OUT_OF_RANGE and expr != CONTEMPT:
-            warn_line(path, line, f"expression {expr} is outside 0..10")
-        if isinstance(landmarks, str):
-            warn_line(path, line, landmarks)
-            return self.exclude(rec, LABEL_PARSE_ERROR)
-        if landmarks is not None:
-            rec.landmarks, rec.landmark_scheme = landmarks, "ibug68"
-        if x is None or y is None or w is None or h is None:
-            warn_line(path, line, "face box is not numeric")
-            return self.exclude(rec, BAD_BBOX)
-        if w > 0 and h > 0:
-            rec.bbox = [x, y, w, h]
-        else:
-            meta["bbox_raw"] = [x, y, w, h]
-            self.stats.add("bbox_nonpositive")
-        if reason is not None:
-            return self.exclude(rec, reason)
-        rec.emotion, rec.emotion_origin = emotion, "gt"
-        if index is not None:
-            hit = index.lookup(relpath)
-            if hit is None:
-                return self.exclude(rec, IMAGE_MISSING)
-            if hit[0] != relpath:  # extension case differs from the CSV (.JPG on disk)
-                rec.image = ImageRef(root=self.source, path=hit[0])
-            problem = check_image(self.root / hit[0], hit[1])
-            if problem is not None:
-                warn_line(path, line, f"image {self.root / hit[0]}: {problem[1]}; re-extract it from the release "
-                                      f"archive")
-                meta["image_error"] = problem[1]
-                return self.exclude(rec, problem[0])
-        return rec
-
 
 class _Repeats:
     """The ids listed more than once (from :meth:`AffectNetCsv._repeated`, still running when this is made: the
     first use waits for it) and their records, held until the end."""
 
-    def __init__(self, pending: Future[tuple[set[str], pa.Array | None]]) -> None:
-        self._pending: Future[tuple[set[str], pa.Array | None]] | None = pending
+    def __init__(self, pending: Future[set[str]]) -> None:
+        self._pending: Future[set[str]] | None = pending
         self._ids: set[str] = set()
-        self._keys: pa.Array | None = None
+        self._id_array: pa.Array | None = None
         self.held: dict[str, list[FaceRecord]] = {}
 
     def _ready(self) -> None:
         if self._pending is not None:
-            self._ids, self._keys = self._pending.result()
+            self._ids = self._pending.result()
             self._pending = None
 
-    @property
-    def keys(self) -> pa.Array | None:
-        """The repeated image keys (``subdir/hash``), for a vectorised membership test; None when there are none."""
+    def mask(self, ids: pa.Array) -> Any:
+        """Boolean numpy mask of the ``ids`` (a string array) that repeat: their rows are held, not emitted."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         self._ready()
-        return self._keys
+        if not self._ids:
+            return np.zeros(len(ids), dtype=bool)
+        if self._id_array is None:
+            self._id_array = pa.array(sorted(self._ids), pa.string())
+        return np.asarray(pc.fill_null(pc.is_in(ids, value_set=self._id_array), False), dtype=bool)
 
     def hold(self, rec: FaceRecord, path: Path, line: int) -> bool:
         """Hold ``rec`` (noting where it was listed) when its id repeats; ``False``: it is unique, emit it."""
@@ -576,6 +546,63 @@ class _Repeats:
     def keep(self, recs: list[FaceRecord], path: Path) -> list[FaceRecord]:
         """The records of ``recs`` that are not held (malformed rows, which carry their own ``meta["line"]``)."""
         return [r for r in recs if not self.hold(r, path, r.meta.get("line", 0))]
+
+
+@dataclass
+class _Landmarks:
+    """The ``facial_landmarks`` column of one CSV block (:func:`_landmark_values`): ``flat`` float64 values of the
+    rows that have landmarks (``has``, a numpy mask), and ``problems`` {row: why its landmarks are not usable}."""
+
+    flat: Any
+    has: Any
+    problems: dict[int, str]
+
+
+@dataclass
+class _Rows:
+    """One CSV block's columns as :meth:`AffectNetCsv._parse_rows` reads them (one entry per row): image path under
+    the image folder (line ids for empty ones), expression (numpy, with ``expr_ok``; ``raw_expr`` its text), face
+    box x, y, w, h and valence, arousal (float64, NaN where not a number), landmarks, and the row's emotion and
+    first reason; ``reach``: rows past every parse check, which get their box and label."""
+
+    sub: pa.Array
+    expr: Any
+    expr_ok: Any
+    raw_expr: pa.Array
+    box: list[Any]
+    va: list[Any]
+    flat: Any
+    has: Any
+    emotion: pa.Array
+    reason: pa.Array
+    reach: Any
+
+
+@dataclass
+class _Exact:
+    """A block's boxes and landmarks as parsed (float64): the records of rows held for
+    ``_common.resolve_duplicates`` carry these, not their float32 copies in the table."""
+
+    box: list[Any]
+    flat: Any
+    has: Any
+
+    def records(self, table: pa.Table, rows: Any) -> list[FaceRecord]:
+        """The rows ``rows`` (numpy indices) of ``table`` as records."""
+        import numpy as np
+        import pyarrow as pa
+
+        from fea20k.schema import from_arrow
+
+        recs = from_arrow(table.take(pa.array(rows)))
+        at = np.cumsum(self.has) - 1  # row -> its landmarks' position in flat
+        for rec, i in zip(recs, rows.tolist(), strict=True):
+            if rec.bbox is not None:
+                rec.bbox = [float(v[i]) for v in self.box]
+            if rec.landmarks is not None:
+                k = int(at[i]) * N_LANDMARK_VALUES
+                rec.landmarks = self.flat[k:k + N_LANDMARK_VALUES].reshape(-1, 2).tolist()
+        return recs
 
 
 def _header(path: Path) -> list[str]:
@@ -624,18 +651,23 @@ def _stems(sub: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 def _image_keys(column: pa.Array | pa.ChunkedArray, images: str) -> pa.Array:
     """The id keys of a raw path column, as the records get them. An empty key ("", which may repeat) matches no
-    record: rows with an empty path get line ids and take the per-row path anyway."""
+    record: rows with an empty path get line ids."""
     return _stems(_image_paths(column, images))
 
 
 def _to_number(value: str | None, kind: type) -> float | int | None:
     try:
-        return kind(value) if value is not None else None
+        number = kind(value) if value is not None else None
     except ValueError:
         return None
+    if kind is int and number is not None and not -(2**63) <= number < 2**63:
+        return None  # not an int64 (the expression column's type), so not an expression id either
+    return number
 
 
-def _parse_landmark_string(s: str | None) -> list[list[float]] | None | str:
+def _parse_landmark_string(s: str | None) -> Any:
+    """One ``facial_landmarks`` value as Python reads it: the 136 values (float64 numpy), ``None`` when empty, or
+    why it is not usable (a str)."""
     import numpy as np
 
     if s is None or not s.strip():
@@ -647,7 +679,19 @@ def _parse_landmark_string(s: str | None) -> list[list[float]] | None | str:
         return "facial_landmarks holds a non-numeric value"
     if values.size != N_LANDMARK_VALUES:
         return f"facial_landmarks has {values.size} values, expected {N_LANDMARK_VALUES}"
-    return values.reshape(-1, 2).tolist()
+    return values
+
+
+def _json_text(arr: pa.Array) -> pa.Array:
+    """Strings -> JSON string literals as ``json.dumps`` writes them (null -> ``null``): vectorised, except in an
+    array holding a control character (JSON's ``\\u`` escapes), which is encoded value by value."""
+    import numpy as np
+    import pyarrow as pa
+
+    if np.asarray(has_control_chars(arr), dtype=bool).any():
+        return pa.array(["null" if v is None else json.dumps(v, ensure_ascii=False) for v in arr.to_pylist()],
+                        pa.string())
+    return json_string(arr)
 
 
 # ---------------------------------------------------------------------------------------------- NPY release
@@ -734,8 +778,6 @@ AffectNet/
             yield self._one(folder, split, sid, images.get(sid), sid in ann)
 
     def _one(self, folder: str, split: str, sid: str, image: str | None, has_exp: bool) -> FaceRecord:
-        import numpy as np
-
         ann = self.root / folder / "annotations"
         rec = self.make_record(f"{folder}/images/{image or sid + '.jpg'}", split=split)
         rec.meta["split_raw"] = folder
@@ -756,21 +798,7 @@ AffectNet/
                 rec.meta[key] = va_value(float(load_npy_scalar(p)))
             except (ValueError, OSError):
                 rec.meta[key] = None
-        lnd_path = ann / f"{sid}_lnd.npy"
-        if lnd_path.is_file():
-            try:
-                lnd = np.load(lnd_path, allow_pickle=False).astype(np.float64).reshape(-1)
-            except (ValueError, OSError) as e:
-                logger.warning("%s: unreadable landmarks (%s); landmarks left empty", lnd_path, e)
-                lnd = None
-            if lnd is not None and lnd.size == N_LANDMARK_VALUES:
-                rec.landmarks = lnd.reshape(-1, 2).tolist()
-                rec.landmark_scheme = "ibug68"
-            elif lnd is not None:
-                logger.warning("%s: %d values, expected %d; landmarks left empty", lnd_path, lnd.size,
-                               N_LANDMARK_VALUES)
-        else:
-            self.stats.add("landmarks_missing")
+        self._landmarks(rec, ann / f"{sid}_lnd.npy")
         emotion, reason = classify_expression(expr, self.config.classes)
         if reason is not None:
             if reason == LABEL_OUT_OF_RANGE and expr != CONTEMPT:
@@ -780,22 +808,45 @@ AffectNet/
         if image is None:
             return self.exclude(rec, IMAGE_MISSING)
         if self.config.check_images:
-            from PIL import Image, UnidentifiedImageError
+            return self._image_box(rec, self.root / folder / "images" / image)
+        return rec
 
-            img_path = self.root / folder / "images" / image
-            problem = check_image(img_path)
-            if problem is not None:
-                logger.warning("%s: %s; the record is excluded (%s); re-extract the file from the release archive",
-                               img_path, problem[1], problem[0])
-                rec.meta["image_error"] = problem[1]
-                return self.exclude(rec, problem[0])
-            try:
-                with Image.open(img_path) as im:
-                    w, h = im.size
-            except (UnidentifiedImageError, OSError) as e:
-                rec.meta["image_error"] = f"{type(e).__name__}: {e}"
-                return self.exclude(rec, IMAGE_UNDECODABLE)
-            rec.bbox = [0.0, 0.0, float(w), float(h)]
+    def _landmarks(self, rec: FaceRecord, lnd_path: Path) -> None:
+        """``rec``'s 68 landmarks from ``<id>_lnd.npy``; left empty (with a warning or a count) when missing or odd."""
+        import numpy as np
+
+        if not lnd_path.is_file():
+            self.stats.add("landmarks_missing")
+            return
+        try:
+            lnd = np.load(lnd_path, allow_pickle=False).astype(np.float64).reshape(-1)
+        except (ValueError, OSError) as e:
+            logger.warning("%s: unreadable landmarks (%s); landmarks left empty", lnd_path, e)
+            return
+        if lnd.size == N_LANDMARK_VALUES:
+            rec.landmarks = lnd.reshape(-1, 2).tolist()
+            rec.landmark_scheme = "ibug68"
+        else:
+            logger.warning("%s: %d values, expected %d; landmarks left empty", lnd_path, lnd.size, N_LANDMARK_VALUES)
+
+    def _image_box(self, rec: FaceRecord, img_path: Path) -> FaceRecord:
+        """``rec`` with its box, the whole image (the release's crops are faces), or excluded when the image is
+        not usable (``_common.check_image``, then the header PIL reads)."""
+        from PIL import Image, UnidentifiedImageError
+
+        problem = check_image(img_path)
+        if problem is not None:
+            logger.warning("%s: %s; the record is excluded (%s); re-extract the file from the release archive",
+                           img_path, problem[1], problem[0])
+            rec.meta["image_error"] = problem[1]
+            return self.exclude(rec, problem[0])
+        try:
+            with Image.open(img_path) as im:
+                w, h = im.size
+        except (UnidentifiedImageError, OSError) as e:
+            rec.meta["image_error"] = f"{type(e).__name__}: {e}"
+            return self.exclude(rec, IMAGE_UNDECODABLE)
+        rec.bbox = [0.0, 0.0, float(w), float(h)]
         return rec
 
 
@@ -819,11 +870,12 @@ def _numbers(column: pa.Array | pa.ChunkedArray, kind: pa.DataType) -> tuple[Any
 _DECIMAL = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
 
 
-def _landmark_values(column: pa.Array | pa.ChunkedArray) -> tuple[Any, Any, Any]:
-    """The ``facial_landmarks`` column -> ``(flat float64 values of the rows with landmarks, has landmarks, bad)``.
+def _landmark_values(column: pa.Array | pa.ChunkedArray) -> _Landmarks:
+    """The ``facial_landmarks`` column of a block, parsed (runs on a thread, ahead of the block's assembly).
 
-    Vectorised: split on ``;``, one cast of all tokens. A row is *bad* (left to the per-row path, which decides)
-    when it does not hold exactly 136 plain decimal tokens; null (empty) rows have no landmarks.
+    Vectorised: split on ``;``, one cast of all tokens. A row that does not hold exactly 136 plain decimal tokens is
+    parsed by :func:`_parse_landmark_string` (Python's reading decides: a trailing ``;``, spaces, ``inf``); null
+    (empty) rows have no landmarks.
     """
     import numpy as np
     import pyarrow as pa
@@ -835,15 +887,34 @@ def _landmark_values(column: pa.Array | pa.ChunkedArray) -> tuple[Any, Any, Any]
     valid = np.asarray(arr.is_valid(), dtype=bool)
     has = valid & (lengths == N_LANDMARK_VALUES)
     bad = valid & ~has
+    flat = None
     for _ in range(2):
         chosen = parts if has.all() else parts.filter(pa.array(has))
         tokens = pc.list_flatten(chosen)
         try:
-            return np.asarray(pc.cast(tokens, pa.float64())), has, bad
+            flat = np.asarray(pc.cast(tokens, pa.float64()))
+            break
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             odd = pc.invert(pc.match_substring_regex(tokens, _DECIMAL))
             rows = np.flatnonzero(has)[np.unique(np.asarray(pc.list_parent_indices(chosen).filter(odd)))]
             has[rows] = False
             bad[rows] = True
-    bad |= has  # tokens that look decimal yet do not cast (overflow, ...): every row to the per-row path
-    return np.zeros(0), np.zeros_like(has), bad
+    if flat is None:  # tokens that look decimal yet do not cast (overflow, ...): every row parsed by Python
+        bad |= has
+        has = np.zeros_like(has)
+        flat = np.zeros(0)
+    problems: dict[int, str] = {}
+    fixed: dict[int, Any] = {}
+    for i, text in zip(np.flatnonzero(bad).tolist(), arr.filter(pa.array(bad)).to_pylist(), strict=True):
+        got = _parse_landmark_string(text)
+        if isinstance(got, str):
+            problems[i] = got
+        elif got is not None:
+            fixed[i] = got
+    if fixed:
+        full = np.zeros((len(has), N_LANDMARK_VALUES))
+        full[has] = flat.reshape(-1, N_LANDMARK_VALUES)
+        full[list(fixed)] = np.stack(list(fixed.values()))
+        has[list(fixed)] = True
+        flat = full[has].reshape(-1)
+    return _Landmarks(flat, has, problems)

@@ -264,28 +264,10 @@ BP4D/
 
     def _task(self, csv_path: Path, subject: str, task: str, split: str, part: str | None, images_dir: str,
               sampler: FrameSampler, occ_dir: str) -> Iterator[FaceRecord]:
-        with csv_path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
-        if not rows:
-            logger.warning("%s: empty file; skipped", csv_path)
+        read = self._read_occ(csv_path)
+        if read is None:
             return
-        header, body = rows[0], rows[1:]
-        cols = parse_occ_header(header)
-        if len(header) < LEGACY_MIN_COLUMNS:
-            self.stats.add("named_header_files")
-        parsed: list[tuple[int, int, list[str] | None]] = []  # (line, frame or -1, row)
-        for n, row in enumerate(body, 2):
-            if not row or not any(c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                warn_line(csv_path, n, f"{len(row)} columns, expected {len(header)}")
-                parsed.append((n, -1, None))
-                continue
-            try:
-                parsed.append((n, int(float(row[0])), row))
-            except (ValueError, OverflowError):  # "abc", "nan"; "inf"
-                warn_line(csv_path, n, f"frame {row[0]!r} is not a number")
-                parsed.append((n, -1, None))
+        cols, parsed = read
         if self.config.protocol == "benchmark12":
             coded = [au for au in BENCHMARK12 if au in cols]
         else:
@@ -338,6 +320,33 @@ BP4D/
         if odd_cells:
             logger.warning("%s: %d cell(s) not 0/1/9 read as unknown (None)", csv_path, odd_cells)
             self.stats.add("odd_cells", odd_cells)
+
+    def _read_occ(self, csv_path: Path) -> tuple[dict[int, int], list[tuple[int, int, list[str] | None]]] | None:
+        """``(AU -> column, rows)`` of one occurrence CSV, each row ``(line, frame, cells)``; a row that cannot be read
+        (wrong column count, frame not a number) is ``(line, -1, None)``, with a warning. ``None``: an empty file."""
+        with csv_path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            logger.warning("%s: empty file; skipped", csv_path)
+            return None
+        header, body = rows[0], rows[1:]
+        cols = parse_occ_header(header)
+        if len(header) < LEGACY_MIN_COLUMNS:
+            self.stats.add("named_header_files")
+        parsed: list[tuple[int, int, list[str] | None]] = []
+        for n, row in enumerate(body, 2):
+            if not row or not any(c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                warn_line(csv_path, n, f"{len(row)} columns, expected {len(header)}")
+                parsed.append((n, -1, None))
+                continue
+            try:
+                parsed.append((n, int(float(row[0])), row))
+            except (ValueError, OverflowError):  # "abc", "nan"; "inf"
+                warn_line(csv_path, n, f"frame {row[0]!r} is not a number")
+                parsed.append((n, -1, None))
+        return cols, parsed
 
     def _check_frames(self, recs: list[FaceRecord], folder: str, csv_path: Path) -> None:
         """The shared image check (``_common``) of the frame files ``recs`` reference (those not yet excluded): files

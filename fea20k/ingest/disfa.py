@@ -414,43 +414,11 @@ conventions: AU present when intensity >= threshold (option threshold, default 2
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        from fea20k.schema import IMAGE_REF
-
         subj, keep, labels, present, frames, split, split_raw, bad_landmarks, lm_folder = part
-        k, n_aus = len(keep), len(DISFA_AUS)
+        k = len(keep)
         t_arr = pa.array(keep, pa.int64())
         t_text = pc.cast(t_arr, pa.string())
-        if frames.kind == "folder":
-            paths = pa.array([f"{frames.rel}/{frames.name_of(t)}" for t in keep.tolist()], pa.string())
-            ids = pc.binary_join_element_wise(
-                self.source, pc.replace_substring_regex(paths, r"\.[^./]*$", "", max_replacements=1), "/")
-            frame_col = pa.nulls(k, pa.int32())
-            missing = ~np.isin(keep, np.fromiter(frames.files, dtype=np.int64, count=len(frames.files)))
-        else:
-            paths = pa.repeat(pa.scalar(frames.rel), k)
-            ids = pc.binary_join_element_wise(f"{self.source}/{rel_stem(frames.rel)}", t_text, "#")
-            frame_col = pa.array(keep, pa.int32())
-            if frames.kind == "none":
-                missing = np.ones(k, dtype=bool)
-            elif frames.n_video_frames is not None:
-                missing = keep >= frames.n_video_frames
-            else:
-                missing = np.zeros(k, dtype=bool)
-        image = pa.StructArray.from_arrays([pa.repeat(pa.scalar(self.source), k), paths, frame_col],
-                                           fields=list(IMAGE_REF))
-        # AUs: 12 per frame (None where the AU file is missing or the line was bad); intensities where known
-        intensity = labels.intensity[keep]
-        known = intensity >= 0
-        au_keys = pa.array(np.tile(np.asarray(DISFA_AUS, dtype=np.int16), k))
-        step = np.arange(0, k * n_aus + 1, n_aus, dtype=np.int32)
-        aus = pa.MapArray.from_arrays(pa.array(step), au_keys,
-                                      pa.array(present[keep].reshape(-1).astype(np.int8), mask=~known.reshape(-1)))
-        offsets = np.zeros(k + 1, dtype=np.int32)
-        np.cumsum(known.sum(axis=1), out=offsets[1:])
-        au_intensity = pa.MapArray.from_arrays(
-            pa.array(offsets), pa.array(np.tile(np.asarray(DISFA_AUS, dtype=np.int16), k)[known.reshape(-1)]),
-            pa.array(intensity[known].astype(np.float32)))
-        au_coded = pa.ListArray.from_arrays(pa.array(step), au_keys)
+        ids, image, missing = self._frame_columns(frames, keep, t_text)
         # reasons: the label problem of the frame (if any), then image_missing
         codes = np.zeros((k, 2), dtype=np.int8)
         names = [None, *LABEL_PROBLEMS, IMAGE_MISSING, IMAGE_UNDECODABLE]
@@ -477,9 +445,39 @@ conventions: AU present when intensity >= threshold (option threshold, default 2
             "id": ids, "source": self.source, "split": split, "subject": subj, "image": image,
             "landmarks": nested_points(points, has, 66),
             "landmark_scheme": pc.if_else(pa.array(has), "disfa66", pa.scalar(None, pa.string())),
-            "aus": aus, "au_intensity": au_intensity, "au_coded": au_coded, "aus_origin": "gt",
+            **_au_columns(labels.intensity[keep], present[keep]), "aus_origin": "gt",
             **exclusion, "meta": meta,
         })
+
+    def _frame_columns(self, frames: _FrameSource, keep: Any, t_text: pa.Array) -> tuple[pa.Array, pa.Array, Any]:
+        """``(ids, image column, numpy mask of frames without a file)`` of the kept frames ``keep``: frame files
+        (ids from their paths) or a video (ids ``<video>#<t>``; ``t_text`` the frame numbers as text)."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from fea20k.schema import IMAGE_REF
+
+        k = len(keep)
+        if frames.kind == "folder":
+            paths = pa.array([f"{frames.rel}/{frames.name_of(t)}" for t in keep.tolist()], pa.string())
+            ids = pc.binary_join_element_wise(
+                self.source, pc.replace_substring_regex(paths, r"\.[^./]*$", "", max_replacements=1), "/")
+            frame_col = pa.nulls(k, pa.int32())
+            missing = ~np.isin(keep, np.fromiter(frames.files, dtype=np.int64, count=len(frames.files)))
+        else:
+            paths = pa.repeat(pa.scalar(frames.rel), k)
+            ids = pc.binary_join_element_wise(f"{self.source}/{rel_stem(frames.rel)}", t_text, "#")
+            frame_col = pa.array(keep, pa.int32())
+            if frames.kind == "none":
+                missing = np.ones(k, dtype=bool)
+            elif frames.n_video_frames is not None:
+                missing = keep >= frames.n_video_frames
+            else:
+                missing = np.zeros(k, dtype=bool)
+        image = pa.StructArray.from_arrays([pa.repeat(pa.scalar(self.source), k), paths, frame_col],
+                                           fields=list(IMAGE_REF))
+        return ids, image, missing
 
     def _check_frame_files(self, subj: str, frames: _FrameSource, keep: Any, missing: Any, codes: Any,
                            names: list[str | None]) -> Any:
@@ -818,3 +816,24 @@ def _video_frame_count(path: Path) -> int | None:
     finally:
         cap.release()
     return n if n > 0 else None
+
+
+def _au_columns(intensity: Any, present: Any) -> dict[str, pa.Array]:
+    """``aus`` / ``au_intensity`` / ``au_coded`` of frames with the 12 AU intensities ``intensity`` (numpy, frames x
+    AUs; < 0 where the AU file is missing or the line was bad) and their presence ``present``: every AU coded, its
+    value None where unknown; intensities where known."""
+    import numpy as np
+    import pyarrow as pa
+
+    k, n_aus = len(intensity), len(DISFA_AUS)
+    known = intensity >= 0
+    au_keys = pa.array(np.tile(np.asarray(DISFA_AUS, dtype=np.int16), k))
+    step = np.arange(0, k * n_aus + 1, n_aus, dtype=np.int32)
+    aus = pa.MapArray.from_arrays(pa.array(step), au_keys,
+                                  pa.array(present.reshape(-1).astype(np.int8), mask=~known.reshape(-1)))
+    offsets = np.zeros(k + 1, dtype=np.int32)
+    np.cumsum(known.sum(axis=1), out=offsets[1:])
+    au_intensity = pa.MapArray.from_arrays(
+        pa.array(offsets), pa.array(np.tile(np.asarray(DISFA_AUS, dtype=np.int16), k)[known.reshape(-1)]),
+        pa.array(intensity[known].astype(np.float32)))
+    return {"aus": aus, "au_intensity": au_intensity, "au_coded": pa.ListArray.from_arrays(pa.array(step), au_keys)}

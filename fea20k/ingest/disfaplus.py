@@ -138,24 +138,9 @@ DISFAPlus/
 
     def _trial(self, subject: str, trial_dir: Path, sampler: FrameSampler) -> Iterator[FaceRecord]:
         trial = trial_dir.name
-        per_au: dict[int, dict[str, int]] = {}
-        listed_again: dict[int, dict[str, list[tuple[int, int]]]] = {}  # AU -> frames listed more than once
-        for au in DISFAPLUS_AUS:
-            p = trial_dir / f"AU{au}.txt"
-            if not p.is_file():
-                continue
-            listings, odd = read_au_listings(p)
-            per_au[au] = {frame: rows[0][1] for frame, rows in listings.items()}
-            listed_again[au] = {frame: rows for frame, rows in listings.items() if len(rows) > 1}
-            for n in odd:
-                logger.warning("%s:%d: not a '<frame>.jpg <intensity>' row; ignored", p, n)
+        per_au, listed_again = _read_trial_aus(trial_dir)
         if not per_au:
-            logger.warning("%s: no AU<k>.txt files; trial skipped", trial_dir)
             return
-        missing_files = [au for au in DISFAPLUS_AUS if au not in per_au]
-        if missing_files:
-            logger.warning("%s: AU file(s) %s missing; those AUs are unknown (None) for the trial", trial_dir,
-                           missing_files)
         frames = sorted(set().union(*(set(d) for d in per_au.values())), key=lambda s: int(s.split(".")[0]))
         img_dir = subject_dir(self.root / "Images", subject) / trial
         img_rel = img_dir.relative_to(self.root).as_posix()
@@ -228,3 +213,27 @@ DISFAPlus/
         except (OSError, ValueError, NotImplementedError) as e:
             logger.warning("%s: unreadable landmarks (%s); none used for the trial", p, e)
             return {}
+
+
+def _read_trial_aus(trial_dir: Path) -> tuple[dict[int, dict[str, int]], dict[int, dict[str, list[tuple[int, int]]]]]:
+    """The ``AU<k>.txt`` files of one trial: ``({AU: {frame: intensity}}, {AU: {frame listed more than once: its
+    listings}})``, warnings for odd rows and missing files; empty when the trial has no AU file (also a warning)."""
+    per_au: dict[int, dict[str, int]] = {}
+    listed_again: dict[int, dict[str, list[tuple[int, int]]]] = {}
+    for au in DISFAPLUS_AUS:
+        p = trial_dir / f"AU{au}.txt"
+        if not p.is_file():
+            continue
+        listings, odd = read_au_listings(p)
+        per_au[au] = {frame: rows[0][1] for frame, rows in listings.items()}
+        listed_again[au] = {frame: rows for frame, rows in listings.items() if len(rows) > 1}
+        for n in odd:
+            logger.warning("%s:%d: not a '<frame>.jpg <intensity>' row; ignored", p, n)
+    if not per_au:
+        logger.warning("%s: no AU<k>.txt files; trial skipped", trial_dir)
+        return per_au, listed_again
+    missing_files = [au for au in DISFAPLUS_AUS if au not in per_au]
+    if missing_files:
+        logger.warning("%s: AU file(s) %s missing; those AUs are unknown (None) for the trial", trial_dir,
+                       missing_files)
+    return per_au, listed_again

@@ -231,50 +231,10 @@ data/                                   (the root; paths in the JSON files are r
         reason = None
         emo = item.get("emotion")
         if emo is not None:
-            human, gpt = _turns(emo)
-            if gpt is not None:
-                rec.meta["emotion_text"] = gpt
-            if "gpt4" in emo:
-                rec.meta["emotion_text"] = emo["gpt4"]
-            if "label" in emo:
-                rec.meta["raw_label"] = emo["label"]
-                emotion, reason = parse_emotion_label(emo["label"])
-                if reason is not None:
-                    logger.warning("FABA %s: emotion label %r not understood (%s)", item["where"], emo["label"],
-                                   reason)
-                rec.emotion, rec.emotion_origin = emotion, ("gt" if emotion else None)
-            elif evaluation:  # an eval entry is its label: without one it is as unusable as "label": null
-                logger.warning("FABA %s: eval entry has no 'label' key; the record is excluded (%s); add the label "
-                               "(an EmoLA-order int or a name) or remove the entry", item["where"], LABEL_PARSE_ERROR)
-                reason = LABEL_PARSE_ERROR
+            reason = _emotion(rec, emo, item["where"], evaluation)
         au = item.get("au")
         if au is not None and reason is None:
-            human, gpt = _turns(au)
-            present: list[int] | None
-            if "label" in au:
-                rec.meta["au_label_raw"] = au["label"]
-                present = parse_au_label(au["label"])
-                rec.meta["label_source"] = "label"
-                if present is None:
-                    logger.warning("FABA %s: AU label %r not understood", item["where"], au["label"])
-                    reason = LABEL_PARSE_ERROR
-            elif evaluation:
-                logger.warning("FABA %s: eval entry has no 'label' key; the record is excluded (%s); add the label "
-                               "(e.g. \"1, 2, 25\") or remove the entry", item["where"], LABEL_PARSE_ERROR)
-                present, reason = None, LABEL_PARSE_ERROR
-            elif gpt is None:  # no model turn: nothing was said about any AU, so unknown, not absent
-                logger.warning("FABA %s: train entry has no gpt turn; its AUs are unknown (None)", item["where"])
-                present = None
-                rec.aus = dict.fromkeys(FABA_AUS)
-                rec.meta["label_source"] = "none"
-            else:
-                present = au_mentions(gpt)
-                rec.meta["label_source"] = "gpt_text"
-            rec.meta["au_text"] = au.get("gpt4", gpt)
-            if present is not None:
-                coded = sorted(set(FABA_AUS) | set(present))
-                rec.aus = {a: int(a in present) for a in coded}
-                rec.au_coded, rec.aus_origin = coded, "gt"
+            reason = _aus(rec, au, item["where"], evaluation)
         src = item.get("au") or item.get("emotion") or {}
         self._landmarks(rec, src.get("landmark"), strip)
         if reason is not None:
@@ -310,3 +270,57 @@ data/                                   (the root; paths in the JSON files are r
             logger.warning("%s: %d values, expected %d; landmarks left empty", p, values.size, N_LANDMARK_VALUES)
             return
         rec.landmarks, rec.landmark_scheme = values.reshape(-1, 2).tolist(), "insightface106_norm"
+
+
+def _emotion(rec: FaceRecord, emo: dict[str, Any], where: str, evaluation: bool) -> str | None:
+    """``rec``'s emotion (and its text) from the FABA emotion entry ``emo``; the exclusion reason, if any."""
+    _, gpt = _turns(emo)
+    if gpt is not None:
+        rec.meta["emotion_text"] = gpt
+    if "gpt4" in emo:
+        rec.meta["emotion_text"] = emo["gpt4"]
+    if "label" in emo:
+        rec.meta["raw_label"] = emo["label"]
+        emotion, reason = parse_emotion_label(emo["label"])
+        if reason is not None:
+            logger.warning("FABA %s: emotion label %r not understood (%s)", where, emo["label"], reason)
+        rec.emotion, rec.emotion_origin = emotion, ("gt" if emotion else None)
+        return reason
+    if evaluation:  # an eval entry is its label: without one it is as unusable as "label": null
+        logger.warning("FABA %s: eval entry has no 'label' key; the record is excluded (%s); add the label "
+                       "(an EmoLA-order int or a name) or remove the entry", where, LABEL_PARSE_ERROR)
+        return LABEL_PARSE_ERROR
+    return None
+
+
+def _aus(rec: FaceRecord, au: dict[str, Any], where: str, evaluation: bool) -> str | None:
+    """``rec``'s AUs (and their text) from the FABA AU entry ``au``: its label, else (train) the AUs its gpt turn
+    names; the exclusion reason, if any."""
+    _, gpt = _turns(au)
+    reason = None
+    present: list[int] | None
+    if "label" in au:
+        rec.meta["au_label_raw"] = au["label"]
+        present = parse_au_label(au["label"])
+        rec.meta["label_source"] = "label"
+        if present is None:
+            logger.warning("FABA %s: AU label %r not understood", where, au["label"])
+            reason = LABEL_PARSE_ERROR
+    elif evaluation:
+        logger.warning("FABA %s: eval entry has no 'label' key; the record is excluded (%s); add the label "
+                       "(e.g. \"1, 2, 25\") or remove the entry", where, LABEL_PARSE_ERROR)
+        present, reason = None, LABEL_PARSE_ERROR
+    elif gpt is None:  # no model turn: nothing was said about any AU, so unknown, not absent
+        logger.warning("FABA %s: train entry has no gpt turn; its AUs are unknown (None)", where)
+        present = None
+        rec.aus = dict.fromkeys(FABA_AUS)
+        rec.meta["label_source"] = "none"
+    else:
+        present = au_mentions(gpt)
+        rec.meta["label_source"] = "gpt_text"
+    rec.meta["au_text"] = au.get("gpt4", gpt)
+    if present is not None:
+        coded = sorted(set(FABA_AUS) | set(present))
+        rec.aus = {a: int(a in present) for a in coded}
+        rec.au_coded, rec.aus_origin = coded, "gt"
+    return reason

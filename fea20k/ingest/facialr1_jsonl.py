@@ -157,13 +157,20 @@ FEA-20K/
         if obj.get("is_valid") is False:
             return self.exclude(rec, RELEASED_INVALID)
         if self.config.check_images:
-            root = self._source_root(img_root)
-            if root is None or not image:
-                return self.exclude(rec, IMAGE_MISSING)
-            problem = check_image(root / image)
-            if problem is not None:
-                if problem[0] != IMAGE_MISSING:
-                    warn_line(f, n, f"image {root / image}: {problem[1]}")
-                    rec.meta["image_error"] = problem[1]
-                return self.exclude(rec, problem[0])
+            return self._check_image(rec, f, n)
+        return rec
+
+    def _check_image(self, rec: FaceRecord, f: Path, n: int) -> FaceRecord:
+        """``rec``, or excluded when its image (under its dataset's root) is missing or not usable."""
+        assert rec.image is not None
+        root = self._source_root(rec.image.root)
+        image = rec.image.path
+        if root is None or not image:
+            return self.exclude(rec, IMAGE_MISSING)
+        problem = check_image(root / image)
+        if problem is not None:
+            if problem[0] != IMAGE_MISSING:
+                warn_line(f, n, f"image {root / image}: {problem[1]}")
+                rec.meta["image_error"] = problem[1]
+            return self.exclude(rec, problem[0])
         return rec

@@ -204,7 +204,7 @@ def test_repair_loop_with_the_real_validator_checks(ws: Path) -> None:
 def test_request_body_splices_image_urls_and_equals_the_plain_encoding() -> None:
     import json
 
-    from fea20k.annotate.backends import Request
+    from fea20k.annotate.backends import ModelRequest
     from fea20k.annotate.backends.openai_compat import request_body
     from fea20k.annotate.task import image_data_url
     from fea20k.record import FaceRecord
@@ -216,7 +216,7 @@ def test_request_body_splices_image_urls_and_equals_the_plain_encoding() -> None
         msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(jpeg(1))}},
                                              {"type": "image_url", "image_url": {"url": 'http://x/"q"'}},
                                              {"type": "text", "text": text}]}]
-        body = request_body(Request(rec=rec, messages=msgs, params=params, model="m"))
+        body = request_body(ModelRequest(rec=rec, messages=msgs, params=params, model="m"))
         assert json.loads(body) == {"model": "m", "messages": msgs, **params}
 
 

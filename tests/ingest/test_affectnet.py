@@ -180,6 +180,7 @@ def test_csv_repeats_and_broken_images_same_on_the_per_row_path(tmp_path: Path, 
                                                                 options: dict) -> None:
     from fea20k.ingest import affectnet as affectnet_mod
 
+    """Every string through Python's JSON encoder (as strings holding control characters are): the same records."""
     root, _ = _with_repeats_and_broken_images(tmp_path)
     fast = run("affectnet_csv", root, **options)
     monkeypatch.setattr(affectnet_mod, "has_control_chars", lambda arr: [True] * len(arr))
@@ -239,3 +240,33 @@ def test_csv_rows_with_an_empty_path_get_one_id_each(tmp_path: Path) -> None:
     assert by_id[f"{IMG}/_malformed/training.csv/13"].reasons == ["label_parse_error"]
     assert by_id[f"{IMG}/_malformed/training.csv/14"].reasons == ["label_parse_error"]
     assert f"{IMG}/" not in by_id
+
+
+def test_csv_odd_values_as_python_reads_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Odd rows are judged column-wise as Python's int()/float() read them: a trailing ';' or an inf landmark is
+    kept, a box of inf is a box, of text or nan (which the CSV reader reads as empty) bad_bbox; an expression beyond
+    int64 is not an integer; a control character in a path is kept in the id; a repeated row keeps its box as
+    written."""
+    root, _ = build_affectnet_csv(tmp_path)
+    train = root / "Manually_Annotated_file_lists" / "training.csv"
+    lnd = _lnd_string(4)
+    rows = [f"5/trail.jpg,1,2,30,30,{lnd};,2,0.5,0.25",
+            f"5/inflnd.jpg,1,2,30,30,inf;{lnd.split(';', 1)[1]},2,0.5,0.25",
+            f"5/boxinf.jpg,1,2,inf,30,{lnd},2,inf,-2", f"5/boxnan.jpg,1,2,nan,30,{lnd},2,0.5,0.25",
+            f"5/boxtext.jpg,a,2,30,30,{lnd},2,0.5,0.25", f"5/big.jpg,1,2,30,30,{lnd},99999999999999999999,0.5,0.25",
+            f"5/ctl\x01.jpg,1,2,30,30,{lnd},2,0.5,0.25",
+            f"5/rep.jpg,1.1,2,30,30,{lnd},2,0.5,0.25", f"5/rep.jpg,1.2,2,30,30,{lnd},2,0.5,0.25"]
+    train.write_text(train.read_text() + "\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING):
+        by_id = {r.id.rsplit("/", 1)[1]: r for r in run("affectnet_csv", root, check_images=False)}
+    assert by_id["trail"].reasons == [] and by_id["trail"].landmarks[0] == [4.0, 4.5]
+    assert by_id["inflnd"].reasons == [] and by_id["inflnd"].landmarks[0] == [float("inf"), 4.5]
+    boxinf = by_id["boxinf"]
+    assert boxinf.bbox == [1.0, 2.0, float("inf"), 30.0] and boxinf.meta["valence"] == float("inf")
+    assert boxinf.meta["arousal"] is None
+    assert by_id["boxnan"].reasons == ["bad_bbox"]
+    assert by_id["boxtext"].reasons == ["bad_bbox"] and by_id["boxtext"].landmarks is not None
+    assert by_id["big"].reasons == ["label_parse_error"] and by_id["big"].meta["raw_label"] == "99999999999999999999"
+    assert by_id["ctl\x01"].reasons == [] and by_id["ctl\x01"].meta["affectnet_key"] == "5/ctl\x01"
+    assert [c["bbox"] for c in by_id["rep"].meta["label_conflict"]] == [[1.1, 2.0, 30.0, 30.0], [1.2, 2.0, 30.0, 30.0]]
+    assert "training.csv:17: face box is not numeric" in caplog.text

@@ -58,7 +58,8 @@ def test_tables_have_the_exact_schema(tmp_path: Path) -> None:
 
 
 def test_affectnet_vectorised_rows_equal_the_per_row_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every row forced through the per-row path (``_row``) gives the same records as the column-wise build."""
+    """Every string forced through Python's JSON encoder (the path of strings holding control characters) gives the
+    same records as the vectorised one."""
     root, _ = build_affectnet_csv(tmp_path)
     for options in ({}, {"classes": 7}, {"check_images": False}):
         fast = run("affectnet_csv", root, **options)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from fea20k.annotate.backends.base import Backend, CallLog, Reply, Request
+from fea20k.annotate.backends.base import Backend, CallLog, ModelRequest, Reply
 from fea20k.errors import UnknownStageError
 
 
@@ -47,4 +47,4 @@ def get_backend(name: str) -> type[Backend]:
         ) from None
 
 
-__all__ = ["Backend", "CallLog", "Reply", "Request", "get_backend", "register_backend"]
+__all__ = ["Backend", "CallLog", "Reply", "ModelRequest", "get_backend", "register_backend"]

@@ -1,4 +1,6 @@
-"""Backend interface: a backend turns a :class:`Request` into a :class:`Reply` (transport only, no validation)."""
+"""Backend interface: a backend turns a :class:`ModelRequest` into a :class:`Reply` (transport only, no validation).
+
+(``ModelRequest``, not ``Request``: :class:`fea20k.faces.image_io.Request` is an image to load, another thing.)"""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from fea20k.vocab import Vocab
 
 
 @dataclass
-class Request:
+class ModelRequest:
     """One model call: the chat messages (or none, for offline backends), sampling params, and its cache key."""
 
     rec: FaceRecord
@@ -118,7 +120,7 @@ class Backend:
     async def start(self) -> None:
         """Open clients / engines (inside the event loop that will run the calls)."""
 
-    async def complete(self, req: Request) -> Reply:
+    async def complete(self, req: ModelRequest) -> Reply:
         """Answer one request (retrying transport failures itself)."""
         raise NotImplementedError(f"backend {self.name!r} does not implement complete()")
 

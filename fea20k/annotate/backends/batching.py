@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from fea20k.annotate.backends.base import Backend, CallLog, Reply, Request
+from fea20k.annotate.backends.base import Backend, CallLog, ModelRequest, Reply
 from fea20k.annotate.spec import AnnotatorSpec
 from fea20k.errors import ConfigError
 
@@ -97,7 +97,7 @@ class BatchingBackend(Backend):
         """Load the model (worker thread, once per ``start``)."""
         raise NotImplementedError
 
-    def generate_batch(self, reqs: list[Request]) -> list[Reply]:
+    def generate_batch(self, reqs: list[ModelRequest]) -> list[Reply]:
         """One engine call for ``reqs`` (worker thread): one reply per request, in order. Raise ``ValueError`` when
         the engine refuses the input (the batch is then asked one by one); any other exception fails the batch."""
         raise NotImplementedError
@@ -114,11 +114,11 @@ class BatchingBackend(Backend):
 
     # ------------------------------------------------------------------------------------------ the queue
     async def start(self) -> None:
-        self.pending: list[tuple[Request, asyncio.Future[Reply]]] = []
+        self.pending: list[tuple[ModelRequest, asyncio.Future[Reply]]] = []
         self.worker: asyncio.Task[None] | None = None
         await asyncio.to_thread(self.load_engine)
 
-    async def complete(self, req: Request) -> Reply:
+    async def complete(self, req: ModelRequest) -> Reply:
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self.pending.append((req, fut))
         if self.worker is None or self.worker.done():
@@ -145,7 +145,7 @@ class BatchingBackend(Backend):
                 if not fut.done():  # a record cancelled meanwhile (the stage is stopping) needs no answer
                     fut.set_result(reply)
 
-    def _generate(self, reqs: list[Request]) -> list[Reply]:
+    def _generate(self, reqs: list[ModelRequest]) -> list[Reply]:
         """:meth:`generate_batch`, asking a rejected batch one request at a time (worker thread)."""
         try:
             return self.generate_batch(reqs)

@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from fea20k.annotate.backends import register_backend
-from fea20k.annotate.backends.base import Backend, CallLog, Reply, Request
+from fea20k.annotate.backends.base import Backend, CallLog, ModelRequest, Reply
 from fea20k.annotate.task import DataURL
 from fea20k.errors import ConfigError, Fea20kUserError
 from fea20k.redact import mask
@@ -113,7 +113,7 @@ def retry_after_seconds(headers: Any) -> float | None:
 _URL_SLOT = "@@fea20k-image-url-{}@@"
 
 
-def request_body(req: Request) -> bytes:
+def request_body(req: ModelRequest) -> bytes:
     """The chat-completions JSON body of ``req``. Image URLs that need no JSON escaping (base64 data URLs) are
     spliced into the encoded text instead of being run through the encoder (tens of microseconds per image)."""
     urls: list[str] = []
@@ -219,7 +219,7 @@ class OpenAIBackend(Backend):
         cap = min(self.spec.backoff_max, self.spec.backoff_base * (2 ** retry))
         return self.rng.uniform(cap / 2, cap)  # "equal jitter": never zero, never above the cap
 
-    async def complete(self, req: Request) -> Reply:
+    async def complete(self, req: ModelRequest) -> Reply:
         import openai
 
         calls: list[CallLog] = []

@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import Field
 
 from fea20k.annotate.backends import register_backend
-from fea20k.annotate.backends.base import Backend, Reply, Request
+from fea20k.annotate.backends.base import Backend, ModelRequest, Reply
 from fea20k.annotate.spec import annotator_file
 from fea20k.config import StrictModel, read_toml, validate_model
 from fea20k.errors import ConfigError
@@ -80,7 +80,7 @@ class RulesBackend(Backend):
     def recipe_files(self) -> list[Path]:
         return [self.phrases_path]
 
-    async def complete(self, req: Request) -> Reply:
+    async def complete(self, req: ModelRequest) -> Reply:
         return self.reply(req.rec)
 
     def reply(self, rec: FaceRecord) -> Reply:

@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from fea20k.annotate.backends import register_backend
-from fea20k.annotate.backends.base import Reply, Request
+from fea20k.annotate.backends.base import ModelRequest, Reply
 from fea20k.annotate.backends.batching import BatchingBackend, convert_messages
 from fea20k.annotate.task import decode_data_url
 from fea20k.errors import ConfigError, require
@@ -138,7 +138,7 @@ class TransformersBackend(BatchingBackend):
                 kwargs["top_p"] = spec.top_p
         return kwargs
 
-    def generate_batch(self, reqs: list[Request]) -> list[Reply]:
+    def generate_batch(self, reqs: list[ModelRequest]) -> list[Reply]:
         """One ``model.generate`` call for ``reqs`` (a ``ValueError`` from the inputs: see BatchingBackend)."""
         import torch
 

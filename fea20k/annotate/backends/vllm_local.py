@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from fea20k.annotate.backends import register_backend
-from fea20k.annotate.backends.base import Reply, Request
+from fea20k.annotate.backends.base import ModelRequest, Reply
 from fea20k.annotate.backends.batching import BatchingBackend, convert_messages, resolve_checkpoint
 from fea20k.annotate.spec import AnnotatorSpec
 from fea20k.errors import require
@@ -64,7 +64,7 @@ class VLLMBackend(BatchingBackend):
         self.llm = LLM(model=str(self.checkpoint_path), **self.spec.vllm)
         self.params = SamplingParams(**sampling_kwargs(self.spec))
 
-    def generate_batch(self, reqs: list[Request]) -> list[Reply]:
+    def generate_batch(self, reqs: list[ModelRequest]) -> list[Reply]:
         """One ``LLM.chat`` call for ``reqs`` (a ``ValueError`` from the engine: see BatchingBackend)."""
         convs = [build_conversation(r.messages or []) for r in reqs]
         t0 = time.perf_counter()
