@@ -183,9 +183,11 @@ class AnnotateStage(MapStage):
                  self.annotators_dir / self.spec.emotion_sets, *self.backend.recipe_files()]
         if not self.backend.offline:
             files += [self.task.template_path, self.task.feedback_path]
-        if self.repairs:
-            files.append(self.ctx.workspace.data_file(self.config.validators))
-        return files
+        if self.repairs:  # the repair loop runs the checks: their rule file and the workspace's check modules
+            from fea20k.validate.checks import rule_files
+
+            files += rule_files(self.ctx.workspace.data_file(self.config.validators))
+        return sorted(set(files))
 
     def signature_extra(self) -> dict[str, Any]:
         return {"annotator": self.spec.signature_dump()}

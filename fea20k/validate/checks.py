@@ -321,6 +321,13 @@ def _validate_file(data: dict[str, Any], where: str) -> RuleSet:
     return RuleSet(**sections)
 
 
+def rule_files(rules_path: Path) -> list[Path]:
+    """The files that decide what a rule set does: the rule file, the vocabulary and prototypes beside it, and the
+    workspace's plugin modules there (they may register checks, whose code decides verdicts as a threshold does)."""
+    folder = Path(rules_path).parent
+    return [Path(rules_path), folder / "vocab.toml", folder / "prototypes.toml", *sorted(folder.glob("*.py"))]
+
+
 def load_ruleset(path: Path | str, where: str | None = None) -> RuleSet:
     """Read and validate a rule set file. Vocabularies come from the same folder when it has ``vocab.toml``.
 

@@ -12,7 +12,7 @@ from fea20k.io import StageOutput, read_part_table
 from fea20k.record import FaceRecord
 from fea20k.schema import WITHOUT_GEOMETRY
 from fea20k.stage import AggregateStage, StageConfig, register_stage
-from fea20k.validate.checks import RuleSet, check_text, load_ruleset
+from fea20k.validate.checks import RuleSet, check_text, load_ruleset, rule_files
 
 
 logger = logging.getLogger(__name__)
@@ -132,10 +132,7 @@ class Validate(AggregateStage):
         return self.ctx.workspace.data_file(self.config.rules)
 
     def recipe_files(self) -> list[Path]:
-        p = self._rules_path()
-        # the workspace's plugin modules may register checks: their code decides verdicts as a threshold does
-        plugins = sorted(self.ctx.workspace.data_file("validators").glob("*.py"))
-        return [p, p.parent / "vocab.toml", p.parent / "prototypes.toml", *plugins]
+        return rule_files(self._rules_path())
 
     def load(self) -> None:
         path = self._rules_path()

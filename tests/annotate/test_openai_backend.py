@@ -186,6 +186,16 @@ def test_signature_ignores_transport_and_budget(ws: Path) -> None:
     assert files >= {"facial_r1.md.j2", "emotion_sets.toml", "default.toml"}
 
 
+def test_a_workspace_check_module_is_in_the_repair_loops_signature(ws: Path) -> None:
+    """The repair loop runs the validation checks, a workspace's validators/*.py ones too: editing one makes the
+    drafts stale, as it makes validate stale."""
+    write_annotator(ws, "loop", "http://127.0.0.1:9/v1")
+    plugin = ws / "validators" / "my_check.py"
+    plugin.write_text("# a workspace check module\n")
+    assert plugin in make_stage(ws, annotator="loop").recipe_files()
+    assert plugin not in make_stage(ws, annotator="loop", repair=False).recipe_files()
+
+
 def test_repair_loop_with_the_real_validator_checks(ws: Path) -> None:
     with OpenAIServer(wrong_rate=0.4) as srv:
         write_annotator(ws, "loop", srv.base_url, max_attempts=4)
