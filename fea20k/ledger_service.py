@@ -148,7 +148,7 @@ class LedgerService:
 
     ``bind``: the interface to listen on: ``127.0.0.1`` for workers on this host, ``0.0.0.0`` for other nodes (then
     give them :meth:`LedgerAddress.reachable_at` this node's address). ``calls`` counts the calls served by method,
-``connections`` the worker connections accepted (one per worker process)."""
+    ``connections`` the worker connections accepted (one per worker process)."""
 
     def __init__(self, path: Path, bind: str = "127.0.0.1") -> None:
         self.ledger = Ledger(path)  # its own connection: the build's other connections are used by other threads
