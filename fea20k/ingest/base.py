@@ -8,12 +8,17 @@ layout expected and what was found.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import ClassVar
 
 from fea20k.errors import SourceLayoutError
+from fea20k.ingest._common import IMAGE_MISSING, DirIndex, check_image
 from fea20k.record import FaceRecord, ImageRef
 from fea20k.stage import SourceStage, StageConfig
+
+
+logger = logging.getLogger(__name__)
 
 
 class IngestConfig(StageConfig):
@@ -87,4 +92,18 @@ class IngestAdapter(SourceStage):
         rec = FaceRecord(id=rid, source=self.source, image=ImageRef(root=self.source, path=relpath, frame=frame),
                          **fields)  # type: ignore[arg-type]
         rec.meta.setdefault("corpus", self.corpus)
+        return rec
+
+    def check_listed_image(self, rec: FaceRecord, index: DirIndex, relpath: str, listed_at: str) -> FaceRecord:
+        """Find the image a label file lists (``relpath``, under the source root) and check it is readable;
+        ``rec`` excluded (image_missing / image_undecodable, with a warning naming where it was listed) when not."""
+        hit = index.lookup(relpath)
+        if hit is None:
+            return self.exclude(rec, IMAGE_MISSING)
+        problem = check_image(self.root / hit[0], hit[1])
+        if problem is not None:
+            logger.warning("%s: %s (listed at %s); the record is excluded (%s); re-extract the file from the release "
+                           "archive", self.root / hit[0], problem[1], listed_at, problem[0])
+            rec.meta["image_error"] = problem[1]
+            return self.exclude(rec, problem[0])
         return rec

@@ -27,11 +27,9 @@ from typing import Any, ClassVar
 
 from fea20k.errors import SourceLayoutError
 from fea20k.ingest._common import (
-    IMAGE_MISSING,
     LABEL_OUT_OF_RANGE,
     LABEL_PARSE_ERROR,
     DirIndex,
-    check_image,
     parse_au_token,
     unique_records,
 )
@@ -239,16 +237,7 @@ data/                                   (the root; paths in the JSON files are r
         self._landmarks(rec, src.get("landmark"), strip)
         if reason is not None:
             return self.exclude(rec, reason)
-        hit = index.lookup(rel)
-        if hit is None:
-            return self.exclude(rec, IMAGE_MISSING)
-        problem = check_image(self.root / hit[0], hit[1])
-        if problem is not None:
-            logger.warning("%s: %s (listed at %s); the record is excluded (%s); re-extract the file from the release "
-                           "archive", self.root / hit[0], problem[1], item["where"], problem[0])
-            rec.meta["image_error"] = problem[1]
-            return self.exclude(rec, problem[0])
-        return rec
+        return self.check_listed_image(rec, index, rel, item["where"])
 
     def _landmarks(self, rec: FaceRecord, rel: Any, strip: str) -> None:
         import numpy as np

@@ -22,10 +22,8 @@ from pydantic import Field
 
 from fea20k.errors import ConfigError
 from fea20k.ingest._common import (
-    IMAGE_MISSING,
     LABEL_PARSE_ERROR,
     DirIndex,
-    check_image,
     parse_au_token,
     unique_records,
     warn_line,
@@ -200,15 +198,8 @@ RAF-AU/
         pts = landmarks.get(stem)
         if pts is not None:
             rec.landmarks, rec.landmark_scheme = pts, "rafau68_unverified"
-        hit = index.lookup(relpath)
-        if hit is None:
-            return self.exclude(rec, IMAGE_MISSING)
-        problem = check_image(self.root / hit[0], hit[1])
-        if problem is not None:
-            logger.warning("%s: %s (listed at %s:%d); the record is excluded (%s); re-extract the file from the "
-                           "release archive", self.root / hit[0], problem[1], path, n, problem[0])
-            rec.meta["image_error"] = problem[1]
-            return self.exclude(rec, problem[0])
+        if self.check_listed_image(rec, index, relpath, f"{path}:{n}").excluded:
+            return rec
         if rec.split is None:
             logger.warning("%s: %s is in neither list of split_file; split left empty", path, name)
         return rec
