@@ -40,7 +40,7 @@ STAGE = "faces.align"
 
 def _align_rate(ws: Path, executor: str, workers: int) -> tuple[float, int]:
     """(seconds, rows in) of one forced run of faces.align."""
-    result = build_round(ws, 0, from_stage=STAGE, until_stage=STAGE, quiet=True, executor=executor, workers=workers)
+    result = build_round(ws, 0, from_stage=STAGE, until_stage=STAGE, executor=executor, workers=workers)
     run = next(s for s in result.stages if s.key == STAGE)
     assert run.action == "ran"
     return run.seconds, run.stats.n_in
@@ -66,7 +66,7 @@ def _workspace(root: Path, n: int, chunk_size: int) -> Path:
     write_demo(ws, n=n, seed=0)
     recipe = ws / "pipelines" / "demo.toml"
     recipe.write_text(recipe.read_text().replace("chunk_size = 1000", f"chunk_size = {chunk_size}"))
-    build_round(ws, 0, until_stage="ingest", quiet=True)
+    build_round(ws, 0, until_stage="ingest")
     return ws
 
 

@@ -45,10 +45,10 @@ def main() -> None:
     from fea20k.engine import build_round
 
     t1 = time.perf_counter()
-    result = build_round(ws, 0, quiet=True, workers=args.workers)
+    result = build_round(ws, 0, workers=args.workers)
     wall = time.perf_counter() - t1
     t2 = time.perf_counter()
-    again = build_round(ws, 0, quiet=True, workers=args.workers)
+    again = build_round(ws, 0, workers=args.workers)
     rerun = time.perf_counter() - t2
 
     stages = {}

@@ -34,7 +34,7 @@ from tests.validate.toy_round import make_round_ws
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = make_round_ws(tmp_path_factory.mktemp("audit"))
-    build_round(root, 0, quiet=True)
+    build_round(root, 0)
     (root / "reviews").mkdir()
     (root / "reviews" / "round-0.jsonl").write_text('{"id": "toy/0005", "decision": "accept", "note": "faint AU12"}\n')
     return root

@@ -101,7 +101,7 @@ def test_status_shows_model_calls_per_stage(tmp_path: Path) -> None:
     from tests.test_engine import make_ws
 
     ws = make_ws(tmp_path)
-    build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
     ledger = Workspace(ws).ledger
     for round_, stage, status, t_in, t_out, cost in [
         (0, "faces.toy_upper", "ok", 120, 30, 0.0015), (0, "faces.toy_upper", "error", 0, 0, 0.0),

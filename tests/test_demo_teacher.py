@@ -103,7 +103,7 @@ def test_each_mistake_is_rejected_for_its_reason_and_a_correct_reply_passes(teac
     from fea20k.vocab import load_vocab
 
     ws, _ = teacher_ws
-    build_round(ws, 0, until_stage="select", quiet=True)
+    build_round(ws, 0, until_stage="select")
     recs = [r for p in sorted((ws / ".fea20k" / "rounds" / "0" / "select").glob("part-*.parquet"))
             for r in read_chunk(p) if not r.excluded]
     spec, path = load_annotator(ws / "annotators", "demo-teacher")

@@ -111,7 +111,7 @@ def make_ws(tmp_path: Path, map_cfg: str = "", n: int = 25) -> Path:
 
 def test_round_runs_chunks_and_counts(tmp_path: Path) -> None:
     ws = make_ws(tmp_path)
-    result = build_round(ws, 0, quiet=True)
+    result = build_round(ws, 0)
     assert result.ran == ["ingest/a", "ingest/b", "faces.toy_upper", "validate.toy_threshold", "publish.toy_count"]
     by_key = {s.key: s.stats for s in result.stages}
     assert by_key["ingest/a"].n_out == 25 and by_key["ingest/a"].dropped == {"label_parse_error": 3}
@@ -130,13 +130,13 @@ def test_round_runs_chunks_and_counts(tmp_path: Path) -> None:
 
 def test_second_build_skips_and_threshold_change_reruns_downstream_only(tmp_path: Path) -> None:
     ws = make_ws(tmp_path)
-    build_round(ws, 0, quiet=True)
-    again = build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
+    again = build_round(ws, 0)
     assert again.ran == []
     (ws / "validators" / "toy.toml").write_text("limit = 10\n")
     statuses = {s.key: s.status for s in round_status(Workspace(ws), 0)}
     assert statuses["validate.toy_threshold"] == "stale" and statuses["faces.toy_upper"] == "up to date"
-    third = build_round(ws, 0, quiet=True)
+    third = build_round(ws, 0)
     assert third.ran == ["validate.toy_threshold", "publish.toy_count"]
 
 
@@ -144,14 +144,14 @@ def test_crash_resumes_at_first_incomplete_chunk(tmp_path: Path) -> None:
     marker = tmp_path / "let-it-pass"
     ws = make_ws(tmp_path, map_cfg=f'fail_at = "a/0013"\nmarker_file = "{marker}"')
     with pytest.raises(RuntimeError, match="injected crash"):
-        build_round(ws, 0, quiet=True, workers=1)
+        build_round(ws, 0, workers=1)
     d = ws / ".fea20k/rounds/0/faces.toy_upper"
     written = sorted(p.name for p in d.glob("part-*.parquet"))
     assert written == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     assert {s.key: s.status for s in round_status(Workspace(ws), 0)}["faces.toy_upper"] == "failed"
     mtimes = {p.name: p.stat().st_mtime_ns for p in d.glob("part-*.parquet")}
     marker.write_text("ok")
-    result = build_round(ws, 0, quiet=True, workers=1)
+    result = build_round(ws, 0, workers=1)
     assert result.ran[0] == "faces.toy_upper"
     assert {p.name: p.stat().st_mtime_ns for p in d.glob("part-0000[012].parquet")} == mtimes
     assert result.stages[2].stats.n_in == 32  # merged stats cover resumed and new chunks
@@ -162,7 +162,7 @@ def test_unknown_config_key_names_file_and_key(tmp_path: Path) -> None:
     cfg = ws / "fea20k.toml"
     cfg.write_text(cfg.read_text().replace("[workspace]", "[workspace]\nrecipee = 1"))
     with pytest.raises(ConfigError, match=r"fea20k.toml: unknown key 'workspace.recipee'"):
-        build_round(ws, 0, quiet=True)
+        build_round(ws, 0)
 
 
 def test_unknown_adapter_option_is_an_error(tmp_path: Path) -> None:
@@ -170,7 +170,7 @@ def test_unknown_adapter_option_is_an_error(tmp_path: Path) -> None:
     cfg = ws / "fea20k.toml"
     cfg.write_text(cfg.read_text().replace("options = { n = 7 }", "options = { n = 7, colour = 1 }"))
     with pytest.raises(ConfigError, match=r"\[sources.b\]: unknown key 'colour'"):
-        build_round(ws, 0, quiet=True)
+        build_round(ws, 0)
 
 
 class ToyColumnarConfig(StageConfig):
@@ -214,7 +214,7 @@ def test_columnar_source_is_rechunked_counted_and_resumed(tmp_path: Path) -> Non
     cfg = ws / "fea20k.toml"
     cfg.write_text(cfg.read_text().replace('adapter = "toy_counter"\nroot = "corpora/b"\noptions = { n = 7 }',
                                            'adapter = "toy_columnar"\nroot = "corpora/b"\noptions = { n = 23 }'))
-    env_ok = build_round(ws, 0, quiet=True, until_stage="ingest")
+    env_ok = build_round(ws, 0, until_stage="ingest")
     stats = {s.key: s.stats for s in env_ok.stages}["ingest/b"]
     assert stats.n_out == 23 and stats.kept == 18 and stats.dropped == {"label_parse_error": 5}
     out = StageOutput([ws / ".fea20k/rounds/0/ingest/b"])
@@ -225,7 +225,7 @@ def test_columnar_source_is_rechunked_counted_and_resumed(tmp_path: Path) -> Non
     d = ws / ".fea20k/rounds/0/ingest/b"
     for p in list(d.glob("part-0000[345]*")) + [d / "_SUCCESS.json"]:
         p.unlink()
-    again = build_round(ws, 0, quiet=True, until_stage="ingest")
+    again = build_round(ws, 0, until_stage="ingest")
     assert "ingest/b" in again.ran
     assert [r.id for r in StageOutput([d]).iter_records()] == [f"b/{i:04d}" for i in range(23)]
     assert {s.key: s.stats for s in again.stages}["ingest/b"].dropped == {"label_parse_error": 5}
@@ -241,7 +241,7 @@ def test_marker_records_the_input_parts_it_consumed(tmp_path: Path) -> None:
     import json
 
     ws = make_ws(tmp_path)
-    build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
     stage = ws / ".fea20k/rounds/0/validate.toy_threshold"
     marker = json.loads((stage / "_SUCCESS.json").read_text())
     (up,) = marker["inputs"]
@@ -261,7 +261,7 @@ def test_an_upstream_part_written_after_the_downstream_completed_makes_it_stale(
     import shutil
 
     ws = make_ws(tmp_path)
-    build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
     upstream = ws / ".fea20k/rounds/0/faces.toy_upper"
     for suffix in (".parquet", ".stats.json"):  # a late part, as the other build would write it
         shutil.copy(upstream / f"part-00000{suffix}", upstream / f"part-00009{suffix}")
@@ -273,7 +273,7 @@ def test_an_upstream_part_written_after_the_downstream_completed_makes_it_stale(
     (upstream / "_SUCCESS.json").write_text(json.dumps(marker))
     statuses = {s.key: s.status for s in round_status(Workspace(ws), 0)}
     assert statuses["faces.toy_upper"] == "up to date" and statuses["validate.toy_threshold"] == "stale"
-    result = build_round(ws, 0, quiet=True)
+    result = build_round(ws, 0)
     assert result.ran == ["validate.toy_threshold", "publish.toy_count"]
     assert {s.key: s.stats.n_in for s in result.stages}["validate.toy_threshold"] == 36  # all of its input
     assert all(s.status == "up to date" for s in round_status(Workspace(ws), 0))
@@ -283,11 +283,11 @@ def test_a_stage_whose_own_parts_changed_is_rerun(tmp_path: Path) -> None:
     import shutil
 
     ws = make_ws(tmp_path)
-    build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
     upstream = ws / ".fea20k/rounds/0/faces.toy_upper"
     for suffix in (".parquet", ".stats.json"):
         shutil.copy(upstream / f"part-00000{suffix}", upstream / f"part-00009{suffix}")
-    result = build_round(ws, 0, quiet=True)
+    result = build_round(ws, 0)
     assert result.ran == ["faces.toy_upper"]  # redone as it was: what validate consumed is what it holds again
     assert not (upstream / "part-00009.parquet").exists()
     assert all(s.status == "up to date" for s in round_status(Workspace(ws), 0))
@@ -297,12 +297,12 @@ def test_an_upstream_part_with_other_rows_makes_the_downstream_stale(tmp_path: P
     import pyarrow.parquet as pq
 
     ws = make_ws(tmp_path)
-    build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
     part = ws / ".fea20k/rounds/0/faces.toy_upper/part-00002.parquet"
     pq.write_table(pq.read_table(part).slice(0, 1), part)  # same file names, one row where there were four
     statuses = {s.key: s.status for s in round_status(Workspace(ws), 0)}
     assert statuses["validate.toy_threshold"] == "stale" and statuses["faces.toy_upper"] == "up to date"
-    assert build_round(ws, 0, quiet=True).ran == ["validate.toy_threshold", "publish.toy_count"]
+    assert build_round(ws, 0).ran == ["validate.toy_threshold", "publish.toy_count"]
 
 
 def test_a_marker_without_input_records_is_trusted(tmp_path: Path) -> None:
@@ -310,11 +310,11 @@ def test_a_marker_without_input_records_is_trusted(tmp_path: Path) -> None:
     import json
 
     ws = make_ws(tmp_path)
-    build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
     for marker in (ws / ".fea20k/rounds/0").rglob("_SUCCESS.json"):
         data = json.loads(marker.read_text())
         marker.write_text(json.dumps({k: v for k, v in data.items() if k not in ("inputs", "parts")}))
-    assert build_round(ws, 0, quiet=True).ran == []
+    assert build_round(ws, 0).ran == []
 
 
 def test_an_unknown_stage_names_the_recipe(tmp_path: Path) -> None:
@@ -326,4 +326,4 @@ def test_an_unknown_stage_names_the_recipe(tmp_path: Path) -> None:
                                                  '"validate.toy_treshold", "publish'))
     with pytest.raises(UnknownStageError, match=r"pipelines/toy.toml: round 0 steps: unknown stage "
                                                 r"'validate.toy_treshold'"):
-        build_round(ws, 0, quiet=True)
+        build_round(ws, 0)

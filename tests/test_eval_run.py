@@ -62,7 +62,7 @@ def demo_ws(tmp_path_factory: pytest.TempPathFactory, server: object) -> Path:
 
     ws = tmp_path_factory.mktemp("eval") / "ws"
     write_demo(ws, n=80, seed=3)
-    build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
     (ws / "annotators" / "model.toml").write_text(ANNOTATOR.format(url=server.base_url, retries=2))  # type: ignore
     return ws
 

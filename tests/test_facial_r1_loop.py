@@ -101,7 +101,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
     (ws / "annotators" / "model-local.toml").write_text(MODEL)
     with OpenAIServer(lifetime=600) as teacher:
         (ws / "annotators" / "teacher-loop.toml").write_text(TEACHER.format(url=teacher.base_url))
-        results = {r: build_round(ws, r, quiet=True) for r in ROUNDS}
+        results = {r: build_round(ws, r) for r in ROUNDS}
     seconds = time.perf_counter() - t0
     TIMINGS["Facial-R1 loop, 3 rounds (real trainers on the tiny VLM, transformers backend)"] = seconds
     yield ws, results, seconds

@@ -38,7 +38,7 @@ def test_a_source_with_nothing_kept_stops_the_build_with_one_line(tmp_path: Path
     ws = _demo(tmp_path)
     _delete_raf_images(ws)  # the label file is there, every image it names is gone
     with pytest.raises(ExclusionGuardError) as e:
-        build_round(ws, 0, quiet=True)
+        build_round(ws, 0)
     lines = str(e.value).splitlines()
     assert lines[0].startswith("stopped after ingest/") and len(lines) == 2  # one line for the one source lost
     assert lines[1].startswith("rafdb: 30 of 30 records excluded as image_missing at ingest/rafdb (nothing kept)")
@@ -49,11 +49,11 @@ def test_a_source_with_nothing_kept_stops_the_build_with_one_line(tmp_path: Path
     assert (w.stage_dir(0, "ingest/disfa") / "_SUCCESS.json").is_file()
     assert (w.stage_dir(0, "ingest/rafdb") / "_SUCCESS.json").is_file()
     with pytest.raises(ExclusionGuardError):
-        build_round(ws, 0, quiet=True)
+        build_round(ws, 0)
     assert not (ws / "releases" / "round-0").exists()
     # the recipe allows it: the build goes on, with every DISFA row and no RAF-DB row
     _recipe_append(ws, "[allow_exclusion_share]\nrafdb = 1.0")
-    result = build_round(ws, 0, quiet=True)
+    result = build_round(ws, 0)
     assert "publish" in result.ran and "ingest/rafdb" not in result.ran  # ingest was not redone
     import datasets
 
@@ -66,7 +66,7 @@ def test_missing_landmarks_stop_the_build_after_faces_align(tmp_path: Path) -> N
     ws = _demo(tmp_path)
     shutil.rmtree(ws / "corpora" / "DISFA" / "Landmark_Points")
     with pytest.raises(ExclusionGuardError) as e:
-        build_round(ws, 0, quiet=True)
+        build_round(ws, 0)
     [head, line] = str(e.value).splitlines()
     assert head == "stopped after faces.align: a source lost too much"
     assert line.startswith("disfa: 30 of 30 records excluded as no_landmarks at faces.align (nothing kept)")
@@ -82,10 +82,10 @@ def test_a_share_over_the_limit_stops_and_the_limit_is_the_recipes(tmp_path: Pat
         shutil.rmtree(d)
     with pytest.raises(ExclusionGuardError, match=r"disfa: 20 of 30 records excluded as image_missing at "
                                                   r"ingest/disfa \(67%, over the 50% allowed\)"):
-        build_round(ws, 0, quiet=True)
+        build_round(ws, 0)
     recipe = ws / "pipelines" / "demo.toml"
     recipe.write_text("max_exclusion_share = 0.7\n" + recipe.read_text())  # a top-level key, before any table
-    result = build_round(ws, 0, quiet=True)
+    result = build_round(ws, 0)
     assert "publish" in result.ran
 
 
@@ -95,7 +95,7 @@ def test_bad_share_is_a_config_error(tmp_path: Path) -> None:
     ws = _demo(tmp_path)
     _recipe_append(ws, "[allow_exclusion_share]\ndisfa = 2")
     with pytest.raises(ConfigError, match="a share is a number in"):
-        build_round(ws, 0, quiet=True)
+        build_round(ws, 0)
 
 
 def test_the_command_line_exits_2_with_the_lines(tmp_path: Path) -> None:
@@ -122,7 +122,7 @@ def test_disfa_frames_in_an_unknown_place_stop_the_build_with_one_line_naming_th
     cfg = ws / "fea20k.toml"
     cfg.write_text(cfg.read_text().replace('root = "corpora/DISFA"',
                                            'root = "corpora/DISFA"\noptions = { frames_dir = "Elsewhere" }'))
-    result = build_round(ws, 0, quiet=True)
+    result = build_round(ws, 0)
     assert "publish" in result.ran
     stats = Workspace(ws).ledger.stage_state(0, "ingest/disfa").stats
     assert stats["kept"] == 30

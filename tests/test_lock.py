@@ -79,7 +79,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path) -> None:
     holder = Holder(ws)
     try:
         with pytest.raises(WorkspaceLockedError) as exc:
-            build_round(ws, 0, quiet=True)
+            build_round(ws, 0)
     finally:
         holder.release()
     msg = str(exc.value)
@@ -87,13 +87,13 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path) -> None:
     assert "\n" not in msg
     assert not (ws / ".fea20k" / "rounds").exists()  # refused before anything was written
     assert read_holder(ws / ".fea20k" / LOCK_FILE) is None  # released cleanly: an empty body
-    assert build_round(ws, 0, quiet=True).ran  # free again
+    assert build_round(ws, 0).ran  # free again
 
 
 def test_writing_commands_exit_2_and_read_only_commands_never_block(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     ws = make_ws(tmp_path)
-    build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
     holder = Holder(ws, "fea20k publish --round 0")
     try:
         for args in (["build", "--round", "0", "-q"], ["publish", "--round", "0"], ["export", "--round", "0"],
@@ -120,7 +120,7 @@ def test_wait_starts_when_the_holder_finishes(tmp_path: Path, caplog: pytest.Log
     timer.start()
     t0 = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="fea20k"):
-        result = build_round(ws, 0, quiet=True, wait=True)
+        result = build_round(ws, 0, wait=True)
     timer.join()
     assert time.monotonic() - t0 >= 1.0 and result.ran
     assert f"waiting for the workspace lock: held by pid {holder.pid}" in caplog.text
@@ -132,7 +132,7 @@ def test_a_killed_holders_lock_is_taken_over_saying_so(tmp_path: Path, caplog: p
     holder.kill()  # its lock body stays behind; the kernel dropped the lock itself
     assert read_holder(ws / ".fea20k" / LOCK_FILE).pid == holder.pid  # type: ignore[union-attr]
     with caplog.at_level(logging.WARNING, logger="fea20k"):
-        assert build_round(ws, 0, quiet=True).ran
+        assert build_round(ws, 0).ran
     assert f"took over the workspace lock of pid {holder.pid} (`fea20k build --round 0 -w ws`" in caplog.text
     assert "killed?" in caplog.text
 
@@ -171,7 +171,7 @@ def test_the_lock_is_reentrant_in_a_thread_and_exclusive_across_threads(tmp_path
 def test_the_next_writer_marks_dead_runs_interrupted_and_removes_dead_temps(tmp_path: Path,
                                                                             caplog: pytest.LogCaptureFixture) -> None:
     ws = make_ws(tmp_path)
-    build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
     gone, alive = dead_pid(), os.getppid()
     state = ws / ".fea20k"
     with sqlite3.connect(state / "ledger.sqlite") as conn:  # what a kill -9 mid-stage leaves in the ledger
@@ -196,7 +196,7 @@ def test_the_next_writer_marks_dead_runs_interrupted_and_removes_dead_temps(tmp_
             (p / "data" / "train-00000.parquet").write_bytes(b"partial")
     assert {s.key: s.status for s in round_status(Workspace(ws), 0)}["faces.toy_upper"] == "interrupted"
     with caplog.at_level(logging.WARNING, logger="fea20k"):
-        result = build_round(ws, 0, quiet=True)
+        result = build_round(ws, 0)
     assert "faces.toy_upper" in result.ran  # resumed
     assert [p for p in leftovers if p.exists()] == []
     assert all(p.exists() for p in kept)

@@ -28,7 +28,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     ws = tmp_path_factory.mktemp("contract") / "ws"
     write_demo(ws, n=40, seed=2)
-    build_round(ws, 0, quiet=True)  # rules drafts: accepted train rows to export
+    build_round(ws, 0)  # rules drafts: accepted train rows to export
     return ws
 
 

@@ -39,7 +39,7 @@ def ws(tmp_path: Path) -> Path:
     recipe = root / "pipelines" / "toy.toml"
     recipe.write_text(recipe.read_text().replace('steps = ["ingest", "validate"]',
                                                  'steps = ["ingest", "validate", "publish"]'))
-    build_round(root, 0, quiet=True)
+    build_round(root, 0)
     return root
 
 

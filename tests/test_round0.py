@@ -35,7 +35,7 @@ def demo_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def built_ws(demo_ws: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     ws = tmp_path_factory.mktemp("built") / "ws"
     shutil.copytree(demo_ws, ws)
-    build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
     return ws
 
 
@@ -79,7 +79,7 @@ def test_release_loads_with_datasets(built_ws: Path) -> None:
 
 
 def test_second_build_does_no_work(built_ws: Path) -> None:
-    again = build_round(built_ws, 0, quiet=True)
+    again = build_round(built_ws, 0)
     assert again.ran == []
     assert all(s.status == "up to date" for s in round_status(Workspace(built_ws), 0))
 
@@ -92,7 +92,7 @@ def test_threshold_change_reruns_only_validate_and_publish(built_ws: Path, tmp_p
     new = re.sub(r"(?m)^(min_f1\s*=\s*)[0-9.]+", r"\g<1>0.55", text, count=1)
     assert new != text, "validators/default.toml should have a min_f1 threshold"
     rules.write_text(new)
-    result = build_round(ws, 0, quiet=True)
+    result = build_round(ws, 0)
     assert result.ran == ["validate", "publish"]
 
 

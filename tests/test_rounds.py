@@ -128,7 +128,7 @@ def three_rounds(tmp_path_factory: pytest.TempPathFactory, server: object) -> tu
     (ws / "annotators" / "loopback.toml").write_text(ANNOTATOR.format(url=server.base_url))  # type: ignore[attr-defined]
     (ws / "trainer.py").write_text(TRAINER)
     (ws / "models" / "base").mkdir(parents=True)
-    results = {r: build_round(ws, r, quiet=True) for r in ROUNDS}
+    results = {r: build_round(ws, r) for r in ROUNDS}
     return ws, results
 
 
@@ -220,7 +220,7 @@ def test_rerunning_a_finished_round_does_nothing(three_rounds: tuple[Path, dict[
     before = server.total  # type: ignore[attr-defined]
     trained = (ws / "exports_seen.jsonl").read_text()
     for r in ROUNDS:
-        again = build_round(ws, r, quiet=True)
+        again = build_round(ws, r)
         assert again.ran == [], (r, again.ran)
     assert server.total == before  # type: ignore[attr-defined]
     assert (ws / "exports_seen.jsonl").read_text() == trained
@@ -247,7 +247,7 @@ def test_status_chain_and_a_failed_round_publishes_nothing(three_rounds: tuple[P
     shutil.rmtree(ws / ".fea20k" / "rounds" / "2")
     (ws / "trainer.py").write_text("import sys\nprint('boom', flush=True)\nsys.exit(7)\n")
     with pytest.raises(TrainerFailedError, match="exit code 7"):
-        build_round(ws, 2, quiet=True)
+        build_round(ws, 2)
     assert not (ws / "releases" / "round-2").exists()
     link = round_chain(Workspace(ws), [2])[0]
     assert link.state.startswith("failed at train.sft: ") and "exit code 7" in link.state

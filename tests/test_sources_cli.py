@@ -42,7 +42,7 @@ def test_workspace_counts(tmp_path: Path) -> None:
     # ingest two of the three sources
     toml = (ws / "fea20k.toml").read_text()
     (ws / "fea20k.toml").write_text(toml.split("\n[sources.later]")[0] + "\n")
-    build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
     (ws / "fea20k.toml").write_text(toml)
     aff, bp4d, later = workspace_summaries(ws)
     assert (aff.total, aff.kept) == (12, 4)

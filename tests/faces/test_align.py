@@ -167,7 +167,7 @@ def test_stage_through_engine_with_process_pool(tmp_path: Path) -> None:
         rows.append({"id": str(i), "path": f"{i}.jpg", "landmarks": ref5.tolist(), "scheme": "raf5"})
     rows.append({"id": "missing", "path": "missing.jpg", "landmarks": rows[0]["landmarks"], "scheme": "raf5"})
     write_records(ws, rows)
-    result = build_round(ws, 0, quiet=True, workers=2)
+    result = build_round(ws, 0, workers=2)
     stats = {s.key: s.stats for s in result.stages}["faces.align"]
     assert stats.n_in == 9 and stats.dropped == {"image_missing": 1}
     recs = {r.id: r for r in StageOutput([ws / ".fea20k/rounds/0/faces.align"]).iter_records()}

@@ -34,7 +34,7 @@ def test_near_duplicates_within_a_subject_are_excluded(tmp_path: Path) -> None:
     rows.append({"id": "S2#0", "path": "other.png", "subject": "S2", "bbox": [0.0, 0.0, 320.0, 240.0]})
     rows.append({"id": "gone", "path": "gone.png", "subject": "S1", "bbox": [0.0, 0.0, 1.0, 1.0]})
     write_records(ws, rows)
-    result = build_round(ws, 0, quiet=True, workers=1)
+    result = build_round(ws, 0, workers=1)
     stats = {s.key: s.stats for s in result.stages}["faces.dedup"]
     assert stats.dropped == {"near_duplicate": 2}
     recs = {r.id: r for r in StageOutput([ws / ".fea20k/rounds/0/faces.dedup"]).iter_records()}

@@ -27,7 +27,7 @@ def _engine_records(tmp_path: Path, adapter: str, root: Path, options: str = "")
     ws = init_workspace(tmp_path / "ws")
     write_toy_config(ws, adapter=adapter, steps=["ingest"], chunk_size=4, source="src", root=root.as_posix(),
                      options=options, recipe="ingest_only")
-    env = build_round(ws, 0, quiet=True, until_stage="ingest")
+    env = build_round(ws, 0, until_stage="ingest")
     stats = {s.key: s.stats for s in env.stages}["ingest/src"]
     return list(StageOutput([ws / ".fea20k/rounds/0/ingest/src"]).iter_records()), stats
 

@@ -40,7 +40,7 @@ def test_the_release_card_and_the_listing_show_them(tmp_path: Path) -> None:
 
     ws = tmp_path / "ws"
     write_demo(ws, n=20, seed=1)
-    build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
     card = (ws / "releases" / "round-0" / "README.md").read_text()
     assert "  - label order: 1..7 = surprise, fear, disgust, happiness, sadness, anger, neutral" in card
     r = CliRunner().invoke(app, ["sources"], env={"COLUMNS": "250"})

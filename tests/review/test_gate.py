@@ -74,9 +74,9 @@ def test_build_waits_for_review_then_carries_the_decisions(gated_ws: Path, monke
     # a re-run with no new decision is a no-op; a new decision re-runs the gate and publish only
     from fea20k.engine import build_round
 
-    assert build_round(ws, 0, quiet=True).ran == []
+    assert build_round(ws, 0).ran == []
     write_decisions(ws, 0, [{"id": accepted[1], "decision": "reject", "note": "hedged"}])
-    assert build_round(ws, 0, quiet=True).ran == ["review.gate", "publish"]
+    assert build_round(ws, 0).ran == ["review.gate", "publish"]
 
 
 def test_required_share_lets_a_partial_review_through(gated_ws: Path, monkeypatch: pytest.MonkeyPatch,

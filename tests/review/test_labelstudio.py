@@ -24,7 +24,7 @@ def built_ws(_demo_template: Path, tmp_path: Path) -> Path:
     recipe.write_text(recipe.read_text() + "required_share = 0.0\n")
     from fea20k.engine import build_round
 
-    build_round(ws, 0, quiet=True, until_stage="validate")
+    build_round(ws, 0, until_stage="validate")
     return ws
 
 
@@ -140,7 +140,7 @@ def test_export_import_publish_round_trip(built_ws: Path, tmp_path: Path, monkey
     # publish applies them and the card counts them
     from fea20k.engine import build_round
 
-    build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
     card = (ws / "releases" / "round-0" / "README.md").read_text()
     assert ("Human review: accept 2, accept (kept rejected) 1, ground truth flagged wrong 1, rationale edited 1, "
             "reject 2.") in card

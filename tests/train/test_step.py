@@ -111,7 +111,7 @@ def make_ws(tmp_path: Path, fail: int = 0, extra: str = "") -> Path:
 
 def test_train_steps_export_run_register_and_pass_through(tmp_path: Path) -> None:
     ws = make_ws(tmp_path)
-    result = build_round(ws, 0, quiet=True)
+    result = build_round(ws, 0)
     assert result.ran == ["ingest/toy", "train.sft", "train.grpo", "publish.toy_trainsink"]
     w = Workspace(ws)
     sft_ckpt = w.ledger.checkpoint(0, "train.sft")
@@ -143,21 +143,21 @@ def test_train_steps_export_run_register_and_pass_through(tmp_path: Path) -> Non
 
 def test_unchanged_signature_skips_and_a_changed_command_retrains(tmp_path: Path) -> None:
     ws = make_ws(tmp_path)
-    build_round(ws, 0, quiet=True)
-    again = build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
+    again = build_round(ws, 0)
     assert again.ran == []
     assert len((ws / "calls.txt").read_text().splitlines()) == 2
     recipe = ws / "pipelines" / "train.toml"
     recipe.write_text(recipe.read_text().replace(
         '[stages."train.grpo"]', 'splits = ["train", "val"]\n[stages."train.grpo"]'))
-    third = build_round(ws, 0, quiet=True)
+    third = build_round(ws, 0)
     assert third.ran == ["train.sft", "train.grpo", "publish.toy_trainsink"]
     assert third.stages[1].stats.counters["train_rows"] == 8
     # a deleted checkpoint makes the step run again
     import shutil
 
     shutil.rmtree(ws / "checkpoints" / "round-0" / "train.grpo")
-    assert build_round(ws, 0, quiet=True).ran == ["train.grpo"]
+    assert build_round(ws, 0).ran == ["train.grpo"]
 
 
 def test_failing_trainer_leaves_round_unpublished_and_status_says_why(tmp_path: Path) -> None:
@@ -165,7 +165,7 @@ def test_failing_trainer_leaves_round_unpublished_and_status_says_why(tmp_path: 
     expected = (r"exit code 3 \(last output line: 'CUDA out of memory \(pretend\)'\); "
                 r"full output in .*round-0-train\.sft\.log; command: .*trainer\.py")
     with pytest.raises(TrainerFailedError, match=expected):
-        build_round(ws, 0, quiet=True)
+        build_round(ws, 0)
     w = Workspace(ws)
     states = {s.key: s for s in round_status(w, 0)}
     assert states["train.sft"].status == "failed"
@@ -196,7 +196,7 @@ def test_failing_trainer_leaves_round_unpublished_and_status_says_why(tmp_path: 
     text = console.export_text()
     assert "failed at train.sft" in text and "exit code 3" in text
     with pytest.raises(Fea20kUserError, match="round 0 is not complete"):
-        build_round(ws, 1, quiet=True)
+        build_round(ws, 1)
 
 
 def test_command_template_errors(tmp_path: Path) -> None:
@@ -217,7 +217,7 @@ def test_missing_base_model_is_a_config_error(tmp_path: Path) -> None:
     recipe.write_text(recipe.read_text().replace('base_model = "models/base"\n', "", 1))
     # without base_model the SFT step has nothing to start from in round 0
     with pytest.raises(ConfigError, match="needs {base_model}"):
-        build_round(ws, 0, quiet=True)
+        build_round(ws, 0)
 
 
 def test_shell_template_and_find_checkpoint(tmp_path: Path) -> None:
@@ -229,7 +229,7 @@ def test_shell_template_and_find_checkpoint(tmp_path: Path) -> None:
     shell_cmd = ('command = "mkdir -p {output_dir} && echo hello from sh && '
                  'printf {{}} > {output_dir}/config.json"')
     recipe.write_text(text[:start] + shell_cmd + text[end:])
-    build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
     w = Workspace(ws)
     assert w.ledger.checkpoint(0, "train.sft") == str((ws / "checkpoints" / "round-0" / "train.sft").resolve())
     assert "hello from sh" in (w.state_dir / "logs" / "round-0-train.sft.log").read_text()

@@ -62,7 +62,7 @@ def test_a_workspace_check_rejects_with_its_reason(tmp_path: Path, banned_words_
     (ws / "validators" / "banned_words.py").write_text(banned_words_plugin)  # the check above
     rules = ws / "validators" / "default.toml"
     rules.write_text(rules.read_text() + '\n[banned_words]\nwords = ["inside"]\n')
-    build_round(ws, 0, quiet=True)
+    build_round(ws, 0)
     rec = validated(ws)["toy/0000"]  # "... brows raised inside (AU1), lowered (AU4) ..."
     assert rec.accepted is False and rec.reasons == ["banned_word"]
 
@@ -80,7 +80,7 @@ def test_a_workspace_check_runs_after_the_built_in_ones_and_is_part_of_the_signa
     plugin.write_text(banned_words_plugin)
     rules = ws / "validators" / "default.toml"
     rules.write_text(rules.read_text() + '\n[banned_words]\nwords = ["TIGHT"]\n')
-    result = build_round(ws, 0, quiet=True)
+    result = build_round(ws, 0)
     recs = validated(ws)
     # toy/0004: "brows lowered (AU4), lids tight (AU7)" answered "fear" for anger
     assert recs["toy/0004"].reasons == ["emotion_mismatch", "banned_word"]
@@ -88,7 +88,7 @@ def test_a_workspace_check_runs_after_the_built_in_ones_and_is_part_of_the_signa
     assert [c.name for c in registered_checks()][-1] == "banned_words"
     assert get_check("banned_words").explains("banned_word")
     # the plugin's code feeds the validate stage's signature: editing it re-runs validate only
-    assert build_round(ws, 0, quiet=True).ran == []
+    assert build_round(ws, 0).ran == []
     plugin.write_text(banned_words_plugin + "\n")
     assert {s.key: s.status for s in round_status(Workspace(ws), 0)}["validate"] == "stale"
 

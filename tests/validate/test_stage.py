@@ -16,7 +16,7 @@ def _records(ws: Path) -> dict[str, object]:
 
 def test_validate_stage_verdicts(tmp_path: Path) -> None:
     ws = make_round_ws(tmp_path)
-    result = build_round(ws, 0, quiet=True)
+    result = build_round(ws, 0)
     stats = {s.key: s.stats for s in result.stages}["validate"]
     recs = _records(ws)
     assert len(recs) == 34
@@ -45,14 +45,14 @@ def test_validate_stage_verdicts(tmp_path: Path) -> None:
 
 def test_threshold_change_reruns_validate_only(tmp_path: Path) -> None:
     ws = make_round_ws(tmp_path, n_template=3)
-    build_round(ws, 0, quiet=True)
-    assert build_round(ws, 0, quiet=True).ran == []
+    build_round(ws, 0)
+    assert build_round(ws, 0).ran == []
     rules = ws / "validators" / "default.toml"
     rules.write_text(rules.read_text().replace("min_f1 = 0.6", "min_f1 = 0.2").replace("max_hits = 0",
                                                                                       "max_hits = 1"))
     statuses = {s.key: s.status for s in round_status(Workspace(ws), 0)}
     assert statuses == {"ingest/toy": "up to date", "validate": "stale"}
-    assert build_round(ws, 0, quiet=True).ran == ["validate"]
+    assert build_round(ws, 0).ran == ["validate"]
     recs = _records(ws)
     assert recs["toy/0005"].accepted and recs["toy/0006"].accepted  # F1 0.4 >= 0.2; one hedge allowed
     assert recs["toy/0009"].accepted  # 3 copies <= 20: no collapse
