@@ -95,3 +95,27 @@ def test_multi_node_build_reaches_the_ledger_through_the_service(tmp_path: Path,
         assert ray_release[name] == local_release[name], name
     refused = ray.get(_open_ledger_in_a_worker.remote(str(on_ray)))
     assert "worker process (FEA20K_NO_LEDGER is set)" in refused
+
+
+def test_one_budget_cap_for_every_actor(tmp_path: Path, cluster: Cluster) -> None:
+    """The budget is the build's, not each actor's: three actors on three nodes stop at one cap together."""
+    import sqlite3
+
+    from fea20k.demo import write_demo
+    from fea20k.errors import BudgetExceededError
+    from fea20k.testing.openai_server import OpenAIServer
+
+    cap = 0.5
+    ws = tmp_path / "ws"
+    write_demo(ws, n=24, seed=4)
+    recipe = ws / "pipelines" / "demo.toml"
+    recipe.write_text(recipe.read_text().replace("chunk_size = 1000", "chunk_size = 4")
+                      + '\n[stages."annotate.draft"]\nannotator = "loopback"\n')
+    with OpenAIServer(latency=0.01, lifetime=120) as server:
+        (ws / "annotators" / "loopback.toml").write_text(
+            LOOPBACK.format(url=server.base_url) + f"price_in = 100.0\nprice_out = 100.0\nbudget_usd = {cap}\n")
+        with pytest.raises(BudgetExceededError, match=r"budget cap \$0.5000 reached"):
+            build_round(ws, 0, quiet=True, executor="ray", address=cluster.address)
+    with sqlite3.connect(ws / ".fea20k" / "ledger.sqlite") as conn:
+        costs = [c for (c,) in conn.execute("SELECT cost FROM calls WHERE stage = 'annotate.draft'")]
+    assert costs and 0 < sum(costs) <= cap  # each actor alone would have spent up to the cap
