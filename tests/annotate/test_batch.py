@@ -39,7 +39,7 @@ def _sync_records(root: Path, wrong_rate: float) -> tuple[list[tuple], float]:
     """Records and ledger cost of the same build in synchronous mode."""
     with OpenAIServer(wrong_rate=wrong_rate) as srv:
         ref = _workspace(root, srv.base_url)
-        build_round(ref, 0, quiet=True)
+        build_round(ref, 0)
     return records(ref), ledger_rows(ref, "SELECT SUM(cost) FROM calls")[0][0]
 
 

@@ -72,7 +72,7 @@ def test_kill_9_mid_stage_then_rerun(tmp_path: Path, processes: int) -> None:
         assert any(e["fault"] for e in srv.log)
     with OpenAIServer(latency=0.0, faults=FaultPlan(**FAULTS)) as ref_srv:  # the same build, uninterrupted
         ref = toy_workspace(tmp_path / "ref", ref_srv.base_url, n)
-        build_round(ref, 0, quiet=True)
+        build_round(ref, 0)
     got, want = records(ws), records(ref)
     assert len(got) == n and got == want
     assert all(text and not excluded for _, text, _, excluded in got)

@@ -103,7 +103,7 @@ def test_outage_longer_than_the_retries_leaves_records_pending_then_a_rerun_anno
 
     with OpenAIServer(latency=0.0) as ref_srv:  # the same build, uninterrupted
         ref = toy_workspace(tmp_path / "ref", ref_srv.base_url, N, max_retries=2, timeout=2.0)
-        build_round(ref, 0, quiet=True)
+        build_round(ref, 0)
     got, want = _full_records(ws), _full_records(ref)
     assert len(got) == N and got == want
 

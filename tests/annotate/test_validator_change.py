@@ -41,20 +41,20 @@ def test_changed_threshold_makes_no_call_for_an_answered_request(tmp_path: Path)
     with OpenAIServer(wrong_rate=0.3) as srv:
         ws = toy_workspace(tmp_path / "ws", srv.base_url, 40)
         _with_validate(ws)
-        first = build_round(ws, 0, quiet=True)
+        first = build_round(ws, 0)
         assert first.ran == ["ingest/toy", STAGE, "validate"]
         before = dict(srv.counts)
         assert srv.total == sum(before.values()) > 40  # the wrong answers were repaired
         drafted = _outcome(ws, STAGE)
 
         _set(ws, r"^min_f1 = .*$", "min_f1 = 0.5")  # loosened: the stage re-runs from the cache alone
-        second = build_round(ws, 0, quiet=True)
+        second = build_round(ws, 0)
         assert second.ran == [STAGE, "validate"]
         assert dict(srv.counts) == before
         assert _outcome(ws, STAGE) == drafted
 
         _set(ws, r"^min_words = .*$", "min_words = 16")  # tightened: short rationales now fail and are repaired
-        third = build_round(ws, 0, quiet=True)
+        third = build_round(ws, 0)
         assert third.ran == [STAGE, "validate"]
         new = set(srv.counts) - set(before)
         assert new, "no reply failed the tightened check"

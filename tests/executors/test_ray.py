@@ -98,8 +98,8 @@ def _contents(ws: Path, stage: str) -> dict[str, object]:
 def test_ray_outputs_equal_local(tmp_path: Path, ray_address: str) -> None:
     local = _with_cached_call(make_ws(tmp_path / "local"), tmp_path / "local.calls")
     on_ray = _with_cached_call(make_ws(tmp_path / "ray"), tmp_path / "ray.calls")
-    build_round(local, 0, quiet=True)
-    result = build_round(on_ray, 0, quiet=True, executor="ray")
+    build_round(local, 0)
+    result = build_round(on_ray, 0, executor="ray")
     assert result.ran == ["ingest/a", "ingest/b", "faces.toy_upper", "annotate.toy_cached_call",
                           "validate.toy_threshold", "publish.toy_count"]
     for stage in ("faces.toy_upper", "annotate.toy_cached_call", "validate.toy_threshold"):
@@ -110,7 +110,7 @@ def test_ray_outputs_equal_local(tmp_path: Path, ray_address: str) -> None:
     assert by_key["validate.toy_threshold"].dropped == {"index_above_20": 4}
     assert by_key["publish.toy_count"].counters["published"] == 25
     assert all(s.status == "up to date" for s in round_status(Workspace(on_ray), 0))
-    assert build_round(on_ray, 0, quiet=True, executor="ray").ran == []
+    assert build_round(on_ray, 0, executor="ray").ran == []
     # the stage holding a client ran on actors (other processes) and answered through the workspace's ledger
     pids = {json.loads(r)["pid"] for (r,) in Workspace(on_ray).ledger.conn.execute("SELECT response FROM requests")}
     assert pids and os.getpid() not in pids
@@ -123,13 +123,13 @@ def test_stage_error_reaches_the_driver_with_its_type_and_resume_works(tmp_path:
     marker = tmp_path / "let-it-pass"
     ws = make_ws(tmp_path, map_cfg=f'fail_at = "a/0013"\nmarker_file = "{marker}"')
     with pytest.raises(RuntimeError, match="injected crash"):
-        build_round(ws, 0, quiet=True, executor="ray")
+        build_round(ws, 0, executor="ray")
     d = ws / ".fea20k/rounds/0/faces.toy_upper"
     assert not (d / "part-00003.parquet").exists()  # a/0013 is in chunk 3
     assert {s.key: s.status for s in round_status(Workspace(ws), 0)}["faces.toy_upper"] == "failed"
     done = {p.name: p.stat().st_mtime_ns for p in d.glob("part-*.parquet")}
     marker.write_text("ok")
-    result = build_round(ws, 0, quiet=True, executor="ray")
+    result = build_round(ws, 0, executor="ray")
     assert result.ran[0] == "faces.toy_upper"
     assert {p: (d / p).stat().st_mtime_ns for p in done} == done  # finished chunks are not redone
     assert result.stages[2].stats.n_in == 32
@@ -140,7 +140,7 @@ def test_user_error_in_a_worker_stays_a_user_error(tmp_path: Path, ray_address: 
     recipe = ws / "pipelines" / "toy.toml"
     recipe.write_text(recipe.read_text() + 'user_error_at = "b/0005"\n')
     with pytest.raises(ConfigError, match=r"^validators/toy.toml: \[toy\] answer for b/0005 is not valid; fix it$"):
-        build_round(ws, 0, quiet=True, executor="ray")
+        build_round(ws, 0, executor="ray")
 
 
 def test_resources_become_map_batches_arguments(ray_address: str) -> None:
@@ -178,8 +178,8 @@ def test_demo_round0_release_identical_to_local(tmp_path: Path, ray_address: str
     local, on_ray = tmp_path / "local", tmp_path / "ray"
     shutil.copytree(demo, local)
     shutil.copytree(demo, on_ray)
-    build_round(local, 0, quiet=True)
-    result = build_round(on_ray, 0, quiet=True, executor="ray")
+    build_round(local, 0)
+    result = build_round(on_ray, 0, executor="ray")
     assert "faces.align" in result.ran and "annotate.draft" in result.ran
     assert len(list((on_ray / ".fea20k/rounds/0/faces.align").glob("part-*.parquet"))) >= 4
     ray_release, local_release = _release_files(on_ray), _release_files(local)
@@ -224,7 +224,7 @@ def test_killed_teacher_job_does_not_resend_answered_requests(tmp_path: Path, ra
         (ws / "annotators" / "loopback.toml").write_text(LOOPBACK.format(url=server.base_url))
         script = textwrap.dedent(f"""
             from fea20k.engine import build_round
-            build_round({str(ws)!r}, 0, quiet=True, executor="ray", address={ray_address!r})
+            build_round({str(ws)!r}, 0, executor="ray", address={ray_address!r})
         """)
         env = {**os.environ, "FEA20K_CRASH_AFTER": "annotate.draft:1"}
         proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
@@ -238,7 +238,7 @@ def test_killed_teacher_job_does_not_resend_answered_requests(tmp_path: Path, ra
         before = Counter(server.counts)  # after the cache snapshot: every answered key is counted here
         assert answered and answered <= set(before)
 
-        result = build_round(ws, 0, quiet=True, executor="ray")
+        result = build_round(ws, 0, executor="ray")
 
         assert result.ran[-3:] == ["annotate.draft", "validate", "publish"]
         assert {p: (d / p).stat().st_mtime_ns for p in done} == done  # written chunks are not redone

@@ -74,13 +74,13 @@ def test_multi_node_build_reaches_the_ledger_through_the_service(tmp_path: Path,
         (demo / "annotators" / "loopback.toml").write_text(LOOPBACK.format(url=server.base_url))
         shutil.copytree(demo, local)
         shutil.copytree(demo, on_ray)
-        build_round(local, 0, quiet=True)
-        first = build_round(on_ray, 0, quiet=True, executor="ray", address=cluster.address)
+        build_round(local, 0)
+        first = build_round(on_ray, 0, executor="ray", address=cluster.address)
         assert "annotate.draft" in first.ran
         sent = server.total
         served.clear()
         # annotate again on the cluster: every request is answered from the cache, through the service
-        again = build_round(on_ray, 0, from_stage="annotate.draft", quiet=True, executor="ray",
+        again = build_round(on_ray, 0, from_stage="annotate.draft", executor="ray",
                             address=cluster.address)
         assert server.total == sent  # no request reached the server twice
     draft = {s.key: s.stats for s in again.stages}["annotate.draft"]
@@ -115,7 +115,7 @@ def test_one_budget_cap_for_every_actor(tmp_path: Path, cluster: Cluster) -> Non
         (ws / "annotators" / "loopback.toml").write_text(
             LOOPBACK.format(url=server.base_url) + f"price_in = 100.0\nprice_out = 100.0\nbudget_usd = {cap}\n")
         with pytest.raises(BudgetExceededError, match=r"budget cap \$0.5000 reached"):
-            build_round(ws, 0, quiet=True, executor="ray", address=cluster.address)
+            build_round(ws, 0, executor="ray", address=cluster.address)
     with sqlite3.connect(ws / ".fea20k" / "ledger.sqlite") as conn:
         costs = [c for (c,) in conn.execute("SELECT cost FROM calls WHERE stage = 'annotate.draft'")]
     assert costs and 0 < sum(costs) <= cap  # each actor alone would have spent up to the cap
