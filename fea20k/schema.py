@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -87,26 +87,30 @@ def to_arrow(records: Sequence[FaceRecord], columns: Sequence[str] | None = None
 
 
 def from_arrow(table: pa.Table | pa.RecordBatch) -> list[FaceRecord]:
-    """An Arrow table or batch with :data:`SCHEMA` (or a superset of its columns) -> records."""
-    return list(iter_records(table.to_pylist()))
+    """An Arrow table or batch with :data:`SCHEMA`'s columns, or some of them (the others keep their defaults)
+    -> records. Column by column: a narrow view converts only what it holds."""
+    names = [n for n in table.column_names if n in _FIELDS]
+    columns = [_from_column(n, table.column(n).to_pylist()) for n in names]
+    return [FaceRecord(**dict(zip(names, values, strict=True))) for values in zip(*columns, strict=True)] \
+        if names else []
 
 
-def iter_records(rows: Iterable[dict[str, Any]]) -> Iterable[FaceRecord]:
-    """Plain rows (as ``to_pylist`` gives them) -> records."""
-    for row in rows:
-        kw = {k: row[k] for k in SCHEMA.names if k in row}
-        for name in _MAP_FIELDS:
-            value = kw.get(name)
-            kw[name] = dict(value) if value else {}
-        for name in ("reasons", "au_coded"):
-            kw[name] = list(kw.get(name) or [])
-        img = kw.get("image")
-        kw["image"] = ImageRef(**img) if img else None
-        rat = kw.get("rationale")
-        kw["rationale"] = Rationale(**rat) if rat else None
-        meta = kw.get("meta")
-        kw["meta"] = json.loads(meta) if meta else {}
-        yield FaceRecord(**kw)
+_FIELDS = frozenset(SCHEMA.names)
+
+
+def _from_column(name: str, values: list[Any]) -> list[Any]:
+    """One column's Python values as the record holds them (dicts for maps, dataclasses for structs, parsed meta)."""
+    if name in _MAP_FIELDS:
+        return [dict(v) if v else {} for v in values]
+    if name in ("reasons", "au_coded"):
+        return [list(v) if v else [] for v in values]
+    if name == "image":
+        return [ImageRef(**v) if v else None for v in values]
+    if name == "rationale":
+        return [Rationale(**v) if v else None for v in values]
+    if name == "meta":
+        return [json.loads(v) if v else {} for v in values]
+    return values
 
 
 # Every column but the aligned crop: what a stage reads when it never looks at the pixels.
