@@ -690,15 +690,20 @@ def view_columns(stage: Stage) -> list[str] | None:
     return None if env.read_all_columns() else stage.view_columns()
 
 
+WRITES_CHECKED_ROWS = 100
+
+
 def check_declared_writes(stage: Stage, view: Any, out: list[FaceRecord], own: list[str]) -> None:
     """Once per stage instance: a column the stage changed must be one it declares in ``writes`` (an undeclared
-    change would not be stored, so it would be lost silently). Raises at the stage's first chunk."""
+    change would not be stored, so it would be lost silently). Raises at the stage's first chunk, judged on its
+    first :data:`WRITES_CHECKED_ROWS` rows (a stage that writes undeclared columns does so on every row)."""
     if stage.writes is None or getattr(stage, "_writes_checked", False) or view is None or len(out) != view.num_rows:
         return
     stage._writes_checked = True  # type: ignore[attr-defined]
-    before = from_arrow(view)  # columns outside the view keep their defaults here, and must in ``out`` too
+    n = min(len(out), WRITES_CHECKED_ROWS)
+    before = from_arrow(view.slice(0, n))  # columns outside the view keep their defaults here, and must in ``out``
     for col in SCHEMA.names:
-        if col not in own and [getattr(r, col) for r in before] != [getattr(r, col) for r in out]:
+        if col not in own and [getattr(r, col) for r in before] != [getattr(r, col) for r in out[:n]]:
             raise RuntimeError(f"stage {stage.name} changed column {col!r}, which it does not declare in `writes` "
                                f"({sorted(stage.writes)}): add it there")
 
@@ -803,7 +808,8 @@ def _run_aggregate(stage: AggregateStage, inputs: StageOutput, d: Path, chunk_si
         if where is not None:
             table = _with_pointers(stage, table, where)
             if index == 0:
-                check_declared_writes(stage, _rows_of(inputs, table), chunk, own)
+                n = min(len(chunk), WRITES_CHECKED_ROWS)
+                check_declared_writes(stage, _rows_of(inputs, table.slice(0, n)), chunk[:n], own)
         write_table_atomic(d / part_name(index), table)
         _count_output(stage.name, chunk, stats)
     stats.n_in = n_in
