@@ -813,21 +813,9 @@ AffectNet/
 
     def _landmarks(self, rec: FaceRecord, lnd_path: Path) -> None:
         """``rec``'s 68 landmarks from ``<id>_lnd.npy``; left empty (with a warning or a count) when missing or odd."""
-        import numpy as np
-
-        if not lnd_path.is_file():
-            self.stats.add("landmarks_missing")
-            return
-        try:
-            lnd = np.load(lnd_path, allow_pickle=False).astype(np.float64).reshape(-1)
-        except (ValueError, OSError) as e:
-            logger.warning("%s: unreadable landmarks (%s); landmarks left empty", lnd_path, e)
-            return
-        if lnd.size == N_LANDMARK_VALUES:
-            rec.landmarks = lnd.reshape(-1, 2).tolist()
-            rec.landmark_scheme = "ibug68"
-        else:
-            logger.warning("%s: %d values, expected %d; landmarks left empty", lnd_path, lnd.size, N_LANDMARK_VALUES)
+        points = self.read_landmarks_npy(lnd_path, N_LANDMARK_VALUES)
+        if points is not None:
+            rec.landmarks, rec.landmark_scheme = points, "ibug68"
 
     def _image_box(self, rec: FaceRecord, img_path: Path) -> FaceRecord:
         """``rec`` with its box, the whole image (the release's crops are faces), or excluded when the image is

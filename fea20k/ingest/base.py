@@ -107,3 +107,22 @@ class IngestAdapter(SourceStage):
             rec.meta["image_error"] = problem[1]
             return self.exclude(rec, problem[0])
         return rec
+
+    def read_landmarks_npy(self, path: Path, n_values: int) -> list[list[float]] | None:
+        """The points of a landmark ``.npy`` file (``n_values`` numbers, x;y interleaved) as ``[[x, y], ...]``; None
+        when it is missing (counted as ``landmarks_missing``), unreadable or of another size (a warning naming the
+        file): the record keeps no landmarks."""
+        import numpy as np
+
+        if not path.is_file():
+            self.stats.add("landmarks_missing")
+            return None
+        try:
+            values = np.load(path, allow_pickle=False).astype(np.float64).reshape(-1)
+        except (ValueError, OSError) as e:
+            logger.warning("%s: unreadable landmarks (%s); landmarks left empty", path, e)
+            return None
+        if values.size != n_values:
+            logger.warning("%s: %d values, expected %d; landmarks left empty", path, values.size, n_values)
+            return None
+        return values.reshape(-1, 2).tolist()

@@ -240,25 +240,13 @@ data/                                   (the root; paths in the JSON files are r
         return self.check_listed_image(rec, index, rel, item["where"])
 
     def _landmarks(self, rec: FaceRecord, rel: Any, strip: str) -> None:
-        import numpy as np
-
         if not isinstance(rel, str):
             return
         if strip and rel.startswith(strip):
             rel = rel[len(strip):]
-        p = self.root / rel
-        if not p.is_file():
-            self.stats.add("landmarks_missing")
-            return
-        try:
-            values = np.load(p, allow_pickle=False).astype(np.float64).reshape(-1)
-        except (ValueError, OSError) as e:
-            logger.warning("%s: unreadable landmarks (%s); left empty", p, e)
-            return
-        if values.size != N_LANDMARK_VALUES:
-            logger.warning("%s: %d values, expected %d; landmarks left empty", p, values.size, N_LANDMARK_VALUES)
-            return
-        rec.landmarks, rec.landmark_scheme = values.reshape(-1, 2).tolist(), "insightface106_norm"
+        points = self.read_landmarks_npy(self.root / rel, N_LANDMARK_VALUES)
+        if points is not None:
+            rec.landmarks, rec.landmark_scheme = points, "insightface106_norm"
 
 
 def _emotion(rec: FaceRecord, emo: dict[str, Any], where: str, evaluation: bool) -> str | None:
