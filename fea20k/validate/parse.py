@@ -114,26 +114,21 @@ def synonyms_from(validators_dir: Path | None = None) -> dict[str, str]:
     return syn
 
 
-_NORM_CACHE: dict[tuple[int, str], str | None] = {}
+@lru_cache(maxsize=65536)
+def _answer_keys(answer: str) -> tuple[str, str]:
+    """The lookup keys of an answer: the whole answer normalised (lower case, punctuation to spaces, one space),
+    and its first token. Cached by the answer alone: the synonyms are looked up afresh each call."""
+    s = " ".join(_PUNCT_RE.sub(" ", answer.lower()).split())
+    return s, (_TOKEN_SPLIT_RE.split(s, maxsplit=1)[0] if s else "")
 
 
 def normalise_emotion(answer: str, synonyms: dict[str, str] | None = None) -> str | None:
     """Canonical emotion of an answer string, or ``None`` (see the module docstring for the rule)."""
     syn = synonyms if synonyms is not None else _default_synonyms()
-    key = (id(syn), answer)
-    try:
-        return _NORM_CACHE[key]
-    except KeyError:
-        pass
-    s = _PUNCT_RE.sub(" ", answer.lower()).strip()
-    s = " ".join(s.split())
-    out = syn.get(s)
-    if out is None and s:
-        first = _TOKEN_SPLIT_RE.split(s, maxsplit=1)[0]
+    whole, first = _answer_keys(answer)
+    out = syn.get(whole)
+    if out is None and whole:
         out = syn.get(first)
-    if len(_NORM_CACHE) > 50_000:
-        _NORM_CACHE.clear()
-    _NORM_CACHE[key] = out
     return out
 
 
