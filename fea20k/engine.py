@@ -52,10 +52,12 @@ from fea20k.io import (
     chunk_done,
     completed_chunks,
     disk_full_error,
+    gather_rows,
     is_disk_full,
     own_columns,
     part_name,
     read_part_table,
+    read_signature,
     stats_name,
     write_chunk,
     write_lineage,
@@ -378,7 +380,6 @@ def build_round(
     round_: int,
     from_stage: str | None = None,
     until_stage: str | None = None,
-    quiet: bool = False,
     workers: int | None = None,
     executor: str = "local",
     address: str | None = None,
@@ -391,8 +392,8 @@ def build_round(
     Holds the workspace lock (:mod:`fea20k.lock`) throughout: another writer raises
     :class:`~fea20k.lock.WorkspaceLockedError` naming the holder, or is waited for with ``wait``. Ctrl-C
     (KeyboardInterrupt) propagates, with the run and the stage recorded ``interrupted``; complete chunks are kept.
-    ``progress`` receives the per-stage progress (nothing is shown by default; ``quiet`` is kept for callers that
-    pass it); ``command`` is what the ledger and the lock record as the build's command line.
+    ``progress`` receives the per-stage progress (nothing is shown by default: the CLI passes its bars);
+    ``command`` is what the ledger and the lock record as the build's command line.
     """
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     command = command or f"build_round(round={round_})"
@@ -483,8 +484,7 @@ def _prepare_dir(d: Path, signature: str, stage: Stage, upstream: list[Path]) ->
     columns it writes records where the others are read from (:func:`fea20k.io.write_lineage`)."""
     sig_file = d / SIGNATURE_FILE
     if d.exists():
-        old = sig_file.read_text().strip() if sig_file.exists() else None
-        if old != signature or (d / SUCCESS_FILE).exists():
+        if read_signature(d) != signature or (d / SUCCESS_FILE).exists():
             shutil.rmtree(d)
     d.mkdir(parents=True, exist_ok=True)
     for tmp in d.glob(".*.tmp-*"):
@@ -809,7 +809,8 @@ def _run_aggregate(stage: AggregateStage, inputs: StageOutput, d: Path, chunk_si
             table = _with_pointers(stage, table, where)
             if index == 0:
                 n = min(len(chunk), WRITES_CHECKED_ROWS)
-                check_declared_writes(stage, _rows_of(inputs, table.slice(0, n)), chunk[:n], own)
+                check_declared_writes(stage, gather_rows(inputs.parts, table.slice(0, n), inputs.columns), chunk[:n],
+                                      own)
         write_table_atomic(d / part_name(index), table)
         _count_output(stage.name, chunk, stats)
     stats.n_in = n_in
@@ -817,18 +818,6 @@ def _run_aggregate(stage: AggregateStage, inputs: StageOutput, d: Path, chunk_si
     stats.seconds = time.perf_counter() - t0
     atomic_write_json(d / "stats.json", stats.to_dict())
     return stats
-
-
-def _rows_of(inputs: StageOutput, table: Any) -> Any:
-    """The input rows (the stage's view of them) an aggregate's output rows point at, in their order."""
-    import pyarrow as pa
-
-    parts = inputs.parts
-    pointers = list(zip(table.column(UP_PART).to_pylist(), table.column(UP_ROW).to_pylist(), strict=True))
-    read = {p: read_part_table(parts[p], inputs.columns) for p in sorted({p for p, _ in pointers})}
-    if not read:
-        return read_part_table(parts[0], inputs.columns).slice(0, 0) if parts else None
-    return pa.concat_tables([read[p].slice(r, 1) for p, r in pointers])
 
 
 def _with_pointers(stage: Stage, table: Any, where: dict[str, tuple[int, int]]) -> Any:

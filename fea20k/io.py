@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from fea20k.errors import DiskFullError, Fea20kUserError
 from fea20k.record import FaceRecord
-from fea20k.schema import SCHEMA, from_arrow, to_arrow
+from fea20k.schema import SCHEMA, from_arrow, schema_of, to_arrow
 
 
 PART_GLOB = "part-*.parquet"
@@ -164,13 +164,14 @@ class Lineage:
 def write_lineage(stage_dir: Path, link: str, upstream: Sequence[Path]) -> None:
     """Record in ``stage_dir`` where the columns it does not store are read from (before its first part)."""
     ups = [Path(os.path.relpath(u, stage_dir)).as_posix() for u in upstream]
-    sigs = [_signature(Path(u)) for u in upstream]
+    sigs = [read_signature(Path(u)) for u in upstream]
     atomic_write_json(stage_dir / LINEAGE_FILE, Lineage(link, tuple(ups), tuple(sigs)).to_dict())
 
 
-def _signature(stage_dir: Path) -> str:
+def read_signature(stage_dir: Path) -> str | None:
+    """The signature a stage folder's parts were written with (``_SIGNATURE``), None when there is none."""
     p = stage_dir / SIGNATURE_FILE
-    return p.read_text().strip() if p.is_file() else ""
+    return p.read_text().strip() if p.is_file() else None
 
 
 def read_lineage(stage_dir: Path) -> Lineage | None:
@@ -188,7 +189,7 @@ def _upstream_parts(stage_dir: Path, lineage: Lineage) -> list[Path]:
     parts: list[Path] = []
     for rel, sig in zip(lineage.upstream, lineage.signatures, strict=True):
         up = Path(os.path.normpath(stage_dir / rel))
-        if _signature(up) != sig:
+        if read_signature(up) != sig:
             raise StaleOutputError(
                 f"{stage_dir} was built from {up} before that was rebuilt (or removed); its rows no longer line up "
                 "with it: run `fea20k build` for this round to bring it up to date")
@@ -238,21 +239,21 @@ def read_part_table(path: Path, columns: Sequence[str] | None = None) -> pa.Tabl
     if lineage.link == ALIGNED:
         up = read_part_table(ups[index], [*missing, KEY])
     else:
-        up = _gather(ups, table, [*missing, KEY])
+        up = gather_rows(ups, table, [*missing, KEY])
     if not up.column(KEY).equals(table.column(KEY)):
         raise StaleOutputError(f"{path}: its rows no longer match its upstream's; run `fea20k build` again")
     return _with_columns(table, want, {c: up.column(c) for c in missing})
 
 
-def _gather(ups: list[Path], table: pa.Table, columns: list[str]) -> pa.Table:
-    """The upstream rows an aggregate's rows point at (``_up_part``/``_up_row``), in the aggregate's order; each
-    upstream part is read once."""
+def gather_rows(ups: Sequence[Path], table: pa.Table, columns: Sequence[str] | None) -> pa.Table:
+    """``columns`` (None: all) of the upstream rows an aggregate's rows point at (``_up_part``/``_up_row`` of
+    ``table``), in the aggregate's order; each upstream part is read once."""
     import numpy as np
 
     parts = table.column(UP_PART).to_numpy()
     rows = table.column(UP_ROW).to_numpy()
     if not len(parts):
-        return schema_of_columns(columns).empty_table()
+        return schema_of(_ordered(columns)).empty_table()
     pieces, positions = [], []
     for p in np.unique(parts):
         at = np.nonzero(parts == p)[0]
@@ -272,10 +273,6 @@ def _gather(ups: list[Path], table: pa.Table, columns: list[str]) -> pa.Table:
     return gathered.take(pa.array(inverse))
 
 
-def schema_of_columns(columns: Sequence[str]) -> pa.Schema:
-    return pa.schema([SCHEMA.field(c) for c in _ordered(columns)])
-
-
 def _with_columns(table: pa.Table, want: list[str], more: dict[str, Any]) -> pa.Table:
     """A table of exactly ``want`` (SCHEMA types): from ``table``, from ``more``, else nulls."""
     arrays = []
@@ -286,7 +283,7 @@ def _with_columns(table: pa.Table, want: list[str], more: dict[str, Any]) -> pa.
             arrays.append(table.column(c))
         else:
             arrays.append(pa.nulls(table.num_rows, SCHEMA.field(c).type))
-    return pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(c) for c in want]))
+    return pa.Table.from_arrays(arrays, schema=schema_of(want))
 
 
 def own_columns(writes: Sequence[str] | None) -> list[str]:
@@ -366,7 +363,7 @@ class StageOutput:
         """A few columns of every part, concatenated (for light passes such as pool selection)."""
         tables = list(self.iter_tables(columns))
         if not tables:
-            return schema_of_columns(columns).empty_table()
+            return schema_of(_ordered(columns)).empty_table()
         return pa.concat_tables(tables)
 
     def locate(self) -> dict[str, tuple[int, int]]:
