@@ -138,12 +138,13 @@ def build_release(
     facts = ReleaseFacts()
     sources_seen = _pool_facts(ws, round_, inputs, facts)
     images, blocked = image_policy(ws, sources_seen, include_images, confirmed, terms_path)
+    vocab = _vocab(ws)
     with building_dir(out_dir) as tmp:
-        writer = ReleaseWriter(tmp, _vocab(ws).emotions, images,
+        writer = ReleaseWriter(tmp, vocab.emotions, images,
                                shard_max_bytes=shard_max_bytes or ws.config.publish.shard_max_mb << 20)
         shards = _write_splits(ws, round_, inputs, writer, facts, images)
         notes = _write_notes(ws, round_, tmp, facts)
-        _write_card(ws, round_, tmp, writer, shards, facts, images, sources_seen,
+        _write_card(ws, round_, tmp, writer, shards, facts, images, sources_seen, vocab,
                     load_sources_file(terms_path), card_template)
         manifest = {"round": round_, "include_images": images, "rows": writer.rows,
                     "inputs": [str(d.relative_to(ws.root)) if d.is_relative_to(ws.root) else d.name
@@ -209,9 +210,9 @@ def _write_notes(ws: Workspace, round_: int, tmp: Path, facts: ReleaseFacts) -> 
 
 
 def _write_card(ws: Workspace, round_: int, tmp: Path, writer: ReleaseWriter, shards: dict[str, list[ShardInfo]],
-                facts: ReleaseFacts, images: bool, sources_seen: set[str], terms: Any, card_template: str) -> None:
+                facts: ReleaseFacts, images: bool, sources_seen: set[str], vocab: Any, terms: Any,
+                card_template: str) -> None:
     """The dataset card README.md: YAML front matter (configs, features) and the rendered template."""
-    vocab = _vocab(ws)
     seen = {k: v for k, v in ws.config.sources.items() if k in sources_seen}
     src_facts = source_facts(seen, terms, source_conventions(ws, seen))
     front = {
