@@ -122,7 +122,7 @@ class Stage:
             return None
         from fea20k.io import KEY, VERDICT
 
-        return sorted({KEY, "source", *VERDICT, *self.reads, *(self.writes or ())})  # a record needs its source
+        return sorted({KEY, "source", *VERDICT, *self.reads, *self.writes})  # a record needs its source
 
     # -- hooks
     def recipe_files(self) -> list[Path]:
