@@ -208,20 +208,32 @@ max_attempts = 2
 """
 
 
+def write_loopback_demo(ws: Path, n: int, seed: int, chunk_size: int) -> None:
+    """The demo workspace with ``annotate.draft`` drafting through the ``loopback`` annotator (its file is written
+    by :func:`write_loopback` once the server's URL is known), in chunks of ``chunk_size``."""
+    from fea20k.demo import write_demo
+
+    write_demo(ws, n=n, seed=seed)
+    recipe = ws / "pipelines" / "demo.toml"
+    recipe.write_text(recipe.read_text().replace("chunk_size = 1000", f"chunk_size = {chunk_size}")
+                      + '\n[stages."annotate.draft"]\nannotator = "loopback"\n')
+
+
+def write_loopback(ws: Path, url: str, extra: str = "") -> None:
+    """``annotators/loopback.toml`` pointing at the loopback server ``url`` (``extra``: more TOML lines)."""
+    (ws / "annotators" / "loopback.toml").write_text(LOOPBACK.format(url=url) + extra)
+
+
 def test_killed_teacher_job_does_not_resend_answered_requests(tmp_path: Path, ray_address: str) -> None:
     """Demo round 0 with the teacher on the loopback server: SIGKILL the driver once annotate.draft has written
     chunk 1, re-run: the round completes and no request answered before the kill reaches the server again."""
     pytest.importorskip("aiohttp", reason="the loopback server needs aiohttp (dev extra)")
-    from fea20k.demo import write_demo
     from fea20k.testing.openai_server import OpenAIServer
 
     ws = tmp_path / "ws"
-    write_demo(ws, n=48, seed=2)
-    recipe = ws / "pipelines" / "demo.toml"
-    recipe.write_text(recipe.read_text().replace("chunk_size = 1000", "chunk_size = 6")
-                      + '\n[stages."annotate.draft"]\nannotator = "loopback"\n')
+    write_loopback_demo(ws, n=48, seed=2, chunk_size=6)
     with OpenAIServer(latency=0.02, lifetime=240) as server:
-        (ws / "annotators" / "loopback.toml").write_text(LOOPBACK.format(url=server.base_url))
+        write_loopback(ws, server.base_url)
         script = textwrap.dedent(f"""
             from fea20k.engine import build_round
             build_round({str(ws)!r}, 0, executor="ray", address={ray_address!r})

@@ -19,7 +19,7 @@ from ray.cluster_utils import Cluster  # noqa: E402 - needs ray
 from fea20k import ledger_service  # noqa: E402
 from fea20k.engine import build_round  # noqa: E402
 from fea20k.ledger import LedgerOwnerError  # noqa: E402
-from tests.executors.test_ray import LOOPBACK, _release_files  # noqa: E402
+from tests.executors.test_ray import _release_files, write_loopback, write_loopback_demo  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,6 @@ def _open_ledger_in_a_worker(root: str) -> str:
 
 def test_multi_node_build_reaches_the_ledger_through_the_service(tmp_path: Path, cluster: Cluster,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from fea20k.demo import write_demo
     from fea20k.testing.openai_server import OpenAIServer
 
     assert len([n for n in ray.nodes() if n["Alive"]]) == 3
@@ -65,13 +64,10 @@ def test_multi_node_build_reaches_the_ledger_through_the_service(tmp_path: Path,
 
     monkeypatch.setattr(ledger_service.LedgerService, "stop", counting_stop)
     demo = tmp_path / "demo"
-    write_demo(demo, n=16, seed=3)
-    recipe = demo / "pipelines" / "demo.toml"
-    recipe.write_text(recipe.read_text().replace("chunk_size = 1000", "chunk_size = 4")
-                      + '\n[stages."annotate.draft"]\nannotator = "loopback"\n')
+    write_loopback_demo(demo, n=16, seed=3, chunk_size=4)
     local, on_ray = tmp_path / "local", tmp_path / "ray"
     with OpenAIServer(latency=0.005, lifetime=120) as server:
-        (demo / "annotators" / "loopback.toml").write_text(LOOPBACK.format(url=server.base_url))
+        write_loopback(demo, server.base_url)
         shutil.copytree(demo, local)
         shutil.copytree(demo, on_ray)
         build_round(local, 0)
@@ -101,19 +97,14 @@ def test_one_budget_cap_for_every_actor(tmp_path: Path, cluster: Cluster) -> Non
     """The budget is the build's, not each actor's: three actors on three nodes stop at one cap together."""
     import sqlite3
 
-    from fea20k.demo import write_demo
     from fea20k.errors import BudgetExceededError
     from fea20k.testing.openai_server import OpenAIServer
 
     cap = 0.5
     ws = tmp_path / "ws"
-    write_demo(ws, n=24, seed=4)
-    recipe = ws / "pipelines" / "demo.toml"
-    recipe.write_text(recipe.read_text().replace("chunk_size = 1000", "chunk_size = 4")
-                      + '\n[stages."annotate.draft"]\nannotator = "loopback"\n')
+    write_loopback_demo(ws, n=24, seed=4, chunk_size=4)
     with OpenAIServer(latency=0.01, lifetime=120) as server:
-        (ws / "annotators" / "loopback.toml").write_text(
-            LOOPBACK.format(url=server.base_url) + f"price_in = 100.0\nprice_out = 100.0\nbudget_usd = {cap}\n")
+        write_loopback(ws, server.base_url, f"price_in = 100.0\nprice_out = 100.0\nbudget_usd = {cap}\n")
         with pytest.raises(BudgetExceededError, match=r"budget cap \$0.5000 reached"):
             build_round(ws, 0, executor="ray", address=cluster.address)
     with sqlite3.connect(ws / ".fea20k" / "ledger.sqlite") as conn:
