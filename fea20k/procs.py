@@ -58,7 +58,8 @@ def worker_pool(workers: int, initializer: Callable[..., None] | None = None,
         # otherwise print its traceback; quiet_on_interrupt takes over once it runs
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            pool.submit(_started)  # a spawn pool starts all its workers at the first submit
+            for _ in range(workers):  # a spawn pool starts a worker per submit while none is idle: all of them here
+                pool.submit(_started)
         finally:
             signal.signal(signal.SIGINT, previous)
     return pool
