@@ -23,7 +23,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,7 +64,7 @@ from fea20k.io import (
     write_table_atomic,
 )
 from fea20k.lock import pid_alive, workspace_lock
-from fea20k.procs import worker_pool
+from fea20k.procs import Completions, worker_pool
 from fea20k.record import FaceRecord
 from fea20k.schema import SCHEMA, from_arrow, to_arrow
 from fea20k.stage import (
@@ -761,14 +761,15 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
         with worker_pool(n_workers, _worker_init,
                          (type(stage), cfg, stage.ctx, str(stage.ctx.workspace_root))) as pool:
             running: dict[Future[dict[str, Any]], int] = {}
-            queue = list(todo)
-            while queue or running:
-                while queue and len(running) < 2 * n_workers:
-                    i, p = queue.pop(0)
-                    running[pool.submit(_worker_task, p, d, i)] = i
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    finished(fut.result(), running.pop(fut))
+            ended = Completions()  # not concurrent.futures.wait: see Completions
+            todo_left = list(todo)
+            while todo_left or running:
+                while todo_left and len(running) < 2 * n_workers:
+                    i, p = todo_left.pop(0)
+                    running[ended.watch(pool.submit(_worker_task, p, d, i))] = i
+                fut = ended.next()
+                assert fut is not None  # no timeout: a future did finish
+                finished(fut.result(), running.pop(fut))
     else:
         stage.load()
         for i, p in todo:

@@ -6,11 +6,12 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 
 if TYPE_CHECKING:
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import Future, ProcessPoolExecutor
 
 
 def exit_with_parent() -> None:
@@ -67,6 +68,26 @@ def worker_pool(workers: int, initializer: Callable[..., None] | None = None,
 
 def _started() -> None:
     """The no-op job that starts a pool's workers."""
+
+
+class Completions:
+    """Futures, as they finish, through a queue. ``concurrent.futures.wait()`` takes every future's lock at once, and
+    a Ctrl-C in the middle of that leaves some held: the pool's manager thread then blocks on them for ever and the
+    pool never shuts down (seen as a build that hung after Ctrl-C). ``next()`` holds no future's lock."""
+
+    def __init__(self) -> None:
+        self._done: SimpleQueue[Future[Any]] = SimpleQueue()
+
+    def watch(self, future: Future[Any]) -> Future[Any]:
+        future.add_done_callback(self._done.put)
+        return future
+
+    def next(self, timeout: float | None = None) -> Future[Any] | None:
+        """The next future to finish, waiting up to ``timeout`` seconds (None: for ever); None when none did."""
+        try:
+            return self._done.get(timeout=timeout)
+        except Empty:
+            return None
 
 
 # Set in every worker process: fea20k.ledger.Ledger refuses to open the SQLite file there (issue 17: one owner).

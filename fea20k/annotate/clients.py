@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from fea20k.errors import Fea20kError
-from fea20k.procs import worker_pool
+from fea20k.procs import Completions, worker_pool
 from fea20k.record import FaceRecord
 
 
@@ -78,12 +79,22 @@ class ClientPool:
 
     def _start(self) -> None:
         """Start and load every worker: one task each, held at a barrier, so no worker takes two."""
-        futures = [self.pool.submit(_client_ready) for _ in range(self.n)]
-        done, _ = wait(futures, timeout=START_TIMEOUT, return_when=FIRST_EXCEPTION)
+        ended = Completions()  # not concurrent.futures.wait: see Completions
+        for _ in range(self.n):
+            ended.watch(self.pool.submit(_client_ready))
+        deadline = time.monotonic() + START_TIMEOUT
+        done, f = 0, None
+        while done < self.n:
+            f = ended.next(max(0.0, deadline - time.monotonic()))
+            if f is None:
+                break
+            done += 1
+            if f.exception() is not None:
+                break
         self.procs = list(self.pool._processes.values())  # noqa: SLF001 - for the dead-worker report only
-        for f in done:
+        if f is not None:
             self._result(f)  # raises a worker's start error
-        if len(done) < self.n:
+        if done < self.n:
             raise ClientProcessError(f"annotate client processes did not start within {START_TIMEOUT:g}s")
 
     # -- running
@@ -94,9 +105,12 @@ class ClientPool:
             futures = [self.pool.submit(_client_shard, shard) for shard in shards]
         except BrokenProcessPool:
             raise self._died("is gone") from None
-        waiting = set(futures)
-        while waiting:
-            _, waiting = wait(waiting, timeout=POLL)
+        ended = Completions()  # not concurrent.futures.wait: see Completions
+        for f in futures:
+            ended.watch(f)
+        left = len(futures)
+        while left:
+            left -= ended.next(POLL) is not None
             tick()
         results: list[Any] = []
         error: BaseException | None = None
