@@ -66,8 +66,9 @@ from fea20k.io import (
 from fea20k.lock import pid_alive, workspace_lock
 from fea20k.procs import Completions, worker_pool
 from fea20k.record import FaceRecord
-from fea20k.schema import SCHEMA, from_arrow, to_arrow
+from fea20k.schema import SCHEMA, from_arrow, schema_of, to_arrow
 from fea20k.stage import (
+    AggregateChunk,
     AggregateStage,
     MapStage,
     SourceStage,
@@ -805,15 +806,19 @@ def _run_aggregate(stage: AggregateStage, inputs: StageOutput, d: Path, chunk_si
     own = own_columns(stage.writes)
     where = inputs.locate() if stage.writes is not None else None
     for index, chunk in enumerate(_rechunk(stage.run(inputs), chunk_size)):
-        table = to_arrow(chunk, own)
+        if isinstance(chunk, list):
+            table = to_arrow(chunk, own)
+            _count_output(stage.name, chunk, stats)
+        else:  # a columnar chunk holds exactly the stage's own columns: it cannot change an undeclared one
+            table = _own_table(stage, chunk, own)
+            _count_table(stage.name, table, stats)
         if where is not None:
             table = _with_pointers(stage, table, where)
-            if index == 0:
+            if index == 0 and isinstance(chunk, list):
                 n = min(len(chunk), WRITES_CHECKED_ROWS)
                 check_declared_writes(stage, gather_rows(inputs.parts, table.slice(0, n), inputs.columns), chunk[:n],
                                       own)
         write_table_atomic(d / part_name(index), table)
-        _count_output(stage.name, chunk, stats)
     stats.n_in = n_in
     advance(n_in)
     stats.seconds = time.perf_counter() - t0
@@ -834,12 +839,44 @@ def _with_pointers(stage: Stage, table: Any, where: dict[str, tuple[int, int]]) 
     return table.append_column(UP_ROW, pa.array([r for _, r in at], type=pa.int32()))
 
 
-def _rechunk(chunks: Iterator[list[FaceRecord]], size: int) -> Iterator[list[FaceRecord]]:
+def _rechunk(chunks: Iterator[AggregateChunk], size: int) -> Iterator[AggregateChunk]:
+    """Record chunks re-cut to ``size``; a columnar chunk (an Arrow table) is written as it comes, in order."""
     buf: list[FaceRecord] = []
     for chunk in chunks:
+        if not isinstance(chunk, list):
+            if buf:
+                yield buf
+                buf = []
+            if chunk.num_rows:
+                yield chunk
+            continue
         buf.extend(chunk)
         while len(buf) >= size:
             yield buf[:size]
             buf = buf[size:]
     if buf:
         yield buf
+
+
+def _own_table(stage: Stage, table: Any, own: list[str]) -> Any:
+    """A columnar chunk's own columns, in part order and :data:`~fea20k.schema.SCHEMA` types."""
+    missing = [c for c in own if c not in table.column_names]
+    if missing:
+        raise RuntimeError(f"stage {stage.name} yielded an Arrow chunk without its column(s) {missing}: a columnar "
+                           "chunk holds `id`, what the stage writes and the verdict")
+    return table.select(own).cast(schema_of(own))
+
+
+def _count_table(stage_name: str, table: Any, stats: StageStats) -> None:
+    """:func:`_count_output` of a columnar chunk."""
+    import pyarrow.compute as pc
+
+    stats.n_out += table.num_rows
+    accepted = table.column("accepted")
+    stats.kept += table.num_rows - (pc.sum(pc.equal(accepted, False)).as_py() or 0)
+    here = pc.fill_null(pc.equal(table.column("excluded_at"), stage_name), False)
+    n_here = pc.sum(here).as_py() or 0
+    if n_here:
+        stats.counters["excluded"] += n_here
+        for reason in pc.list_flatten(table.column("reasons").filter(here)).to_pylist():
+            stats.drop(reason)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from fea20k.config import StrictModel, validate_model
 from fea20k.errors import UnknownStageError, require
@@ -215,14 +215,19 @@ class MapStage(Stage, ABC):
         over the chunks (the annotate stages' Batch API submission) is sent here. May raise to stop the build."""
 
 
+# an aggregate stage's output chunk: records, or an Arrow table of its own columns (see AggregateStage.run)
+AggregateChunk: TypeAlias = "list[FaceRecord] | pa.Table"
+
+
 class AggregateStage(Stage, ABC):
     """Sees the whole upstream output (streamed chunk by chunk) and yields output chunks, or nothing (a sink)."""
 
     kind = "aggregate"
 
     @abstractmethod
-    def run(self, inputs: StageOutput) -> Iterator[list[FaceRecord]]:
-        """Yield output chunks."""
+    def run(self, inputs: StageOutput) -> Iterator[AggregateChunk]:
+        """Yield output chunks: lists of records, or Arrow tables holding ``id``, the columns the stage writes and
+        the verdict (the columnar path: rows the stage leaves as they are need not become records)."""
 
     def outputs_present(self) -> bool:
         """For sinks that write outside ``.fea20k`` (a release folder): whether that output still exists."""

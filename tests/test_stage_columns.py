@@ -7,14 +7,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from fea20k.engine import build_round
 from fea20k.io import LINEAGE_FILE, StageOutput, StaleOutputError, read_chunk
 from fea20k.record import FaceRecord
-from fea20k.schema import SCHEMA
-from fea20k.stage import MapStage, register_stage
+from fea20k.schema import SCHEMA, from_arrow
+from fea20k.stage import AggregateStage, MapStage, register_stage
 from tests.test_engine import make_ws
 
 
@@ -141,3 +143,68 @@ def test_a_stage_that_declares_nothing_stores_whole_records(tmp_path: Path) -> N
     d = ws / ".fea20k" / "rounds" / "0" / "faces.toy_upper"
     assert not (d / LINEAGE_FILE).exists()
     assert set(pq.read_schema(next(d.glob("part-*.parquet"))).names) == set(SCHEMA.names)
+
+
+class _ToyScore(AggregateStage):
+    """Scores every live record by its index and rules out the odd ones; ``columnar`` says how it yields."""
+
+    reads = frozenset({"id", "accepted", "reasons", "excluded_at", "scores"})
+    writes = frozenset({"scores"})
+    columnar = False
+
+    def run(self, inputs: StageOutput):  # noqa: ANN201 - a test stage
+        for i, table in enumerate(inputs.iter_tables()):
+            if not self.columnar or i % 2:  # records on odd parts: one output may mix both kinds
+                recs = from_arrow(table)
+                for rec in recs:
+                    if not rec.excluded:
+                        rec.scores["index"] = float(rec.id.split("/")[1])
+                        if int(rec.id.split("/")[1]) % 2:
+                            self.exclude(rec, "odd")
+                yield recs
+                continue
+            index = pc.cast(pc.list_element(pc.split_pattern(table.column("id"), "/"), 1), pa.float64())
+            live = pc.invert(pc.fill_null(pc.equal(table.column("accepted"), False), False))
+            odd = pc.and_(live, pc.equal(pc.bit_wise_and(pc.cast(index, pa.int64()), 1), 1))
+            scores = [[("index", x)] if ok else (s or []) for x, ok, s in
+                      zip(index.to_pylist(), live.to_pylist(), table.column("scores").to_pylist(), strict=True)]
+            reasons = [[*(r or []), "odd"] if o else r for r, o in
+                       zip(table.column("reasons").to_pylist(), odd.to_pylist(), strict=True)]
+            yield pa.table({
+                "id": table.column("id"),
+                "scores": pa.array(scores, type=SCHEMA.field("scores").type),
+                "accepted": pc.if_else(odd, False, table.column("accepted")),
+                "reasons": pa.array(reasons, type=SCHEMA.field("reasons").type),
+                "excluded_at": pc.if_else(pc.and_(odd, pc.is_null(table.column("excluded_at"))), self.name,
+                                          table.column("excluded_at")),
+            })
+
+
+@register_stage("validate.toy_score_records")
+class ToyScoreRecords(_ToyScore):
+    pass
+
+
+@register_stage("validate.toy_score_columnar")
+class ToyScoreColumnar(_ToyScore):
+    columnar = True
+
+
+def test_an_aggregate_may_yield_arrow_chunks(tmp_path: Path) -> None:
+    """The columnar path of an aggregate stage stores what its record twin stores, and counts the same."""
+    outputs, stats = {}, {}
+    for kind in ("records", "columnar"):
+        ws = make_ws(tmp_path / kind)
+        recipe = ws / "pipelines" / "toy.toml"
+        recipe.write_text(recipe.read_text().replace('"validate.toy_threshold"', f'"validate.toy_score_{kind}"'))
+        result = build_round(ws, 0)
+        d = ws / ".fea20k" / "rounds" / "0" / f"validate.toy_score_{kind}"
+        outputs[kind] = {r.id: (r.accepted, r.reasons, r.excluded_at and r.excluded_at.rsplit("_", 1)[0], r.scores,
+                                r.face) for r in StageOutput([d]).iter_records()}
+        run = next(s for s in result.stages if s.key == f"validate.toy_score_{kind}")
+        stats[kind] = (run.stats.n_in, run.stats.n_out, run.stats.kept, run.stats.counters["excluded"],
+                       dict(run.stats.dropped))
+    assert outputs["columnar"] == outputs["records"]
+    assert stats["columnar"] == stats["records"]
+    n_in, n_out, kept, excluded, dropped = stats["columnar"]
+    assert n_in == n_out == 32 and excluded == dropped["odd"] > 0 and kept < n_in - excluded
