@@ -106,32 +106,67 @@ def release_schema(include_images: bool, rejected: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-def release_features(emotions: Sequence[str], include_images: bool, rejected: bool) -> Any:
-    """The ``datasets.Features`` of one config (``datasets`` is imported here, lazily)."""
-    from datasets import ClassLabel, Features, Image, Sequence, Value
+def release_features(emotions: Sequence[str], include_images: bool, rejected: bool) -> dict[str, Any]:
+    """The ``datasets.Features`` of one config in their serialised form (``Features.to_dict()``).
 
-    def value_of(t: pa.DataType) -> Any:
-        if pa.types.is_list(t):
-            inner = t.value_type
-            if pa.types.is_struct(inner):
-                return [{f.name: value_of(f.type) for f in inner}]  # a list of structs, not a struct of lists
-            return Sequence(value_of(inner))
-        return Value(str(t) if str(t) != "bool" else "bool")
-
+    Written here from the release schema rather than built with ``datasets``: importing ``datasets`` costs about as
+    much as the whole rest of a release build. ``tests/publish/test_release.py`` checks that it equals what
+    ``datasets`` itself produces.
+    """
     feats: dict[str, Any] = {}
     for f in release_schema(include_images, rejected):
         if f.name == "emotion":
-            feats[f.name] = ClassLabel(names=list(emotions))
+            feats[f.name] = {"names": list(emotions), "_type": "ClassLabel"}
         elif f.name == "image":
-            feats[f.name] = Image()
+            feats[f.name] = {"_type": "Image"}
         else:
-            feats[f.name] = value_of(f.type)
-    return Features(feats)
+            feats[f.name] = _feature_of(f.type)
+    return feats
 
 
-def schema_with_features(schema: pa.Schema, features: Any) -> pa.Schema:
-    """Attach the features as the ``huggingface`` schema metadata key that ``datasets`` reads back."""
-    meta = {b"huggingface": json.dumps({"info": {"features": features.to_dict()}}).encode("utf-8")}
+# Arrow's names of the float types -> the names ``datasets.Value`` normalises them to
+_DTYPE_NAMES = {"halffloat": "float16", "float": "float32", "double": "float64"}
+
+
+def _feature_of(t: pa.DataType) -> dict[str, Any]:
+    """The serialised feature of an Arrow type: a ``Value``, or a ``List`` (of values, lists or structs)."""
+    if pa.types.is_list(t):
+        inner = t.value_type
+        if pa.types.is_struct(inner):  # a list of structs, not a struct of lists
+            return {"feature": {f.name: _feature_of(f.type) for f in inner}, "_type": "List"}
+        return {"feature": _feature_of(inner), "_type": "List"}
+    return {"dtype": _DTYPE_NAMES.get(str(t), str(t)), "_type": "Value"}
+
+
+def features_yaml(features: dict[str, Any]) -> list[dict[str, Any]]:
+    """Serialised features (:func:`release_features`) as the README's ``dataset_info.features`` list (what
+    ``datasets.Features._to_yaml_list`` writes)."""
+    return [{"name": name, **_yaml_entry(feat)} for name, feat in features.items()]
+
+
+def _yaml_entry(feat: dict[str, Any]) -> dict[str, Any]:
+    kind = feat["_type"]
+    if kind == "ClassLabel":
+        return {"dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(feat["names"])}}}}
+    if kind == "Image":
+        return {"dtype": "image"}
+    if kind == "List":
+        return {"list": _yaml_type(feat["feature"])}
+    return {"dtype": feat["dtype"]}
+
+
+def _yaml_type(feat: dict[str, Any]) -> Any:
+    """The type inside a ``list:`` entry: a dtype name, a nested ``{list: ...}``, or a struct's field list."""
+    if "_type" not in feat:  # a struct: field name -> feature
+        return [{"name": name, **_yaml_entry(f)} for name, f in feat.items()]
+    if feat["_type"] == "List":
+        return {"list": _yaml_type(feat["feature"])}
+    return _yaml_entry(feat)["dtype"]
+
+
+def schema_with_features(schema: pa.Schema, features: dict[str, Any]) -> pa.Schema:
+    """Attach the serialised features as the ``huggingface`` schema metadata key that ``datasets`` reads back."""
+    meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode("utf-8")}
     return schema.with_metadata(meta)
 
 
@@ -433,19 +468,18 @@ class ReleaseWriter:
         return out
 
     def dataset_info(self, shards: dict[str, list[ShardInfo]]) -> list[dict[str, Any]]:
-        """The README ``dataset_info`` list: per config, its features and splits (rows, bytes)."""
-        from datasets import DatasetInfo, SplitDict, SplitInfo
-
+        """The README ``dataset_info`` list: per config, its features and splits (rows, bytes), as
+        ``datasets.DatasetInfo._to_yaml_dict`` writes it."""
         infos = []
         for cfg, splits in self.splits_present().items():
-            split_dict = SplitDict()
-            for split in splits:
-                split_dict.add(SplitInfo(name=split, num_bytes=self._writers[split].nbytes,
-                                         num_examples=self.rows[split]))
-            info = DatasetInfo(features=self.features[cfg], splits=split_dict, config_name=cfg,
-                               dataset_size=sum(self._writers[s].nbytes for s in splits),
-                               download_size=sum(sh.bytes for s in splits for sh in shards[s]))
-            infos.append(info._to_yaml_dict())
+            infos.append({
+                "features": features_yaml(self.features[cfg]),
+                "config_name": cfg,
+                "splits": [{"name": s, "num_bytes": self._writers[s].nbytes, "num_examples": self.rows[s]}
+                           for s in splits],
+                "download_size": sum(sh.bytes for s in splits for sh in shards[s]),
+                "dataset_size": sum(self._writers[s].nbytes for s in splits),
+            })
         return infos
 
     def configs_yaml(self) -> list[dict[str, Any]]:

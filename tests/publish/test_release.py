@@ -51,3 +51,52 @@ def test_shards_respect_the_size_cap(tmp_path: Path) -> None:
     assert [s.path for s in shards] == [f"data/train-{i:05d}-of-{len(shards):05d}.parquet" for i in range(len(shards))]
     assert pq.ParquetFile(tmp_path / shards[0].path).metadata.num_row_groups > 1
     assert w.splits_present() == {"default": ("train",)}
+
+
+@pytest.mark.parametrize(("include_images", "rejected"), [(True, False), (True, True), (False, False), (False, True)])
+def test_features_and_dataset_info_equal_what_datasets_writes(include_images: bool, rejected: bool,
+                                                              tmp_path: Path) -> None:
+    """The features metadata and the card's ``dataset_info`` are written without ``datasets``: they must be what
+    ``datasets`` itself makes of the release schema."""
+    import json
+
+    import pyarrow as pa
+    from datasets import ClassLabel, DatasetInfo, Features, Image, Sequence, SplitDict, SplitInfo, Value
+
+    from fea20k.publish.release import features_yaml, release_features
+
+    def value_of(t: pa.DataType) -> object:
+        if pa.types.is_list(t):
+            inner = t.value_type
+            if pa.types.is_struct(inner):
+                return [{f.name: value_of(f.type) for f in inner}]
+            return Sequence(value_of(inner))
+        return Value(str(t))
+
+    feats = {f.name: (ClassLabel(names=EMOTIONS) if f.name == "emotion" else Image() if f.name == "image" else
+                      value_of(f.type)) for f in release_schema(include_images, rejected)}
+    expected = Features(feats)
+    ours = release_features(EMOTIONS, include_images, rejected)
+    assert json.dumps(ours) == json.dumps(expected.to_dict())
+    assert Features.from_dict(ours) == expected
+    split_dict = SplitDict()
+    split_dict.add(SplitInfo(name="train", num_bytes=123, num_examples=4))
+    info = DatasetInfo(features=expected, splits=split_dict, config_name="default", dataset_size=123,
+                       download_size=99)._to_yaml_dict()
+    assert info["features"] == features_yaml(ours)
+
+    recs = make_records(n_faces=6 if include_images else 0)
+    w = ReleaseWriter(tmp_path, EMOTIONS, include_images=include_images)
+    w.add("rejected" if rejected else "train", recs)
+    shards = w.finish()
+    cfg = "rejected" if rejected else "default"
+    split = "rejected" if rejected else "train"
+    (got,) = w.dataset_info(shards)
+    split_dict = SplitDict()
+    split_dict.add(SplitInfo(name=split, num_bytes=w._writers[split].nbytes, num_examples=len(recs)))
+    want = DatasetInfo(features=expected, splits=split_dict, config_name=cfg,
+                       dataset_size=w._writers[split].nbytes,
+                       download_size=sum(s.bytes for s in shards[split]))._to_yaml_dict()
+    assert got == want
+    meta = pq.ParquetFile(tmp_path / shards[split][0].path).schema_arrow.metadata[b"huggingface"]
+    assert Features.from_dict(json.loads(meta)["info"]["features"]) == expected
