@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from fea20k.faces.image_io import Loaded, Request, load_many
-from fea20k.faces.phash import phash
-from fea20k.faces.schemes import TEMPLATE_112, TEMPLATE_SIZE, Scheme, canonical_order, get_scheme, reduce_points
+from fea20k.faces.measure import crop_geometry, measure_crop
+from fea20k.faces.phash import phash_of_crop
+from fea20k.faces.schemes import Scheme, canonical_order, get_scheme, reduce_points, source_points, template
 from fea20k.record import FaceRecord
 from fea20k.stage import MapStage, StageConfig, register_stage
 
@@ -47,15 +48,6 @@ class Plan:
     scheme: Scheme | None = None
     box: tuple[float, float, float, float] | None = None  # x, y, w, h in source pixels
     reduce: int = 1
-
-
-def template(size: int, margin: float = 0.0) -> np.ndarray:
-    """The 5 reference points (eyes, nose tip, mouth corners) of a ``size`` x ``size`` crop; margin shrinks them."""
-    import numpy as np
-
-    t = np.array(TEMPLATE_112, dtype=np.float64) * (size / TEMPLATE_SIZE)
-    c = size / 2.0
-    return c + (t - c) * (1.0 - margin)
 
 
 def fit_similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, float]:
@@ -112,31 +104,6 @@ def compose_decoded(m_src: np.ndarray, scale: tuple[float, float]) -> np.ndarray
     return m_src @ inv
 
 
-def source_points(rec: FaceRecord, width: int | None = None, height: int | None = None
-                  ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The 5 reference points of ``rec`` in source pixels and their mask, or None (no usable scheme/landmarks).
-
-    Normalised schemes need the source image size (``rec.quality`` src_w/src_h after align, or the arguments).
-    """
-    import numpy as np
-
-    if not rec.landmarks:
-        return None
-    pts = np.asarray(rec.landmarks, dtype=np.float64)
-    scheme = get_scheme(rec.landmark_scheme, len(pts))
-    if scheme.groups is None or pts.ndim != 2 or pts.shape[1] != 2 or not np.isfinite(pts).all():
-        return None
-    if scheme.n_points is not None and len(pts) != scheme.n_points:
-        return None
-    w = width or int(rec.quality.get("src_w", 0)) or None
-    h = height or int(rec.quality.get("src_h", 0)) or None
-    if scheme.normalised and (w is None or h is None):
-        return None
-    ref, mask = reduce_points(scheme, pts, w, h)
-    ref, _ = canonical_order(ref, mask)
-    return ref, mask
-
-
 @register_stage("faces.align")
 class Align(MapStage):
     """Align every face to a fixed 5-point template (eyes, nose tip, mouth corners) and store the crop as JPEG.
@@ -160,7 +127,7 @@ class Align(MapStage):
 
     Config = AlignConfig
     writes = frozenset({"face", "face_transform", "quality", "provenance", "meta"})
-    VERSION = "1"
+    VERSION = "2"  # measures each crop for faces.quality (fea20k.faces.measure)
     workers = "process"
     config: AlignConfig
 
@@ -267,27 +234,33 @@ class Align(MapStage):
         src_w, src_h = img.size if img.size != (0, 0) else (img.image.shape[1], img.image.shape[0])
         quality: dict[str, Any] = {"src_w": float(src_w), "src_h": float(src_h)}
         if plan.kind == "passthrough":
-            crop, m, detail = self._passthrough(rec, img, quality)
+            crop, m, detail, ref = self._passthrough(rec, img, quality)
         else:
             warped = self._warp(plan, img, quality)
             if isinstance(warped, str):
                 return warped
-            crop, m, detail = warped
+            crop, m, detail, ref = warped
         if cfg.margin:
             detail += f" margin {cfg.margin:g}"
         ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
         if not ok:  # pragma: no cover - encoding a valid uint8 array does not fail
             return "image_undecodable"
         rec.face = buf.tobytes()
-        # the crop's pHash, computed here on the pool: faces.dedup and validate.leakage (serial) reuse it
-        rec.meta["phash"] = f"{phash(rec.face):016x}"
         rec.face_transform = [float(v) for v in m.reshape(-1)]
         rec.quality.update(quality)
+        # measured here, on the pool, while the crop is an array: faces.quality judges these figures, faces.dedup and
+        # validate.leakage (serial) reuse the pHash
+        grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+        rec.meta["phash"] = f"{phash_of_crop(grey):016x}"
+        rec.quality.update(measure_crop(grey, quality.get("face_px")))
+        if ref is not None:
+            rec.quality.update(crop_geometry(*ref, m, cfg.size, quality.get("fit_rmse", 0.0)))
         rec.provenance[self.name] = detail
         return None
 
-    def _passthrough(self, rec: FaceRecord, img: Loaded, quality: dict[str, Any]) -> tuple[Any, Any, str]:
-        """An already aligned crop, resized to the output size: (crop, transform, provenance detail)."""
+    def _passthrough(self, rec: FaceRecord, img: Loaded, quality: dict[str, Any]) -> tuple[Any, Any, str, Any]:
+        """An already aligned crop, resized to the output size: (crop, transform, provenance detail, the reference
+        points and their mask or None)."""
         import cv2
         import numpy as np
 
@@ -304,11 +277,11 @@ class Align(MapStage):
         if ref is not None and ref[1][0] and ref[1][1]:
             quality["iod_px"] = float(np.linalg.norm(ref[0][1] - ref[0][0]))
         self.stats.add("passthrough")
-        return crop, m, detail
+        return crop, m, detail, ref
 
-    def _warp(self, plan: Plan, img: Loaded, quality: dict[str, Any]) -> tuple[Any, Any, str] | str:
-        """The face warped to the template (similarity from landmarks, or a box crop): (crop, transform, detail),
-        or the exclusion reason."""
+    def _warp(self, plan: Plan, img: Loaded, quality: dict[str, Any]) -> tuple[Any, Any, str, Any] | str:
+        """The face warped to the template (similarity from landmarks, or a box crop): (crop, transform, detail,
+        the reference points and their mask or None), or the exclusion reason."""
         import cv2
         import numpy as np
 
@@ -328,11 +301,13 @@ class Align(MapStage):
             if mask[0] and mask[1]:
                 quality["iod_px"] = float(np.linalg.norm(ref[1] - ref[0]))
             detail = f"similarity {plan.detail} {size}"
+            points = (ref, mask)
             self.stats.add("similarity")
         else:
             assert plan.box is not None
             m = box_transform(plan.box, size, cfg.margin, cfg.box_scale)
             detail = f"box crop ({plan.detail}) {size}"
+            points = None  # no point order known (or no points): nothing to place
             self.stats.add("box")
         scale = linear_scale(m)
         if not math.isfinite(scale) or scale <= 0:
@@ -344,4 +319,4 @@ class Align(MapStage):
             self.stats.add("reduced_decode")
         crop = cv2.warpAffine(img.image, compose_decoded(m, img.scale), (size, size), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-        return crop, m, detail
+        return crop, m, detail, points

@@ -26,6 +26,22 @@ def phash(jpeg_bytes: bytes) -> int:
     grey = cv2.imdecode(np.frombuffer(jpeg_bytes, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_2)
     if grey is None:
         raise ValueError("image bytes do not decode")
+    return _hash_half(grey)
+
+
+def phash_of_crop(grey: np.ndarray) -> int:
+    """pHash of a grey crop still in memory: halved by area (the 2x2 mean a reduced JPEG decode takes), then as
+    :func:`phash`. Equal to the pHash of its JPEG up to the encoding's noise (a bit or two)."""
+    import cv2
+
+    h, w = grey.shape[:2]
+    return _hash_half(cv2.resize(grey, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA))
+
+
+def _hash_half(grey: np.ndarray) -> int:
+    import cv2
+    import numpy as np
+
     small = cv2.resize(grey, (HASH_SIDE, HASH_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
     low = cv2.dct(small)[:LOW, :LOW].reshape(-1)
     bits = low > float(np.median(low[1:]))

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from fea20k.config import StrictModel, read_toml, validate_model
-from fea20k.faces.align import source_points, template
+from fea20k.faces.measure import MEASURED, measure_face_bytes
 from fea20k.record import FaceRecord
 from fea20k.stage import MapStage, StageConfig, register_stage
-
-
-if TYPE_CHECKING:
-    import numpy as np
 
 
 class QualityRules(StrictModel):
@@ -36,15 +31,6 @@ class QualityConfig(StageConfig):
     rules: str = Field("validators/faces.toml", description="workspace file with a [quality] table")
 
 
-def laplacian_variance(grey: np.ndarray, native: int) -> float:
-    """Variance of the Laplacian of ``grey`` resized (down only) to ``native`` pixels: a focus measure."""
-    import cv2
-
-    if native < grey.shape[0]:
-        grey = cv2.resize(grey, (native, native), interpolation=cv2.INTER_AREA)
-    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
-
-
 @register_stage("faces.quality")
 class Quality(MapStage):
     """Check every aligned crop against the thresholds in ``validators/faces.toml`` ([quality]).
@@ -52,16 +38,19 @@ class Quality(MapStage):
     Args:
         rules: the workspace file holding the [quality] table (in the stage's signature).
 
-    Input fields: face (JPEG), face_transform, quality (face_px, fit_rmse from faces.align; n_faces,
-        second_face_rel from faces.detect when it ran), landmarks + landmark_scheme.
-    Output fields: quality laplacian_var, brightness; provenance["faces.quality"] = rules file + hash.
+    Input fields: quality (what faces.align measured on the crop: crop_px, face_px, laplacian_var, brightness,
+        fit_rmse_ratio, iod_ratio, eyes_swapped, mouth_above_eyes; n_faces, second_face_rel from faces.detect when it
+        ran). No pixels are read: a record whose crop was not measured (none made) is counted as ``no_crop``, and
+        one given directly with an unmeasured crop is measured from its bytes (fea20k.faces.measure).
+    Output fields: provenance["faces.quality"] = rules file + hash.
     Drops: face_too_small, blurry, too_dark, too_bright, landmarks_implausible, no_face, multiple_faces.
     Example: edit ``min_laplacian_var`` in validators/faces.toml and re-run: only this stage and later re-run.
     """
 
     Config = QualityConfig
+    reads = frozenset({"quality", "provenance"})
     writes = frozenset({"quality", "provenance"})
-    workers = "process"
+    VERSION = "2"  # judges faces.align's figures instead of decoding the crop
     config: QualityConfig
 
     def recipe_files(self) -> list[Path]:
@@ -85,10 +74,7 @@ class Quality(MapStage):
         return batch
 
     def check(self, rec: FaceRecord) -> list[str]:
-        """The reasons ``rec`` fails (empty: it passes)."""
-        import cv2
-        import numpy as np
-
+        """The reasons ``rec`` fails (empty: it passes), from the figures faces.align measured on its crop."""
         r = self.rules
         q = rec.quality
         reasons: list[str] = []
@@ -98,51 +84,32 @@ class Quality(MapStage):
                 reasons.append("no_face")
             elif n_faces > 1 and q.get("second_face_rel", 1.0) >= r.multiple_faces_min_area_ratio:
                 reasons.append("multiple_faces")
-        if rec.face is None:
-            self.stats.add("no_crop")
-            return reasons
-        grey = cv2.imdecode(np.frombuffer(rec.face, np.uint8), cv2.IMREAD_GRAYSCALE)
-        if grey is None:
-            return [*reasons, "image_undecodable"]
-        size = grey.shape[0]
-        face_px = q.get("face_px", float(size))
-        if face_px < r.min_face_px:
+        if MEASURED not in q:  # a crop made before faces.align measured its crops, or none
+            if rec.face is None:
+                self.stats.add("no_crop")
+                return reasons
+            measured = measure_face_bytes(rec)
+            if measured is None:
+                return [*reasons, "image_undecodable"]
+            q.update(measured)
+        if q.get("face_px", q[MEASURED]) < r.min_face_px:
             reasons.append("face_too_small")
-        native = int(min(max(face_px, 16.0), size))
-        lap = laplacian_variance(grey, native)
-        q["laplacian_var"] = lap
-        if lap < r.min_laplacian_var:
+        if q["laplacian_var"] < r.min_laplacian_var:
             reasons.append("blurry")
-        c0, c1 = size // 4, size - size // 4
-        brightness = float(grey[c0:c1, c0:c1].mean())
-        q["brightness"] = brightness
-        if brightness < r.min_brightness:
+        if q["brightness"] < r.min_brightness:
             reasons.append("too_dark")
-        elif brightness > r.max_brightness:
+        elif q["brightness"] > r.max_brightness:
             reasons.append("too_bright")
-        if self._implausible(rec, size):
+        if self._implausible(q):
             reasons.append("landmarks_implausible")
         return reasons
 
-    def _implausible(self, rec: FaceRecord, size: int) -> bool:
-        import numpy as np
-
+    def _implausible(self, q: dict[str, float]) -> bool:
         r = self.rules
-        ref = source_points(rec)
-        if ref is None or rec.face_transform is None:
-            return False
-        pts, mask = ref
-        m = np.asarray(rec.face_transform, dtype=np.float64).reshape(2, 3)
-        crop = pts @ m[:, :2].T + m[:, 2]
-        tpl = template(size)
-        tpl_iod = float(np.linalg.norm(tpl[1] - tpl[0]))
-        if rec.quality.get("fit_rmse", 0.0) > r.max_fit_rmse_ratio * tpl_iod:
+        if q.get("fit_rmse_ratio", 0.0) > r.max_fit_rmse_ratio:
             return True
-        if mask[0] and mask[1]:
-            iod = float(np.linalg.norm(crop[1] - crop[0]))
-            if not r.min_iod_ratio <= iod / tpl_iod <= r.max_iod_ratio or crop[0, 0] >= crop[1, 0]:
+        if "iod_ratio" in q:
+            if not r.min_iod_ratio <= q["iod_ratio"] <= r.max_iod_ratio or q["eyes_swapped"]:
                 return True
-            mouth = [crop[i] for i in (3, 4) if mask[i]]
-            if mouth and np.mean([p[1] for p in mouth]) <= (crop[0, 1] + crop[1, 1]) / 2:
-                return True  # eyes below the mouth
+            return bool(q["mouth_above_eyes"])  # eyes below the mouth
         return False

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
+    from fea20k.record import FaceRecord
+
 # ArcFace 5-point template for a 112x112 crop [src: deepinsight/insightface python-package/insightface/utils/
 # face_align.py `arcface_dst`]. Alignment scales it to the output size.
 TEMPLATE_112: tuple[tuple[float, float], ...] = (
@@ -131,3 +133,37 @@ def canonical_order(ref: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, bool
     if mask[3] and mask[4]:
         out[[3, 4]] = ref[[4, 3]]
     return out, True
+
+
+def template(size: int, margin: float = 0.0) -> np.ndarray:
+    """The 5 reference points (eyes, nose tip, mouth corners) of a ``size`` x ``size`` crop; margin shrinks them."""
+    import numpy as np
+
+    t = np.array(TEMPLATE_112, dtype=np.float64) * (size / TEMPLATE_SIZE)
+    c = size / 2.0
+    return c + (t - c) * (1.0 - margin)
+
+
+def source_points(rec: FaceRecord, width: int | None = None, height: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The 5 reference points of ``rec`` in source pixels and their mask, or None (no usable scheme/landmarks).
+
+    Normalised schemes need the source image size (``rec.quality`` src_w/src_h after align, or the arguments).
+    """
+    import numpy as np
+
+    if not rec.landmarks:
+        return None
+    pts = np.asarray(rec.landmarks, dtype=np.float64)
+    scheme = get_scheme(rec.landmark_scheme, len(pts))
+    if scheme.groups is None or pts.ndim != 2 or pts.shape[1] != 2 or not np.isfinite(pts).all():
+        return None
+    if scheme.n_points is not None and len(pts) != scheme.n_points:
+        return None
+    w = width or int(rec.quality.get("src_w", 0)) or None
+    h = height or int(rec.quality.get("src_h", 0)) or None
+    if scheme.normalised and (w is None or h is None):
+        return None
+    ref, mask = reduce_points(scheme, pts, w, h)
+    ref, _ = canonical_order(ref, mask)
+    return ref, mask

@@ -39,3 +39,16 @@ def test_nearest_returns_index_and_distance() -> None:
     assert nearest(hashes, 0b0001) == (1, 1)
     assert nearest(hashes, 0b0111) == (0, 1)
     assert nearest(hashes, 0xFFFF_FFFF_FFFF_FFFE) == (2, 1)
+
+
+def test_the_hash_of_a_crop_in_memory_matches_its_jpeg() -> None:
+    """faces.align hashes the crop array; faces.dedup and validate.leakage may hash stored bytes: they agree."""
+    from skimage.data import astronaut
+
+    from fea20k.faces.phash import phash_of_crop
+
+    face = cv2.cvtColor(astronaut()[20:244, 140:364], cv2.COLOR_RGB2BGR)
+    grey = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY)
+    jpeg = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    assert hamming(phash_of_crop(grey), phash(jpeg)) <= 2
+    assert hamming(phash_of_crop(grey), phash_of_crop(cv2.cvtColor(_scene(1), cv2.COLOR_BGR2GRAY))) > 16

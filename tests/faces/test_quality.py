@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from fea20k.faces.align import Align, template
 from fea20k.faces.quality import Quality
@@ -81,3 +82,44 @@ def test_upscaled_small_aligned_crop_is_not_called_blurry(ws: Path) -> None:
     cv2.imwrite(str(ws / "corpora/src/fer.png"), rng.integers(60, 200, (48, 48), dtype=np.uint8))
     (out,) = _run(ws, [record("fer", "fer.png", meta={"aligned": True})])
     assert out.reasons == [] and out.quality["face_px"] == 48
+
+
+def test_quality_judges_the_figures_align_measured_without_pixels(ws: Path) -> None:
+    """The figures come from faces.align: faces.quality reads no crop (its view has none) and decodes nothing."""
+    m = similarity(10.0, 1.0, 220.0, 60.0)
+    for name, blur in (("good", 0), ("blurred", 6)):
+        cv2.imwrite(str(ws / f"corpora/src/{name}.png"), _textured_face(m, blur=blur)[1])
+    ref5, _ = _textured_face(m)
+    aligned = Align({}, ctx_for(ws)).run_batch(
+        [record(n, f"{n}.png", landmarks=ref5.tolist(), scheme="raf5") for n in ("good", "blurred")])
+    for rec in aligned:
+        assert {"crop_px", "laplacian_var", "brightness", "iod_ratio", "fit_rmse_ratio"} <= set(rec.quality)
+        rec.face = None  # what the engine gives faces.quality: its `reads` hold no face
+    assert "face" not in Quality.reads
+    q = Quality({}, ctx_for(ws))
+    q.load()
+    good, blurred = q.run_batch(aligned)
+    assert good.reasons == [] and blurred.reasons == ["blurry"]
+    assert q.stats.counters["no_crop"] == 0
+
+
+def test_an_unmeasured_crop_is_measured_from_its_bytes_alike(ws: Path) -> None:
+    """A crop made without the figures (an older faces.align) gets them from its JPEG: the same verdict, figures
+    within the JPEG's noise of those measured on the array."""
+    m = similarity(10.0, 1.0, 220.0, 60.0)
+    ref5, img = _textured_face(m)
+    cv2.imwrite(str(ws / "corpora/src/good.png"), img)
+    (measured,) = Align({}, ctx_for(ws)).run_batch([record("good", "good.png", landmarks=ref5.tolist(),
+                                                           scheme="raf5")])
+    unmeasured = record("good", "good.png", landmarks=ref5.tolist(), scheme="raf5")
+    unmeasured.face, unmeasured.face_transform = measured.face, measured.face_transform
+    keep = ("src_w", "src_h", "face_px", "fit_rmse", "iod_px", "scale")
+    unmeasured.quality = {k: v for k, v in measured.quality.items() if k in keep}
+    q = Quality({}, ctx_for(ws))
+    q.load()
+    (out,) = q.run_batch([unmeasured])
+    assert out.reasons == []
+    for key in ("laplacian_var", "brightness"):
+        assert out.quality[key] == pytest.approx(measured.quality[key], rel=0.1)
+    for key in ("iod_ratio", "fit_rmse_ratio", "eyes_swapped", "mouth_above_eyes"):
+        assert out.quality[key] == pytest.approx(measured.quality[key])
