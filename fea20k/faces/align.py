@@ -48,6 +48,18 @@ class Plan:
     scheme: Scheme | None = None
     box: tuple[float, float, float, float] | None = None  # x, y, w, h in source pixels
     reduce: int = 1
+    fitted: Fitted | None = None  # the similarity, when planning already fitted it (pixel schemes)
+
+
+@dataclass(slots=True)
+class Fitted:
+    """A similarity fitted on a record's reference points."""
+
+    ref: np.ndarray  # 5 x 2 reference points (source pixels, canonical order), NaN where missing
+    mask: np.ndarray  # which of the 5 exist
+    swapped: bool  # left/right were given mirrored
+    m: np.ndarray  # 2 x 3 source -> crop
+    rmse: float  # residual, crop pixels
 
 
 def fit_similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, float]:
@@ -162,8 +174,9 @@ class Align(MapStage):
                     spread = np.ptp(ref[mask], axis=0).max() if mask.sum() >= 2 else 0.0
                     if mask.sum() < 2 or spread < MIN_SPREAD_PX:
                         return "landmarks_implausible"
-                    ref, _ = canonical_order(ref, mask)
-                    m, _ = fit_similarity(ref[mask], template(cfg.size, cfg.margin)[mask])
+                    ref, swapped = canonical_order(ref, mask)
+                    m, rmse = fit_similarity(ref[mask], template(cfg.size, cfg.margin)[mask])
+                    plan.fitted = Fitted(ref, mask, swapped, m, rmse)  # the same fit _warp needs: made once
                     plan.reduce = self._reduce_for(rec, linear_scale(m))
                 return plan
             if rec.bbox is None:
@@ -279,6 +292,18 @@ class Align(MapStage):
         self.stats.add("passthrough")
         return crop, m, detail, ref
 
+    def _fit(self, plan: Plan, quality: dict[str, Any]) -> Fitted | None:
+        """The similarity of a normalised scheme's points, once the source size is known (None: implausible)."""
+        import numpy as np
+
+        assert plan.scheme is not None and plan.points is not None
+        ref, mask = reduce_points(plan.scheme, plan.points, int(quality["src_w"]), int(quality["src_h"]))
+        if mask.sum() < 2 or np.ptp(ref[mask], axis=0).max() < MIN_SPREAD_PX:
+            return None
+        ref, swapped = canonical_order(ref, mask)
+        m, rmse = fit_similarity(ref[mask], template(self.config.size, self.config.margin)[mask])
+        return Fitted(ref, mask, swapped, m, rmse)
+
     def _warp(self, plan: Plan, img: Loaded, quality: dict[str, Any]) -> tuple[Any, Any, str, Any] | str:
         """The face warped to the template (similarity from landmarks, or a box crop): (crop, transform, detail,
         the reference points and their mask or None), or the exclusion reason."""
@@ -289,15 +314,13 @@ class Align(MapStage):
         size = cfg.size
         assert img.image is not None
         if plan.kind == "similarity":
-            assert plan.scheme is not None and plan.points is not None
-            ref, mask = reduce_points(plan.scheme, plan.points, int(quality["src_w"]), int(quality["src_h"]))
-            if mask.sum() < 2 or np.ptp(ref[mask], axis=0).max() < MIN_SPREAD_PX:
+            fitted = plan.fitted or self._fit(plan, quality)
+            if fitted is None:
                 return "landmarks_implausible"
-            ref, swapped = canonical_order(ref, mask)
-            if swapped:
+            ref, mask, m = fitted.ref, fitted.mask, fitted.m
+            if fitted.swapped:
                 self.stats.add("left_right_swapped")
-            m, rmse = fit_similarity(ref[mask], template(size, cfg.margin)[mask])
-            quality["fit_rmse"] = rmse
+            quality["fit_rmse"] = fitted.rmse
             if mask[0] and mask[1]:
                 quality["iod_px"] = float(np.linalg.norm(ref[1] - ref[0]))
             detail = f"similarity {plan.detail} {size}"
