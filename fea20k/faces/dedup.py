@@ -70,14 +70,15 @@ class Dedup(AggregateStage):
     Args:
         max_distance: Hamming distance (0-64) at or below which a frame is a near-duplicate.
 
-    Input fields: face (JPEG), subject, image.path, source.
+    Input fields: meta["phash"] (faces.align hashes every crop it makes), subject, image.path, source. No pixels
+        are read; a record given directly with a crop and no hash is hashed from its bytes.
     Output fields: meta["phash"]; for duplicates meta["dup_of"] (the id of the kept frame) and meta["dup_distance"].
     Drops: near_duplicate.
     Example: ``[stages."faces.dedup"] max_distance = 6``
     """
 
     Config = DedupConfig
-    reads = frozenset({"face", "subject", "image", "source", "meta"})
+    reads = frozenset({"subject", "image", "source", "meta"})
     writes = frozenset({"meta"})
     config: DedupConfig
 
@@ -86,7 +87,10 @@ class Dedup(AggregateStage):
         limit = self.config.max_distance
         for chunk in inputs.iter_chunks():
             for rec in chunk:
-                if rec.excluded or rec.face is None:
+                if rec.excluded:
+                    continue
+                if "phash" not in rec.meta and rec.face is None:
+                    self.stats.add("no_crop")
                     continue
                 try:
                     h = int(rec.meta["phash"], 16) if "phash" in rec.meta else phash(rec.face)
