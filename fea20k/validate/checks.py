@@ -36,8 +36,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -143,6 +143,7 @@ class Check:
     rule: type[StrictModel]
     feedback: tuple[str, ...]
     fn: CheckFn
+    reads: frozenset[str] | None = None  # the record columns fn looks at; None: any (the record but its face)
 
     def explains(self, reason: str) -> bool:
         """Whether one of this check's feedback keys explains ``reason`` (``au_f1_below_0.6`` -> ``au_f1_below``),
@@ -151,9 +152,11 @@ class Check:
 
 
 _CHECKS: dict[str, Check] = {}
+_RECORD_FIELDS = frozenset(f.name for f in fields(FaceRecord))
 
 
-def check(name: str, rule: type[StrictModel], feedback: str | tuple[str, ...]) -> Callable[[F], F]:
+def check(name: str, rule: type[StrictModel], feedback: str | tuple[str, ...],
+          reads: Iterable[str] | None = None) -> Callable[[F], F]:
     """Register a per-record check under ``name``, configured by the ``[name]`` section of the rule file.
 
     Args:
@@ -161,11 +164,19 @@ def check(name: str, rule: type[StrictModel], feedback: str | tuple[str, ...]) -
         rule: the section's model, a :class:`~fea20k.config.StrictModel` with an ``enabled`` flag (subclass
             :class:`CheckRule`) and a default for every key (an absent section is the defaults).
         feedback: the ``annotators/feedback.toml`` key(s) that explain the check's reasons in a repair prompt.
+        reads: the record fields the function looks at (``emotion``, ``aus``, ...; the parsed text is always
+            there). Optional: by default it sees every field but the face and its geometry; naming them lets the
+            validate stage read less.
 
     Registering a name again from the same function (a re-imported module) replaces it in place; from another
     function it is a :class:`~fea20k.errors.ConfigError`.
     """
     keys = (feedback,) if isinstance(feedback, str) else tuple(feedback)
+    columns = frozenset(reads) if reads is not None else None
+    unknown = sorted(columns - _RECORD_FIELDS) if columns is not None else []
+    if unknown:
+        raise ConfigError(f"check {name!r}: reads {unknown}, not record fields; fields are: "
+                          f"{', '.join(sorted(_RECORD_FIELDS))}")
     if not name.isidentifier() or name != name.lower() or name in RuleSet.model_fields or hasattr(RuleSet, name):
         raise ConfigError(f"check name {name!r} must be a lower-case identifier, and not 'template' or another "
                           "attribute of RuleSet")
@@ -184,7 +195,7 @@ def check(name: str, rule: type[StrictModel], feedback: str | tuple[str, ...]) -
                 != (fn.__module__, fn.__qualname__):
             raise ConfigError(f"check {name!r} registered twice: {existing.fn.__module__}.{existing.fn.__qualname__}"
                               f" and {fn.__module__}.{fn.__qualname__}; give one of them another name")
-        _CHECKS[name] = Check(name, rule, keys, fn)
+        _CHECKS[name] = Check(name, rule, keys, fn, columns)
         return fn
 
     return deco
@@ -371,7 +382,7 @@ class FormatRules(CheckRule):
 
 @check("format", FormatRules, feedback=("empty_rationale", "no_think_tag", "no_answer_tag", "text_outside_tags",
                                         "format_invalid", "multiple_answer_tags", "answer_not_canonical",
-                                        "au_token_not_canonical"))
+                                        "au_token_not_canonical"), reads=("emotion",))
 def format_check(p: Parsed, rec: FaceRecord, rule: FormatRules, vocab: RuleVocab, res: CheckResult) -> None:
     """Format (docs/facial-r1.md §3): the reference regex in strict mode, or think + answer blocks in tolerant mode."""
     reasons, text = res.reasons, p.text
@@ -406,7 +417,8 @@ class EmotionRules(CheckRule):
     origins: list[Literal["gt", "teacher", "model"]] = Field(default_factory=lambda: ["gt"])
 
 
-@check("emotion", EmotionRules, feedback=("emotion_missing", "emotion_unknown", "emotion_mismatch"))
+@check("emotion", EmotionRules, feedback=("emotion_missing", "emotion_unknown", "emotion_mismatch"),
+       reads=("emotion", "emotion_origin"))
 def emotion_check(p: Parsed, rec: FaceRecord, rule: EmotionRules, vocab: RuleVocab, res: CheckResult) -> None:
     """The answer's emotion equals the label, where the label's origin is trusted (default: ground truth)."""
     if rec.emotion is None or rec.emotion_origin not in rule.origins:
@@ -456,7 +468,7 @@ def prf(pred: set[int], gt: set[int]) -> tuple[float, float, float]:
     return precision, recall, f1
 
 
-@check("aus", AURules, feedback=("au_mismatch", "au_f1_below", "au_hallucinated"))
+@check("aus", AURules, feedback=("au_mismatch", "au_f1_below", "au_hallucinated"), reads=("aus", "au_coded"))
 def au_check(p: Parsed, rec: FaceRecord, rule: AURules, vocab: RuleVocab, res: CheckResult) -> None:
     """AU agreement on the AUs the source codes; hallucinated / missed / unverifiable AUs reported."""
     mentioned, gt, known, unverifiable = au_sets(p, rec, rule.scope)
@@ -500,7 +512,7 @@ def _hedge_matcher(words: tuple[str, ...]) -> tuple[re.Pattern[str] | None, tupl
     return re.compile(rf"(?<!\w)(?:{alts})(?!\w)", re.IGNORECASE), first
 
 
-@check("hedging", HedgingRules, feedback="hedging")
+@check("hedging", HedgingRules, feedback="hedging", reads=())
 def hedging_check(p: Parsed, rec: FaceRecord, rule: HedgingRules, vocab: RuleVocab, res: CheckResult) -> None:
     """Hedging words in the think text (the whole text when there is no think block)."""
     hedge_re, first = _hedge_matcher(tuple(rule.words))
@@ -519,7 +531,7 @@ class LengthRules(CheckRule):
     max_words: PosInt = 400
 
 
-@check("length", LengthRules, feedback=("too_short", "too_long"))
+@check("length", LengthRules, feedback=("too_short", "too_long"), reads=())
 def length_check(p: Parsed, rec: FaceRecord, rule: LengthRules, vocab: RuleVocab, res: CheckResult) -> None:
     """Word count of the think text (the whole text when there is no think block) within bounds."""
     target = p.think if p.think is not None else p.text
@@ -537,7 +549,8 @@ class ConsistencyRules(CheckRule):
     neutral_max_aus: NonNegInt = 2
 
 
-@check("consistency", ConsistencyRules, feedback=("au_emotion_inconsistent", "no_au_mentioned"))
+@check("consistency", ConsistencyRules, feedback=("au_emotion_inconsistent", "no_au_mentioned"),
+       reads=("emotion", "emotion_origin", "aus"))
 def consistency_check(p: Parsed, rec: FaceRecord, rule: ConsistencyRules, vocab: RuleVocab,
                       res: CheckResult) -> None:
     """For a ground-truth emotion without AU labels: the named AUs fit the emotion's prototype."""

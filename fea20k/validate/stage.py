@@ -6,14 +6,17 @@ import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from fea20k.io import StageOutput, read_part_table
+from fea20k.io import StageOutput, own_columns, read_part_table
 from fea20k.record import FaceRecord
-from fea20k.schema import WITHOUT_GEOMETRY
+from fea20k.schema import WITHOUT_GEOMETRY, from_arrow, to_arrow
 from fea20k.stage import AggregateStage, StageConfig, register_stage
-from fea20k.validate.checks import RuleSet, check_text, load_ruleset, rule_files
+from fea20k.validate.checks import RuleSet, check_text, load_ruleset, registered_checks, rule_files
 
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +127,21 @@ class Validate(AggregateStage):
     """
 
     Config = ValidateConfig
-    reads = WITHOUT_GEOMETRY
+    # what the stage itself looks at; view_columns adds what the registered checks read
+    reads = frozenset({"rationale", "scores", "meta", "provenance"})
     writes = frozenset({"scores", "meta", "provenance"})
     VERSION: ClassVar[str] = "1"
+
+    def view_columns(self) -> list[str] | None:
+        """The stage's own columns and those of every registered check (a check that names none reads the record
+        but its face, as a workspace check written before checks named theirs expects)."""
+        own = super().view_columns()
+        if own is None:
+            return None
+        wanted = set(own)
+        for c in registered_checks():
+            wanted |= c.reads if c.reads is not None else WITHOUT_GEOMETRY
+        return sorted(wanted)
 
     def _rules_path(self) -> Path:
         return self.ctx.workspace.data_file(self.config.rules)
@@ -185,13 +200,65 @@ class Validate(AggregateStage):
         rec.accepted = True
         return rec
 
-    def run(self, inputs: StageOutput) -> Iterator[list[FaceRecord]]:
+    def check_table(self, table: pa.Table, counter: TemplateCounter | None) -> pa.Table:
+        """The stage's columns (``id``, scores, meta, provenance, verdict) of one input table, in its row order.
+
+        Only the live rows become records and are checked; the rows excluded upstream keep their input values as
+        they are (a record would only carry them through unchanged), so they cost no Python conversion.
+        """
+        import pyarrow.compute as pc
+
+        own = table.select(own_columns(self.writes))
+        excluded = pc.fill_null(pc.equal(table.column("accepted"), False), False)
+        n_excluded = pc.sum(excluded).as_py() or 0
+        if n_excluded == table.num_rows:
+            return own
+        live = table.filter(pc.invert(excluded)) if n_excluded else table
+        records = from_arrow(live)
+        for rec in records:
+            self.check_record(rec, counter)
+        self.stats.add("checked", len(records))
+        checked = to_arrow(records, own.column_names)
+        if not n_excluded:
+            return checked
+        return _interleave(checked, _as_stored(own.filter(excluded)), excluded)
+
+    def run(self, inputs: StageOutput) -> Iterator[pa.Table]:
         counter = self._count_templates(inputs) if self.rules.template.enabled else None
         if counter is not None:
             self.stats.add("template_texts_collapsed", counter.collapsed)
-        for chunk in inputs.iter_chunks():
-            for rec in chunk:
-                if not rec.excluded:
-                    self.check_record(rec, counter)
-                    self.stats.add("checked")
-            yield chunk
+        for table in inputs.iter_tables():
+            yield self.check_table(table, counter)
+
+
+def _as_stored(table: pa.Table) -> pa.Table:
+    """``table`` as :func:`~fea20k.schema.to_arrow` would store its rows after a record round trip: an absent map or
+    list is an empty one, an empty ``meta`` is null. Everything else already is what a record would store."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for name in ("reasons", "scores", "provenance"):
+        if name in table.column_names and table.column(name).null_count:
+            col = table.column(name)
+            table = table.set_column(table.column_names.index(name), name,
+                                     pc.coalesce(col, pa.scalar([], type=col.type)))
+    if "meta" in table.column_names:
+        meta = table.column("meta")
+        empty = pc.is_in(meta, value_set=pa.array(["", "{}"]))
+        if pc.any(empty).as_py():
+            table = table.set_column(table.column_names.index("meta"), "meta",
+                                     pc.if_else(empty, pa.scalar(None, pa.string()), meta))
+    return table
+
+
+def _interleave(live: pa.Table, excluded: pa.Table, is_excluded: pa.ChunkedArray) -> pa.Table:
+    """The rows of ``live`` and ``excluded`` (same schema) back at their positions: row i of the result is the next
+    row of ``excluded`` where ``is_excluded[i]``, else the next row of ``live``."""
+    import numpy as np
+    import pyarrow as pa
+
+    mask = is_excluded.to_numpy(zero_copy_only=False)
+    order = np.empty(len(mask), dtype=np.int64)
+    order[~mask] = np.arange(live.num_rows)
+    order[mask] = live.num_rows + np.arange(excluded.num_rows)
+    return pa.concat_tables([live, excluded]).take(pa.array(order))
