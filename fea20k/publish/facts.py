@@ -12,17 +12,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fea20k.record import FaceRecord
-
 
 NO_EMOTION = "(none)"  # AU-only sources
 
 
-def row_digest(hf_split: str, rec: FaceRecord) -> str:
-    """A short hash of what a consumer sees of a row: its split, labels and rationale (for the release notes)."""
-    from fea20k.publish.notes import digest
+def _counts(values: Any) -> dict[Any, int]:
+    """value -> occurrences of an Arrow array (nulls counted under None), in order of first appearance."""
+    import pyarrow.compute as pc
 
-    return digest(hf_split, rec.emotion, rec.present_aus(), rec.rationale.text if rec.rationale else None)
+    vc = pc.value_counts(values)
+    return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True))
+
+
+def _group_counts(table: Any, keys: list[str]) -> dict[tuple[Any, ...], int]:
+    """(key values) -> rows of ``table``, grouped on ``keys``."""
+    g = table.group_by(keys, use_threads=False).aggregate([([], "count_all")])
+    return dict(zip(zip(*(g.column(k).to_pylist() for k in keys), strict=True), g.column("count_all").to_pylist(),
+                    strict=True))
+
+
+def _class_of(emotion: Any) -> Any:
+    """The emotion column with a missing or empty emotion as :data:`NO_EMOTION` (the card's class names)."""
+    import pyarrow.compute as pc
+
+    return pc.if_else(pc.fill_null(pc.equal(emotion, ""), True), NO_EMOTION, emotion)
+
+
+def _evaluated_mask(accepted: Any, excluded_at: Any) -> Any:
+    """:func:`evaluated` of every row: accepted, or excluded by an annotate / validate / review step."""
+    import pyarrow.compute as pc
+
+    by_checks = pc.fill_null(pc.match_substring_regex(excluded_at, r"^(annotate|validate|review)(\.|$)"), False)
+    return pc.or_(pc.fill_null(accepted, False), pc.and_(pc.fill_null(pc.invert(accepted), False), by_checks))
 
 
 @dataclass
@@ -53,42 +74,87 @@ class ReleaseFacts:
     attempts: Counter[int] = field(default_factory=Counter)
     rounds: dict[int, RoundAcceptance] = field(default_factory=dict)
     reviews: Counter[str] = field(default_factory=Counter)  # accept / reject / accept_overruled / unknown_id
-    row_digests: dict[str, str] = field(default_factory=dict)  # released id -> digest
+    # released rows: (hf split, their id, emotion, present AUs and rationale text); digested only when asked,
+    # since a first release needs the ids alone
+    released: list[tuple[str, Any]] = field(default_factory=list)
 
-    def add_released(self, hf_split: str, rec: FaceRecord) -> None:
-        self.counts[(rec.source, hf_split, rec.emotion or NO_EMOTION)] += 1
-        present = self.au_present[hf_split]
-        for au, v in rec.aus.items():
-            if v == 1:
-                present[au] += 1
-        coded = self.au_coded[hf_split]
-        for au in rec.au_coded:
-            coded[au] += 1
-        rat = rec.rationale
-        if rat is not None:
-            self.annotators[(rat.annotator, rat.backend, rat.model or "")] += 1
-            self.gold_in_prompt[rat.gold_in_prompt] += 1
-            self.attempts[rat.attempts] += 1
-        self.row_digests[rec.id] = row_digest(hf_split, rec)
+    def add_released(self, hf_split: str, table: Any) -> None:
+        """Count released rows of ``hf_split``: ``table`` has the record columns id, source, emotion, aus, au_coded
+        and rationale."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
-    def add_rejected(self, rec: FaceRecord) -> None:
-        for reason in rec.reasons or ["(no reason)"]:
-            self.rejected_reasons[(rec.source, reason)] += 1
+        from fea20k.publish.release import present_aus
 
-    def add_pool_row(self, round_: int, emotion: str | None, accepted: bool | None, excluded_at: str | None,
-                     reasons: list[str]) -> None:
-        """Count one row of a round's validate output toward that round's acceptance figures."""
-        acc = self.rounds.setdefault(round_, RoundAcceptance())
-        if not evaluated(accepted, excluded_at):
+        if table.num_rows == 0:
             return
-        cls = emotion or NO_EMOTION
-        acc.evaluated += 1
-        acc.by_class[cls] += 1
-        if accepted:
-            acc.accepted += 1
-            acc.accepted_by_class[cls] += 1
-        else:
-            acc.reasons.update(reasons)
+        table = table.combine_chunks()
+        keys = pa.table({"source": table.column("source"), "emotion": _class_of(table.column("emotion"))})
+        for (src, emo), n in _group_counts(keys, ["source", "emotion"]).items():
+            self.counts[(src, hf_split, emo)] += n
+        aus = present_aus(table.column("aus"))
+        self.au_present[hf_split].update(_counts(pc.list_flatten(aus)))
+        self.au_coded[hf_split].update(_counts(pc.list_flatten(table.column("au_coded"))))
+        rat = table.column("rationale")
+        rat = rat.filter(pc.is_valid(rat))
+        if len(rat):
+            who = pa.table({"annotator": pc.struct_field(rat, "annotator"), "backend": pc.struct_field(rat, "backend"),
+                            "model": pc.fill_null(pc.struct_field(rat, "model"), "")})
+            self.annotators.update(_group_counts(who, ["annotator", "backend", "model"]))
+            self.gold_in_prompt.update(_counts(pc.struct_field(rat, "gold_in_prompt")))
+            self.attempts.update(_counts(pc.struct_field(rat, "attempts")))
+        text = pc.struct_field(table.column("rationale"), "text")
+        self.released.append((hf_split, pa.table({"id": table.column("id"), "emotion": table.column("emotion"),
+                                                  "aus": aus, "rationale": text})))
+
+    def released_ids(self) -> list[str]:
+        return [i for _, t in self.released for i in t.column("id").to_pylist()]
+
+    def row_digests(self) -> dict[str, str]:
+        """Released id -> digest of what a consumer sees of the row (:func:`fea20k.publish.notes.digest`)."""
+        from fea20k.publish.notes import digest
+
+        out: dict[str, str] = {}
+        for split, t in self.released:
+            cols = (t.column(c).to_pylist() for c in ("id", "emotion", "aus", "rationale"))
+            for rid, emo, aus, text in zip(*cols, strict=True):
+                out[rid] = digest(split, emo, aus, text)
+        return out
+
+    def add_rejected(self, table: Any) -> None:
+        """Count rejected rows by source and reason (``table``: the record columns source and reasons)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if table.num_rows == 0:
+            return
+        table = table.combine_chunks()
+        reasons = table.column("reasons")
+        none = pc.fill_null(pc.equal(pc.list_value_length(reasons), 0), True)
+        # a row without a reason counts once, as "(no reason)"
+        reasons = pc.if_else(none, pa.scalar(["(no reason)"], reasons.type), reasons)
+        flat = pa.table({"source": pc.list_parent_indices(reasons), "reason": pc.list_flatten(reasons)})
+        flat = flat.set_column(0, "source", pc.take(table.column("source"), flat.column("source")))
+        self.rejected_reasons.update(_group_counts(flat, ["source", "reason"]))
+
+    def add_pool(self, round_: int, table: Any) -> None:
+        """Count rows of a round's validate output toward that round's acceptance figures (``table``: the record
+        columns emotion, accepted, excluded_at and reasons, verdicts as the checks left them)."""
+        import pyarrow.compute as pc
+
+        if table.num_rows == 0:
+            return
+        acc = self.rounds.setdefault(round_, RoundAcceptance())
+        table = table.combine_chunks()
+        judged = table.filter(_evaluated_mask(table.column("accepted"), table.column("excluded_at")))
+        accepted = pc.fill_null(judged.column("accepted"), False)
+        cls = _class_of(judged.column("emotion"))
+        acc.evaluated += judged.num_rows
+        acc.by_class.update(_counts(cls))
+        ok = cls.filter(accepted)
+        acc.accepted += len(ok)
+        acc.accepted_by_class.update(_counts(ok))
+        acc.reasons.update(_counts(pc.list_flatten(judged.column("reasons").filter(pc.invert(accepted)))))
 
     # -- views for the card
     def table_counts(self) -> list[dict[str, Any]]:

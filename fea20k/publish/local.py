@@ -36,9 +36,9 @@ from fea20k.publish.card import (
 from fea20k.publish.facts import ReleaseFacts, tree_digest
 from fea20k.publish.notes import NOTES_FILE, compare, release_digests
 from fea20k.publish.release import ReleaseWriter, ShardInfo
-from fea20k.publish.reviews import load_reviews, reviews_path
+from fea20k.publish.reviews import Review, load_reviews, reviews_path
 from fea20k.record import FaceRecord
-from fea20k.schema import WITHOUT_FACE, from_arrow
+from fea20k.schema import SCHEMA, WITHOUT_FACE
 from fea20k.stage import AggregateStage, StageConfig, register_stage
 from fea20k.workspace import Workspace
 
@@ -105,10 +105,28 @@ def image_policy(ws: Workspace, sources: Iterable[str], requested: bool | None, 
     return False, blocked
 
 
-def _light_rows(inputs: StageOutput) -> Iterator[tuple[str, str | None, bool | None, str | None, list[str], Any]]:
-    cols = ["source", "emotion", "accepted", "excluded_at", "reasons", "round"]
-    for t in inputs.iter_tables(cols):
-        yield from zip(*(t.column(c).to_pylist() for c in cols), strict=True)
+def _sources_in(inputs: StageOutput) -> set[str]:
+    import pyarrow.compute as pc
+
+    return {s for t in inputs.iter_tables(["source"]) for s in pc.unique(t.column("source")).to_pylist()}
+
+
+def _decide_images(ws: Workspace, inputs: StageOutput, requested: bool | None, confirmed: Iterable[str],
+                   terms_path: Path) -> tuple[bool, list[SourceFacts]]:
+    """:func:`image_policy` before the rows are read: when every configured source may be published, so may any
+    subset, and the sources present need no pass of their own (the write pass checks them, see
+    :class:`_UnexpectedSource`); otherwise a light pass finds them first."""
+    want = ws.config.publish.include_images if requested is None else requested
+    if want:
+        facts = source_facts(ws.config.sources, load_sources_file(terms_path))
+        if not blocked_sources(facts, set(ws.config.sources), set(confirmed)):
+            return True, []
+    return image_policy(ws, _sources_in(inputs) if want else (), requested, confirmed, terms_path)
+
+
+class _UnexpectedSource(Exception):
+    """Rows of a source fea20k.toml does not configure, in a release that includes faces: the image policy has to
+    be decided again with the sources actually present."""
 
 
 def build_release(
@@ -135,24 +153,21 @@ def build_release(
     out_dir = Path(out_dir) if out_dir is not None else ws.release_dir(round_)
     inputs = inputs if inputs is not None else _completed_upstream(ws, round_)
     terms_path = ws.data_file(sources_file)
-    facts = ReleaseFacts()
-    sources_seen = _pool_facts(ws, round_, inputs, facts)
-    images, blocked = image_policy(ws, sources_seen, include_images, confirmed, terms_path)
+    images, blocked = _decide_images(ws, inputs, include_images, confirmed, terms_path)
     vocab = _vocab(ws)
-    with building_dir(out_dir) as tmp:
-        writer = ReleaseWriter(tmp, vocab.emotions, images,
-                               shard_max_bytes=shard_max_bytes or ws.config.publish.shard_max_mb << 20)
-        shards = _write_splits(ws, round_, inputs, writer, facts, images)
-        notes = _write_notes(ws, round_, tmp, facts)
-        _write_card(ws, round_, tmp, writer, shards, facts, images, sources_seen, vocab,
-                    load_sources_file(terms_path), card_template)
-        manifest = {"round": round_, "include_images": images, "rows": writer.rows,
-                    "inputs": [str(d.relative_to(ws.root)) if d.is_relative_to(ws.root) else d.name
-                               for d in inputs.dirs]}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+    build = _ReleaseBuild(ws, round_, inputs, vocab, images, set(confirmed),
+                          shard_max_bytes or ws.config.publish.shard_max_mb << 20)
+    try:
+        with building_dir(out_dir) as tmp:
+            writer, notes = build.write(tmp, card_template, load_sources_file(terms_path))
+    except _UnexpectedSource:
+        images, blocked = image_policy(ws, build.sources_seen, include_images, confirmed, terms_path)
+        build = _ReleaseBuild(ws, round_, inputs, vocab, images, set(confirmed), build.shard_max_bytes)
+        with building_dir(out_dir) as tmp:
+            writer, notes = build.write(tmp, card_template, load_sources_file(terms_path))
     logger.info("release round-%d: %s (%s)", round_, dict(writer.rows), "with faces" if images else "annotations-only")
-    return ReleaseSummary(folder=out_dir, round=round_, include_images=images, rows=dict(writer.rows), shards=shards,
-                          notes_summary=notes.summary(), blocked=[b.source for b in blocked])
+    return ReleaseSummary(folder=out_dir, round=round_, include_images=images, rows=dict(writer.rows),
+                          shards=build.shards, notes_summary=notes.summary(), blocked=[b.source for b in blocked])
 
 
 def _completed_upstream(ws: Workspace, round_: int) -> StageOutput:
@@ -162,32 +177,60 @@ def _completed_upstream(ws: Workspace, round_: int) -> StageOutput:
     return StageOutput([d])
 
 
-def _pool_facts(ws: Workspace, round_: int, inputs: StageOutput, facts: ReleaseFacts) -> set[str]:
-    """Pass 1 (light columns): acceptance of this round's pool and of earlier rounds' validate outputs; returns the
-    sources present."""
-    sources_seen: set[str] = set()
-    for src, emo, acc, exat, reasons, rnd in _light_rows(inputs):
-        sources_seen.add(src)
-        if rnd is None or rnd >= round_:
-            facts.add_pool_row(round_, emo, acc, exat, reasons or [])
-    for k in range(round_):
-        d = ws.stage_dir(k, "validate")
-        if (d / "_SUCCESS.json").is_file():
-            for _src, emo, acc, exat, reasons, _ in _light_rows(StageOutput([d])):
-                facts.add_pool_row(k, emo, acc, exat, reasons or [])
-    return sources_seen
+POOL_COLUMNS = ["emotion", "accepted", "excluded_at", "reasons"]
+# the record columns a release row is made of (fea20k.publish.release.table_to_batch)
+RELEASE_INPUTS = frozenset(SCHEMA.names) - {"face_transform", "quality", "accepted"}
+
+
+@dataclass
+class _ReleaseBuild:
+    """One build of a release folder: a single pass over the input parts routes the rows, applies the reviews and
+    gathers the facts the card and the notes report; then the notes, the card and the manifest."""
+
+    ws: Workspace
+    round: int
+    inputs: StageOutput
+    vocab: Any
+    images: bool
+    confirmed: set[str]
+    shard_max_bytes: int
+    facts: ReleaseFacts = field(default_factory=ReleaseFacts)
+    sources_seen: set[str] = field(default_factory=set)
+    shards: dict[str, list[ShardInfo]] = field(default_factory=dict)
+
+    def write(self, tmp: Path, card_template: str, terms: Any) -> tuple[ReleaseWriter, Any]:
+        ws, round_ = self.ws, self.round
+        writer = ReleaseWriter(tmp, self.vocab.emotions, self.images, shard_max_bytes=self.shard_max_bytes)
+        self.shards = _write_splits(ws, round_, self.inputs, writer, self.facts, self.images, self.sources_seen)
+        if self.images and self.sources_seen - set(ws.config.sources):
+            unknown = self.sources_seen - set(ws.config.sources)
+            if blocked_sources(source_facts({}, terms), unknown, self.confirmed):
+                raise _UnexpectedSource(sorted(unknown))
+        for k in range(round_):  # earlier rounds' acceptance, for the card's table of rounds
+            d = ws.stage_dir(k, "validate")
+            if (d / "_SUCCESS.json").is_file():
+                for t in StageOutput([d]).iter_tables(POOL_COLUMNS):
+                    self.facts.add_pool(k, t)
+        notes = _write_notes(ws, round_, tmp, self.facts)
+        _write_card(ws, round_, tmp, writer, self.shards, self.facts, self.images, self.sources_seen, self.vocab,
+                    terms, card_template)
+        manifest = {"round": round_, "include_images": self.images, "rows": writer.rows,
+                    "inputs": [str(d.relative_to(ws.root)) if d.is_relative_to(ws.root) else d.name
+                               for d in self.inputs.dirs]}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+        return writer, notes
 
 
 def _write_splits(ws: Workspace, round_: int, inputs: StageOutput, writer: ReleaseWriter, facts: ReleaseFacts,
-                  images: bool) -> dict[str, list[ShardInfo]]:
-    """Pass 2: every row routed to train / test / rejected with the reviews applied; the faces are read only when
-    they go in."""
+                  images: bool, sources_seen: set[str]) -> dict[str, list[ShardInfo]]:
+    """Every row routed to train / test / rejected with the reviews applied; the faces are read only when they go
+    in."""
     reviews = load_reviews(ws.root, round_)
     review_cols = {rid: (r.decision, r.note or r.reason) for rid, r in reviews.items()}
     seen_review_ids: set[str] = set()
     try:
         for table in inputs.iter_tables(None if images else sorted(WITHOUT_FACE)):
-            _publish_part(table, writer, reviews, review_cols, seen_review_ids, facts)
+            _publish_part(table, round_, writer, reviews, review_cols, seen_review_ids, facts, sources_seen)
         shards = writer.finish()
     except BaseException:
         writer.abort()
@@ -204,7 +247,9 @@ def _write_notes(ws: Workspace, round_: int, tmp: Path, facts: ReleaseFacts) -> 
     """Release notes against the previous round's local release."""
     prev = ws.release_dir(round_ - 1) if round_ > 0 else None
     prev_digests = release_digests(prev) if prev is not None else None
-    notes = compare(round_, facts.row_digests, prev_digests, round_ - 1 if prev_digests is not None else None)
+    # a first release lists the ids it adds: only a comparison needs the rows' digests
+    current = facts.row_digests() if prev_digests is not None else dict.fromkeys(facts.released_ids(), "")
+    notes = compare(round_, current, prev_digests, round_ - 1 if prev_digests is not None else None)
     (tmp / NOTES_FILE).write_text(notes.markdown(), encoding="utf-8")
     return notes
 
@@ -235,88 +280,134 @@ def _write_card(ws: Workspace, round_: int, tmp: Path, writer: ReleaseWriter, sh
     (tmp / "README.md").write_text(render_card(ws.data_file(card_template), ctx), encoding="utf-8")
 
 
-LIGHT_COLUMNS = ["id", "source", "split", "emotion", "aus", "au_coded", "rationale", "accepted", "reasons",
-                 "excluded_at"]
-
-
-def _publish_part(table: pa.Table, writer: ReleaseWriter, reviews: dict[str, Any],
-                  review_cols: dict[str, tuple[str, str | None]], seen_review_ids: set[str],
-                  facts: ReleaseFacts) -> None:
-    """Route one input part: verdicts and facts from its light columns (as records), rows written column-wise."""
+def _publish_part(table: pa.Table, round_: int, writer: ReleaseWriter, reviews: dict[str, Review],
+                  review_cols: dict[str, tuple[str, str | None]], seen_review_ids: set[str], facts: ReleaseFacts,
+                  sources_seen: set[str]) -> None:
+    """Route one input part, column-wise: its pool facts (the verdicts as the checks left them), the reviews and the
+    ``not_validated`` exclusion applied, the facts of the released and rejected rows, the rows written."""
     import pyarrow.compute as pc
 
-    light = from_arrow(table.select(LIGHT_COLUMNS))
-    route: list[str] = []
+    sources_seen.update(pc.unique(table.column("source")).to_pylist())
+    this_round = pc.fill_null(pc.greater_equal(table.column("round"), round_), True)  # earlier rounds' rows: merged
+    facts.add_pool(round_, table.select(POOL_COLUMNS).filter(this_round))
+    table = _apply_reviews(table, reviews, seen_review_ids, facts)
+    table = _exclude_not_validated(table)
+    accepted = _combined(table.column("accepted"))
+    is_test = _combined(pc.fill_null(pc.equal(table.column("split"), "test"), False))
+    routes = {"train": pc.and_(accepted, pc.invert(is_test)), "test": pc.and_(accepted, is_test),
+              "rejected": pc.invert(accepted)}
+    light = table.select(["id", "source", "emotion", "aus", "au_coded", "rationale", "reasons"])
+    for split in ("train", "test"):
+        facts.add_released(split, light.filter(routes[split]))
+    facts.add_rejected(light.filter(routes["rejected"]))
+    # only what the release holds is filtered (copied): not the crops' transforms, quality scores, ...
+    table = table.select([c for c in table.column_names if c in RELEASE_INPUTS])
+    for split, mask in routes.items():
+        if pc.any(mask).as_py():
+            writer.add_table(split, table.filter(mask), review_cols)
+
+
+def _combined(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _exclude_not_validated(table: pa.Table) -> pa.Table:
+    """Rows no check judged (``accepted`` null) excluded at ``publish`` with the reason ``not_validated``."""
+    import pyarrow.compute as pc
+
+    missing = pc.is_null(table.column("accepted"))
+    if not pc.any(missing).as_py():
+        return table
+    accepted = table.column("accepted").to_pylist()
+    reasons = [list(r) if r else [] for r in table.column("reasons").to_pylist()]
+    excluded_at = table.column("excluded_at").to_pylist()
+    for i in pc.indices_nonzero(missing).to_pylist():
+        accepted[i] = False  # FaceRecord.exclude("publish", "not_validated")
+        reasons[i].append("not_validated")
+        excluded_at[i] = "publish" if excluded_at[i] is None else excluded_at[i]
+    return _with_verdicts(table, accepted, reasons, excluded_at)
+
+
+def _with_verdicts(table: pa.Table, accepted: list[Any], reasons: list[list[str]], excluded_at: list[Any]) -> pa.Table:
+    """``table`` with new verdict columns (a row without reasons holds an empty list, as a record does)."""
+    for name, values, typ in (("accepted", accepted, pa.bool_()), ("reasons", reasons, pa.list_(pa.string())),
+                              ("excluded_at", excluded_at, pa.string())):
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, type=typ))
+    return table
+
+
+def _apply_reviews(table: pa.Table, reviews: dict[str, Review], seen_review_ids: set[str],
+                   facts: ReleaseFacts) -> pa.Table:
+    """The reviewers' decisions and edited rationales applied to the (few) reviewed rows of ``table``."""
+    import pyarrow.compute as pc
+
+    if not reviews:
+        return table
+    ids = table.column("id")
+    rows = pc.indices_nonzero(pc.is_in(ids, value_set=pa.array(list(reviews), pa.string()))).to_pylist()
+    if not rows:
+        return table
+    accepted = table.column("accepted").to_pylist()
+    reasons = [list(r) if r else [] for r in table.column("reasons").to_pylist()]
+    excluded_at = table.column("excluded_at").to_pylist()
+    texts = pc.struct_field(table.column("rationale"), "text").to_pylist()
+    has_rationale = pc.is_valid(table.column("rationale")).to_pylist()
     changed = False
-    edited: dict[int, str] = {}  # row -> provenance line of a reviewer's edit
-    for i, rec in enumerate(light):
-        review = reviews.get(rec.id)
-        if review is not None:
-            seen_review_ids.add(rec.id)
-            was = (rec.accepted, len(rec.reasons))
-            _apply_review(rec, review.decision, facts)
-            if review.rationale:
-                facts.reviews["rationale edited"] += 1
-                if rec.rationale is not None and review.rationale != rec.rationale.text:
-                    # the reviewer's text, which passed the checks when it was saved, is what the row releases
-                    rec.rationale.text = review.rationale
-                    edited[i] = (f"rationale edited by {review.reviewer or 'a reviewer'}"
-                                 + (f" at {review.time}" if review.time else ""))
-            if review.gt_wrong:
-                facts.reviews["ground truth flagged wrong"] += 1
-            changed = changed or was != (rec.accepted, len(rec.reasons))
-        if rec.accepted is None:
-            rec.exclude("publish", "not_validated")
-            changed = True
-        if rec.accepted:
-            split = "test" if rec.split == "test" else "train"
-            facts.add_released(split, rec)
-        else:
-            split = "rejected"
-            facts.add_rejected(rec)
-        route.append(split)
+    edited: dict[int, tuple[str, str]] = {}  # row -> (new text, provenance line of the reviewer's edit)
+    for i in rows:
+        review = reviews[ids[i].as_py()]
+        seen_review_ids.add(review.id)
+        was = (accepted[i], len(reasons[i]))
+        if _apply_review(accepted[i], review.decision, facts):  # FaceRecord.exclude("review", "human_reject")
+            accepted[i] = False
+            reasons[i].append("human_reject")
+            excluded_at[i] = "review" if excluded_at[i] is None else excluded_at[i]
+        if review.rationale:
+            facts.reviews["rationale edited"] += 1
+            if has_rationale[i] and review.rationale != texts[i]:
+                # the reviewer's text, which passed the checks when it was saved, is what the row releases
+                edited[i] = (review.rationale, f"rationale edited by {review.reviewer or 'a reviewer'}"
+                             + (f" at {review.time}" if review.time else ""))
+        if review.gt_wrong:
+            facts.reviews["ground truth flagged wrong"] += 1
+        changed = changed or was != (accepted[i], len(reasons[i]))
     if changed:
-        for name, typ in (("accepted", pa.bool_()), ("reasons", pa.list_(pa.string())),
-                          ("excluded_at", pa.string())):
-            values = pa.array([getattr(r, name) for r in light], type=typ)
-            table = table.set_column(table.schema.get_field_index(name), name, values)
-    if edited:
-        table = _with_edits(table, light, edited)
-    routes = pa.array(route)
-    for split in ("train", "test", "rejected"):
-        mask = pc.equal(routes, split)
-        if not pc.any(mask).as_py():
-            continue
-        writer.add_table(split, table.filter(mask), review_cols)
+        table = _with_verdicts(table, accepted, reasons, excluded_at)
+    return _with_edits(table, edited) if edited else table
 
 
-def _with_edits(table: pa.Table, light: list[FaceRecord], edited: dict[int, str]) -> pa.Table:
+def _with_edits(table: pa.Table, edited: dict[int, tuple[str, str]]) -> pa.Table:
     """``table`` with the reviewers' rationale texts and a ``review`` provenance entry on the edited rows."""
-    from dataclasses import asdict
+    import pyarrow.compute as pc
 
-    rat_field = table.schema.field("rationale")
-    rationale = pa.array([asdict(r.rationale) if r.rationale is not None else None for r in light],
-                         type=rat_field.type)
-    table = table.set_column(table.schema.get_field_index("rationale"), rat_field, rationale)
+    rat = _combined(table.column("rationale"))
+    texts = pc.struct_field(rat, "text").to_pylist()
+    for i, (text, _) in edited.items():
+        texts[i] = text
+    fields = [pa.array(texts, pa.string()) if f.name == "text" else pc.struct_field(rat, f.name)
+              for f in rat.type]
+    rationale = pa.StructArray.from_arrays(fields, fields=list(rat.type), mask=pc.is_null(rat))
+    table = table.set_column(table.schema.get_field_index("rationale"), table.schema.field("rationale"), rationale)
     prov_field = table.schema.field("provenance")
     prov = table.column("provenance").to_pylist()
-    for i, line in edited.items():
+    for i, (_, line) in edited.items():
         prov[i] = [*(prov[i] or []), ("review", line)]
     return table.set_column(table.schema.get_field_index("provenance"), prov_field,
                             pa.array(prov, type=prov_field.type))
 
 
-def _apply_review(rec: FaceRecord, decision: str, facts: ReleaseFacts) -> None:
+def _apply_review(accepted: bool | None, decision: str, facts: ReleaseFacts) -> bool:
+    """Count a reviewer's decision about a row; True when it moves a released row out (a reject)."""
     if decision == "reject":
-        if rec.accepted:
-            rec.exclude("review", "human_reject")
+        if accepted:
             facts.reviews["reject"] += 1
-        else:
-            facts.reviews["reject (already rejected)"] += 1
-    elif rec.accepted:
+            return True
+        facts.reviews["reject (already rejected)"] += 1
+    elif accepted:
         facts.reviews["accept"] += 1
     else:
         facts.reviews["accept (kept rejected)"] += 1
+    return False
 
 
 def _vocab(ws: Workspace) -> Any:

@@ -185,6 +185,12 @@ def _sorted_list(offsets: Any, values: pa.Array, n: int, mask: Any = None) -> pa
     return pa.ListArray.from_arrays(pa.array(new_offsets), pa.array(vals[order], type=values.type))
 
 
+def present_aus(aus: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The ``aus`` map column (AU -> 1 present, 0 absent, null unknown) as the sorted list of the AUs present."""
+    offsets, keys, items = _map_parts(aus)
+    return _sorted_list(offsets, keys, len(offsets) - 1, (items.to_numpy(zero_copy_only=False) == 1))
+
+
 def _array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     """One contiguous array (a single-chunk column without a copy)."""
     if isinstance(col, pa.ChunkedArray):
@@ -245,10 +251,10 @@ def table_to_batch(table: pa.RecordBatch | pa.Table, schema: pa.Schema, emotions
         first = pc.filter(table.select(["id", "emotion"]), bad).slice(0, 1).to_pylist()[0]
         raise ValueError(f"record {first['id']}: emotion {first['emotion']!r} is not one of {list(emotions)}")
     out["emotion"] = idx.cast(pa.int64())
+    out["aus"] = present_aus(col("aus"))
     offsets, keys, items = _map_parts(col("aus"))
-    values = items.to_numpy(zero_copy_only=False)
-    out["aus"] = _sorted_list(offsets, keys, n, np.asarray(values == 1))
-    out["aus_unknown"] = _sorted_list(offsets, keys, n, np.isnan(values.astype("float64")))
+    out["aus_unknown"] = _sorted_list(offsets, keys, n, np.isnan(items.to_numpy(zero_copy_only=False)
+                                                                   .astype("float64")))
     coded = _array(col("au_coded"))
     c_off = np.asarray(coded.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
     out["au_coded"] = _sorted_list(c_off - c_off[0], coded.values.slice(c_off[0], c_off[-1] - c_off[0]), n)
@@ -264,9 +270,10 @@ def table_to_batch(table: pa.RecordBatch | pa.Table, schema: pa.Schema, emotions
     out["image_path"] = pc.struct_field(img, "path")
     out["image_frame"] = pc.struct_field(img, "frame")
     if reviews:
-        got = [reviews.get(i) for i in col("id").to_pylist()]
-        out["review"] = pa.array([g[0] if g else None for g in got], pa.string())
-        out["review_note"] = pa.array([g[1] if g else None for g in got], pa.string())
+        # the reviewed rows are few: look every id up at once, take their decision and note
+        at = pc.index_in(col("id"), value_set=pa.array(list(reviews), pa.string()))
+        out["review"] = pc.take(pa.array([d for d, _ in reviews.values()], pa.string()), at)
+        out["review_note"] = pc.take(pa.array([note for _, note in reviews.values()], pa.string()), at)
     else:
         out["review"] = out["review_note"] = pa.nulls(n, pa.string())
     arrays = []
