@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fea20k import env
 from fea20k.errors import (
@@ -79,6 +79,10 @@ from fea20k.stage import (
 )
 from fea20k.stats import StageStats
 from fea20k.workspace import Workspace
+
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 
 logger = logging.getLogger(__name__)
@@ -335,6 +339,31 @@ class ExecOptions:
     workers: int | None = None
     executor: str = "local"
     address: str | None = None  # cluster address for distributed executors
+    pool: BuildPool | None = None  # the local executor's process pool, one per build
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers or env.workers()
+
+
+class BuildPool:
+    """The build's one process pool, shared by every map stage with ``workers = "process"``. Started as the build
+    begins when such a stage has work, so its workers start and import while ingest runs (a spawn worker takes
+    ~0.5 s to be ready, per pool, on this project's 2-core reference machine); shut down when the build ends."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def get(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = worker_pool(self.workers, _warm_worker)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 MapRunner = Callable[[MapStage, list[tuple[int, Path]], Path, Callable[[int], None], ExecOptions], None]
@@ -398,9 +427,15 @@ def build_round(
     """
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     command = command or f"build_round(round={round_})"
+    opts = ExecOptions(workers=workers, executor=executor, address=address)
     with workspace_lock(ws.root, command, wait=wait):
-        return _build_round(ws, round_, from_stage, until_stage, progress or NoProgress(), command,
-                            ExecOptions(workers=workers, executor=executor, address=address))
+        if executor == "local" and opts.n_workers > 1:
+            opts.pool = BuildPool(opts.n_workers)
+        try:
+            return _build_round(ws, round_, from_stage, until_stage, progress or NoProgress(), command, opts)
+        finally:
+            if opts.pool is not None:
+                opts.pool.close()
 
 
 def _build_round(ws: Workspace, round_: int, from_stage: str | None, until_stage: str | None, progress: Progress,
@@ -414,6 +449,8 @@ def _build_round(ws: Workspace, round_: int, from_stage: str | None, until_stage
             raise Fea20kUserError(f"{opt} {val!r} is not a step of round {round_}; steps: {keys}")
     if round_ > 0:
         _check_previous_round(ws, round_)
+    if opts.pool is not None and _pooled_work(ws, plan, from_stage is not None):
+        opts.pool.get()  # its workers start now, in the background
     result = BuildResult(round=round_)
     run_id = ws.ledger.start_run(round_, command)
     forced = False
@@ -435,6 +472,13 @@ def _build_round(ws: Workspace, round_: int, from_stage: str | None, until_stage
         ws.ledger.finish_run(run_id, status)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _pooled_work(ws: Workspace, plan: list[list[PlannedStage]], forced: bool) -> bool:
+    """Whether a map stage that runs on the process pool is forced or not up to date (it will run)."""
+    return any(isinstance(ps.stage, MapStage) and ps.stage.workers == "process"
+               and (forced or not _up_to_date(ws, ps, read_marker(ws.stage_dir(ps.round, ps.key))))
+               for g in plan for ps in g)
 
 
 def _guard(ws: Workspace, group: list[PlannedStage]) -> None:
@@ -717,21 +761,36 @@ def maybe_crash(stage_key: str, index: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-_WORKER_STAGE: MapStage | None = None
+_WORKER_STAGE: tuple[str, MapStage] | None = None  # (token, stage): the stage a pool worker last ran
 
 
-def _worker_init(cls: type[MapStage], config: dict[str, Any], ctx: StageContext, plugin_root: str) -> None:
-    global _WORKER_STAGE  # one stage per worker process, built once (the pool's initializer)
+def _warm_worker() -> None:
+    """Pool initializer: the imports every chunk needs (pyarrow converts lists through pandas, imported on first
+    use), made while the build's first stages run."""
+    import pyarrow as pa
+
+    pa.array([0])
+
+
+def _worker_stage(token: str, cls: type[MapStage], config: dict[str, Any], ctx: StageContext,
+                  plugin_root: str) -> MapStage:
+    """The worker's instance of the stage run ``token`` names, built and loaded once per stage run."""
+    global _WORKER_STAGE  # one stage at a time per worker process
+    if _WORKER_STAGE is not None and _WORKER_STAGE[0] == token:
+        return _WORKER_STAGE[1]
+    if _WORKER_STAGE is not None:
+        _WORKER_STAGE[1].close()
+        _WORKER_STAGE = None
     load_workspace_plugins(Path(plugin_root))
     stage = cls(config, ctx)
     assert isinstance(stage, MapStage)
     stage.load()
-    _WORKER_STAGE = stage
+    _WORKER_STAGE = (token, stage)
+    return stage
 
 
-def _worker_task(in_path: Path, d: Path, index: int) -> dict[str, Any]:
-    assert _WORKER_STAGE is not None
-    return process_chunk(_WORKER_STAGE, in_path, d, index)
+def _worker_task(spec: tuple[Any, ...], in_path: Path, d: Path, index: int) -> dict[str, Any]:
+    return process_chunk(_worker_stage(*spec), in_path, d, index)
 
 
 def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, key: str,
@@ -745,7 +804,6 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
     if done_rows:
         logger.info("%s: resuming, %d of %d chunk(s) already done", key, len(parts) - len(todo), len(parts))
         advance(done_rows)
-    n_workers = opts.workers or env.workers()
     pending: list[dict[str, Any]] = []  # the PendingError of each chunk left unwritten (see process_chunk)
 
     def finished(result: dict[str, Any], index: int) -> None:
@@ -757,20 +815,8 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
 
     if opts.executor != "local":
         get_map_runner(opts.executor)(stage, todo, d, advance, opts)
-    elif stage.workers == "process" and n_workers > 1 and len(todo) > 1:
-        cfg = stage.config.model_dump(mode="json")
-        with worker_pool(n_workers, _worker_init,
-                         (type(stage), cfg, stage.ctx, str(stage.ctx.workspace_root))) as pool:
-            running: dict[Future[dict[str, Any]], int] = {}
-            ended = Completions()  # not concurrent.futures.wait: see Completions
-            todo_left = list(todo)
-            while todo_left or running:
-                while todo_left and len(running) < 2 * n_workers:
-                    i, p = todo_left.pop(0)
-                    running[ended.watch(pool.submit(_worker_task, p, d, i))] = i
-                fut = ended.next()
-                assert fut is not None  # no timeout: a future did finish
-                finished(fut.result(), running.pop(fut))
+    elif stage.workers == "process" and opts.pool is not None and len(todo) > 1:
+        _pool_chunks(stage, todo, d, opts.pool, finished)
     else:
         stage.load()
         for i, p in todo:
@@ -784,6 +830,24 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
         raise PendingError(rows, what="processed", reason=f"{len(missing)} chunk(s) of {key} were not written",
                            round_=stage.ctx.round)
     return _merge_chunk_stats(d)
+
+
+def _pool_chunks(stage: MapStage, todo: list[tuple[int, Path]], d: Path, build_pool: BuildPool,
+                 finished: Callable[[dict[str, Any], int], None]) -> None:
+    """Run ``todo`` on the build's pool, at most two chunks queued per worker (so a Ctrl-C loses little)."""
+    spec = (f"{stage.ctx.stage_key}@{time.time_ns()}", type(stage), stage.config.model_dump(mode="json"), stage.ctx,
+            str(stage.ctx.workspace_root))
+    pool = build_pool.get()
+    running: dict[Future[dict[str, Any]], int] = {}
+    ended = Completions()  # not concurrent.futures.wait: see Completions
+    todo_left = list(todo)
+    while todo_left or running:
+        while todo_left and len(running) < 2 * build_pool.workers:
+            i, p = todo_left.pop(0)
+            running[ended.watch(pool.submit(_worker_task, spec, p, d, i))] = i
+        fut = ended.next()
+        assert fut is not None  # no timeout: a future did finish
+        finished(fut.result(), running.pop(fut))
 
 
 def _rows(p: Path) -> int:
