@@ -162,17 +162,43 @@ def card_context(*, facts: ReleaseFacts, round_: int, sources: list[SourceFacts]
 
 def render_card(template_path: Path, context: dict[str, Any]) -> str:
     """Render the card template (strict: an undefined variable is an error naming the template)."""
+    return load_card_template(template_path).render(context)
+
+
+@dataclass(frozen=True)
+class CardTemplate:
+    """A compiled card template (:func:`load_card_template`); :meth:`render` reports errors with its path."""
+
+    path: Path
+    template: Any
+
+    def render(self, context: dict[str, Any]) -> str:
+        import jinja2
+
+        try:
+            return self.template.render(**context)
+        except jinja2.TemplateError as e:
+            raise _template_error(self.path, e) from None
+
+
+def load_card_template(template_path: Path) -> CardTemplate:
+    """Read and compile the card template (Jinja2, strict undefined, Markdown: no autoescape)."""
     import jinja2
 
     from fea20k.errors import ConfigError
 
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)  # noqa: S701 - Markdown, not HTML
     try:
-        template = env.from_string(template_path.read_text(encoding="utf-8"))
-        return template.render(**context)
+        return CardTemplate(template_path, env.from_string(template_path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise ConfigError(f"{template_path}: card template not found; restore it from the fea20k package") from None
     except jinja2.TemplateError as e:
-        lineno = getattr(e, "lineno", None)
-        where = f"{template_path}:{lineno}" if lineno else str(template_path)
-        raise ConfigError(f"{where}: card template error: {e}") from None
+        raise _template_error(template_path, e) from None
+
+
+def _template_error(template_path: Path, e: Exception) -> Exception:
+    from fea20k.errors import ConfigError
+
+    lineno = getattr(e, "lineno", None)
+    where = f"{template_path}:{lineno}" if lineno else str(template_path)
+    return ConfigError(f"{where}: card template error: {e}")

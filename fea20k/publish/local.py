@@ -12,10 +12,10 @@ import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import yaml
@@ -25,11 +25,12 @@ from fea20k import __version__
 from fea20k.errors import DiskFullError, Fea20kUserError
 from fea20k.io import StageOutput, disk_full_error, is_disk_full
 from fea20k.publish.card import (
+    CardTemplate,
     SourceFacts,
     blocked_sources,
     card_context,
+    load_card_template,
     load_sources_file,
-    render_card,
     source_conventions,
     source_facts,
 )
@@ -41,6 +42,10 @@ from fea20k.record import FaceRecord
 from fea20k.schema import SCHEMA, WITHOUT_FACE
 from fea20k.stage import AggregateStage, StageConfig, register_stage
 from fea20k.workspace import Workspace
+
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 
 logger = logging.getLogger(__name__)
@@ -150,21 +155,27 @@ def build_release(
         confirmed: sources the user confirmed holding redistribution rights for.
         shard_max_bytes: shard size cap (default ``[publish] shard_max_mb``).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     out_dir = Path(out_dir) if out_dir is not None else ws.release_dir(round_)
     inputs = inputs if inputs is not None else _completed_upstream(ws, round_)
     terms_path = ws.data_file(sources_file)
     images, blocked = _decide_images(ws, inputs, include_images, confirmed, terms_path)
-    vocab = _vocab(ws)
-    build = _ReleaseBuild(ws, round_, inputs, vocab, images, set(confirmed),
-                          shard_max_bytes or ws.config.publish.shard_max_mb << 20)
-    try:
-        with building_dir(out_dir) as tmp:
-            writer, notes = build.write(tmp, card_template, load_sources_file(terms_path))
-    except _UnexpectedSource:
-        images, blocked = image_policy(ws, build.sources_seen, include_images, confirmed, terms_path)
-        build = _ReleaseBuild(ws, round_, inputs, vocab, images, set(confirmed), build.shard_max_bytes)
-        with building_dir(out_dir) as tmp:
-            writer, notes = build.write(tmp, card_template, load_sources_file(terms_path))
+    vocab, terms = _vocab(ws), load_sources_file(terms_path)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fea20k-card") as pool:
+        # Jinja2 is imported and the card template compiled while the rows are read (that mostly waits on Arrow,
+        # which releases the GIL); an error in the template is raised when the card is written, as before
+        card = pool.submit(load_card_template, ws.data_file(card_template))
+        build = _ReleaseBuild(ws, round_, inputs, vocab, images, set(confirmed),
+                              shard_max_bytes or ws.config.publish.shard_max_mb << 20)
+        try:
+            with building_dir(out_dir) as tmp:
+                writer, notes = build.write(tmp, card, terms)
+        except _UnexpectedSource:
+            images, blocked = image_policy(ws, build.sources_seen, include_images, confirmed, terms_path)
+            build = _ReleaseBuild(ws, round_, inputs, vocab, images, set(confirmed), build.shard_max_bytes)
+            with building_dir(out_dir) as tmp:
+                writer, notes = build.write(tmp, card, terms)
     logger.info("release round-%d: %s (%s)", round_, dict(writer.rows), "with faces" if images else "annotations-only")
     return ReleaseSummary(folder=out_dir, round=round_, include_images=images, rows=dict(writer.rows),
                           shards=build.shards, notes_summary=notes.summary(), blocked=[b.source for b in blocked])
@@ -198,7 +209,7 @@ class _ReleaseBuild:
     sources_seen: set[str] = field(default_factory=set)
     shards: dict[str, list[ShardInfo]] = field(default_factory=dict)
 
-    def write(self, tmp: Path, card_template: str, terms: Any) -> tuple[ReleaseWriter, Any]:
+    def write(self, tmp: Path, card: Future[CardTemplate], terms: Any) -> tuple[ReleaseWriter, Any]:
         ws, round_ = self.ws, self.round
         writer = ReleaseWriter(tmp, self.vocab.emotions, self.images, shard_max_bytes=self.shard_max_bytes)
         self.shards = _write_splits(ws, round_, self.inputs, writer, self.facts, self.images, self.sources_seen)
@@ -213,7 +224,7 @@ class _ReleaseBuild:
                     self.facts.add_pool(k, t)
         notes = _write_notes(ws, round_, tmp, self.facts)
         _write_card(ws, round_, tmp, writer, self.shards, self.facts, self.images, self.sources_seen, self.vocab,
-                    terms, card_template)
+                    terms, card.result())
         manifest = {"round": round_, "include_images": self.images, "rows": writer.rows,
                     "inputs": [str(d.relative_to(ws.root)) if d.is_relative_to(ws.root) else d.name
                                for d in self.inputs.dirs]}
@@ -229,8 +240,10 @@ def _write_splits(ws: Workspace, round_: int, inputs: StageOutput, writer: Relea
     review_cols = {rid: (r.decision, r.note or r.reason) for rid, r in reviews.items()}
     seen_review_ids: set[str] = set()
     try:
-        for table in inputs.iter_tables(None if images else sorted(WITHOUT_FACE)):
-            _publish_part(table, round_, writer, reviews, review_cols, seen_review_ids, facts, sources_seen)
+        with closing(_read_ahead(inputs.iter_tables(None if images else sorted(WITHOUT_FACE)))) as tables:
+            for table in tables:
+                _publish_part(table, round_, writer, reviews, review_cols, seen_review_ids, facts,
+                              sources_seen)
         shards = writer.finish()
     except BaseException:
         writer.abort()
@@ -241,6 +254,18 @@ def _write_splits(ws: Workspace, round_: int, inputs: StageOutput, writer: Relea
         logger.warning("%s: %d review(s) name ids not in round %d's release, e.g. %s",
                        reviews_path(ws.root, round_).name, len(unknown), round_, unknown[:3])
     return shards
+
+
+def _read_ahead(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """``tables``, each read in a background thread while the previous one is routed and written: reading a part is
+    Parquet decoding, which releases the GIL. At most two parts are in memory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fea20k-read") as pool:
+        ahead = pool.submit(next, tables, None)
+        while (table := ahead.result()) is not None:
+            ahead = pool.submit(next, tables, None)
+            yield table
 
 
 def _write_notes(ws: Workspace, round_: int, tmp: Path, facts: ReleaseFacts) -> Any:
@@ -256,7 +281,7 @@ def _write_notes(ws: Workspace, round_: int, tmp: Path, facts: ReleaseFacts) -> 
 
 def _write_card(ws: Workspace, round_: int, tmp: Path, writer: ReleaseWriter, shards: dict[str, list[ShardInfo]],
                 facts: ReleaseFacts, images: bool, sources_seen: set[str], vocab: Any, terms: Any,
-                card_template: str) -> None:
+                template: CardTemplate) -> None:
     """The dataset card README.md: YAML front matter (configs, features) and the rendered template."""
     seen = {k: v for k, v in ws.config.sources.items() if k in sources_seen}
     src_facts = source_facts(seen, terms, source_conventions(ws, seen))
@@ -274,10 +299,12 @@ def _write_card(ws: Workspace, round_: int, tmp: Path, writer: ReleaseWriter, sh
         include_images=images, emotions=vocab.emotions, au_names=vocab.au_names, recipe_name=ws.recipe.name,
         recipe_sha256=hashlib.sha256(ws.recipe_path.read_bytes()).hexdigest()[:16],
         curation_sha256=tree_digest(ws.root, CURATOR_FOLDERS)[:16], fea20k_version=__version__,
-        front_matter=yaml.safe_dump(front, sort_keys=False, allow_unicode=True),
+        # libyaml's emitter when there is one: the same text, a few times faster
+        front_matter=yaml.dump(front, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False,
+                               allow_unicode=True),
         n_rejected=writer.rows["rejected"],
     )
-    (tmp / "README.md").write_text(render_card(ws.data_file(card_template), ctx), encoding="utf-8")
+    (tmp / "README.md").write_text(template.render(ctx), encoding="utf-8")
 
 
 def _publish_part(table: pa.Table, round_: int, writer: ReleaseWriter, reviews: dict[str, Review],

@@ -458,8 +458,16 @@ class ReleaseWriter:
         self.rows[split] += table.num_rows
 
     def finish(self) -> dict[str, list[ShardInfo]]:
-        """Close every split; returns split -> its shards (an empty split has none and is left out of the configs)."""
-        return {split: w.finish() for split, w in self._writers.items()}
+        """Close every split; returns split -> its shards (an empty split has none and is left out of the configs).
+
+        The splits' last row groups are written concurrently (one file each; pyarrow releases the GIL while it
+        encodes and writes).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(self._writers), thread_name_prefix="fea20k-write") as pool:
+            done = {split: pool.submit(w.finish) for split, w in self._writers.items()}
+        return {split: f.result() for split, f in done.items()}
 
     def abort(self) -> None:
         for w in self._writers.values():
