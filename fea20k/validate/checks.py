@@ -451,9 +451,15 @@ class AURules(CheckRule):
 def au_sets(p: Parsed, rec: FaceRecord, scope: str) -> tuple[set[int], set[int], set[int], set[int]]:
     """(mentioned, gt present, coded-and-known, mentioned-but-unverifiable) for a parse and a record."""
     mentioned = p.aus(("think",)) if scope == "think" else p.aus()
-    coded = set(rec.au_coded) if rec.au_coded else None
-    known = {k for k, v in rec.aus.items() if v is not None and (coded is None or k in coded)}
-    gt = {k for k in known if rec.aus[k] == 1}
+    aus = rec.aus
+    if not aus:  # an emotion-only source: nothing to verify against
+        return mentioned, set(), set(), set(mentioned)
+    if rec.au_coded:
+        coded = set(rec.au_coded)
+        known = {k for k, v in aus.items() if v is not None and k in coded}
+    else:
+        known = {k for k, v in aus.items() if v is not None}
+    gt = {k for k in known if aus[k] == 1}
     return mentioned, gt, known, mentioned - known
 
 
@@ -507,8 +513,10 @@ def _hedge_matcher(words: tuple[str, ...]) -> tuple[re.Pattern[str] | None, tupl
     if not words:
         return None, ()
     alts = "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in sorted(words, key=len, reverse=True))
-    # cheap substring pre-filter: the longest word of every phrase, lower-cased
-    first = tuple(sorted({max(w.lower().split(), key=len) for w in words}))
+    # cheap substring pre-filter: the longest word of every phrase, lower-cased, leaving out a word that contains
+    # another one (where "maybe" occurs, "may" does: one test fewer per text, the same answer)
+    longest = {max(w.lower().split(), key=len) for w in words}
+    first = tuple(sorted(w for w in longest if not any(o != w and o in w for o in longest)))
     return re.compile(rf"(?<!\w)(?:{alts})(?!\w)", re.IGNORECASE), first
 
 
@@ -556,7 +564,7 @@ def consistency_check(p: Parsed, rec: FaceRecord, rule: ConsistencyRules, vocab:
     """For a ground-truth emotion without AU labels: the named AUs fit the emotion's prototype."""
     if rec.emotion is None or rec.emotion_origin != "gt":
         return
-    if any(v is not None for v in rec.aus.values()):
+    if rec.aus and any(v is not None for v in rec.aus.values()):
         return  # AU labels exist: the AU check verifies the AUs directly
     proto = vocab.prototypes.get(rec.emotion)
     if proto is None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import attrgetter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -166,9 +167,11 @@ def parse(text: str | None, mode: str = "tolerant", synonyms: dict[str, str] | N
 def _block_spans(p: Parsed, g: re.Match[str] | None) -> tuple[Span | None, list[Span], int]:
     """(think block, answer blocks, end of the last ``</think>`` or -1) of ``p.text``; counts the tags into ``p``."""
     text = p.text
-    low = text.lower() if g is not None else ""
-    if g is not None and low.count("<answer>") == 1 and low.count("<think>") == 1 \
-            and low.count("</think>") == 1 and low.count("</answer>") == 1:
+    # a text that passes the format rule with no "<" but its four tags has exactly one block of each (the cheap
+    # test); else count the tags in any case
+    low = text.lower() if g is not None and text.count("<") != 4 else ""
+    if g is not None and (not low or (low.count("<answer>") == 1 and low.count("<think>") == 1
+                                      and low.count("</think>") == 1 and low.count("</answer>") == 1)):
         # fast path (the common case): a well-formed text with exactly one block of each
         p.n_think_tags = p.n_answer_tags = 1
         return (g.start(1), g.end(1)), [(g.start(2), g.end(2))], g.end(1) + len("</think>")
@@ -209,30 +212,38 @@ def _block_spans(p: Parsed, g: re.Match[str] | None) -> tuple[Span | None, list[
 def _au_mentions(text: str, think_span: Span | None, answer_spans: list[Span]) -> list[AUMention]:
     """Every AU mention of ``text``, in order, located by block."""
     ts, te = think_span if think_span is not None else (-1, -1)
-    found: list[tuple[int, int, str | None, str, bool]] = []
+    mentions = []
     for m in _AU_RE.finditer(text):
-        start, side = m.start(), None
-        if start >= 1 and text[start - 1] in "LR" and (start < 2 or not text[start - 2].isalnum()):
-            start, side = start - 1, text[start - 1]
+        start = m.start()
+        number = m.group(1)
+        side = None
+        if start and text[start - 1] in "LR" and (start < 2 or not text[start - 2].isalnum()):
+            start -= 1
+            side = text[start]
         elif start >= 2 and text[start - 1] in " -" and text[start - 2] in "LR" \
                 and (start < 3 or not text[start - 3].isalnum()):
-            start, side = start - 2, text[start - 2]
+            start -= 2
+            side = text[start]
         tok = text[start:m.end()]
-        # canonical: exactly "AU" + digits, no side, no padding (faster than a regex fullmatch)
-        found.append((start, int(m.group(1)), side, tok,
-                      side is None and tok[:2] == "AU" and tok[2:3] != "0" and tok[2:].isdigit()))
-    if "L" in text or "R" in text:
-        sides = [(m.start(), int(m.group(1)), m.group(0)[0], m.group(0), True) for m in _SIDE_RE.finditer(text)]
-        if sides:
-            found.extend(sides)
-            found.sort()
-    mentions = []
-    for start, au, side, tok, canonical in found:
-        if ts <= start < te:
-            where = "think"
-        elif answer_spans and any(a <= start < b for a, b in answer_spans):
-            where = "answer"
-        else:
-            where = "outside"
-        mentions.append(AUMention(au, side, where, tok, start, canonical))
+        # canonical: exactly "AU" + the number, no side, no separator, no zero padding (the regex allows only those
+        # between "AU" and the number, so a length test decides)
+        mentions.append(AUMention(int(number), side, _block_of(start, ts, te, answer_spans), tok, start,
+                                  side is None and len(tok) == 2 + len(number) and tok[:2] == "AU"))
+    if ("L" in text or "R" in text) and _SIDE_RE.search(text) is not None:
+        mentions.extend(AUMention(int(m.group(1)), m.group(0)[0], _block_of(m.start(), ts, te, answer_spans),
+                                  m.group(0), m.start(), True) for m in _SIDE_RE.finditer(text))
+        mentions.sort(key=_START)  # no two mentions start at the same offset
     return mentions
+
+
+_START = attrgetter("start")
+
+
+def _block_of(start: int, ts: int, te: int, answer_spans: list[Span]) -> str:
+    """The block an offset lies in: think (``ts <= start < te``), an answer block, else outside."""
+    if ts <= start < te:
+        return "think"
+    for a, b in answer_spans:  # usually one block: a plain loop, cheaper than any() over a generator
+        if a <= start < b:
+            return "answer"
+    return "outside"

@@ -9,11 +9,11 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from fea20k.io import StageOutput, own_columns, read_part_table
 from fea20k.record import FaceRecord
-from fea20k.schema import SCHEMA, WITHOUT_GEOMETRY, from_arrow, to_arrow
+from fea20k.schema import SCHEMA, WITHOUT_GEOMETRY, from_arrow
 from fea20k.stage import AggregateStage, StageConfig, register_stage
 from fea20k.validate.checks import RuleSet, check_text, load_ruleset, registered_checks, rule_files
 
@@ -180,33 +180,42 @@ class Validate(AggregateStage):
         return counter
 
     # -- the checking pass
-    def check_record(self, rec: FaceRecord, counter: TemplateCounter | None) -> FaceRecord:
-        """Apply every check to one (live) record; set its verdict, reasons, scores and provenance."""
-        rec.provenance["validate"] = self.provenance
-        text = rec.rationale.text if rec.rationale is not None else None
+    def verdict(self, rec: FaceRecord, counter: TemplateCounter | None) -> Verdict:
+        """Every check of one live record: its new reasons, scores and ``meta["validate"]`` (None: no rationale)."""
+        rationale = rec.rationale
+        text = rationale.text if rationale is not None else None
         if not text:
-            return self.exclude(rec, "no_rationale")
+            return Verdict(["no_rationale"], {}, None)
         res = check_text(text, rec, self.rules)
         reasons = list(res.reasons)
-        if counter is not None and rec.rationale is not None \
-                and rec.rationale.backend not in self.rules.template.exempt_backends:
+        template = self.rules.template
+        if counter is not None and rationale.backend not in template.exempt_backends:
             n = counter.count(template_key(text))
             if n:
                 res.scores["template_count"] = float(n)
-            if n > self.rules.template.max_repeats:
+            if n > template.max_repeats:
                 reasons.append("template_collapse")
-        rec.scores.update(res.scores)
-        rec.meta["validate"] = res.details()
-        if reasons:
-            return self.exclude(rec, *reasons)
+        return Verdict(reasons, res.scores, res.details())
+
+    def check_record(self, rec: FaceRecord, counter: TemplateCounter | None) -> FaceRecord:
+        """Apply every check to one (live) record; set its verdict, reasons, scores and provenance."""
+        v = self.verdict(rec, counter)
+        rec.provenance["validate"] = self.provenance
+        rec.scores.update(v.scores)
+        if v.details is not None:
+            rec.meta["validate"] = v.details
+        if v.reasons:
+            return self.exclude(rec, *v.reasons)
         rec.accepted = True
         return rec
 
     def check_table(self, table: pa.Table, counter: TemplateCounter | None) -> pa.Table:
-        """The stage's columns (``id``, scores, meta, provenance, verdict) of one input table, in its row order.
+        """The stage's columns (``id``, scores, meta, provenance, verdict) of one input table, in its row order:
+        what :meth:`check_record` makes of each live row's record, and the rows excluded upstream as they are.
 
-        Only the live rows become records and are checked; the rows excluded upstream keep their input values as
-        they are (a record would only carry them through unchanged), so they cost no Python conversion.
+        Only the live rows become records, holding only what the checks read; the columns the stage writes are
+        computed from the input columns and the verdicts, so the rows excluded upstream, and every column no check
+        reads, cost no Python conversion.
         """
         import pyarrow.compute as pc
 
@@ -217,14 +226,47 @@ class Validate(AggregateStage):
             return _as_stored(own)
         live = table.filter(pc.invert(excluded)) if n_excluded else table
         with _no_cycle_collection():
-            records = from_arrow(live)
-            for rec in records:
-                self.check_record(rec, counter)
-            checked = _records_table(records, own.column_names)
+            records = from_arrow(_record_view(live, self._check_reads()))
+            verdicts = [self.verdict(rec, counter) for rec in records]
+            checked = self._checked_columns(own.filter(pc.invert(excluded)) if n_excluded else own, verdicts)
         self.stats.add("checked", len(records))
         if not n_excluded:
             return checked
         return _interleave(checked, _as_stored(own.filter(excluded)), excluded)
+
+    def _check_reads(self) -> frozenset[str] | None:
+        """The record fields the registered checks read (None: a check that names none may read any)."""
+        reads: set[str] = set()
+        for c in registered_checks():
+            if c.reads is None:
+                return None
+            reads |= c.reads
+        return frozenset(reads)
+
+    def _checked_columns(self, own: pa.Table, verdicts: list[Verdict]) -> pa.Table:
+        """The stage's columns of live rows (``own``: their input values) after their verdicts, as
+        :meth:`check_record` sets them and :func:`~fea20k.schema.to_arrow` stores them."""
+        import pyarrow as pa
+
+        name, prov = self.name, self.provenance
+        scores, metas, provenance, reasons, accepted, excluded_at = [], [], [], [], [], []
+        for v, s, m, p, r, x in zip(verdicts, *(own.column(c).to_pylist() for c in (
+                "scores", "meta", "provenance", "reasons", "excluded_at")), strict=True):
+            scores.append({**dict(s), **v.scores} if s else v.scores)
+            meta = json.loads(m) if m else {}
+            if v.details is not None:
+                meta["validate"] = v.details
+            metas.append(_META_JSON.encode(meta) if meta else None)
+            p = dict(p) if p else {}
+            p["validate"] = prov
+            provenance.append(p)
+            reasons.append([*r, *v.reasons] if r else v.reasons)
+            accepted.append(not v.reasons)
+            excluded_at.append(name if x is None and v.reasons else x)
+        values = {"scores": scores, "meta": metas, "provenance": provenance, "reasons": reasons,
+                  "accepted": accepted, "excluded_at": excluded_at}
+        return pa.Table.from_arrays([pa.array(values[c], type=SCHEMA.field(c).type) if c in values else own.column(c)
+                                     for c in own.column_names], schema=own.schema)
 
     def run(self, inputs: StageOutput) -> Iterator[pa.Table]:
         counter = self._count_templates(inputs) if self.rules.template.enabled else None
@@ -266,20 +308,35 @@ def _no_cycle_collection() -> Iterator[None]:
             gc.enable()
 
 
-# what schema.to_arrow's json.dumps(meta, sort_keys=True, ensure_ascii=False) builds anew for every record
+# what schema.to_arrow's json.dumps(meta, sort_keys=True, ensure_ascii=False) builds anew for every record: the
+# same JSON text, one encoder
 _META_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
 
 
-def _records_table(records: list[FaceRecord], names: list[str]) -> pa.Table:
-    """:func:`~fea20k.schema.to_arrow` of ``records`` (columns ``names``), the ``meta`` JSON encoded by one encoder
-    (the same text, without building an encoder per record)."""
+class Verdict(NamedTuple):
+    """What the checks make of one live record: reasons to rule it out (none: accepted), scores to add and
+    ``meta["validate"]`` (None when it has no rationale)."""
+
+    reasons: list[str]
+    scores: dict[str, float]
+    details: dict[str, list[int]] | None
+
+
+def _record_view(table: pa.Table, reads: frozenset[str] | None) -> pa.Table:
+    """The columns of ``table`` the live records are built from: the record's identity, the rationale's text,
+    annotator and backend (what the stage reads of it) and the fields the checks read (None: every column)."""
     import pyarrow as pa
 
-    if "meta" not in names:
-        return to_arrow(records, names)
-    meta = pa.array([_META_JSON.encode(r.meta) if r.meta else None for r in records], type=pa.string())
-    rest = to_arrow(records, [n for n in names if n != "meta"])
-    return rest.add_column(names.index("meta"), SCHEMA.field("meta"), meta)
+    if reads is None:
+        return table
+    keep = [c for c in table.column_names if c in reads or c in ("id", "source", "rationale")]
+    view = table.select(keep)
+    if "rationale" in reads or "rationale" not in keep:
+        return view
+    r = view.column("rationale").combine_chunks()
+    fields = ("text", "annotator", "backend")
+    narrow = pa.StructArray.from_arrays([r.field(f) for f in fields], names=list(fields), mask=r.is_null())
+    return view.set_column(keep.index("rationale"), "rationale", narrow)
 
 
 def _as_stored(table: pa.Table) -> pa.Table:
