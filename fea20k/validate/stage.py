@@ -72,6 +72,11 @@ class TemplateCounter:
         for row in range(_CMS_DEPTH):
             np.add.at(self._sketch[row], slots[:, row], 1)
 
+    def may_exceed(self) -> bool:
+        """Whether the sketch can flag a key (some estimate above ``max_repeats``); if not, pass 2 would count
+        nothing. One row of counters decides: an estimate is the least of its rows' counters."""
+        return bool(self._sketch[0].max() > self.max_repeats)
+
     def estimate(self, key: bytes) -> int:
         return int(min(self._sketch[r, s] for r, s in enumerate(self._slots(key))))
 
@@ -175,6 +180,8 @@ class Validate(AggregateStage):
         parts = inputs.parts
         for table in _read_ahead(parts, ["accepted", "rationale"]):
             counter.add_sketch(self._light_keys(table))
+        if not counter.may_exceed():  # no text repeated often enough (or none checked): no second pass
+            return counter
         for table in _read_ahead(parts, ["accepted", "rationale"]):
             counter.add_exact(self._light_keys(table))
         return counter
@@ -224,11 +231,12 @@ class Validate(AggregateStage):
         n_excluded = pc.sum(excluded).as_py() or 0
         if n_excluded == table.num_rows:
             return _as_stored(own)
-        live = table.filter(pc.invert(excluded)) if n_excluded else table
+        live = pc.invert(excluded)
+        view = _record_view(table, self._check_reads())  # narrowed first: less to filter
         with _no_cycle_collection():
-            records = from_arrow(_record_view(live, self._check_reads()))
+            records = from_arrow(view.filter(live) if n_excluded else view)
             verdicts = [self.verdict(rec, counter) for rec in records]
-            checked = self._checked_columns(own.filter(pc.invert(excluded)) if n_excluded else own, verdicts)
+            checked = self._checked_columns(own.filter(live) if n_excluded else own, verdicts)
         self.stats.add("checked", len(records))
         if not n_excluded:
             return checked
