@@ -84,6 +84,20 @@ def test_au_mentions_are_located_by_block() -> None:
     assert p.aus(("think",)) == {4, 12} and p.aus() == {1, 4, 12, 6, 7}
 
 
+@pytest.mark.parametrize("mode", ["strict", "tolerant"])
+def test_a_valid_text_with_other_angle_brackets_or_tags_in_another_case(mode: str) -> None:
+    """The fast path (a valid text with no other "<") and the tag scan agree on blocks, counts and mentions."""
+    plain = parse("<think>a (AU4) b</think>\n<answer>sadness</answer>", mode)
+    assert (plain.think, plain.answers, plain.n_think_tags, plain.n_answer_tags) == ("a (AU4) b", ["sadness"], 1, 1)
+    bracket = parse("<think>AU4 < AU6, R12</think><answer>sadness AU7</answer>", mode)
+    assert (bracket.think, bracket.answers, bracket.n_answer_tags) == ("AU4 < AU6, R12", ["sadness AU7"], 1)
+    assert [(m.au, m.where) for m in bracket.mentions] == [(4, "think"), (6, "think"), (12, "think"), (7, "answer")]
+    upper = parse("<think>x <THINK>AU4</THINK></think><answer>sadness</answer>", mode)
+    # strict: the reference regex's block (to the first "</think>"); tolerant: the tag scan's (any case)
+    assert (upper.n_think_tags, upper.think) == (2, "x <THINK>AU4</THINK>" if mode == "strict" else "x <THINK>AU4")
+    assert [m.where for m in upper.mentions] == ["think"]
+
+
 @pytest.mark.parametrize(
     ("answer", "emotion"),
     [
