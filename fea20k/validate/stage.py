@@ -286,7 +286,7 @@ class Validate(AggregateStage):
 
 def _read_ahead(parts: list[Path], columns: list[str] | None) -> Iterator[pa.Table]:
     """``read_part_table(part, columns)`` of each part in order, the next part read on a background thread while
-    the caller works on the current one: Parquet decoding releases the GIL, so the reads (a third of the stage's
+    the caller works on the current one: Parquet decoding releases the GIL, so the reads (a quarter of the stage's
     time, assembled along the lineage) overlap the checks. One table ahead: memory stays bounded."""
     from concurrent.futures import ThreadPoolExecutor
 
