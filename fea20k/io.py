@@ -126,11 +126,33 @@ def write_table_atomic(path: Path, table: pa.Table) -> None:
     with _no_partial_write(tmp, path, table.nbytes):  # Arrow's in-memory size: at most what the file takes
         # JPEG crops neither compress nor repeat: stored plainly (no compression, dictionary or min/max statistics,
         # each of which costs a pass over the bytes), every write and every later read of the faces is cheaper
-        names = table.column_names
-        others = [n for n in names if n != "face"]
-        pq.write_table(table, tmp, compression={n: "none" if n == "face" else "zstd" for n in names},
+        leaves = leaf_paths(table.schema)
+        others = [c for c in leaves if c != "face"]
+        pq.write_table(table, tmp, compression={c: "none" if c == "face" else "zstd" for c in leaves},
                        use_dictionary=others, write_statistics=others)
         os.replace(tmp, path)
+
+
+def leaf_paths(schema: pa.Schema) -> list[str]:
+    """The Parquet leaf column paths of ``schema`` (``quality.key_value.key``, ``reasons.list.element``, ...): what
+    per-column write options are keyed by (a top-level name alone leaves a nested column with the defaults)."""
+    out: list[str] = []
+
+    def walk(prefix: str, t: pa.DataType) -> None:
+        if pa.types.is_struct(t):
+            for f in t:
+                walk(f"{prefix}.{f.name}", f.type)
+        elif pa.types.is_map(t):
+            walk(f"{prefix}.key_value.key", t.key_type)
+            walk(f"{prefix}.key_value.value", t.item_type)
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            walk(f"{prefix}.list.element", t.value_type)
+        else:
+            out.append(prefix)
+
+    for f in schema:
+        walk(f.name, f.type)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- stage outputs

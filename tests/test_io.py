@@ -29,3 +29,25 @@ def test_iter_jsonl_errors_use_the_given_class_and_hint(tmp_path: Path) -> None:
         list(iter_jsonl(p, _MyError, hint="fix it"))
     with pytest.raises(_MyError, match=r"missing.jsonl: file not found"):
         list(iter_jsonl(tmp_path / "missing.jsonl", _MyError))
+
+
+def test_every_column_but_the_face_is_compressed_nested_ones_too(tmp_path: Path) -> None:
+    """Per-column write options are keyed by leaf path: a top-level name alone left maps and lists plain (a validate
+    part then took ~10x its size)."""
+    import pyarrow.parquet as pq
+
+    from fea20k.io import leaf_paths, write_table_atomic
+    from fea20k.record import FaceRecord
+    from fea20k.schema import SCHEMA, to_arrow
+
+    recs = [FaceRecord(id=f"s/{i}", source="s", face=bytes([i % 256]) * 500, scores={"au_f1": 0.5, "words": 40.0},
+                       provenance={"validate": "validators/default.toml@0123456789ab"}) for i in range(200)]
+    path = tmp_path / "part-00000.parquet"
+    write_table_atomic(path, to_arrow(recs))
+    meta = pq.ParquetFile(path).metadata
+    columns = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i)
+               for i in range(meta.num_columns)}
+    assert list(columns) == leaf_paths(SCHEMA)
+    assert columns["face"].compression == "UNCOMPRESSED" and not columns["face"].is_stats_set
+    for leaf in ("scores.key_value.key", "provenance.key_value.value", "reasons.list.element"):
+        assert columns[leaf].compression == "ZSTD", leaf
