@@ -91,7 +91,7 @@ def main() -> None:
     emotions = ["anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
     base = Path(tempfile.mkdtemp(prefix="fea20k-bench-", dir=args.dir))
     try:
-        ReleaseWriter(base / "warm", emotions, True)  # import datasets once, outside the timings
+        ReleaseWriter(base / "warm", emotions, True)  # the lazy imports once, outside the timings
         t_builder, t_plain = float("inf"), float("inf")
         for rep in range(args.repeat):  # alternate the two writes; keep each one's best (the machine is shared)
             dest = base / f"release-{rep}"
