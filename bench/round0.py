@@ -3,6 +3,10 @@
     python bench/round0.py --n 5000
     python bench/round0.py --n 20000      # RSS must not grow with n
     python bench/round0.py --n 5000 --baseline cee3f87   # the same bench on that commit and on this tree, in one run
+    ARROW_DEFAULT_MEMORY_POOL=system python bench/round0.py --n 5000 --baseline cee3f87   # one allocator for both
+
+Each tree runs with the Arrow allocator its ``fea20k`` command picks (env.prefer_system_allocator, when it has it);
+``ARROW_DEFAULT_MEMORY_POOL`` set outside picks it for both.
 
 Bytes per sample: the workspace (``.fea20k`` and ``releases``), the aligned crops (the ``face`` bytes faces.align
 wrote) and the release folder; ``bytes_ratio`` = workspace / (crops + release).
@@ -35,6 +39,12 @@ def main() -> None:
         compare(args)
         return
 
+    try:  # as the tree's `fea20k` command does, before pyarrow is imported (a baseline may predate it)
+        from fea20k.env import prefer_system_allocator
+    except ImportError:
+        pass
+    else:
+        prefer_system_allocator()
     tmp = tempfile.TemporaryDirectory() if args.keep is None else None
     ws = (Path(tmp.name) if tmp else args.keep) / "ws"
     t0 = time.perf_counter()

@@ -149,3 +149,20 @@ def test_a_command_exit_code_reaches_the_shell(monkeypatch: pytest.MonkeyPatch) 
     assert exc.value.code == 4
     monkeypatch.setattr("sys.argv", ["fea20k", "succeed"])
     cli.main()  # exit code 0: returns normally
+
+
+def test_the_command_picks_the_system_allocator_before_pyarrow_loads() -> None:
+    """Arrow reads ARROW_DEFAULT_MEMORY_POOL once, when pyarrow is imported: importing the CLI must not import it,
+    and main() sets the system allocator unless the user named one (env.prefer_system_allocator says why)."""
+    import os
+
+    probe = ("import sys; import fea20k.cli; assert 'pyarrow' not in sys.modules, 'the CLI imported pyarrow'; "
+             "sys.argv = ['fea20k', '--help']\n"
+             "try:\n    fea20k.cli.main()\nexcept SystemExit:\n    pass\n"
+             "import pyarrow as pa; print(pa.default_memory_pool().backend_name, file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stderr.strip().splitlines()[-1] == "system"
+    out = subprocess.run([sys.executable, "-c", probe], env={**env, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"},
+                         capture_output=True, text=True, check=True)
+    assert out.stderr.strip().splitlines()[-1] == "mimalloc"

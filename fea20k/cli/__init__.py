@@ -61,6 +61,9 @@ def main() -> None:
     The app runs in click's standalone mode, which shows click's own errors and exits with their codes (and with a
     command's ``typer.Exit`` code); fea20k's errors pass through it untouched and become one line here. Returns
     normally on success, so it can be called from Python."""
+    from fea20k import env
+
+    env.prefer_system_allocator()  # before pyarrow is imported: no command module imports it at import time
     try:
         app()
     except SystemExit as e:
