@@ -371,10 +371,25 @@ class StageOutput:
         """Total rows, from Parquet metadata (no data read)."""
         return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts)
 
-    def iter_tables(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
-        """One Arrow table per part, with ``columns`` (default: this output's columns)."""
-        for p in self.parts:
-            yield read_part_table(p, columns if columns is not None else self.columns)
+    def iter_tables(self, columns: Sequence[str] | None = None, read_ahead: bool = False) -> Iterator[pa.Table]:
+        """One Arrow table per part, with ``columns`` (default: this output's columns). ``read_ahead``: the next part
+        is read on a background thread while the caller works on the current one (Parquet decoding, assembled along
+        the lineage, releases the GIL); one part ahead, so memory stays bounded."""
+        cols = columns if columns is not None else self.columns
+        parts = self.parts
+        if not read_ahead or len(parts) < 2:
+            for p in parts:
+                yield read_part_table(p, cols)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fea20k-read-ahead") as pool:
+            pending = pool.submit(read_part_table, parts[0], cols)
+            for part in parts[1:]:
+                table = pending.result()
+                pending = pool.submit(read_part_table, part, cols)
+                yield table
+            yield pending.result()
 
     def iter_chunks(self) -> Iterator[list[FaceRecord]]:
         for table in self.iter_tables(_record_columns(self.columns)):

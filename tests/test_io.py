@@ -51,3 +51,17 @@ def test_every_column_but_the_face_is_compressed_nested_ones_too(tmp_path: Path)
     assert columns["face"].compression == "UNCOMPRESSED" and not columns["face"].is_stats_set
     for leaf in ("scores.key_value.key", "provenance.key_value.value", "reasons.list.element"):
         assert columns[leaf].compression == "ZSTD", leaf
+
+
+def test_reading_ahead_gives_the_same_tables_and_stops_cleanly(tmp_path: Path) -> None:
+    from fea20k.io import StageOutput, write_chunk
+    from fea20k.record import FaceRecord
+
+    d = tmp_path / "stage"
+    for k in range(3):
+        write_chunk(d, k, [FaceRecord(id=f"s/{k}-{i}", source="s", scores={"x": float(i)}) for i in range(5)], {})
+    out = StageOutput([d])
+    assert [t.to_pylist() for t in out.iter_tables(read_ahead=True)] == [t.to_pylist() for t in out.iter_tables()]
+    tables = out.iter_tables(["id"], read_ahead=True)
+    assert next(tables).column("id").to_pylist()[0] == "s/0-0"
+    tables.close()  # a caller that stops early: the background read is waited for, nothing is left running

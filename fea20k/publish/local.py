@@ -240,7 +240,7 @@ def _write_splits(ws: Workspace, round_: int, inputs: StageOutput, writer: Relea
     review_cols = {rid: (r.decision, r.note or r.reason) for rid, r in reviews.items()}
     seen_review_ids: set[str] = set()
     try:
-        with closing(_read_ahead(inputs.iter_tables(None if images else sorted(WITHOUT_FACE)))) as tables:
+        with closing(inputs.iter_tables(None if images else sorted(WITHOUT_FACE), read_ahead=True)) as tables:
             for table in tables:
                 _publish_part(table, round_, writer, reviews, review_cols, seen_review_ids, facts,
                               sources_seen)
@@ -254,18 +254,6 @@ def _write_splits(ws: Workspace, round_: int, inputs: StageOutput, writer: Relea
         logger.warning("%s: %d review(s) name ids not in round %d's release, e.g. %s",
                        reviews_path(ws.root, round_).name, len(unknown), round_, unknown[:3])
     return shards
-
-
-def _read_ahead(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
-    """``tables``, each read in a background thread while the previous one is routed and written: reading a part is
-    Parquet decoding, which releases the GIL. At most two parts are in memory."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fea20k-read") as pool:
-        ahead = pool.submit(next, tables, None)
-        while (table := ahead.result()) is not None:
-            ahead = pool.submit(next, tables, None)
-            yield table
 
 
 def _write_notes(ws: Workspace, round_: int, tmp: Path, facts: ReleaseFacts) -> Any:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
-from fea20k.io import StageOutput, own_columns, read_part_table
+from fea20k.io import StageOutput, own_columns
 from fea20k.record import FaceRecord
 from fea20k.schema import SCHEMA, WITHOUT_GEOMETRY, from_arrow
 from fea20k.stage import AggregateStage, StageConfig, register_stage
@@ -177,12 +177,11 @@ class Validate(AggregateStage):
 
     def _count_templates(self, inputs: StageOutput) -> TemplateCounter:
         counter = TemplateCounter(self.rules.template.max_repeats)
-        parts = inputs.parts
-        for table in _read_ahead(parts, ["accepted", "rationale"]):
+        for table in inputs.iter_tables(["accepted", "rationale"], read_ahead=True):
             counter.add_sketch(self._light_keys(table))
         if not counter.may_exceed():  # no text repeated often enough (or none checked): no second pass
             return counter
-        for table in _read_ahead(parts, ["accepted", "rationale"]):
+        for table in inputs.iter_tables(["accepted", "rationale"], read_ahead=True):
             counter.add_exact(self._light_keys(table))
         return counter
 
@@ -280,25 +279,8 @@ class Validate(AggregateStage):
         counter = self._count_templates(inputs) if self.rules.template.enabled else None
         if counter is not None:
             self.stats.add("template_texts_collapsed", counter.collapsed)
-        for table in _read_ahead(inputs.parts, inputs.columns):
+        for table in inputs.iter_tables(read_ahead=True):
             yield self.check_table(table, counter)
-
-
-def _read_ahead(parts: list[Path], columns: list[str] | None) -> Iterator[pa.Table]:
-    """``read_part_table(part, columns)`` of each part in order, the next part read on a background thread while
-    the caller works on the current one: Parquet decoding releases the GIL, so the reads (a quarter of the stage's
-    time, assembled along the lineage) overlap the checks. One table ahead: memory stays bounded."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not parts:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate-read") as pool:
-        pending = pool.submit(read_part_table, parts[0], columns)
-        for part in parts[1:]:
-            table = pending.result()
-            pending = pool.submit(read_part_table, part, columns)
-            yield table
-        yield pending.result()
 
 
 @contextmanager
