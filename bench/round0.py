@@ -5,7 +5,8 @@
     python bench/round0.py --n 5000 --baseline cee3f87   # the same bench on that commit and on this tree, in one run
     ARROW_DEFAULT_MEMORY_POOL=system python bench/round0.py --n 5000 --baseline cee3f87   # one allocator for both
 
-Each tree runs with the Arrow allocator its ``fea20k`` command picks (env.prefer_system_allocator, when it has it);
+Each tree's package is compiled to bytecode first (:func:`compile_package`). Each tree runs with the Arrow
+allocator its ``fea20k`` command picks (env.prefer_system_allocator, when it has it);
 ``ARROW_DEFAULT_MEMORY_POOL`` set outside picks it for both.
 
 Bytes per sample: the workspace (``.fea20k`` and ``releases``), the aligned crops (the ``face`` bytes faces.align
@@ -39,6 +40,7 @@ def main() -> None:
         compare(args)
         return
 
+    compile_package()
     try:  # as the tree's `fea20k` command does, before pyarrow is imported (a baseline may predate it)
         from fea20k.env import prefer_system_allocator
     except ImportError:
@@ -84,6 +86,17 @@ def main() -> None:
     }))
     if tmp:
         tmp.cleanup()
+
+
+def compile_package() -> None:
+    """Compile the measured tree's fea20k to bytecode first, as pip does when it installs a package. Without it, a
+    machine that sets PYTHONDONTWRITEBYTECODE (this one does) compiles every module a stage imports from source, in
+    every run, and the stages that import lazily pay it in their time."""
+    import compileall
+
+    import fea20k
+
+    compileall.compile_dir(str(Path(fea20k.__file__).parent), quiet=1)
 
 
 def tree_bytes(folder: Path) -> int:
