@@ -124,13 +124,18 @@ def write_table_atomic(path: Path, table: pa.Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with _no_partial_write(tmp, path, table.nbytes):  # Arrow's in-memory size: at most what the file takes
-        # JPEG crops neither compress nor repeat: stored plainly (no compression, dictionary or min/max statistics,
-        # each of which costs a pass over the bytes), every write and every later read of the faces is cheaper
-        leaves = leaf_paths(table.schema)
-        others = [c for c in leaves if c != "face"]
-        pq.write_table(table, tmp, compression={c: "none" if c == "face" else "zstd" for c in leaves},
-                       use_dictionary=others, write_statistics=others)
+        pq.write_table(table, tmp, **parquet_options(table.schema, plain="face"))
         os.replace(tmp, path)
+
+
+def parquet_options(schema: pa.Schema, plain: str) -> dict[str, Any]:
+    """Parquet write options: zstd, dictionary and min/max statistics for every leaf column but ``plain``, the JPEG
+    bytes, stored plainly: they neither compress nor repeat, and each of those costs a pass over the bytes, so every
+    write and every later read of the faces is cheaper."""
+    leaves = leaf_paths(schema)
+    others = [c for c in leaves if c != plain]
+    return {"compression": {c: "none" if c == plain else "zstd" for c in leaves}, "use_dictionary": others,
+            "write_statistics": others}
 
 
 def leaf_paths(schema: pa.Schema) -> list[str]:

@@ -390,22 +390,10 @@ class _SplitWriter:
 
 
 def _write_options(schema: pa.Schema) -> dict[str, Any]:
-    """zstd for every column except the image bytes: JPEG does not compress, and trying costs time."""
-    compression: dict[str, str] = {}
-    no_dict: set[str] = set()
-    for f in schema:
-        if f.name == "image":
-            compression["image.bytes"] = "NONE"
-            compression["image.path"] = "ZSTD"
-            no_dict.add("image.bytes")
-        else:
-            compression[f.name] = "ZSTD"
-    dict_cols = [f.name for f in schema if f.name != "image"] + (["image.path"] if "image" in schema.names else [])
-    return {
-        "compression": compression,
-        "use_dictionary": dict_cols,
-        "write_statistics": [c for c in dict_cols if c not in no_dict],
-    }
+    """The workspace's Parquet options (fea20k.io.parquet_options), the image bytes stored plainly."""
+    from fea20k.io import parquet_options
+
+    return parquet_options(schema, plain="image.bytes")
 
 
 class ReleaseWriter:
