@@ -245,8 +245,10 @@ def read_part_table(path: Path, columns: Sequence[str] | None = None) -> pa.Tabl
     """Columns ``columns`` (default: every record column) of the rows of part ``path``, in :data:`SCHEMA` order and
     types: those the part stores, the rest assembled from upstream along the folder's lineage."""
     want = _ordered(columns)
-    # ParquetFile.read, not pq.read_table: the dataset machinery behind the latter costs ~40x more per small part
-    part = pq.ParquetFile(path)
+    # ParquetFile.read, not pq.read_table: the dataset machinery behind the latter costs ~40x more per small part.
+    # Memory-mapped: the faces' plain pages are copied out of the page cache once, not read into a buffer first
+    # (half the time of reading the crops). Safe: parts are replaced by rename, never rewritten in place.
+    part = pq.ParquetFile(path, memory_map=True)
     stored = set(part.schema_arrow.names)
     missing = [c for c in want if c not in stored]
     lineage = read_lineage(path.parent) if missing else None

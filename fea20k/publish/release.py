@@ -35,12 +35,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fea20k.record import FaceRecord
+
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 
 # The Hub's layout: split -> (folder, file prefix); the prefix is the split name, as `push_to_hub` writes it.
@@ -298,6 +302,8 @@ class _SplitWriter:
     """Streams batches of one split into shards of at most ``max_bytes`` (uncompressed Arrow bytes).
 
     Batches are buffered into row groups of about ``row_group_bytes`` (a row group may span several input batches).
+    A full row group is written on the split's own thread while the next is gathered (pyarrow releases the GIL as
+    it encodes and writes; writing the faces is most of a release's time): at most one write in flight per split.
     """
 
     out_dir: Path
@@ -313,6 +319,8 @@ class _SplitWriter:
     _buf: list[pa.RecordBatch] = field(default_factory=list)
     _buf_bytes: int = 0
     nbytes: int = 0  # uncompressed Arrow bytes written, all shards
+    _thread: ThreadPoolExecutor | None = None
+    _in_flight: Future[None] | None = None
 
     @property
     def folder(self) -> Path:
@@ -329,12 +337,29 @@ class _SplitWriter:
         if self._buf:
             assert self._writer is not None
             table = pa.Table.from_batches(self._buf, schema=self.schema)
-            self._writer.write_table(table, row_group_size=table.num_rows)
             self._buf, self._buf_bytes = [], 0
+            self._wait()
+            if self._thread is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fea20k-write-{self.split}")
+            self._in_flight = self._thread.submit(self._writer.write_table, table, row_group_size=table.num_rows)
+
+    def _wait(self) -> None:
+        """Wait for the write in flight (its error, if any, is raised here)."""
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            in_flight.result()
+
+    def _stop_thread(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
 
     def _close_current(self) -> None:
         if self._writer is not None:
             self._flush()
+            self._wait()
             self._writer.close()
             path, _ = self.shards[-1]
             self.shards[-1] = (path, self._rows)
@@ -372,6 +397,7 @@ class _SplitWriter:
     def finish(self) -> list[ShardInfo]:
         """Close the last shard and rename every shard to its ``-0000N-of-0000M`` name (none for an empty split)."""
         self._close_current()
+        self._stop_thread()
         total = len(self.shards)
         out = []
         for i, (tmp, rows) in enumerate(self.shards):
@@ -382,6 +408,10 @@ class _SplitWriter:
 
     def abort(self) -> None:
         self._buf = []
+        if self._in_flight is not None:
+            self._in_flight.exception()  # waited for; the error that aborts the build is raised elsewhere
+            self._in_flight = None
+        self._stop_thread()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
