@@ -149,3 +149,28 @@ def test_building_dir_replaces_on_success_and_leaves_the_old_folder_on_failure(t
     with building_dir(final) as tmp:
         (tmp / "c.txt").write_text("3")
     assert sorted(p.name for p in final.iterdir()) == ["c.txt"]
+
+
+def test_rows_of_an_unconfigured_source_make_the_release_annotations_only(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every configured source may be published, so the faces go in without a pass of their own; rows of a source
+    fea20k.toml no longer configures (its licence unknown) turn up in the write pass: that build is dropped and the
+    release is built again, annotations-only, naming the source."""
+    from dataclasses import replace
+
+    records = make_records()
+    stray = [replace(r, id=f"old/{k}", source="old") for k, r in enumerate(records[:4])]
+    root = make_ws(tmp_path, records=records + stray)
+    from fea20k.publish import local
+
+    builds: list[bool] = []
+    write = local._ReleaseBuild.write
+    monkeypatch.setattr(local._ReleaseBuild, "write", lambda self, *a: builds.append(self.images) or write(self, *a))
+    summary = build_release(Workspace(root), 0)
+    assert builds == [True, False]  # with faces until the stray source showed up, then without
+    assert not summary.include_images and summary.blocked == ["old"]
+    assert "image" not in pq.read_schema(next((summary.folder / "data").glob("train-*"))).names
+    assert not list(summary.folder.rglob("*.tmp")) and not list(root.joinpath("releases").glob(".*"))
+    ds = datasets.load_dataset(str(summary.folder))
+    assert {"old/0", "old/1"} & {row["id"] for split in ds for row in ds[split]}
+    assert "annotations-only" in caplog.text
