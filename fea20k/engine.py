@@ -847,7 +847,25 @@ def _pool_chunks(stage: MapStage, todo: list[tuple[int, Path]], d: Path, build_p
             running[ended.watch(pool.submit(_worker_task, spec, p, d, i))] = i
         fut = ended.next()
         assert fut is not None  # no timeout: a future did finish
-        finished(fut.result(), running.pop(fut))
+        finished(_chunk_result(fut), running.pop(fut))
+
+
+INTERRUPT_GRACE_S = 2.0
+
+
+def _chunk_result(fut: Future[dict[str, Any]]) -> dict[str, Any]:
+    """A pool chunk's result. On Ctrl-C the workers end at once (procs.quiet_on_interrupt) and the pool breaks,
+    while this process's KeyboardInterrupt can land a moment later (the kernel may hand the signal to another of
+    its threads): a broken pool waits that long for it, so a Ctrl-C is reported as one, not as a broken pool."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return fut.result()
+    except BrokenProcessPool:
+        deadline = time.monotonic() + INTERRUPT_GRACE_S
+        while time.monotonic() < deadline:
+            time.sleep(0.01)  # a pending SIGINT's KeyboardInterrupt is raised between these calls
+        raise
 
 
 def _rows(p: Path) -> int:

@@ -80,3 +80,26 @@ def test_ctrl_c_with_worker_processes_is_one_line(tmp_path: Path) -> None:
     assert_one_interrupt_line(err, ws)
     with sqlite3.connect(ws / ".fea20k" / "ledger.sqlite") as conn:
         assert conn.execute("SELECT status FROM runs").fetchall() == [("interrupted",)]
+
+
+def test_a_pool_broken_by_ctrl_c_is_reported_as_ctrl_c(monkeypatch) -> None:  # noqa: ANN001 - pytest fixture
+    """The workers end at once on Ctrl-C and break the pool; the build's own SIGINT may land a moment later (on
+    another thread): the chunk's result waits for it, and a pool broken for another reason is still that error."""
+    import threading
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    import pytest
+
+    from fea20k import engine
+
+    broken: Future = Future()
+    broken.set_exception(BrokenProcessPool("a worker died"))
+    late = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+    late.start()
+    with pytest.raises(KeyboardInterrupt):
+        engine._chunk_result(broken)
+    late.join()
+    monkeypatch.setattr(engine, "INTERRUPT_GRACE_S", 0.05)
+    with pytest.raises(BrokenProcessPool):
+        engine._chunk_result(broken)
