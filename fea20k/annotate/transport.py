@@ -11,6 +11,7 @@ Ledger methods, and spends against one budget per stage (:func:`fea20k.ledger_se
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -138,8 +139,15 @@ class Transport:
         self.live = Live()
         # at most WINDOW * concurrency records in the loop at once: a record's prompt, key and body are built as a
         # call slot frees up (one waits, ready, behind each call in flight), not all before the first call is sent
-        outcomes = self.loop.run_until_complete(run_all(annotate, batch, WINDOW * self.spec.concurrency, self.halt,
-                                                        self.spec.timeout + DRAIN_GRACE))
+        work = run_all(annotate, batch, WINDOW * self.spec.concurrency, self.halt, self.spec.timeout + DRAIN_GRACE)
+        try:
+            outcomes = self.loop.run_until_complete(work)
+        except BaseException:
+            if inspect.getcoroutinestate(work) == inspect.CORO_CREATED:
+                # a Ctrl-C before the loop started it: nothing ran; closed now, or Python reports it at exit as
+                # "never awaited", a second line after the build's one interrupt line
+                work.close()
+            raise
         self.status(force=True)
         return outcomes
 
