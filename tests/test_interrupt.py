@@ -25,7 +25,8 @@ def ctrl_c_build(ws: Path, ready: Path, **env: str) -> tuple[int, str, str]:
     process of the foreground group) once ``ready`` exists; (exit code, stdout, stderr)."""
     proc = subprocess.Popen([sys.executable, "-m", "fea20k", "build", "--round", "0", "-w", str(ws)],
                             env={**os.environ, "FEA20K_LOG_LEVEL": "WARNING", "COLUMNS": "1000", **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -33,6 +34,12 @@ def ctrl_c_build(ws: Path, ready: Path, **env: str) -> tuple[int, str, str]:
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     return proc.returncode, out, err
+
+
+def _default_sigint() -> None:
+    """In the build's process, before exec: SIGINT as a terminal's foreground command has it. A test run started
+    in the background by a non-interactive shell (``cmd &``) inherits SIGINT ignored, and so would the build."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def assert_one_interrupt_line(err: str, ws: Path) -> int:
@@ -96,10 +103,14 @@ def test_a_pool_broken_by_ctrl_c_is_reported_as_ctrl_c(monkeypatch) -> None:  # 
     broken: Future = Future()
     broken.set_exception(BrokenProcessPool("a worker died"))
     late = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
-    late.start()
-    with pytest.raises(KeyboardInterrupt):
-        engine._chunk_result(broken)
-    late.join()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # not ignored, whatever this run inherited
+    try:
+        late.start()
+        with pytest.raises(KeyboardInterrupt):
+            engine._chunk_result(broken)
+        late.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.setattr(engine, "INTERRUPT_GRACE_S", 0.05)
     with pytest.raises(BrokenProcessPool):
         engine._chunk_result(broken)
