@@ -333,22 +333,40 @@ def _exclude_not_validated(table: pa.Table) -> pa.Table:
     missing = pc.is_null(table.column("accepted"))
     if not pc.any(missing).as_py():
         return table
-    accepted = table.column("accepted").to_pylist()
-    reasons = [list(r) if r else [] for r in table.column("reasons").to_pylist()]
-    excluded_at = table.column("excluded_at").to_pylist()
+    verdicts = _Verdicts.of(table)
     for i in pc.indices_nonzero(missing).to_pylist():
-        accepted[i] = False  # FaceRecord.exclude("publish", "not_validated")
-        reasons[i].append("not_validated")
-        excluded_at[i] = "publish" if excluded_at[i] is None else excluded_at[i]
-    return _with_verdicts(table, accepted, reasons, excluded_at)
+        verdicts.exclude(i, "publish", "not_validated")
+    return verdicts.onto(table)
 
 
-def _with_verdicts(table: pa.Table, accepted: list[Any], reasons: list[list[str]], excluded_at: list[Any]) -> pa.Table:
-    """``table`` with new verdict columns (a row without reasons holds an empty list, as a record does)."""
-    for name, values, typ in (("accepted", accepted, pa.bool_()), ("reasons", reasons, pa.list_(pa.string())),
-                              ("excluded_at", excluded_at, pa.string())):
-        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, type=typ))
-    return table
+@dataclass
+class _Verdicts:
+    """The verdict columns of a table as lists, for the few rows publish rules out itself."""
+
+    accepted: list[Any]
+    reasons: list[list[str]]
+    excluded_at: list[Any]
+
+    @classmethod
+    def of(cls, table: pa.Table) -> _Verdicts:
+        return cls(table.column("accepted").to_pylist(),
+                   [list(r) if r else [] for r in table.column("reasons").to_pylist()],
+                   table.column("excluded_at").to_pylist())
+
+    def exclude(self, i: int, stage: str, reason: str) -> None:
+        """FaceRecord.exclude(stage, reason) of row ``i``."""
+        self.accepted[i] = False
+        self.reasons[i].append(reason)
+        if self.excluded_at[i] is None:
+            self.excluded_at[i] = stage
+
+    def onto(self, table: pa.Table) -> pa.Table:
+        """``table`` with these verdict columns (a row without reasons holds an empty list, as a record does)."""
+        for name, values, typ in (("accepted", self.accepted, pa.bool_()),
+                                  ("reasons", self.reasons, pa.list_(pa.string())),
+                                  ("excluded_at", self.excluded_at, pa.string())):
+            table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, type=typ))
+        return table
 
 
 def _apply_reviews(table: pa.Table, reviews: dict[str, Review], seen_review_ids: set[str],
@@ -362,9 +380,7 @@ def _apply_reviews(table: pa.Table, reviews: dict[str, Review], seen_review_ids:
     rows = pc.indices_nonzero(pc.is_in(ids, value_set=pa.array(list(reviews), pa.string()))).to_pylist()
     if not rows:
         return table
-    accepted = table.column("accepted").to_pylist()
-    reasons = [list(r) if r else [] for r in table.column("reasons").to_pylist()]
-    excluded_at = table.column("excluded_at").to_pylist()
+    verdicts = _Verdicts.of(table)
     texts = pc.struct_field(table.column("rationale"), "text").to_pylist()
     has_rationale = pc.is_valid(table.column("rationale")).to_pylist()
     changed = False
@@ -372,11 +388,9 @@ def _apply_reviews(table: pa.Table, reviews: dict[str, Review], seen_review_ids:
     for i in rows:
         review = reviews[ids[i].as_py()]
         seen_review_ids.add(review.id)
-        was = (accepted[i], len(reasons[i]))
-        if _apply_review(accepted[i], review.decision, facts):  # FaceRecord.exclude("review", "human_reject")
-            accepted[i] = False
-            reasons[i].append("human_reject")
-            excluded_at[i] = "review" if excluded_at[i] is None else excluded_at[i]
+        if _apply_review(verdicts.accepted[i], review.decision, facts):
+            verdicts.exclude(i, "review", "human_reject")
+            changed = True
         if review.rationale:
             facts.reviews["rationale edited"] += 1
             if has_rationale[i] and review.rationale != texts[i]:
@@ -385,9 +399,8 @@ def _apply_reviews(table: pa.Table, reviews: dict[str, Review], seen_review_ids:
                              + (f" at {review.time}" if review.time else ""))
         if review.gt_wrong:
             facts.reviews["ground truth flagged wrong"] += 1
-        changed = changed or was != (accepted[i], len(reasons[i]))
     if changed:
-        table = _with_verdicts(table, accepted, reasons, excluded_at)
+        table = verdicts.onto(table)
     return _with_edits(table, edited) if edited else table
 
 
