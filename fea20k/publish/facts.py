@@ -39,7 +39,8 @@ def _class_of(emotion: Any) -> Any:
 
 
 def _evaluated_mask(accepted: Any, excluded_at: Any) -> Any:
-    """:func:`evaluated` of every row: accepted, or excluded by an annotate / validate / review step."""
+    """Whether the automatic checks judged each row: accepted, or excluded by an annotate / validate / review step
+    (``excluded_at`` of that family: ``validate``, ``validate.leakage``, ...)."""
     import pyarrow.compute as pc
 
     by_checks = pc.fill_null(pc.match_substring_regex(excluded_at, r"^(annotate|validate|review)(\.|$)"), False)
@@ -179,15 +180,6 @@ class ReleaseFacts:
                 rows.append({"au": au, "split": split, "present": present, "coded": coded,
                              "freq": present / coded if coded else None})
         return rows
-
-
-def evaluated(accepted: bool | None, excluded_at: str | None) -> bool:
-    """Whether the automatic checks judged a row (accepted, or excluded by an annotate/validate/review step)."""
-    if accepted:
-        return True
-    if accepted is False and excluded_at:
-        return excluded_at.split(".", 1)[0] in ("annotate", "validate", "review")
-    return False
 
 
 def tree_digest(root: Path, folders: tuple[str, ...]) -> str:

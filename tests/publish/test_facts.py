@@ -6,11 +6,21 @@ from collections import Counter
 
 import pyarrow as pa
 
-from fea20k.publish.facts import NO_EMOTION, ReleaseFacts, _evaluated_mask, evaluated
+from fea20k.publish.facts import NO_EMOTION, ReleaseFacts, _evaluated_mask
 from fea20k.publish.notes import digest
 from fea20k.schema import to_arrow
 
 from .conftest import make_records
+
+
+def evaluated(accepted: bool | None, excluded_at: str | None) -> bool:
+    """The per-row definition: the automatic checks judged a row (accepted, or excluded by an annotate, validate or
+    review step)."""
+    if accepted:
+        return True
+    if accepted is False and excluded_at:
+        return excluded_at.split(".", 1)[0] in ("annotate", "validate", "review")
+    return False
 
 
 def test_evaluated_mask_is_evaluated() -> None:
