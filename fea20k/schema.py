@@ -63,13 +63,22 @@ SCHEMA = pa.schema(
 _MAP_FIELDS = ("quality", "aus", "au_intensity", "scores", "provenance")
 
 
+# one encoder for every record's meta (json.dumps builds a new one per call)
+_META_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+
+
+def meta_json(meta: dict[str, Any]) -> str | None:
+    """A record's ``meta`` as the ``meta`` column stores it: sorted-key JSON, null when empty."""
+    return _META_JSON.encode(meta) if meta else None
+
+
 _CONVERT = {
     # maps as (key, value) lists: pyarrow converts a dict ~30x slower (measured with pyarrow 26)
     **{name: (lambda rec, name=name: list(getattr(rec, name).items()) if getattr(rec, name) is not None else None)
        for name in _MAP_FIELDS},
     "image": lambda rec: asdict(rec.image) if rec.image is not None else None,
     "rationale": lambda rec: asdict(rec.rationale) if rec.rationale is not None else None,
-    "meta": lambda rec: json.dumps(rec.meta, sort_keys=True, ensure_ascii=False) if rec.meta else None,
+    "meta": lambda rec: meta_json(rec.meta),
 }
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from fea20k.io import StageOutput, own_columns
 from fea20k.record import FaceRecord
-from fea20k.schema import SCHEMA, WITHOUT_GEOMETRY, from_arrow
+from fea20k.schema import SCHEMA, WITHOUT_GEOMETRY, from_arrow, meta_json
 from fea20k.stage import AggregateStage, StageConfig, register_stage
 from fea20k.validate.checks import RuleSet, check_text, load_ruleset, registered_checks, rule_files
 
@@ -263,7 +263,7 @@ class Validate(AggregateStage):
             meta = json.loads(m) if m else {}
             if v.details is not None:
                 meta["validate"] = v.details
-            metas.append(_META_JSON.encode(meta) if meta else None)
+            metas.append(meta_json(meta))
             p = dict(p) if p else {}
             p["validate"] = prov
             provenance.append(p)
@@ -296,11 +296,6 @@ def _no_cycle_collection() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-# what schema.to_arrow's json.dumps(meta, sort_keys=True, ensure_ascii=False) builds anew for every record: the
-# same JSON text, one encoder
-_META_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
 
 
 class Verdict(NamedTuple):
