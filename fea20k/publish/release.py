@@ -333,7 +333,8 @@ class _SplitWriter:
         self.shards.append((path, 0))
         self._bytes = self._rows = 0
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Hand the buffered row group to the split's writing thread (after the write in flight, if any)."""
         if self._buf:
             assert self._writer is not None
             table = pa.Table.from_batches(self._buf, schema=self.schema)
@@ -358,7 +359,7 @@ class _SplitWriter:
 
     def _close_current(self) -> None:
         if self._writer is not None:
-            self._flush()
+            self.flush()
             self._wait()
             self._writer.close()
             path, _ = self.shards[-1]
@@ -384,7 +385,7 @@ class _SplitWriter:
             part = rest.slice(0, take)
             size = part.nbytes
             if self._buf_bytes + size > self.row_group_bytes:
-                self._flush()
+                self.flush()
             self._buf.append(part)
             self._buf_bytes += size
             self._bytes += size
@@ -478,14 +479,12 @@ class ReleaseWriter:
     def finish(self) -> dict[str, list[ShardInfo]]:
         """Close every split; returns split -> its shards (an empty split has none and is left out of the configs).
 
-        The splits' last row groups are written concurrently (one file each; pyarrow releases the GIL while it
-        encodes and writes).
+        The splits' last row groups are written concurrently: each is handed to its split's writing thread first,
+        then each split is closed.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=len(self._writers), thread_name_prefix="fea20k-write") as pool:
-            done = {split: pool.submit(w.finish) for split, w in self._writers.items()}
-        return {split: f.result() for split, f in done.items()}
+        for w in self._writers.values():
+            w.flush()
+        return {split: w.finish() for split, w in self._writers.items()}
 
     def abort(self) -> None:
         for w in self._writers.values():
