@@ -449,7 +449,7 @@ def _build_round(ws: Workspace, round_: int, from_stage: str | None, until_stage
             raise Fea20kUserError(f"{opt} {val!r} is not a step of round {round_}; steps: {keys}")
     if round_ > 0:
         _check_previous_round(ws, round_)
-    if opts.pool is not None and _pooled_work(ws, plan, from_stage is not None):
+    if opts.pool is not None and _pooled_work(ws, plan, from_stage):
         opts.pool.get()  # its workers start now, in the background
     result = BuildResult(round=round_)
     run_id = ws.ledger.start_run(round_, command)
@@ -474,11 +474,16 @@ def _build_round(ws: Workspace, round_: int, from_stage: str | None, until_stage
     return result
 
 
-def _pooled_work(ws: Workspace, plan: list[list[PlannedStage]], forced: bool) -> bool:
-    """Whether a map stage that runs on the process pool is forced or not up to date (it will run)."""
-    return any(isinstance(ps.stage, MapStage) and ps.stage.workers == "process"
-               and (forced or not _up_to_date(ws, ps, read_marker(ws.stage_dir(ps.round, ps.key))))
-               for g in plan for ps in g)
+def _pooled_work(ws: Workspace, plan: list[list[PlannedStage]], from_stage: str | None) -> bool:
+    """Whether a map stage that runs on the process pool will run: forced (at or after ``from_stage``, as
+    :func:`_run_or_skip` is told) or not up to date."""
+    forced = False
+    for ps in (ps for g in plan for ps in g):
+        forced = forced or (from_stage is not None and _matches(ps, from_stage))
+        if isinstance(ps.stage, MapStage) and ps.stage.workers == "process" and (
+                forced or not _up_to_date(ws, ps, read_marker(ws.stage_dir(ps.round, ps.key)))):
+            return True
+    return False
 
 
 def _guard(ws: Workspace, group: list[PlannedStage]) -> None:

@@ -129,12 +129,14 @@ def write_table_atomic(path: Path, table: pa.Table) -> None:
 
 
 def parquet_options(schema: pa.Schema, plain: str) -> dict[str, Any]:
-    """Parquet write options: zstd, dictionary and min/max statistics for every leaf column but ``plain``, the JPEG
-    bytes, stored plainly: they neither compress nor repeat, and each of those costs a pass over the bytes, so every
-    write and every later read of the faces is cheaper."""
+    """Parquet write options: zstd and min/max statistics for every leaf column but ``plain``, the JPEG bytes, stored
+    plainly: they neither compress nor repeat, and each of those costs a pass over the bytes, so every write and
+    every later read of the faces is cheaper. No dictionary encoding: most leaves are near-unique (ids, texts,
+    landmark coordinates), where a dictionary costs a hash per value and is dropped once it is full, and zstd already
+    folds the repeated ones (source, split, stage names); parts and shards come out smaller without it."""
     leaves = leaf_paths(schema)
     others = [c for c in leaves if c != plain]
-    return {"compression": {c: "none" if c == plain else "zstd" for c in leaves}, "use_dictionary": others,
+    return {"compression": {c: "none" if c == plain else "zstd" for c in leaves}, "use_dictionary": False,
             "write_statistics": others}
 
 
@@ -241,37 +243,84 @@ def _ordered(columns: Sequence[str] | None) -> list[str]:
     return [c for c in SCHEMA.names if c in wanted]
 
 
-def read_part_table(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+def read_part_table(path: Path, columns: Sequence[str] | None = None, rows: Any = None,
+                    lineages: dict[Path, Any] | None = None) -> pa.Table:
     """Columns ``columns`` (default: every record column) of the rows of part ``path``, in :data:`SCHEMA` order and
-    types: those the part stores, the rest assembled from upstream along the folder's lineage."""
-    want = _ordered(columns)
+    types: those the part stores, the rest assembled from upstream along the folder's lineage.
+
+    ``rows`` (row numbers of the part, any order; default all) selects rows. The selection is carried down the
+    lineage, so each column is taken once, in the part that stores it: a face crossing several aggregates (each
+    keeping some rows) is copied once, not once per aggregate. ``lineages``: a dict shared by the reads of one
+    stage output's parts, so each folder's lineage is read and checked once.
+    """
+    return _read_part(path, _ordered(columns), _Rows.of(rows), None, {} if lineages is None else lineages)
+
+
+class _Rows:
+    """A row selection of one part: all rows (``index`` None), a run ``start, start+1, ...`` (sliced, no copy) or
+    any row numbers (taken)."""
+
+    __slots__ = ("index", "run")
+
+    def __init__(self, index: Any, run: bool) -> None:
+        self.index, self.run = index, run
+
+    @classmethod
+    def of(cls, rows: Any) -> _Rows:
+        import numpy as np
+
+        if rows is None:
+            return cls(None, False)
+        index = np.asarray(rows, dtype=np.int64)
+        run = len(index) > 0 and int(index[-1]) - int(index[0]) + 1 == len(index) and bool(
+            np.all(np.diff(index) == 1))
+        return cls(index, run or len(index) == 0)
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        if self.index is None:
+            return table
+        if self.run:
+            return table.slice(int(self.index[0]) if len(self.index) else 0, len(self.index))
+        return table.take(pa.array(self.index))
+
+
+def _lineage_of(stage_dir: Path, seen: dict[Path, Any]) -> tuple[Lineage, list[Path]] | None:
+    """The lineage of ``stage_dir`` and its upstream parts (checked), once per read of a stage output: ``seen``
+    keeps them for the other parts (a part count of folders x parts of JSON reads, signature checks and globs)."""
+    if stage_dir not in seen:
+        lineage = read_lineage(stage_dir)
+        seen[stage_dir] = None if lineage is None else (lineage, _upstream_parts(stage_dir, lineage))
+    return seen[stage_dir]
+
+
+def _read_part(path: Path, want: list[str], rows: _Rows, expect_rows: int | None,
+               seen: dict[Path, Any]) -> pa.Table:
     # ParquetFile.read, not pq.read_table: the dataset machinery behind the latter costs ~40x more per small part.
     # Memory-mapped: the faces' plain pages are copied out of the page cache once, not read into a buffer first
     # (half the time of reading the crops). Safe: parts are replaced by rename, never rewritten in place.
     part = pq.ParquetFile(path, memory_map=True)
+    if expect_rows is not None and part.metadata.num_rows != expect_rows:
+        raise StaleOutputError(f"{path}: its rows no longer match its downstream's; run `fea20k build` again")
     stored = set(part.schema_arrow.names)
     missing = [c for c in want if c not in stored]
-    lineage = read_lineage(path.parent) if missing else None
-    if lineage is None:  # whole records (or a column no stage wrote): nothing to assemble
-        table = part.read(columns=[c for c in want if c in stored])
+    found = _lineage_of(path.parent, seen) if missing else None
+    if found is None:  # whole records (or a column no stage wrote): nothing to assemble
+        table = rows.apply(part.read(columns=[c for c in want if c in stored]))
         return _with_columns(table, want, {})
-    ups = _upstream_parts(path.parent, lineage)
+    lineage, ups = found
     if lineage.link == ALIGNED:
         index = part_index(path)
         if index >= len(ups):
             raise StaleOutputError(f"{path}: its upstream has {len(ups)} part(s); run `fea20k build` again")
         if not (set(want) & stored) - {KEY}:
             # nothing wanted is stored here: the upstream part is the answer (same rows: the signatures match)
-            up = read_part_table(ups[index], want)
-            if up.num_rows != part.metadata.num_rows:
-                raise StaleOutputError(f"{path}: its rows no longer match its upstream's; run `fea20k build` again")
-            return up
+            return _read_part(ups[index], want, rows, part.metadata.num_rows, seen)
     extra = [KEY] + ([UP_PART, UP_ROW] if lineage.link == KEYED else [])
-    table = part.read(columns=list(dict.fromkeys([*(c for c in want if c in stored), *extra])))
+    table = rows.apply(part.read(columns=list(dict.fromkeys([*(c for c in want if c in stored), *extra]))))
     if lineage.link == ALIGNED:
-        up = read_part_table(ups[index], [*missing, KEY])
+        up = _read_part(ups[index], [*missing, KEY], rows, part.metadata.num_rows, seen)
     else:
-        up = gather_rows(ups, table, [*missing, KEY])
+        up = _gather(ups, table, _ordered([*missing, KEY]), seen)
     if not up.column(KEY).equals(table.column(KEY)):
         raise StaleOutputError(f"{path}: its rows no longer match its upstream's; run `fea20k build` again")
     return _with_columns(table, want, {c: up.column(c) for c in missing})
@@ -280,21 +329,20 @@ def read_part_table(path: Path, columns: Sequence[str] | None = None) -> pa.Tabl
 def gather_rows(ups: Sequence[Path], table: pa.Table, columns: Sequence[str] | None) -> pa.Table:
     """``columns`` (None: all) of the upstream rows an aggregate's rows point at (``_up_part``/``_up_row`` of
     ``table``), in the aggregate's order; each upstream part is read once."""
+    return _gather(ups, table, _ordered(columns), {})
+
+
+def _gather(ups: Sequence[Path], table: pa.Table, want: list[str], seen: dict[Path, Any]) -> pa.Table:
     import numpy as np
 
     parts = table.column(UP_PART).to_numpy()
     rows = table.column(UP_ROW).to_numpy()
     if not len(parts):
-        return schema_of(_ordered(columns)).empty_table()
+        return schema_of(want).empty_table()
     pieces, positions = [], []
     for p in np.unique(parts):
         at = np.nonzero(parts == p)[0]
-        up = read_part_table(ups[int(p)], columns)
-        r = rows[at]
-        if len(r) and r[-1] - r[0] + 1 == len(r) and bool(np.all(np.diff(r) == 1)):
-            pieces.append(up.slice(int(r[0]), len(r)))  # a run of rows (an order-keeping stage): no copy
-        else:
-            pieces.append(up.take(pa.array(r)))
+        pieces.append(_read_part(ups[int(p)], want, _Rows.of(rows[at]), None, seen))
         positions.append(at)
     gathered = pa.concat_tables(pieces)
     order = np.concatenate(positions)
@@ -381,20 +429,22 @@ class StageOutput:
     def iter_tables(self, columns: Sequence[str] | None = None, read_ahead: bool = False) -> Iterator[pa.Table]:
         """One Arrow table per part, with ``columns`` (default: this output's columns). ``read_ahead``: the next part
         is read on a background thread while the caller works on the current one (Parquet decoding, assembled along
-        the lineage, releases the GIL); one part ahead, so memory stays bounded."""
+        the lineage, releases the GIL); one part ahead, so memory stays bounded. Each folder's lineage is read and
+        checked once for all the parts."""
         cols = columns if columns is not None else self.columns
         parts = self.parts
+        lineages: dict[Path, Any] = {}
         if not read_ahead or len(parts) < 2:
             for p in parts:
-                yield read_part_table(p, cols)
+                yield read_part_table(p, cols, lineages=lineages)
             return
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fea20k-read-ahead") as pool:
-            pending = pool.submit(read_part_table, parts[0], cols)
+            pending = pool.submit(read_part_table, parts[0], cols, None, lineages)
             for part in parts[1:]:
                 table = pending.result()
-                pending = pool.submit(read_part_table, part, cols)
+                pending = pool.submit(read_part_table, part, cols, None, lineages)
                 yield table
             yield pending.result()
 

@@ -81,6 +81,23 @@ def test_a_downstream_output_reads_as_whole_records(built: Path) -> None:
     assert [r.id for r in read_chunk(part, ["id", "emotion"])] == pq.read_table(part).column("id").to_pylist()
 
 
+def test_chosen_rows_of_a_part_read_along_the_lineage(built: Path) -> None:
+    """read_part_table(rows=...) carries the selection down to the part that stores each column: the same values as
+    reading the whole part and taking those rows, in any order, repeated, as a run, or none."""
+    import numpy as np
+
+    from fea20k.io import read_part_table
+
+    for name in ("validate", "select", "faces.quality"):
+        part = sorted((built / ".fea20k" / "rounds" / "0" / name).glob("part-*.parquet"))[-1]
+        whole = read_part_table(part, ["id", "face", "landmarks", "emotion", "rationale", "accepted"])
+        n = whole.num_rows
+        rng = np.random.default_rng(0)
+        for rows in (rng.permutation(n)[: n // 2], np.array([n - 1, 0, n - 1]), np.arange(1, n - 1), np.arange(0)):
+            got = read_part_table(part, ["id", "face", "landmarks", "emotion", "rationale", "accepted"], rows)
+            assert got.equals(whole.take(pa.array(rows, pa.int64()))), (name, rows[:5])
+
+
 def test_declared_reads_miss_nothing(demo: Path, built: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Every stage given whole records (FEA20K_READ_ALL_COLUMNS=1) writes exactly what it writes when given only
@@ -208,3 +225,20 @@ def test_an_aggregate_may_yield_arrow_chunks(tmp_path: Path) -> None:
     assert stats["columnar"] == stats["records"]
     n_in, n_out, kept, excluded, dropped = stats["columnar"]
     assert n_in == n_out == 32 and excluded == dropped["odd"] > 0 and kept < n_in - excluded
+
+
+def test_a_build_from_a_later_step_starts_no_worker_pool(built: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--from publish` re-runs publish only: the process pool that faces.align would use is not started (its
+    spawn workers would take the cores publish runs on); `--from faces.align` starts it."""
+    from fea20k.engine import BuildPool
+
+    ws = tmp_path / "ws"
+    shutil.copytree(built, ws)
+    started: list[int] = []
+    real_get = BuildPool.get
+    monkeypatch.setattr(BuildPool, "get", lambda self: started.append(1) or real_get(self))
+    result = build_round(ws, 0, from_stage="publish", workers=2)
+    assert result.ran == ["publish"] and started == []
+    result = build_round(ws, 0, from_stage="faces.align", workers=2)
+    assert "faces.align" in result.ran and started

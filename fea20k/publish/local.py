@@ -39,7 +39,7 @@ from fea20k.publish.notes import NOTES_FILE, compare, release_digests
 from fea20k.publish.release import ReleaseWriter, ShardInfo
 from fea20k.publish.reviews import Review, load_reviews, reviews_path
 from fea20k.record import FaceRecord
-from fea20k.schema import SCHEMA, WITHOUT_FACE
+from fea20k.schema import SCHEMA
 from fea20k.stage import AggregateStage, StageConfig, register_stage
 from fea20k.workspace import Workspace
 
@@ -191,6 +191,8 @@ def _completed_upstream(ws: Workspace, round_: int) -> StageOutput:
 POOL_COLUMNS = ["emotion", "accepted", "excluded_at", "reasons"]
 # the record columns a release row is made of (fea20k.publish.release.table_to_batch)
 RELEASE_INPUTS = frozenset(SCHEMA.names) - {"face_transform", "quality", "accepted"}
+# what publish reads: the release's inputs and the verdict (not the crops' transforms nor their quality figures)
+PUBLISH_READS = RELEASE_INPUTS | {"accepted"}
 
 
 @dataclass
@@ -240,7 +242,8 @@ def _write_splits(ws: Workspace, round_: int, inputs: StageOutput, writer: Relea
     review_cols = {rid: (r.decision, r.note or r.reason) for rid, r in reviews.items()}
     seen_review_ids: set[str] = set()
     try:
-        with closing(inputs.iter_tables(None if images else sorted(WITHOUT_FACE), read_ahead=True)) as tables:
+        columns = sorted(PUBLISH_READS if images else PUBLISH_READS - {"face"})
+        with closing(inputs.iter_tables(columns, read_ahead=True)) as tables:
             for table in tables:
                 _publish_part(table, round_, writer, reviews, review_cols, seen_review_ids, facts,
                               sources_seen)
