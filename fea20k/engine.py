@@ -22,7 +22,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -355,6 +355,11 @@ class BuildPool:
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
 
+    @property
+    def running(self) -> bool:
+        """Whether the workers were started (by a map stage of this build)."""
+        return self._pool is not None
+
     def get(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = worker_pool(self.workers, _warm_worker)
@@ -566,6 +571,8 @@ def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, opts: ExecOp
             stats = _run_map(stage, StageOutput(upstream), d, progress, ps.key, opts)
         elif isinstance(stage, AggregateStage):
             inputs = StageOutput(upstream, columns=view_columns(stage))
+            if opts.pool is not None and opts.pool.running:  # an idle pool: the stage may use it (map_parts)
+                stage.ctx.pool_map = PoolMap(stage, opts.pool)
             stats = _run_aggregate(stage, inputs, d, ws.recipe.chunk_size, progress, ps.key)
         else:  # pragma: no cover - registry only holds the three kinds
             raise TypeError(f"{stage.name}: unknown stage kind {stage.kind!r}")
@@ -585,7 +592,7 @@ def _run_stage(ws: Workspace, ps: PlannedStage, progress: Progress, opts: ExecOp
     finally:
         stage.close()
         ledger_service.stop()
-        stage.ctx.ledger_at = None
+        stage.ctx.ledger_at = stage.ctx.pool_map = None
     wall = time.perf_counter() - t0
     stats.counters["wall_seconds"] = round(wall, 4)
     stats.seconds = wall
@@ -766,7 +773,7 @@ def maybe_crash(stage_key: str, index: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-_WORKER_STAGE: tuple[str, MapStage] | None = None  # (token, stage): the stage a pool worker last ran
+_WORKER_STAGE: tuple[str, Stage] | None = None  # (token, stage): the stage a pool worker last ran
 
 
 def _warm_worker() -> None:
@@ -777,8 +784,15 @@ def _warm_worker() -> None:
     pa.array([0])
 
 
-def _worker_stage(token: str, cls: type[MapStage], config: dict[str, Any], ctx: StageContext,
-                  plugin_root: str) -> MapStage:
+def _worker_spec(stage: Stage) -> tuple[Any, ...]:
+    """What a pool worker builds its instance of ``stage`` from (:func:`_worker_stage`), with a token naming this
+    stage run."""
+    return (f"{stage.ctx.stage_key}@{time.time_ns()}", type(stage), stage.config.model_dump(mode="json"), stage.ctx,
+            str(stage.ctx.workspace_root))
+
+
+def _worker_stage(token: str, cls: type[Stage], config: dict[str, Any], ctx: StageContext,
+                  plugin_root: str) -> Stage:
     """The worker's instance of the stage run ``token`` names, built and loaded once per stage run."""
     global _WORKER_STAGE  # one stage at a time per worker process
     if _WORKER_STAGE is not None and _WORKER_STAGE[0] == token:
@@ -788,14 +802,50 @@ def _worker_stage(token: str, cls: type[MapStage], config: dict[str, Any], ctx: 
         _WORKER_STAGE = None
     load_workspace_plugins(Path(plugin_root))
     stage = cls(config, ctx)
-    assert isinstance(stage, MapStage)
     stage.load()
     _WORKER_STAGE = (token, stage)
     return stage
 
 
 def _worker_task(spec: tuple[Any, ...], in_path: Path, d: Path, index: int) -> dict[str, Any]:
-    return process_chunk(_worker_stage(*spec), in_path, d, index)
+    stage = _worker_stage(*spec)
+    assert isinstance(stage, MapStage)
+    return process_chunk(stage, in_path, d, index)
+
+
+def _worker_call(spec: tuple[Any, ...], method: str, item: Any, args: tuple[Any, ...]) -> Any:
+    return getattr(_worker_stage(*spec), method)(item, *args)
+
+
+class PoolMap:
+    """``ctx.pool_map`` of an aggregate stage (AggregateStage.map_parts): its calls on the build's pool."""
+
+    def __init__(self, stage: AggregateStage, build_pool: BuildPool) -> None:
+        self.spec = _worker_spec(stage)
+        self.build_pool = build_pool
+
+    def warm(self) -> None:
+        """Build and load the stage in every worker now, while this process does other work first."""
+        pool = self.build_pool.get()
+        for _ in range(self.build_pool.workers):
+            pool.submit(_worker_stage, *self.spec)
+
+    def __call__(self, method: str, items: Iterable[Any], *args: Any) -> Iterator[Any]:
+        """Results in order, at most two calls queued per worker (the items are read as they are needed)."""
+        from collections import deque
+
+        pool = self.build_pool.get()
+        queued: deque[Future[Any]] = deque()
+        try:
+            for item in items:
+                queued.append(pool.submit(_worker_call, self.spec, method, item, args))
+                if len(queued) >= 2 * self.build_pool.workers:
+                    yield _chunk_result(queued.popleft())
+            while queued:
+                yield _chunk_result(queued.popleft())
+        finally:
+            for fut in queued:
+                fut.cancel()
 
 
 def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, key: str,
@@ -840,8 +890,7 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
 def _pool_chunks(stage: MapStage, todo: list[tuple[int, Path]], d: Path, build_pool: BuildPool,
                  finished: Callable[[dict[str, Any], int], None]) -> None:
     """Run ``todo`` on the build's pool, at most two chunks queued per worker (so a Ctrl-C loses little)."""
-    spec = (f"{stage.ctx.stage_key}@{time.time_ns()}", type(stage), stage.config.model_dump(mode="json"), stage.ctx,
-            str(stage.ctx.workspace_root))
+    spec = _worker_spec(stage)
     pool = build_pool.get()
     running: dict[Future[dict[str, Any]], int] = {}
     ended = Completions()  # not concurrent.futures.wait: see Completions

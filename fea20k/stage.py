@@ -22,7 +22,7 @@ import logging
 import pkgutil
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -66,6 +66,8 @@ class StageContext:
     stats: StageStats = field(default_factory=StageStats)
     status_hook: Callable[[str], None] | None = None
     ledger_at: Any = None  # a fea20k.ledger_service.LedgerAddress (not imported here: stage.py stays light)
+    # set by the engine for an aggregate stage while the build's process pool runs (see AggregateStage.map_parts)
+    pool_map: Any = None  # a fea20k.engine.PoolMap
 
     @cached_property
     def workspace(self) -> Workspace:
@@ -232,6 +234,25 @@ class AggregateStage(Stage, ABC):
     def outputs_present(self) -> bool:
         """For sinks that write outside ``.fea20k`` (a release folder): whether that output still exists."""
         return True
+
+    def map_parts(self, method: str, items: Iterable[Any], *args: Any) -> Iterator[Any]:
+        """``getattr(self, method)(item, *args)`` for each item, in order.
+
+        On the build's worker processes when its process pool is running (the engine sets ``ctx.pool_map``; each
+        worker builds and loads its own instance of the stage, once per stage run), else in this process. For the
+        per-part work of an aggregate that depends only on its arguments (validate's checks): the method must not
+        touch ``self.stats`` or other state of this instance, and its items, arguments and result must pickle.
+        """
+        if self.ctx.pool_map is not None:
+            return self.ctx.pool_map(method, items, *args)
+        work = getattr(self, method)
+        return (work(item, *args) for item in items)
+
+    def warm_parts(self) -> None:
+        """Have the workers :meth:`map_parts` will use build and load the stage now (a no-op without a pool): call
+        it first in ``run``, so that they load while this process does the stage's own first passes."""
+        if self.ctx.pool_map is not None:
+            self.ctx.pool_map.warm()
 
 
 # ---------------------------------------------------------------------------------------------- registry

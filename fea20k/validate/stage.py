@@ -93,6 +93,22 @@ class TemplateCounter:
             key = keys[i]
             exact[key] = exact.get(key, 0) + 1
 
+    def without_sketch(self) -> TemplateCounter:
+        """This counter for the checking pass, which reads only the exact counts (:meth:`count`): light enough to
+        travel to worker processes with every part (the sketch is 16 MiB)."""
+        light = TemplateCounter.__new__(TemplateCounter)
+        light.max_repeats, light._np, light._mask = self.max_repeats, self._np, self._mask
+        light._sketch, light._exact = None, self._exact
+        return light
+
+    def __getstate__(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if k != "_np"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        import numpy as np
+
+        self.__dict__.update(state, _np=np)
+
     def count(self, key: bytes) -> int:
         """Exact count of a flagged key; 0 means 'at most max_repeats' (not flagged)."""
         return self._exact.get(key, 0)
@@ -217,7 +233,14 @@ class Validate(AggregateStage):
 
     def check_table(self, table: pa.Table, counter: TemplateCounter | None) -> pa.Table:
         """The stage's columns (``id``, scores, meta, provenance, verdict) of one input table, in its row order:
-        what :meth:`check_record` makes of each live row's record, and the rows excluded upstream as they are.
+        what :meth:`check_record` makes of each live row's record, and the rows excluded upstream as they are."""
+        out, checked = self.checked_part(table, counter)
+        self.stats.add("checked", checked)
+        return out
+
+    def checked_part(self, table: pa.Table, counter: TemplateCounter | None) -> tuple[pa.Table, int]:
+        """:meth:`check_table` without touching the stage's stats: (the stage's columns, rows checked). Pure, so
+        that it runs on the build's worker processes (:meth:`run`).
 
         Only the live rows become records, holding only what the checks read; the columns the stage writes are
         computed from the input columns and the verdicts, so the rows excluded upstream, and every column no check
@@ -229,17 +252,16 @@ class Validate(AggregateStage):
         excluded = pc.fill_null(pc.equal(table.column("accepted"), False), False)
         n_excluded = pc.sum(excluded).as_py() or 0
         if n_excluded == table.num_rows:
-            return _as_stored(own)
+            return _as_stored(own), 0
         live = pc.invert(excluded)
         view = _record_view(table, self._check_reads())  # narrowed first: less to filter
         with _no_cycle_collection():
             records = from_arrow(view.filter(live) if n_excluded else view)
             verdicts = [self.verdict(rec, counter) for rec in records]
             checked = self._checked_columns(own.filter(live) if n_excluded else own, verdicts)
-        self.stats.add("checked", len(records))
         if not n_excluded:
-            return checked
-        return _interleave(checked, _as_stored(own.filter(excluded)), excluded)
+            return checked, len(records)
+        return _interleave(checked, _as_stored(own.filter(excluded)), excluded), len(records)
 
     def _check_reads(self) -> frozenset[str] | None:
         """The record fields the registered checks read (None: a check that names none may read any)."""
@@ -276,11 +298,16 @@ class Validate(AggregateStage):
                                      for c in own.column_names], schema=own.schema)
 
     def run(self, inputs: StageOutput) -> Iterator[pa.Table]:
+        self.warm_parts()
         counter = self._count_templates(inputs) if self.rules.template.enabled else None
         if counter is not None:
             self.stats.add("template_texts_collapsed", counter.collapsed)
-        for table in inputs.iter_tables(read_ahead=True):
-            yield self.check_table(table, counter)
+        # the parts are checked on the build's worker processes when its pool is running (map_parts): the checks
+        # are per-row Python, and the pool is otherwise idle while the aggregates run
+        light = counter.without_sketch() if counter is not None else None
+        for table, checked in self.map_parts("checked_part", inputs.iter_tables(read_ahead=True), light):
+            self.stats.add("checked", checked)
+            yield table
 
 
 @contextmanager
