@@ -426,27 +426,30 @@ class StageOutput:
         """Total rows, from Parquet metadata (no data read)."""
         return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts)
 
-    def iter_tables(self, columns: Sequence[str] | None = None, read_ahead: bool = False) -> Iterator[pa.Table]:
-        """One Arrow table per part, with ``columns`` (default: this output's columns). ``read_ahead``: the next part
-        is read on a background thread while the caller works on the current one (Parquet decoding, assembled along
-        the lineage, releases the GIL); one part ahead, so memory stays bounded. Each folder's lineage is read and
-        checked once for all the parts."""
+    def iter_tables(self, columns: Sequence[str] | None = None, read_ahead: int = 0) -> Iterator[pa.Table]:
+        """One Arrow table per part, with ``columns`` (default: this output's columns). ``read_ahead``: that many
+        next parts are read on background threads while the caller works on the current one (Parquet decoding,
+        assembled along the lineage, releases the GIL); memory stays bounded by that many parts. Each folder's
+        lineage is read and checked once for all the parts."""
         cols = columns if columns is not None else self.columns
         parts = self.parts
         lineages: dict[Path, Any] = {}
-        if not read_ahead or len(parts) < 2:
+        ahead = min(int(read_ahead), len(parts) - 1)
+        if ahead <= 0:
             for p in parts:
                 yield read_part_table(p, cols, lineages=lineages)
             return
+        from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fea20k-read-ahead") as pool:
-            pending = pool.submit(read_part_table, parts[0], cols, None, lineages)
-            for part in parts[1:]:
-                table = pending.result()
-                pending = pool.submit(read_part_table, part, cols, None, lineages)
+        with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="fea20k-read-ahead") as pool:
+            pending = deque(pool.submit(read_part_table, p, cols, None, lineages) for p in parts[:ahead])
+            for part in parts[ahead:]:
+                table = pending.popleft().result()
+                pending.append(pool.submit(read_part_table, part, cols, None, lineages))
                 yield table
-            yield pending.result()
+            while pending:
+                yield pending.popleft().result()
 
     def iter_chunks(self) -> Iterator[list[FaceRecord]]:
         for table in self.iter_tables(_record_columns(self.columns)):

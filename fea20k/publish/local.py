@@ -243,7 +243,7 @@ def _write_splits(ws: Workspace, round_: int, inputs: StageOutput, writer: Relea
     seen_review_ids: set[str] = set()
     try:
         columns = sorted(PUBLISH_READS if images else PUBLISH_READS - {"face"})
-        with closing(inputs.iter_tables(columns, read_ahead=True)) as tables:
+        with closing(inputs.iter_tables(columns, read_ahead=2)) as tables:
             for table in tables:
                 _publish_part(table, round_, writer, reviews, review_cols, seen_review_ids, facts,
                               sources_seen)
@@ -307,22 +307,25 @@ def _publish_part(table: pa.Table, round_: int, writer: ReleaseWriter, reviews: 
 
     sources_seen.update(pc.unique(table.column("source")).to_pylist())
     this_round = pc.fill_null(pc.greater_equal(table.column("round"), round_), True)  # earlier rounds' rows: merged
-    facts.add_pool(round_, table.select(POOL_COLUMNS).filter(this_round))
+    pool = table.select(POOL_COLUMNS)
+    facts.add_pool(round_, pool if pc.all(this_round).as_py() else pool.filter(this_round))
     table = _apply_reviews(table, reviews, seen_review_ids, facts)
     table = _exclude_not_validated(table)
     accepted = _combined(table.column("accepted"))
     is_test = _combined(pc.fill_null(pc.equal(table.column("split"), "test"), False))
     routes = {"train": pc.and_(accepted, pc.invert(is_test)), "test": pc.and_(accepted, is_test),
               "rejected": pc.invert(accepted)}
-    light = table.select(["id", "source", "emotion", "aus", "au_coded", "rationale", "reasons"])
-    for split in ("train", "test"):
-        facts.add_released(split, light.filter(routes[split]))
-    facts.add_rejected(light.filter(routes["rejected"]))
-    # only what the release holds is filtered (copied): not the crops' transforms, quality scores, ...
+    # only what the release holds is filtered (copied), once per split: the facts count the same rows
     table = table.select([c for c in table.column_names if c in RELEASE_INPUTS])
     for split, mask in routes.items():
-        if pc.any(mask).as_py():
-            writer.add_table(split, table.filter(mask), review_cols)
+        if not pc.any(mask).as_py():
+            continue
+        rows = table.filter(mask)
+        if split == "rejected":
+            facts.add_rejected(rows.select(["source", "reasons"]))
+        else:
+            facts.add_released(split, rows.select(["id", "source", "emotion", "aus", "au_coded", "rationale"]))
+        writer.add_table(split, rows, review_cols)
 
 
 def _combined(col: pa.ChunkedArray | pa.Array) -> pa.Array:

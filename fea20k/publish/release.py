@@ -54,7 +54,7 @@ CONFIG_SPLITS = {"default": ("train", "test"), "rejected": ("rejected",)}
 # (datasets.config.PARQUET_ROW_GROUP_SIZE_FOR_IMAGE_DATASETS) so the Hub viewer reads little per page; with
 # 224x224 crops (~10-20 kB) that is 1-2 MB, and writing hundreds of tiny groups costs about 2x the write time
 # (bench/publish.py). 32 MB keeps a group cheap for the viewer to fetch and the write at pyarrow's plain speed.
-ROW_GROUP_BYTES = 32 << 20
+ROW_GROUP_BYTES = 8 << 20
 
 _I16_LIST = pa.list_(pa.int16())
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

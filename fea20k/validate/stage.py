@@ -193,11 +193,11 @@ class Validate(AggregateStage):
 
     def _count_templates(self, inputs: StageOutput) -> TemplateCounter:
         counter = TemplateCounter(self.rules.template.max_repeats)
-        for table in inputs.iter_tables(["accepted", "rationale"], read_ahead=True):
+        for table in inputs.iter_tables(["accepted", "rationale"], read_ahead=1):
             counter.add_sketch(self._light_keys(table))
         if not counter.may_exceed():  # no text repeated often enough (or none checked): no second pass
             return counter
-        for table in inputs.iter_tables(["accepted", "rationale"], read_ahead=True):
+        for table in inputs.iter_tables(["accepted", "rationale"], read_ahead=1):
             counter.add_exact(self._light_keys(table))
         return counter
 
@@ -305,7 +305,7 @@ class Validate(AggregateStage):
         # the parts are checked on the build's worker processes when its pool is running (map_parts): the checks
         # are per-row Python, and the pool is otherwise idle while the aggregates run
         light = counter.without_sketch() if counter is not None else None
-        for table, checked in self.map_parts("checked_part", inputs.iter_tables(read_ahead=True), light):
+        for table, checked in self.map_parts("checked_part", inputs.iter_tables(read_ahead=1), light):
             self.stats.add("checked", checked)
             yield table
 
