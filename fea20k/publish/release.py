@@ -53,7 +53,9 @@ CONFIG_SPLITS = {"default": ("train", "test"), "rejected": ("rejected",)}
 # Row groups of about this many uncompressed bytes. datasets' push_to_hub uses 100-row groups for image datasets
 # (datasets.config.PARQUET_ROW_GROUP_SIZE_FOR_IMAGE_DATASETS) so the Hub viewer reads little per page; with
 # 224x224 crops (~10-20 kB) that is 1-2 MB, and writing hundreds of tiny groups costs about 2x the write time
-# (bench/publish.py). 32 MB keeps a group cheap for the viewer to fetch and the write at pyarrow's plain speed.
+# (bench/publish.py). 8 MB (~700 crops) keeps a group cheap for the viewer to fetch and the write at pyarrow's
+# plain speed, and small enough that a split's groups are written while the next input parts are read (a
+# split holds at most one group being gathered and one being written).
 ROW_GROUP_BYTES = 8 << 20
 
 _I16_LIST = pa.list_(pa.int16())
