@@ -9,6 +9,8 @@ Each tree's package is compiled to bytecode first (:func:`compile_package`). Eac
 allocator its ``fea20k`` command picks (env.prefer_system_allocator, when it has it);
 ``ARROW_DEFAULT_MEMORY_POOL`` set outside picks it for both.
 
+After the build: ``publish_annotations_only_s`` and ``crop_copy_s`` (:func:`after_build`).
+
 Bytes per sample: the workspace (``.fea20k`` and ``releases``), the aligned crops (the ``face`` bytes faces.align
 wrote) and the release folder; ``bytes_ratio`` = workspace / (crops + release).
 
@@ -62,6 +64,7 @@ def main() -> None:
     t2 = time.perf_counter()
     again = build_round(ws, 0, workers=args.workers)
     rerun = time.perf_counter() - t2
+    extra = after_build(ws)
 
     stages = {}
     for s in result.stages:
@@ -82,10 +85,43 @@ def main() -> None:
         "rerun_stages_ran": again.ran,
         "peak_rss_mb_main": round(self_kb / 1024, 1),
         "peak_rss_mb_largest_child": round(child_kb / 1024, 1),
+        **extra,
         **bytes_per_sample(ws, args.n),
     }))
     if tmp:
         tmp.cleanup()
+
+
+def after_build(ws: Path) -> dict[str, float]:
+    """Two figures that put publish's in perspective, measured after the build (the peak RSS above is the build's):
+
+    * ``publish_annotations_only_s``: the round's release built again, annotations-only (what a release of real
+      corpora is, their licences forbidding the faces), into a folder of its own;
+    * ``crop_copy_s``: the least a release with the faces costs on this machine: faces.align's crops read and written
+      into one Parquet file as the release stores them (plain, no statistics), nothing else (no routing, no other
+      column, no card). The same code for both trees of a comparison.
+    """
+    import pyarrow.parquet as pq
+
+    from fea20k.publish.local import build_release
+    from fea20k.workspace import Workspace
+
+    t0 = time.perf_counter()
+    build_release(Workspace(ws), 0, out_dir=ws.parent / "annotations-only", include_images=False)
+    annotations_only = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    parts = sorted((ws / ".fea20k" / "rounds" / "0" / "faces.align").glob("part-*.parquet"))
+    writer = None
+    for part in parts:
+        faces = pq.ParquetFile(part, memory_map=True).read(columns=["face"])
+        if writer is None:
+            writer = pq.ParquetWriter(ws.parent / "crops.parquet", faces.schema, compression="none",
+                                      use_dictionary=False, write_statistics=False)
+        writer.write_table(faces, row_group_size=faces.num_rows)
+    if writer is not None:
+        writer.close()
+    return {"publish_annotations_only_s": round(annotations_only, 3),
+            "crop_copy_s": round(time.perf_counter() - t1, 3)}
 
 
 def compile_package() -> None:
@@ -142,6 +178,10 @@ def compare(args: argparse.Namespace) -> None:
     speed = {k: round(after["stages"][k]["samples_per_s"] / before["stages"][k]["samples_per_s"], 2)
              for k in after["stages"] if k in before["stages"] and before["stages"][k]["samples_per_s"]
              and after["stages"][k]["samples_per_s"]}
+    ann = {k: before[k] for k in ("publish_annotations_only_s",) if before.get(k) and after.get(k)}
+    if ann:
+        speed["publish (annotations-only, after the build)"] = round(
+            before["publish_annotations_only_s"] / after["publish_annotations_only_s"], 2)
     print(json.dumps({"bench": "round0-compare", "n": args.n, "baseline": args.baseline, "before": before,
                       "after": after, "speedup_by_stage": speed,
                       "build_time_ratio": round(after["build_wall_s"] / before["build_wall_s"], 3),

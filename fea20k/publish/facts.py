@@ -75,9 +75,10 @@ class ReleaseFacts:
     attempts: Counter[int] = field(default_factory=Counter)
     rounds: dict[int, RoundAcceptance] = field(default_factory=dict)
     reviews: Counter[str] = field(default_factory=Counter)  # accept / reject / accept_overruled / unknown_id
-    # released rows: (hf split, their id, emotion, present AUs and rationale text); digested only when asked,
-    # since a first release needs the ids alone
+    # released rows: (hf split, their id, emotion, present AUs and rationale text); digested only when asked.
+    # ``digests`` False (no previous release to compare with): the ids alone, all a first release's notes list
     released: list[tuple[str, Any]] = field(default_factory=list)
+    digests: bool = True
 
     def add_released(self, hf_split: str, table: Any) -> None:
         """Count released rows of ``hf_split``: ``table`` has the record columns id, source, emotion, aus, au_coded
@@ -104,6 +105,9 @@ class ReleaseFacts:
             self.annotators.update(_group_counts(who, ["annotator", "backend", "model"]))
             self.gold_in_prompt.update(_counts(pc.struct_field(rat, "gold_in_prompt")))
             self.attempts.update(_counts(pc.struct_field(rat, "attempts")))
+        if not self.digests:
+            self.released.append((hf_split, pa.table({"id": table.column("id")})))
+            return
         text = pc.struct_field(table.column("rationale"), "text")
         self.released.append((hf_split, pa.table({"id": table.column("id"), "emotion": table.column("emotion"),
                                                   "aus": aus, "rationale": text})))
@@ -115,6 +119,8 @@ class ReleaseFacts:
         """Released id -> digest of what a consumer sees of the row (:func:`fea20k.publish.notes.digest`)."""
         from fea20k.publish.notes import digest
 
+        if not self.digests:
+            raise RuntimeError("these facts were gathered without the rows' digests (ReleaseFacts.digests)")
         out: dict[str, str] = {}
         for split, t in self.released:
             cols = (t.column(c).to_pylist() for c in ("id", "emotion", "aus", "rationale"))

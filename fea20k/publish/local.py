@@ -214,6 +214,8 @@ class _ReleaseBuild:
     def write(self, tmp: Path, card: Future[CardTemplate], terms: Any) -> tuple[ReleaseWriter, Any]:
         ws, round_ = self.ws, self.round
         writer = ReleaseWriter(tmp, self.vocab.emotions, self.images, shard_max_bytes=self.shard_max_bytes)
+        previous = _previous_release(ws, round_)
+        self.facts.digests = previous is not None  # the notes compare rows' digests with a previous release only
         self.shards = _write_splits(ws, round_, self.inputs, writer, self.facts, self.images, self.sources_seen)
         if self.images and self.sources_seen - set(ws.config.sources):
             unknown = self.sources_seen - set(ws.config.sources)
@@ -224,7 +226,7 @@ class _ReleaseBuild:
             if (d / "_SUCCESS.json").is_file():
                 for t in StageOutput([d]).iter_tables(POOL_COLUMNS):
                     self.facts.add_pool(k, t)
-        notes = _write_notes(ws, round_, tmp, self.facts)
+        notes = _write_notes(round_, tmp, self.facts, previous)
         _write_card(ws, round_, tmp, writer, self.shards, self.facts, self.images, self.sources_seen, self.vocab,
                     terms, card.result())
         manifest = {"round": round_, "include_images": self.images, "rows": writer.rows,
@@ -259,10 +261,15 @@ def _write_splits(ws: Workspace, round_: int, inputs: StageOutput, writer: Relea
     return shards
 
 
-def _write_notes(ws: Workspace, round_: int, tmp: Path, facts: ReleaseFacts) -> Any:
-    """Release notes against the previous round's local release."""
+def _previous_release(ws: Workspace, round_: int) -> Path | None:
+    """The previous round's local release folder, the one the notes compare with (None: this is a first release)."""
     prev = ws.release_dir(round_ - 1) if round_ > 0 else None
-    prev_digests = release_digests(prev) if prev is not None else None
+    return prev if prev is not None and (prev / "README.md").is_file() else None
+
+
+def _write_notes(round_: int, tmp: Path, facts: ReleaseFacts, previous: Path | None) -> Any:
+    """Release notes against the previous round's local release."""
+    prev_digests = release_digests(previous) if previous is not None else None
     # a first release lists the ids it adds: only a comparison needs the rows' digests
     current = facts.row_digests() if prev_digests is not None else dict.fromkeys(facts.released_ids(), "")
     notes = compare(round_, current, prev_digests, round_ - 1 if prev_digests is not None else None)
