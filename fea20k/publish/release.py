@@ -57,6 +57,9 @@ CONFIG_SPLITS = {"default": ("train", "test"), "rejected": ("rejected",)}
 # plain speed, and small enough that a split's groups are written while the next input parts are read (a
 # split holds at most one group being gathered and one being written).
 ROW_GROUP_BYTES = 8 << 20
+# ... or of at most this many rows: an annotations-only row is a few hundred bytes, and without a row bound a release
+# of a few thousand rows would be written whole when it is finished instead of while its parts are read
+ROW_GROUP_ROWS = 1024
 
 _I16_LIST = pa.list_(pa.int16())
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -303,7 +306,8 @@ class ShardInfo:
 class _SplitWriter:
     """Streams batches of one split into shards of at most ``max_bytes`` (uncompressed Arrow bytes).
 
-    Batches are buffered into row groups of about ``row_group_bytes`` (a row group may span several input batches).
+    Batches are buffered into row groups of about ``row_group_bytes`` and at most :data:`ROW_GROUP_ROWS` rows (a row
+    group may span several input batches).
     A full row group is written on the split's own thread while the next is gathered (pyarrow releases the GIL as
     it encodes and writes; writing the faces is most of a release's time): at most one write in flight per split.
     """
@@ -320,6 +324,7 @@ class _SplitWriter:
     _rows: int = 0
     _buf: list[pa.RecordBatch] = field(default_factory=list)
     _buf_bytes: int = 0
+    _buf_rows: int = 0
     nbytes: int = 0  # uncompressed Arrow bytes written, all shards
     _thread: ThreadPoolExecutor | None = None
     _in_flight: Future[None] | None = None
@@ -340,7 +345,7 @@ class _SplitWriter:
         if self._buf:
             assert self._writer is not None
             table = pa.Table.from_batches(self._buf, schema=self.schema)
-            self._buf, self._buf_bytes = [], 0
+            self._buf, self._buf_bytes, self._buf_rows = [], 0, 0
             self._wait()
             if self._thread is None:
                 from concurrent.futures import ThreadPoolExecutor
@@ -384,12 +389,16 @@ class _SplitWriter:
                     self._close_current()
                     continue
                 take = max(1, take)
+            if self._buf_rows >= ROW_GROUP_ROWS:
+                self.flush()
+            take = min(take, ROW_GROUP_ROWS - self._buf_rows)
             part = rest.slice(0, take)
             size = part.nbytes
             if self._buf_bytes + size > self.row_group_bytes:
                 self.flush()
             self._buf.append(part)
             self._buf_bytes += size
+            self._buf_rows += take
             self._bytes += size
             self._rows += take
             self.nbytes += size
@@ -410,7 +419,7 @@ class _SplitWriter:
         return out
 
     def abort(self) -> None:
-        self._buf = []
+        self._buf, self._buf_bytes, self._buf_rows = [], 0, 0
         if self._in_flight is not None:
             self._in_flight.exception()  # waited for; the error that aborts the build is raised elsewhere
             self._in_flight = None

@@ -53,6 +53,22 @@ def test_shards_respect_the_size_cap(tmp_path: Path) -> None:
     assert w.splits_present() == {"default": ("train",)}
 
 
+def test_row_groups_hold_at_most_row_group_rows(tmp_path: Path) -> None:
+    """An annotations-only row is small: row groups are cut by rows too, so a split is written while it streams
+    (ROW_GROUP_ROWS), and every row arrives in order."""
+    from fea20k.publish.release import ROW_GROUP_ROWS
+
+    recs = make_records(n_faces=2 * ROW_GROUP_ROWS + 300, n_aus=0)
+    w = ReleaseWriter(tmp_path, EMOTIONS, include_images=False)
+    w.add("train", recs[:700])
+    w.add("train", recs[700:])  # one batch that spans two row groups
+    (shard,) = w.finish()["train"]
+    meta = pq.ParquetFile(tmp_path / shard.path).metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert sizes == [ROW_GROUP_ROWS, ROW_GROUP_ROWS, len(recs) - 2 * ROW_GROUP_ROWS]
+    assert pq.read_table(tmp_path / shard.path, columns=["id"]).column("id").to_pylist() == [r.id for r in recs]
+
+
 @pytest.mark.parametrize(("include_images", "rejected"), [(True, False), (True, True), (False, False), (False, True)])
 def test_features_and_dataset_info_equal_what_datasets_writes(include_images: bool, rejected: bool,
                                                               tmp_path: Path) -> None:
