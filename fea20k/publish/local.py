@@ -36,7 +36,7 @@ from fea20k.publish.card import (
 )
 from fea20k.publish.facts import ReleaseFacts, tree_digest
 from fea20k.publish.notes import NOTES_FILE, compare, release_digests
-from fea20k.publish.release import ReleaseWriter, ShardInfo
+from fea20k.publish.release import ReleaseWriter, ShardInfo, contiguous
 from fea20k.publish.reviews import Review, load_reviews, reviews_path
 from fea20k.record import FaceRecord
 from fea20k.schema import SCHEMA
@@ -217,10 +217,9 @@ class _ReleaseBuild:
         previous = _previous_release(ws, round_)
         self.facts.digests = previous is not None  # the notes compare rows' digests with a previous release only
         self.shards = _write_splits(ws, round_, self.inputs, writer, self.facts, self.images, self.sources_seen)
-        if self.images and self.sources_seen - set(ws.config.sources):
-            unknown = self.sources_seen - set(ws.config.sources)
-            if blocked_sources(source_facts({}, terms), unknown, self.confirmed):
-                raise _UnexpectedSource(sorted(unknown))
+        unknown = self.sources_seen - set(ws.config.sources)
+        if self.images and unknown and blocked_sources(source_facts({}, terms), unknown, self.confirmed):
+            raise _UnexpectedSource(sorted(unknown))
         for k in range(round_):  # earlier rounds' acceptance, for the card's table of rounds
             d = ws.stage_dir(k, "validate")
             if (d / "_SUCCESS.json").is_file():
@@ -318,8 +317,8 @@ def _publish_part(table: pa.Table, round_: int, writer: ReleaseWriter, reviews: 
     facts.add_pool(round_, pool if pc.all(this_round).as_py() else pool.filter(this_round))
     table = _apply_reviews(table, reviews, seen_review_ids, facts)
     table = _exclude_not_validated(table)
-    accepted = _combined(table.column("accepted"))
-    is_test = _combined(pc.fill_null(pc.equal(table.column("split"), "test"), False))
+    accepted = contiguous(table.column("accepted"))
+    is_test = contiguous(pc.fill_null(pc.equal(table.column("split"), "test"), False))
     routes = {"train": pc.and_(accepted, pc.invert(is_test)), "test": pc.and_(accepted, is_test),
               "rejected": pc.invert(accepted)}
     # only what the release holds is filtered (copied), once per split: the facts count the same rows
@@ -333,10 +332,6 @@ def _publish_part(table: pa.Table, round_: int, writer: ReleaseWriter, reviews: 
         else:
             facts.add_released(split, rows.select(["id", "source", "emotion", "aus", "au_coded", "rationale"]))
         writer.add_table(split, rows, review_cols)
-
-
-def _combined(col: pa.ChunkedArray | pa.Array) -> pa.Array:
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
 def _exclude_not_validated(table: pa.Table) -> pa.Table:
@@ -421,7 +416,7 @@ def _with_edits(table: pa.Table, edited: dict[int, tuple[str, str]]) -> pa.Table
     """``table`` with the reviewers' rationale texts and a ``review`` provenance entry on the edited rows."""
     import pyarrow.compute as pc
 
-    rat = _combined(table.column("rationale"))
+    rat = contiguous(table.column("rationale"))
     texts = pc.struct_field(rat, "text").to_pylist()
     for i, (text, _) in edited.items():
         texts[i] = text

@@ -200,7 +200,7 @@ def present_aus(aus: pa.Array | pa.ChunkedArray) -> pa.Array:
     return _sorted_list(offsets, keys, len(offsets) - 1, (items.to_numpy(zero_copy_only=False) == 1))
 
 
-def _array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+def contiguous(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     """One contiguous array (a single-chunk column without a copy)."""
     if isinstance(col, pa.ChunkedArray):
         return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
@@ -211,7 +211,7 @@ def _map_parts(col: pa.Array | pa.ChunkedArray) -> tuple[Any, pa.Array, pa.Array
     """(offsets as numpy, keys, items) of a map column (nulls read as empty maps)."""
     import numpy as np
 
-    arr = _array(col)
+    arr = contiguous(col)
     offsets = np.asarray(arr.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
     base = offsets[0]
     keys = arr.keys.slice(base, offsets[-1] - base)
@@ -249,7 +249,7 @@ def table_to_batch(table: pa.RecordBatch | pa.Table, schema: pa.Schema, emotions
                  "bbox", "landmarks", "meta", "excluded_at", "reasons"):
         out[name] = col(name)
     if "image" in schema.names:
-        face = _array(col("face"))
+        face = contiguous(col("face"))
         out["image"] = pa.StructArray.from_arrays([face, pa.nulls(n, pa.string())], names=["bytes", "path"],
                                                   mask=face.is_null())
     out["corpus"] = pc.struct_field(pc.extract_regex(col("meta"), r'"corpus": "(?P<c>[^"]*)"'), "c")
@@ -264,7 +264,7 @@ def table_to_batch(table: pa.RecordBatch | pa.Table, schema: pa.Schema, emotions
     offsets, keys, items = _map_parts(col("aus"))
     out["aus_unknown"] = _sorted_list(offsets, keys, n, np.isnan(items.to_numpy(zero_copy_only=False)
                                                                    .astype("float64")))
-    coded = _array(col("au_coded"))
+    coded = contiguous(col("au_coded"))
     c_off = np.asarray(coded.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
     out["au_coded"] = _sorted_list(c_off - c_off[0], coded.values.slice(c_off[0], c_off[-1] - c_off[0]), n)
     out["au_intensity"] = _map_as_list(col("au_intensity"), ("au", "value"), pa.float32())
@@ -288,7 +288,7 @@ def table_to_batch(table: pa.RecordBatch | pa.Table, schema: pa.Schema, emotions
     arrays = []
     for f in schema:
         a = out[f.name]
-        a = _array(a)
+        a = contiguous(a)
         arrays.append(a if a.type == f.type else a.cast(f.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
