@@ -824,12 +824,6 @@ class PoolMap:
         self.spec = _worker_spec(stage)
         self.build_pool = build_pool
 
-    def warm(self) -> None:
-        """Build and load the stage in every worker now, while this process does other work first."""
-        pool = self.build_pool.get()
-        for _ in range(self.build_pool.workers):
-            pool.submit(_worker_stage, *self.spec)
-
     def __call__(self, method: str, items: Iterable[Any], *args: Any) -> Iterator[Any]:
         """Results in order, at most two calls queued per worker (the items are read as they are needed)."""
         from collections import deque

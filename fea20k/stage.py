@@ -248,12 +248,6 @@ class AggregateStage(Stage, ABC):
         work = getattr(self, method)
         return (work(item, *args) for item in items)
 
-    def warm_parts(self) -> None:
-        """Have the workers :meth:`map_parts` will use build and load the stage now (a no-op without a pool): call
-        it first in ``run``, so that they load while this process does the stage's own first passes."""
-        if self.ctx.pool_map is not None:
-            self.ctx.pool_map.warm()
-
 
 # ---------------------------------------------------------------------------------------------- registry
 

@@ -298,7 +298,6 @@ class Validate(AggregateStage):
                                      for c in own.column_names], schema=own.schema)
 
     def run(self, inputs: StageOutput) -> Iterator[pa.Table]:
-        self.warm_parts()
         counter = self._count_templates(inputs) if self.rules.template.enabled else None
         if counter is not None:
             self.stats.add("template_texts_collapsed", counter.collapsed)
