@@ -360,6 +360,11 @@ class BuildPool:
         """Whether the workers were started (by a map stage of this build)."""
         return self._pool is not None
 
+    @property
+    def queue_limit(self) -> int:
+        """Calls kept submitted at once: two per worker, so none waits for work and a Ctrl-C loses little."""
+        return 2 * self.workers
+
     def get(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = worker_pool(self.workers, _warm_worker)
@@ -825,7 +830,7 @@ class PoolMap:
         self.build_pool = build_pool
 
     def __call__(self, method: str, items: Iterable[Any], *args: Any) -> Iterator[Any]:
-        """Results in order, at most two calls queued per worker (the items are read as they are needed)."""
+        """Results in order, at most ``queue_limit`` calls submitted (the items are read as they are needed)."""
         from collections import deque
 
         pool = self.build_pool.get()
@@ -833,7 +838,7 @@ class PoolMap:
         try:
             for item in items:
                 queued.append(pool.submit(_worker_call, self.spec, method, item, args))
-                if len(queued) >= 2 * self.build_pool.workers:
+                if len(queued) >= self.build_pool.queue_limit:
                     yield _chunk_result(queued.popleft())
             while queued:
                 yield _chunk_result(queued.popleft())
@@ -883,14 +888,14 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
 
 def _pool_chunks(stage: MapStage, todo: list[tuple[int, Path]], d: Path, build_pool: BuildPool,
                  finished: Callable[[dict[str, Any], int], None]) -> None:
-    """Run ``todo`` on the build's pool, at most two chunks queued per worker (so a Ctrl-C loses little)."""
+    """Run ``todo`` on the build's pool, at most ``queue_limit`` chunks submitted at once."""
     spec = _worker_spec(stage)
     pool = build_pool.get()
     running: dict[Future[dict[str, Any]], int] = {}
     ended = Completions()  # not concurrent.futures.wait: see Completions
     todo_left = list(todo)
     while todo_left or running:
-        while todo_left and len(running) < 2 * build_pool.workers:
+        while todo_left and len(running) < build_pool.queue_limit:
             i, p = todo_left.pop(0)
             running[ended.watch(pool.submit(_worker_task, spec, p, d, i))] = i
         fut = ended.next()
