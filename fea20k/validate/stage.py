@@ -51,7 +51,6 @@ class TemplateCounter:
         import numpy as np
 
         self.max_repeats = max_repeats
-        self._np = np
         self._mask = (1 << _CMS_WIDTH_BITS) - 1
         self._sketch = np.zeros((_CMS_DEPTH, 1 << _CMS_WIDTH_BITS), dtype=np.uint32)
         self._exact: dict[bytes, int] = {}
@@ -60,14 +59,16 @@ class TemplateCounter:
         return [int.from_bytes(key[4 * i:4 * i + 4], "little") & self._mask for i in range(_CMS_DEPTH)]
 
     def _slot_matrix(self, keys: list[bytes]):  # noqa: ANN202 - numpy array
-        np = self._np
+        import numpy as np
+
         return np.frombuffer(b"".join(keys), dtype="<u4").reshape(len(keys), 4)[:, :_CMS_DEPTH] & self._mask
 
     def add_sketch(self, keys: list[bytes]) -> None:
         """Pass 1: count a batch of keys in the sketch."""
         if not keys:
             return
-        np = self._np
+        import numpy as np
+
         slots = self._slot_matrix(keys)
         for row in range(_CMS_DEPTH):
             np.add.at(self._sketch[row], slots[:, row], 1)
@@ -82,32 +83,27 @@ class TemplateCounter:
 
     def add_exact(self, keys: list[bytes]) -> None:
         """Pass 2: count exactly the keys the sketch flags as possibly repeated more than ``max_repeats``."""
+        import numpy as np
+
         if not keys:
             return
         slots = self._slot_matrix(keys)
         est = self._sketch[0, slots[:, 0]]
         for row in range(1, _CMS_DEPTH):
-            est = self._np.minimum(est, self._sketch[row, slots[:, row]])
+            est = np.minimum(est, self._sketch[row, slots[:, row]])
         exact = self._exact
-        for i in self._np.flatnonzero(est > self.max_repeats).tolist():
+        for i in np.flatnonzero(est > self.max_repeats).tolist():
             key = keys[i]
             exact[key] = exact.get(key, 0) + 1
 
     def without_sketch(self) -> TemplateCounter:
         """This counter for the checking pass, which reads only the exact counts (:meth:`count`): light enough to
         travel to worker processes with every part (the sketch is 16 MiB)."""
-        light = TemplateCounter.__new__(TemplateCounter)
-        light.max_repeats, light._np, light._mask = self.max_repeats, self._np, self._mask
-        light._sketch, light._exact = None, self._exact
+        import copy
+
+        light = copy.copy(self)
+        light._sketch = None
         return light
-
-    def __getstate__(self) -> dict[str, object]:
-        return {k: v for k, v in self.__dict__.items() if k != "_np"}
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        import numpy as np
-
-        self.__dict__.update(state, _np=np)
 
     def count(self, key: bytes) -> int:
         """Exact count of a flagged key; 0 means 'at most max_repeats' (not flagged)."""
