@@ -227,16 +227,10 @@ class Validate(AggregateStage):
         rec.accepted = True
         return rec
 
-    def check_table(self, table: pa.Table, counter: TemplateCounter | None) -> pa.Table:
-        """The stage's columns (``id``, scores, meta, provenance, verdict) of one input table, in its row order:
-        what :meth:`check_record` makes of each live row's record, and the rows excluded upstream as they are."""
-        out, checked = self.checked_part(table, counter)
-        self.stats.add("checked", checked)
-        return out
-
     def checked_part(self, table: pa.Table, counter: TemplateCounter | None) -> tuple[pa.Table, int]:
-        """:meth:`check_table` without touching the stage's stats: (the stage's columns, rows checked). Pure, so
-        that it runs on the build's worker processes (:meth:`run`).
+        """(The stage's columns, rows checked) of one input table: ``id``, scores, meta, provenance and verdict in
+        its row order, what :meth:`check_record` makes of each live row's record, and the rows excluded upstream as
+        they are. Pure (the stats are counted by :meth:`run`), so that it runs on the build's worker processes.
 
         Only the live rows become records, holding only what the checks read; the columns the stage writes are
         computed from the input columns and the verdicts, so the rows excluded upstream, and every column no check

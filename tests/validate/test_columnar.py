@@ -89,7 +89,7 @@ def test_a_mixed_table_gives_what_checking_every_record_gives(stage: Validate) -
     assert columns is not None
     table = _input_table(_records(), columns)
     counter = _counter(stage, _records())
-    got = stage.check_table(table, counter)
+    got = stage.checked_part(table, counter)[0]
 
     twin = from_arrow(table)  # the record path: every row a record, the live ones checked one by one
     for rec in twin:
@@ -122,7 +122,7 @@ def test_a_table_of_only_excluded_or_only_live_rows(stage: Validate) -> None:
         for rec in twin:
             if not rec.excluded:
                 stage.check_record(rec, None)
-        assert stage.check_table(part, None).equals(to_arrow(twin, own_columns(stage.writes)))
+        assert stage.checked_part(part, None)[0].equals(to_arrow(twin, own_columns(stage.writes)))
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ def test_a_check_that_names_no_fields_sees_the_whole_record(tmp_path: Path, read
     stage.load()
     rec = dataclasses.replace(_records()[0], split="test")
     table = to_arrow([rec], stage.view_columns())
-    row = stage.check_table(table, None).to_pylist()[0]
+    row = stage.checked_part(table, None)[0].to_pylist()[0]
     assert row["reasons"] == ["test_split"] and row["accepted"] is False
 
 
