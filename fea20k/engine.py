@@ -459,18 +459,16 @@ def _build_round(ws: Workspace, round_: int, from_stage: str | None, until_stage
             raise Fea20kUserError(f"{opt} {val!r} is not a step of round {round_}; steps: {keys}")
     if round_ > 0:
         _check_previous_round(ws, round_)
-    if opts.pool is not None and _pooled_work(ws, plan, from_stage):
+    forced = _forced_keys(plan, from_stage)
+    if opts.pool is not None and _pooled_work(ws, plan, forced):
         opts.pool.get()  # its workers start now, in the background
     result = BuildResult(round=round_)
     run_id = ws.ledger.start_run(round_, command)
-    forced = False
     status = "failed"
     try:
         for group in plan:
             for ps in group:
-                if from_stage is not None and _matches(ps, from_stage):
-                    forced = True
-                result.stages.append(_run_or_skip(ws, ps, forced, progress, opts))
+                result.stages.append(_run_or_skip(ws, ps, ps.key in forced, progress, opts))
             _guard(ws, group)
             if until_stage is not None and any(_matches(ps, until_stage) for ps in group):
                 break
@@ -484,16 +482,19 @@ def _build_round(ws: Workspace, round_: int, from_stage: str | None, until_stage
     return result
 
 
-def _pooled_work(ws: Workspace, plan: list[list[PlannedStage]], from_stage: str | None) -> bool:
-    """Whether a map stage that runs on the process pool will run: forced (at or after ``from_stage``, as
-    :func:`_run_or_skip` is told) or not up to date."""
-    forced = False
-    for ps in (ps for g in plan for ps in g):
-        forced = forced or (from_stage is not None and _matches(ps, from_stage))
-        if isinstance(ps.stage, MapStage) and ps.stage.workers == "process" and (
-                forced or not _up_to_date(ws, ps, read_marker(ws.stage_dir(ps.round, ps.key)))):
-            return True
-    return False
+def _forced_keys(plan: list[list[PlannedStage]], from_stage: str | None) -> set[str]:
+    """The steps ``--from`` forces to run again: the first it names and every one after it (none without it)."""
+    steps = [ps for g in plan for ps in g]
+    first = next((i for i, ps in enumerate(steps) if from_stage is not None and _matches(ps, from_stage)), len(steps))
+    return {ps.key for ps in steps[first:]}
+
+
+def _pooled_work(ws: Workspace, plan: list[list[PlannedStage]], forced: set[str]) -> bool:
+    """Whether a map stage that runs on the process pool will run: forced (:func:`_forced_keys`) or not up to
+    date."""
+    return any(isinstance(ps.stage, MapStage) and ps.stage.workers == "process"
+               and (ps.key in forced or not _up_to_date(ws, ps, read_marker(ws.stage_dir(ps.round, ps.key))))
+               for g in plan for ps in g)
 
 
 def _guard(ws: Workspace, group: list[PlannedStage]) -> None:
