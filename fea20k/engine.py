@@ -868,7 +868,10 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
         else:
             maybe_crash(stage.ctx.stage_key, index)
 
-    if opts.executor != "local":
+    local_because = stage.build_process_only() if opts.executor != "local" else None
+    if local_because:
+        logger.info("%s: runs in the build process, not on %s: %s", key, opts.executor, local_because)
+    if opts.executor != "local" and not local_because:
         get_map_runner(opts.executor)(stage, todo, d, advance, opts)
     elif stage.workers == "process" and opts.pool is not None and len(todo) > 1:
         _pool_chunks(stage, todo, d, opts.pool, finished)

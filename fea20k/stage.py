@@ -216,6 +216,12 @@ class MapStage(Stage, ABC):
         """Called in the build process once every chunk of the run went through :meth:`process`: work gathered
         over the chunks (the annotate stages' Batch API submission) is sent here. May raise to stop the build."""
 
+    def build_process_only(self) -> str | None:
+        """Why this run must stay in the build process (work gathered over the chunks for :meth:`settle` lives in
+        the stage instance, which on a cluster would be each worker's), or None. The engine then runs it locally
+        whatever the executor."""
+        return None
+
 
 # an aggregate stage's output chunk: records, or an Arrow table of its own columns (see AggregateStage.run)
 AggregateChunk: TypeAlias = "list[FaceRecord] | pa.Table"

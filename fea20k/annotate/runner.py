@@ -241,6 +241,12 @@ class AnnotateStage(MapStage):
         """Requests are queued for a batch (batch mode, or ``fea20k batch export``) instead of sent."""
         return not self.backend.offline and (self.spec.mode == "batch" or self.ctx.stage_key in EXPORT_TO)
 
+    def build_process_only(self) -> str | None:
+        if not self.batching:
+            return None
+        return ("its requests are queued for one Batch API file, written or submitted from the build process "
+                "once every chunk ran (the answering happens at the provider, not on the cluster)")
+
     def settle(self) -> None:
         """After every chunk ran: submit the queued requests as one batch (or write them for ``fea20k batch
         export``) and stop the build until it is answered."""

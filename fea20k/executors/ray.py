@@ -26,6 +26,8 @@ import logging
 import os
 import pickle
 import signal
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -69,13 +71,36 @@ def run_map_chunks(stage: MapStage, todo: list[tuple[int, Path]], out_dir: Path,
         stage.ctx.ledger_at = stage.ctx.ledger_at.reachable_at(ray.util.get_node_ip_address())
     ds = chunk_dataset(stage, todo, out_dir, pool_size(stage, len(todo), opts))
     crash = env.crash_after()
-    for row in ds.iter_rows():
-        if row["error"] is not None:
-            raise_chunk_error(stage, row)
-        advance(int(row["n_in"]))
-        if crash is not None and crash == (stage.ctx.stage_key, int(row["index"])):
-            logger.warning("FEA20K_CRASH_AFTER: killing the build after %s chunk %d", crash[0], crash[1])
-            os.kill(os.getpid(), signal.SIGKILL)
+    started_before = set(threading.enumerate())
+    rows = iter(ds.iter_rows())
+    try:
+        for row in rows:
+            if row["error"] is not None:
+                raise_chunk_error(stage, row)
+            advance(int(row["n_in"]))
+            if crash is not None and crash == (stage.ctx.stage_key, int(row["index"])):
+                logger.warning("FEA20K_CRASH_AFTER: killing the build after %s chunk %d", crash[0], crash[1])
+                os.kill(os.getpid(), signal.SIGKILL)
+    finally:
+        rows.close()  # a generator: closing it shuts the streaming executor down and signals the consumer threads
+        _join_consumer_threads(started_before, stage.name)
+
+
+def _join_consumer_threads(started_before: set[threading.Thread], stage_name: str, timeout_s: float = 30.0) -> None:
+    """Wait for the consumer threads Ray Data started for an iteration of ours (named "iter_threaded") to end.
+
+    Closing the iteration only signals them: one in the middle of a Ray call finishes it first. When a stage fails,
+    the caller may run ``ray.shutdown()`` right away, and a Ray call made after that ends the whole process (exit
+    code 1, "The core worker has already been shutdown"): seen as a test run that died after the Ray tests.
+    """
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if thread not in started_before and thread.name == "iter_threaded":
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                logger.warning("%s: a Ray Data consumer thread is still running %.0f s after the stage ended; do "
+                               "not shut Ray down in this process before it ends", stage_name, timeout_s)
+                return
 
 
 def connect(opts: ExecOptions) -> None:

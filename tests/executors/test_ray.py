@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +77,13 @@ def ray_address() -> Iterator[str]:
         ray.shutdown()
 
 
+def _threads_running_since(before: set[threading.Thread]) -> list[str]:
+    """Names of the threads started since ``before`` and still running, but for Ray Data's block prefetcher: its
+    thread holds the only reference to it, so it outlives every iteration, parked on a condition that only a new
+    prefetch request (none once the iteration is closed) wakes."""
+    return [t.name for t in threading.enumerate() if t not in before and t.is_alive() and t.name != "Prefetcher"]
+
+
 def _with_cached_call(ws: Path, calls_log: Path) -> Path:
     recipe = ws / "pipelines" / "toy.toml"
     text = recipe.read_text().replace('"faces.toy_upper", ', '"faces.toy_upper", "annotate.toy_cached_call", ')
@@ -133,6 +142,69 @@ def test_stage_error_reaches_the_driver_with_its_type_and_resume_works(tmp_path:
     assert result.ran[0] == "faces.toy_upper"
     assert {p: (d / p).stat().st_mtime_ns for p in done} == done  # finished chunks are not redone
     assert result.stages[2].stats.n_in == 32
+
+
+class SlowFailConfig(StageConfig):
+    fail_at: str  # record id whose chunk fails at once
+    wait_from: str  # a chunk whose first record id sorts at or after this one waits ...
+    release_file: str  # ... until this file exists (60 s at most)
+
+
+@register_stage("faces.toy_slow_fail")
+class SlowFail(MapStage):
+    """A stage whose chunk with ``fail_at`` fails while later chunks are still running on their workers."""
+
+    Config = SlowFailConfig
+
+    def process(self, batch: list[FaceRecord]) -> list[FaceRecord]:
+        if any(rec.id == self.config.fail_at for rec in batch):
+            raise RuntimeError("injected crash")
+        if not batch or batch[0].id < self.config.wait_from:
+            return batch
+        deadline = time.monotonic() + 60
+        while not Path(self.config.release_file).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return batch
+
+
+def test_a_failed_stage_leaves_no_ray_data_thread_running(tmp_path: Path, ray_address: str) -> None:
+    """The failed stage's Ray Data iteration (its streaming executor and its consumer threads) is shut down before
+    the error leaves the build, although the error and the frames its traceback holds are still referenced and other
+    chunks are still running. Left running, it keeps calling Ray, and once the caller has run ray.shutdown() such a
+    call ends the whole process with exit code 1 ("The core worker has already been shutdown")."""
+    release = tmp_path / "release-the-other-chunks"
+    ws = make_ws(tmp_path, map_cfg=f'fail_at = "a/0001"\nwait_from = "a/0008"\nrelease_file = "{release}"')
+    recipe = ws / "pipelines" / "toy.toml"
+    recipe.write_text(recipe.read_text().replace('"faces.toy_upper"', '"faces.toy_slow_fail"'))
+    before = set(threading.enumerate())
+    try:
+        with pytest.raises(RuntimeError, match="injected crash") as failed:
+            build_round(ws, 0, executor="ray")
+        d = ws / ".fea20k/rounds/0/faces.toy_slow_fail"
+        assert not (d / "part-00002.parquet").exists()  # chunk 2 on was still running when the error came back
+        assert failed.value is not None and _threads_running_since(before) == []
+    finally:
+        release.touch()  # the chunks still waiting end, freeing the module's Ray workers for the next tests
+
+
+def test_batch_mode_queues_in_the_build_process_and_submits_one_batch(tmp_path: Path, ray_address: str) -> None:
+    """An annotate stage in batch mode runs in the build process under --executor ray: its queue is submitted as one
+    batch (on Ray's actors each queue was its own, never submitted, and every build stopped with chunks unwritten)."""
+    pytest.importorskip("aiohttp", reason="the loopback server needs aiohttp (dev extra)")
+    from fea20k.errors import BatchPendingError
+    from fea20k.testing.openai_server import BatchPlan, OpenAIServer
+    from tests.annotate.test_batch import N, _workspace
+    from tests.annotate.toy_workspace import records
+
+    with OpenAIServer(batch=BatchPlan(polls=0)) as server:
+        ws = _workspace(tmp_path / "ws", server.base_url, repair=False, mode="batch")
+        with pytest.raises(BatchPendingError, match=rf"^round 0 waits for batch batch_1 \({N} requests, "):
+            build_round(ws, 0, executor="ray")
+        build_round(ws, 0, executor="ray")  # collects the batch and completes the round
+        assert [b["request_counts"]["total"] for b in server.batches.values()] == [N]
+        assert server.total == sum(server.answered.values())  # every answer came through the batch
+    got = records(ws)
+    assert len(got) == N and all(text and not excluded for _, text, _, excluded in got)
 
 
 def test_user_error_in_a_worker_stays_a_user_error(tmp_path: Path, ray_address: str) -> None:
