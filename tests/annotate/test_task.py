@@ -69,6 +69,17 @@ def test_per_source_emotion_sets(ws: Path) -> None:
         _task(ws)
 
 
+def test_shipped_emotion_sets_key_real_corpora() -> None:
+    """A [corpus] key is matched against meta["corpus"], an ingest adapter's ``corpus``: any other key is unused."""
+    from fea20k.config import read_toml
+    from fea20k.ingest.report import list_adapters
+
+    shipped = read_toml(Path(__file__).resolve().parents[2] / "annotators" / "emotion_sets.toml")
+    corpora = {a.corpus for a in list_adapters()}
+    assert set(shipped["corpus"]) - corpora == set()
+    assert {"fer2013_csv", "fer2013_folder", "rafdb_basic", "affectnet_csv"} <= set(shipped["corpus"])
+
+
 def test_au_source_gold_block_and_definitions(ws: Path) -> None:
     task = _task(ws)
     rec = FaceRecord(id="d/1", source="d", aus={12: 1, 2: 1, 4: 0, 9: None}, au_coded=[2, 4, 9, 12],
