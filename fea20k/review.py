@@ -14,7 +14,6 @@ and the page re-reads the file on every load (the last line about a row wins).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -32,7 +31,7 @@ from fea20k.audit import Filters, collect, iter_rejections, rationale_segments, 
 from fea20k.errors import Fea20kUserError
 from fea20k.io import PART_GLOB, read_chunk
 from fea20k.lock import WorkspaceLockedError
-from fea20k.publish.reviews import Review, load_reviews, reviews_path
+from fea20k.publish.reviews import Review, load_reviews, reviews_path, row_signature
 from fea20k.record import FaceRecord
 from fea20k.review_sample import DEFAULT_RATE, DEFAULT_SEED, sampled
 
@@ -49,14 +48,6 @@ ACTIONS = ("accept", "reject", "edit", "flag_gt")
 
 class ReviewError(Fea20kUserError):
     """A decision the page sent cannot be recorded (unknown row, bad action, an edit that fails the checks)."""
-
-
-def row_signature(rec: FaceRecord) -> str:
-    """What the reviewer saw, hashed: id, rationale, labels and verdict (a rebuild that changes them changes it)."""
-    text = rec.rationale.text if rec.rationale is not None else None
-    body = json.dumps([rec.id, text, rec.emotion, rec.present_aus(), sorted(rec.au_coded), rec.accepted,
-                       rec.reasons], sort_keys=True)
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass

@@ -173,6 +173,56 @@ def test_review_lines_keep_their_new_keys(tmp_path: Path) -> None:
         load_reviews(tmp_path, 0)
 
 
+SADNESS_FIXED = ("<think>The face shows a clear expression with several visible facial movements: brows raised "
+                 "inside (AU1), lowered (AU4), corners down (AU15).</think>\n<answer>sadness</answer>")
+
+
+def test_publish_sees_decisions_made_on_an_earlier_version_of_a_row(ws: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A decision's signature is the row as the reviewer saw it. When a rebuild has changed the row since, publish
+    counts and names the decision: a stale edit is not applied (the row's new text stands), a stale reject still
+    keeps the row out; a decision on an unchanged row applies as before."""
+    import logging
+
+    import pyarrow.parquet as pq
+
+    from fea20k.publish.local import build_release
+    from fea20k.publish.reviews import row_signature
+    from fea20k.workspace import Workspace
+
+    session = ReviewSession.open(ws, 0, REVIEWER, sample_rate=1.0, seed=0)
+    session.decide("toy/0004", "edit", rationale=ANGER_FIXED)  # made on the row as it is: applies
+    # what the reviewer saw of 0006 and 0000 before a rebuild re-drafted them
+    earlier = {}
+    for rid, text in (("toy/0006", "<think>maybe sad (AU1).</think>\n<answer>sadness</answer>"),
+                      ("toy/0000", "<think>brows (AU4).</think>\n<answer>sadness</answer>")):
+        seen = copy.deepcopy(session.rows[rid])
+        assert seen.rationale is not None
+        seen.rationale.text = text
+        earlier[rid] = row_signature(seen)
+    (ws / "reviews" / "round-0.jsonl").open("a").write(
+        json.dumps({"id": "toy/0006", "decision": "accept", "reviewer": REVIEWER, "rationale": SADNESS_FIXED,
+                    "signature": earlier["toy/0006"]}) + "\n"
+        + json.dumps({"id": "toy/0000", "decision": "reject", "reason": "bad_face", "reviewer": REVIEWER,
+                      "signature": earlier["toy/0000"]}) + "\n")
+    original_0006 = session.rows["toy/0006"].rationale.text  # type: ignore[union-attr]
+
+    with caplog.at_level(logging.WARNING, logger="fea20k"):
+        folder = build_release(Workspace(ws), 0).folder
+    rejected = {r["id"]: r for r in pq.read_table(folder / "rejected").to_pylist()}
+    assert rejected["toy/0004"]["rationale"] == ANGER_FIXED  # the fresh edit
+    assert rejected["toy/0006"]["rationale"] == original_0006  # the stale edit is not applied
+    assert not any(p["stage"] == "review" for p in rejected["toy/0006"]["provenance"])
+    assert rejected["toy/0000"]["reasons"] == ["human_reject"]  # the stale reject still keeps the row out
+    card = (folder / "README.md").read_text()
+    for count in ("made on an earlier version of the row 2", "rationale edit not applied (row changed since) 1",
+                  "rationale edited 1"):
+        assert count in card, count
+    warned = [r.getMessage() for r in caplog.records if "earlier version" in r.getMessage()]
+    assert len(warned) == 1 and "'toy/0006'" in warned[0] and "'toy/0000'" in warned[0]
+    assert "fea20k review --round 0 -w " in warned[0]
+
+
 def test_cli_prints_the_url_and_serves_it(ws: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "fea20k", "review", "--round", "0", "-w", str(ws), "--reviewer",
                              "cli", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -380,3 +430,4 @@ def test_browser_review_then_publish(served: tuple[ReviewSession, str], ws: Path
     card = (folder / "README.md").read_text()
     for count in ("accept (kept rejected) 2", "reject 2", "rationale edited 1", "ground truth flagged wrong 1"):
         assert count in card, count
+    assert "earlier version" not in card  # every decision was made on the row publish releases

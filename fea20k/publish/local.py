@@ -37,7 +37,7 @@ from fea20k.publish.card import (
 from fea20k.publish.facts import ReleaseFacts, tree_digest
 from fea20k.publish.notes import NOTES_FILE, compare, release_digests
 from fea20k.publish.release import ReleaseWriter, ShardInfo, contiguous
-from fea20k.publish.reviews import Review, load_reviews, reviews_path
+from fea20k.publish.reviews import Review, load_reviews, reviews_path, row_signature
 from fea20k.record import FaceRecord
 from fea20k.schema import SCHEMA
 from fea20k.stage import AggregateStage, StageConfig, register_stage
@@ -239,25 +239,42 @@ def _write_splits(ws: Workspace, round_: int, inputs: StageOutput, writer: Relea
                   images: bool, sources_seen: set[str]) -> dict[str, list[ShardInfo]]:
     """Every row routed to train / test / rejected with the reviews applied; the faces are read only when they go
     in."""
-    reviews = load_reviews(ws.root, round_)
-    review_cols = {rid: (r.decision, r.note or r.reason) for rid, r in reviews.items()}
-    seen_review_ids: set[str] = set()
+    reviews = _Reviews.of(load_reviews(ws.root, round_))
     try:
         columns = sorted(PUBLISH_READS if images else PUBLISH_READS - {"face"})
         with closing(inputs.iter_tables(columns, read_ahead=2)) as tables:
             for table in tables:
-                _publish_part(table, round_, writer, reviews, review_cols, seen_review_ids, facts,
-                              sources_seen)
+                _publish_part(table, round_, writer, reviews, facts, sources_seen)
         shards = writer.finish()
     except BaseException:
         writer.abort()
         raise
-    unknown = sorted(set(reviews) - seen_review_ids)
+    name = reviews_path(ws.root, round_).name
+    unknown = sorted(set(reviews.by_id) - reviews.seen)
     if unknown:
         facts.reviews["unknown id"] += len(unknown)
-        logger.warning("%s: %d review(s) name ids not in round %d's release, e.g. %s",
-                       reviews_path(ws.root, round_).name, len(unknown), round_, unknown[:3])
+        logger.warning("%s: %d review(s) name ids not in round %d's release, e.g. %s", name, len(unknown), round_,
+                       unknown[:3])
+    if reviews.stale:
+        logger.warning("%s: %d review(s) were made on an earlier version of their row (a rebuild changed its "
+                       "rationale, labels or verdict), e.g. %s: their rejects still apply, their edited rationales "
+                       "do not; review them again with `fea20k review --round %d -w %s`", name, len(reviews.stale),
+                       reviews.stale[:3], round_, ws.root)
     return shards
+
+
+@dataclass
+class _Reviews:
+    """A round's reviews as publish applies them, and what the pass over the rows found of them."""
+
+    by_id: dict[str, Review]
+    columns: dict[str, tuple[str, str | None]]  # id -> the release's (review, review_note) values
+    seen: set[str] = field(default_factory=set)  # ids met in the rows
+    stale: list[str] = field(default_factory=list)  # ids whose row changed since the decision (its signature)
+
+    @classmethod
+    def of(cls, by_id: dict[str, Review]) -> _Reviews:
+        return cls(by_id, {rid: (r.decision, r.note or r.reason) for rid, r in by_id.items()})
 
 
 def _previous_release(ws: Workspace, round_: int) -> Path | None:
@@ -304,8 +321,7 @@ def _write_card(ws: Workspace, round_: int, tmp: Path, writer: ReleaseWriter, sh
     (tmp / "README.md").write_text(template.render(ctx), encoding="utf-8")
 
 
-def _publish_part(table: pa.Table, round_: int, writer: ReleaseWriter, reviews: dict[str, Review],
-                  review_cols: dict[str, tuple[str, str | None]], seen_review_ids: set[str], facts: ReleaseFacts,
+def _publish_part(table: pa.Table, round_: int, writer: ReleaseWriter, reviews: _Reviews, facts: ReleaseFacts,
                   sources_seen: set[str]) -> None:
     """Route one input part, column-wise: its pool facts (the verdicts as the checks left them), the reviews and the
     ``not_validated`` exclusion applied, the facts of the released and rejected rows, the rows written."""
@@ -315,7 +331,7 @@ def _publish_part(table: pa.Table, round_: int, writer: ReleaseWriter, reviews: 
     this_round = pc.fill_null(pc.greater_equal(table.column("round"), round_), True)  # earlier rounds' rows: merged
     pool = table.select(POOL_COLUMNS)
     facts.add_pool(round_, pool if pc.all(this_round).as_py() else pool.filter(this_round))
-    table = _apply_reviews(table, reviews, seen_review_ids, facts)
+    table = _apply_reviews(table, reviews, facts)
     table = _exclude_not_validated(table)
     accepted = contiguous(table.column("accepted"))
     is_test = contiguous(pc.fill_null(pc.equal(table.column("split"), "test"), False))
@@ -331,7 +347,7 @@ def _publish_part(table: pa.Table, round_: int, writer: ReleaseWriter, reviews: 
             facts.add_rejected(rows.select(["source", "reasons"]))
         else:
             facts.add_released(split, rows.select(["id", "source", "emotion", "aus", "au_coded", "rationale"]))
-        writer.add_table(split, rows, review_cols)
+        writer.add_table(split, rows, reviews.columns)
 
 
 def _exclude_not_validated(table: pa.Table) -> pa.Table:
@@ -377,39 +393,57 @@ class _Verdicts:
         return table
 
 
-def _apply_reviews(table: pa.Table, reviews: dict[str, Review], seen_review_ids: set[str],
-                   facts: ReleaseFacts) -> pa.Table:
+def _apply_reviews(table: pa.Table, reviews: _Reviews, facts: ReleaseFacts) -> pa.Table:
     """The reviewers' decisions and edited rationales applied to the (few) reviewed rows of ``table``."""
     import pyarrow.compute as pc
 
-    if not reviews:
+    if not reviews.by_id:
         return table
     ids = table.column("id")
-    rows = pc.indices_nonzero(pc.is_in(ids, value_set=pa.array(list(reviews), pa.string()))).to_pylist()
+    rows = pc.indices_nonzero(pc.is_in(ids, value_set=pa.array(list(reviews.by_id), pa.string()))).to_pylist()
     if not rows:
         return table
     verdicts = _Verdicts.of(table)
     texts = pc.struct_field(table.column("rationale"), "text").to_pylist()
     has_rationale = pc.is_valid(table.column("rationale")).to_pylist()
+    current = _row_signatures(table, [i for i in rows if reviews.by_id[ids[i].as_py()].signature])
     changed = False
     edited: dict[int, tuple[str, str]] = {}  # row -> (new text, provenance line of the reviewer's edit)
     for i in rows:
-        review = reviews[ids[i].as_py()]
-        seen_review_ids.add(review.id)
+        review = reviews.by_id[ids[i].as_py()]
+        reviews.seen.add(review.id)
+        stale = i in current and current[i] != review.signature
+        if stale:
+            reviews.stale.append(review.id)
+            facts.reviews["made on an earlier version of the row"] += 1
         if _apply_review(verdicts.accepted[i], review.decision, facts):
             verdicts.exclude(i, "review", "human_reject")
             changed = True
         if review.rationale:
-            facts.reviews["rationale edited"] += 1
-            if has_rationale[i] and review.rationale != texts[i]:
-                # the reviewer's text, which passed the checks when it was saved, is what the row releases
-                edited[i] = (review.rationale, f"rationale edited by {review.reviewer or 'a reviewer'}"
-                             + (f" at {review.time}" if review.time else ""))
+            if stale:  # written for the text the reviewer saw: the row's new text stands
+                facts.reviews["rationale edit not applied (row changed since)"] += 1
+            else:
+                facts.reviews["rationale edited"] += 1
+                if has_rationale[i] and review.rationale != texts[i]:
+                    # the reviewer's text, which passed the checks when it was saved, is what the row releases
+                    edited[i] = (review.rationale, f"rationale edited by {review.reviewer or 'a reviewer'}"
+                                 + (f" at {review.time}" if review.time else ""))
         if review.gt_wrong:
             facts.reviews["ground truth flagged wrong"] += 1
     if changed:
         table = verdicts.onto(table)
     return _with_edits(table, edited) if edited else table
+
+
+def _row_signatures(table: pa.Table, rows: list[int]) -> dict[int, str]:
+    """:func:`~fea20k.publish.reviews.row_signature` of rows ``rows`` of ``table`` (the reviewed ones: a few)."""
+    if not rows:
+        return {}
+    from fea20k.schema import from_arrow
+
+    signed = table.take(rows).select(["id", "source", "rationale", "emotion", "aus", "au_coded", "accepted",
+                                      "reasons"])
+    return {i: row_signature(rec) for i, rec in zip(rows, from_arrow(signed), strict=True)}
 
 
 def _with_edits(table: pa.Table, edited: dict[int, tuple[str, str]]) -> pa.Table:

@@ -21,15 +21,27 @@ How the publish stage applies them:
 * An edited ``rationale`` (it passed the validator checks when the reviewer saved it) replaces the row's rationale
   text in the release, with a ``review`` provenance entry naming the reviewer and the time; edits are counted on the
   card. A ``gt_wrong`` flag is counted on the card (and, stored as a reject, moves a released row out).
+* A decision whose ``signature`` (:func:`row_signature`) no longer matches the row was made on an earlier version of
+  it (a rebuild changed its rationale, labels or verdict). Publish counts it on the card and warns once with the
+  command to review again. Its edited rationale is not applied: it was written for the text the reviewer saw, and
+  the row's new text stands. A stale reject (or ``gt_wrong`` flag) still keeps the row out: keeping a row a
+  reviewer rejected out until someone looks again is the safe side. A stale accept changes nothing either way.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fea20k.errors import Fea20kUserError
 from fea20k.io import iter_jsonl
+
+
+if TYPE_CHECKING:
+    from fea20k.record import FaceRecord
 
 
 DECISIONS = ("accept", "reject")
@@ -54,6 +66,14 @@ class Review:
     reason: str | None = None  # reject reason code
     rationale: str | None = None  # edited rationale
     gt_wrong: bool | None = None  # ground truth flagged as wrong
+
+
+def row_signature(rec: FaceRecord) -> str:
+    """What the reviewer saw, hashed: id, rationale, labels and verdict (a rebuild that changes them changes it)."""
+    text = rec.rationale.text if rec.rationale is not None else None
+    body = json.dumps([rec.id, text, rec.emotion, rec.present_aus(), sorted(rec.au_coded), rec.accepted,
+                       rec.reasons], sort_keys=True)
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
 
 
 def reviews_path(workspace_root: Path, round_: int) -> Path:
