@@ -164,14 +164,26 @@ class BatchClient:
             input_file_id=f.id, endpoint=ENDPOINT, completion_window=COMPLETION_WINDOW, metadata=metadata))
         return b.id, f.id
 
-    def find(self, token: str) -> Any | None:
+    def find(self, token: str, since: float) -> Any | None:
         """The batch created with metadata ``fea20k_submission = token`` (a build killed before it learnt the id),
-        or None when it was never created."""
-        page = self._call("listing batches", lambda: self.client.batches.list(limit=100))
-        for b in page.data:
-            if (b.metadata or {}).get("fea20k_submission") == token:
-                return b
-        return None
+        or None when it was never created. ``since``: when the submission began (epoch seconds).
+
+        The listing is newest first, a page at a time: the search goes back page by page (an organisation's other
+        jobs may have created any number of batches since) and stops at the first batch created a day before
+        ``since`` (the day: room for the two clocks to disagree), which no batch of this submission can follow.
+        """
+        oldest = since - 86400
+        after: dict[str, str] = {}  # the cursor: list the page after this batch id
+        while True:
+            page = self._call("listing batches", lambda cursor=after: self.client.batches.list(limit=100, **cursor))
+            for b in page.data:
+                if (b.metadata or {}).get("fea20k_submission") == token:
+                    return b
+                if b.created_at < oldest:
+                    return None
+            if not page.data or not page.has_more:
+                return None
+            after = {"after": page.data[-1].id}
 
     def retrieve(self, batch_id: str) -> Any:
         return self._call(f"polling batch {batch_id}", lambda: self.client.batches.retrieve(batch_id))
@@ -191,7 +203,7 @@ def collect(ctx: StageContext, make_client: Callable[[], BatchClient], owner: Ow
     client = make_client()
     for row in opened:
         if row["id"].startswith(SUBMITTING):  # a build died while submitting: did the batch get created?
-            b = client.find(row["id"].removeprefix(SUBMITTING))
+            b = client.find(row["id"].removeprefix(SUBMITTING), row["submitted"])
             if b is None:
                 ledger.drop_batch(row["id"])  # never created: its requests are queued again by this run
                 continue

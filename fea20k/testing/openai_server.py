@@ -21,8 +21,8 @@ It runs on its own event loop in a background thread, binds 127.0.0.1 on a free 
 * a reply policy that, by default, answers a correct rationale from the ground-truth block it finds in the prompt
   (the AUs listed there in parentheses, the emotion to reach), with a controllable ``wrong_rate`` of well-formed
   but wrong answers (another emotion);
-* the Batch API (``POST /v1/files``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``, ``GET
-  /v1/batches/{id}``, ``GET /v1/batches``) answering each line with the same reply policy (counted in
+* the Batch API (``POST /v1/files``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``, ``GET /v1/batches/{id}``,
+  ``GET /v1/batches`` paged by ``limit`` and ``after``) answering each line with the same reply policy (counted in
   ``counts``/``answered`` like a synchronous request), with a :class:`BatchPlan`: a batch completes after N polls
   and/or T seconds, some of its lines fail, or it expires with part of its lines answered. ``batches`` holds every
   batch created.
@@ -133,6 +133,7 @@ class OpenAIServer:
         self.batch_plan = batch or BatchPlan()
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}  # batch id -> the Batch API object (+ "_polls", "_t")
+        self.batch_list_pages = 0  # GET /v1/batches calls (pages of the listing, newest batches first)
         self.batch_api_calls = 0  # Batch API HTTP requests received
         self._ordinal = 0
         self._lock = threading.Lock()
@@ -348,9 +349,17 @@ class OpenAIServer:
         from aiohttp import web
 
         self.batch_api_calls += 1
-        data = [self._public(b) for b in reversed(self.batches.values())]  # newest first, as the API lists them
+        self.batch_list_pages += 1
+        newest_first = [self._public(b) for b in reversed(self.batches.values())]  # as the API lists them
+        after = request.query.get("after")
+        if after is not None:  # the cursor: the page goes on after that batch
+            ids = [b["id"] for b in newest_first]
+            newest_first = newest_first[ids.index(after) + 1:] if after in ids else []
+        limit = max(1, min(int(request.query.get("limit", 20)), 100))
+        data = newest_first[:limit]
         return web.json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                                  "last_id": data[-1]["id"] if data else None, "has_more": False})
+                                  "last_id": data[-1]["id"] if data else None,
+                                  "has_more": len(newest_first) > limit})
 
     async def _batch_get(self, request: Any) -> Any:
         from aiohttp import web

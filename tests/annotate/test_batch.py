@@ -95,6 +95,20 @@ def test_failed_and_expired_lines_go_into_the_next_batch(tmp_path: Path) -> None
     assert len(got) == N and all(text and not excluded for _, text, _, excluded in got)
 
 
+def _other_jobs_batches(base_url: str, n: int) -> str:
+    """``n`` batches of another job on the same Batch API (one request file for all of them); that file's id."""
+    from openai import OpenAI
+
+    client = OpenAI(api_key="other-job", base_url=base_url)
+    line = {"custom_id": "other-job-0", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "other", "messages": [{"role": "user", "content": "hello"}]}}
+    f = client.files.create(file=("other.jsonl", (json.dumps(line) + "\n").encode(), "application/jsonl"),
+                            purpose="batch")
+    for _ in range(n):
+        client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    return f.id
+
+
 def test_kill_9_while_the_batch_is_created_then_rerun_submits_no_second_batch(tmp_path: Path) -> None:
     with OpenAIServer(wrong_rate=0.4, batch=BatchPlan(polls=0, create_latency=3)) as srv:
         ws = _workspace(tmp_path / "ws", srv.base_url, mode="batch")
@@ -108,13 +122,18 @@ def test_kill_9_while_the_batch_is_created_then_rerun_submits_no_second_batch(tm
         proc.wait()
         assert ledger_rows(ws, "SELECT status FROM batches") == [("submitting",)]
         srv.batch_plan.create_latency = 0
+        # meanwhile the organisation's other jobs create batches: ours is no longer on the listing's first page
+        others = _other_jobs_batches(srv.base_url, 130)
         _build_until_done(ws)
         first = next(iter(srv.batches.values()))
         assert first["request_counts"]["total"] == N
+        ours = [b for b in srv.batches.values() if b["input_file_id"] != others]
+        assert ours[0] is first and len(ours) >= 2  # wrong answers were repaired in later batches
         # no batch repeats a request: each later one holds only repair attempts
-        keys = [json.loads(line)["custom_id"] for b in srv.batches.values()
+        keys = [json.loads(line)["custom_id"] for b in ours
                 for line in srv.files[b["input_file_id"]].decode().splitlines()]
         assert len(keys) == len(set(keys))
+        assert srv.batch_list_pages >= 2  # the search went back past the listing's first page and found it there
     want, _ = _sync_records(tmp_path / "ref", 0.4)
     assert records(ws) == want
 
