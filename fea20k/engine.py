@@ -376,14 +376,18 @@ class BuildPool:
             self._pool = None
 
 
-MapRunner = Callable[[MapStage, list[tuple[int, Path]], Path, Callable[[int], None], ExecOptions], None]
+# finished(result, index): what process_chunk returned for chunk ``index`` (its stats, or ``in`` and ``pending``)
+ChunkFinished = Callable[[dict[str, Any], int], None]
+MapRunner = Callable[[MapStage, list[tuple[int, Path]], Path, ChunkFinished, ExecOptions], None]
 
 
 def get_map_runner(name: str) -> MapRunner:
     """The chunk runner of executor ``name``: ``fea20k.executors.<name>.run_map_chunks``.
 
     A runner processes every ``(index, input part)`` of ``todo`` with :func:`process_chunk` semantics (write output
-    chunk ``index`` and its stats into the stage folder) and calls ``advance(rows)`` as chunks finish.
+    chunk ``index`` and its stats into the stage folder) and calls ``finished(result, index)`` in the build process
+    as each chunk finishes, with what :func:`process_chunk` returned: the engine advances the progress, gathers the
+    pending records of chunks left unwritten and applies the ``FEA20K_CRASH_AFTER`` hook, as for the local pool.
     """
     import importlib
 
@@ -872,7 +876,7 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
     if local_because:
         logger.info("%s: runs in the build process, not on %s: %s", key, opts.executor, local_because)
     if opts.executor != "local" and not local_because:
-        get_map_runner(opts.executor)(stage, todo, d, advance, opts)
+        get_map_runner(opts.executor)(stage, todo, d, finished, opts)
     elif stage.workers == "process" and opts.pool is not None and len(todo) > 1:
         _pool_chunks(stage, todo, d, opts.pool, finished)
     else:
@@ -891,7 +895,7 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
 
 
 def _pool_chunks(stage: MapStage, todo: list[tuple[int, Path]], d: Path, build_pool: BuildPool,
-                 finished: Callable[[dict[str, Any], int], None]) -> None:
+                 finished: ChunkFinished) -> None:
     """Run ``todo`` on the build's pool, at most ``queue_limit`` chunks submitted at once."""
     spec = _worker_spec(stage)
     pool = build_pool.get()

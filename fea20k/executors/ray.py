@@ -25,18 +25,16 @@ import json
 import logging
 import os
 import pickle
-import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from fea20k import env
-from fea20k.engine import ExecOptions, process_chunk
+from fea20k.engine import ChunkFinished, ExecOptions, process_chunk
 from fea20k.errors import Fea20kUserError, StageError, require
 from fea20k.procs import NO_LEDGER_ENV
 from fea20k.stage import MapStage, Stage, StageContext, get_stage_class, load_workspace_plugins
@@ -50,17 +48,15 @@ logger = logging.getLogger(__name__)
 # Stage.resources keys that map_batches takes as arguments; any other key is a custom resource
 _RESOURCE_ARGS = ("num_cpus", "num_gpus", "memory")
 # one row per chunk processed; error = the pickled exception (b"" when it does not pickle), None when it worked
-_RESULT_SCHEMA = pa.schema([("index", pa.int64()), ("n_in", pa.int64()), ("stats", pa.string()),
+_RESULT_SCHEMA = pa.schema([("index", pa.int64()), ("stats", pa.string()),
                             ("error", pa.binary()), ("traceback", pa.string())])
 
 
-def run_map_chunks(stage: MapStage, todo: list[tuple[int, Path]], out_dir: Path, advance: Callable[[int], None],
+def run_map_chunks(stage: MapStage, todo: list[tuple[int, Path]], out_dir: Path, finished: ChunkFinished,
                    opts: ExecOptions) -> None:
-    """Process every ``(index, input part)`` of ``todo`` on Ray; ``advance(rows)`` as each chunk's output lands.
-
-    Honours ``FEA20K_CRASH_AFTER=<stage key>:<k>`` in the driver: the build process SIGKILLs itself once chunk
-    ``k`` is written (the workers never apply it, so a killed job looks like a dead driver, not a dead actor).
-    """
+    """Process every ``(index, input part)`` of ``todo`` on Ray; ``finished(result, index)`` in the driver as each
+    chunk's output lands (see :data:`~fea20k.engine.MapRunner`), so a chunk left unwritten with pending records and
+    the ``FEA20K_CRASH_AFTER`` hook (a dead driver, never a dead actor) go as with the local executor."""
     if not todo:
         return
     connect(opts)
@@ -70,17 +66,13 @@ def run_map_chunks(stage: MapStage, todo: list[tuple[int, Path]], out_dir: Path,
 
         stage.ctx.ledger_at = stage.ctx.ledger_at.reachable_at(ray.util.get_node_ip_address())
     ds = chunk_dataset(stage, todo, out_dir, pool_size(stage, len(todo), opts))
-    crash = env.crash_after()
     started_before = set(threading.enumerate())
     rows = iter(ds.iter_rows())
     try:
         for row in rows:
             if row["error"] is not None:
                 raise_chunk_error(stage, row)
-            advance(int(row["n_in"]))
-            if crash is not None and crash == (stage.ctx.stage_key, int(row["index"])):
-                logger.warning("FEA20K_CRASH_AFTER: killing the build after %s chunk %d", crash[0], crash[1])
-                os.kill(os.getpid(), signal.SIGKILL)
+            finished(json.loads(row["stats"]), int(row["index"]))
     finally:
         rows.close()  # a generator: closing it shuts the streaming executor down and signals the consumer threads
         _join_consumer_threads(started_before, stage.name)
@@ -173,7 +165,8 @@ def pool_size(stage: Stage, n_chunks: int, opts: ExecOptions) -> int:
 
 
 def chunk_dataset(stage: MapStage, todo: list[tuple[int, Path]], out_dir: Path, workers: int) -> Dataset:
-    """The lazy Ray dataset whose rows are ``{"index", "n_in", "stats"}`` of each chunk processed."""
+    """The lazy Ray dataset whose rows are ``{"index", "stats", "error", "traceback"}`` of each chunk processed
+    (``stats``: what :func:`~fea20k.engine.process_chunk` returned, as JSON)."""
     import ray.data
 
     items = [{"index": i, "in_path": str(p)} for i, p in todo]
@@ -215,20 +208,18 @@ def raise_chunk_error(stage: MapStage, row: dict[str, Any]) -> None:
 
 
 def _process_rows(stage: MapStage, batch: pa.Table, out_dir: Path) -> pa.Table:
-    out: dict[str, list[Any]] = {"index": [], "n_in": [], "stats": [], "error": [], "traceback": []}
+    out: dict[str, list[Any]] = {"index": [], "stats": [], "error": [], "traceback": []}
     for row in batch.to_pylist():
         index = int(row["index"])
         try:
             stats = process_chunk(stage, Path(row["in_path"]), out_dir, index)
         except Exception as e:  # noqa: BLE001 - transported to the driver, re-raised there (raise_chunk_error)
             out["index"].append(index)
-            out["n_in"].append(0)
             out["stats"].append(None)
             out["error"].append(_pickled(e))
             out["traceback"].append(traceback.format_exc())
             break  # the driver stops at the first failed chunk; do not start others
         out["index"].append(index)
-        out["n_in"].append(int(stats["in"]))
         out["stats"].append(json.dumps(stats, sort_keys=True))
         out["error"].append(None)
         out["traceback"].append(None)

@@ -332,3 +332,26 @@ def test_killed_teacher_job_does_not_resend_answered_requests(tmp_path: Path, ra
     drafts = [r for p in sorted(d.glob("part-*.parquet")) for r in pq.read_table(p, columns=["rationale"]).to_pylist()]
     assert drafts and all(r["rationale"] is None or r["rationale"]["model"] == "teacher-loopback" for r in drafts)
     assert sum(1 for r in drafts if r["rationale"] is not None) >= len(drafts) // 2
+
+
+def test_records_pending_on_ray_are_reported_as_with_the_local_executor(tmp_path: Path, ray_address: str) -> None:
+    """The teacher's endpoint is down: the chunks are left unwritten, and the build's one line says why (the
+    workers' pending records reach the driver), as it does with the local executor; once the endpoint is back, the
+    re-run completes the round."""
+    pytest.importorskip("aiohttp", reason="the loopback server needs aiohttp (dev extra)")
+    from fea20k.errors import PendingError
+    from fea20k.testing.openai_server import FaultPlan, OpenAIServer
+
+    ws = tmp_path / "ws"
+    write_loopback_demo(ws, n=16, seed=5, chunk_size=4)
+    with OpenAIServer(faults=FaultPlan(rate=1.0, kinds=("500",))) as down:
+        write_loopback(ws, down.base_url)
+        with pytest.raises(PendingError, match=r"^\d+ samples could not be annotated: endpoint unreachable since "
+                                               r"\d\d:\d\d \(transport_failed after 2 retries: http_500"):
+            build_round(ws, 0, executor="ray")
+    d = ws / ".fea20k/rounds/0/annotate.draft"
+    assert not list(d.glob("part-*.parquet")) and not (d / "_SUCCESS.json").exists()
+    with OpenAIServer() as up:
+        write_loopback(ws, up.base_url)
+        result = build_round(ws, 0, executor="ray")
+    assert "annotate.draft" in result.ran and (d / "_SUCCESS.json").exists()
