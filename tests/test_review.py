@@ -223,6 +223,37 @@ def test_publish_sees_decisions_made_on_an_earlier_version_of_a_row(ws: Path,
     assert "fea20k review --round 0 -w " in warned[0]
 
 
+def test_the_training_export_takes_the_edited_rationale_the_release_carries(ws: Path, tmp_path: Path) -> None:
+    """An accepted row's rationale edited in review is what the release carries and what the model trains on; a
+    stale edit is neither."""
+    import pyarrow.parquet as pq
+
+    from fea20k.publish.export import export_round
+    from fea20k.publish.local import build_release
+    from fea20k.publish.reviews import row_signature
+    from fea20k.workspace import Workspace
+
+    session = ReviewSession.open(ws, 0, REVIEWER, sample_rate=1.0, seed=0)
+    edited = ("<think>The face shows a clear expression with several visible facial movements: corners down "
+              "(AU15), brows raised inside (AU1), lowered (AU4).</think>\n<answer>sadness</answer>")
+    assert session.decide("toy/0000", "edit", rationale=edited)["decision"] == "accept"
+    seen = copy.deepcopy(session.rows["toy/0001"])  # the row as a reviewer saw it before a rebuild re-drafted it
+    assert seen.rationale is not None
+    seen.rationale.text = "<think>cheeks (AU6).</think>\n<answer>happiness</answer>"
+    (ws / "reviews" / "round-0.jsonl").open("a").write(json.dumps(
+        {"id": "toy/0001", "decision": "accept", "rationale": edited, "signature": row_signature(seen)}) + "\n")
+    drafted = {i: session.rows[i].rationale.text for i in ("toy/0000", "toy/0001")}  # type: ignore[union-attr]
+
+    folder = build_release(Workspace(ws), 0).folder
+    released = {r["id"]: r["rationale"] for r in pq.read_table(folder / "data").to_pylist()}
+    summary = export_round(Workspace(ws), 0, "messages", tmp_path / "export")
+    trained = {json.loads(line)["id"]: json.loads(line)["messages"][1]["content"]
+               for line in (tmp_path / "export" / "messages.jsonl").read_text().splitlines()}
+    assert released["toy/0000"] == trained["toy/0000"] == edited != drafted["toy/0000"]
+    assert released["toy/0001"] == trained["toy/0001"] == drafted["toy/0001"]  # the stale edit: neither
+    assert summary.reviewer_edits == 1
+
+
 def test_cli_prints_the_url_and_serves_it(ws: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "fea20k", "review", "--round", "0", "-w", str(ws), "--reviewer",
                              "cli", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -138,6 +138,8 @@ def export(
                   f"(prompt contract {contract.get('id', '-')}, in {CONTRACT_FILE}) "
                   f"({', '.join(f'{k} {v}' for k, v in sorted(summary.rows.items()))}); "
                   f"{summary.skipped_test} test row(s) withheld"
+                  + (f"; {summary.reviewer_edits} with the rationale a reviewer edited" if summary.reviewer_edits
+                     else "")
                   + (f"; {len(summary.missing)} without a face (missing_faces.txt)" if summary.missing else ""))
 
 

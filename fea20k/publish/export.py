@@ -1,8 +1,9 @@
 """Training exports of a round: the Facial-R1 JSONL schema, and chat messages for TRL / LLaMA-Factory.
 
 Only accepted rows of the training side are exported: the sources' train and validation splits (the release's
-``train`` split). Test rows are never written, whatever their verdict. A human reviewer's reject
-(``reviews/round-N.jsonl``) is honoured as in the release.
+``train`` split). Test rows are never written, whatever their verdict. A human reviewer's decisions
+(``reviews/round-N.jsonl``) are honoured as in the release: a reject leaves the row out, an edited rationale is the
+text exported (:func:`~fea20k.publish.reviews.apply_edit`).
 
 ``facial-r1`` (``docs/facial-r1.md`` §6)::
 
@@ -45,7 +46,7 @@ from fea20k.errors import Fea20kUserError, StageError
 from fea20k.io import StageOutput, atomic_write_json
 from fea20k.prompt import CONTRACT_FILE, DEFAULT_QUESTION, PromptContract
 from fea20k.publish.local import building_dir, upstream_dir
-from fea20k.publish.reviews import load_reviews
+from fea20k.publish.reviews import apply_edit, load_reviews
 from fea20k.record import FaceRecord
 from fea20k.workspace import Workspace
 
@@ -63,6 +64,7 @@ class ExportSummary:
     rows: Counter[str] = field(default_factory=Counter)  # per source
     missing: list[str] = field(default_factory=list)
     skipped_test: int = 0
+    reviewer_edits: int = 0  # rows exported with the rationale a reviewer edited
     files: dict[str, Path] = field(default_factory=dict)  # what a trainer reads: data, images, stats
 
 
@@ -141,6 +143,7 @@ def iter_train_records(ws: Workspace, round_: int, summary: ExportSummary) -> An
         review = reviews.get(rec.id)
         if review is not None and review.decision == "reject":
             continue
+        summary.reviewer_edits += apply_edit(rec, review)
         yield rec
 
 

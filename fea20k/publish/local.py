@@ -37,7 +37,7 @@ from fea20k.publish.card import (
 from fea20k.publish.facts import ReleaseFacts, tree_digest
 from fea20k.publish.notes import NOTES_FILE, compare, release_digests
 from fea20k.publish.release import ReleaseWriter, ShardInfo, contiguous
-from fea20k.publish.reviews import Review, load_reviews, reviews_path, row_signature
+from fea20k.publish.reviews import Review, edit_line, load_reviews, reviews_path, row_signature
 from fea20k.record import FaceRecord
 from fea20k.schema import SCHEMA
 from fea20k.stage import AggregateStage, StageConfig, register_stage
@@ -426,8 +426,7 @@ def _apply_reviews(table: pa.Table, reviews: _Reviews, facts: ReleaseFacts) -> p
                 facts.reviews["rationale edited"] += 1
                 if has_rationale[i] and review.rationale != texts[i]:
                     # the reviewer's text, which passed the checks when it was saved, is what the row releases
-                    edited[i] = (review.rationale, f"rationale edited by {review.reviewer or 'a reviewer'}"
-                                 + (f" at {review.time}" if review.time else ""))
+                    edited[i] = (review.rationale, edit_line(review))
         if review.gt_wrong:
             facts.reviews["ground truth flagged wrong"] += 1
     if changed:

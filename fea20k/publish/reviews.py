@@ -20,7 +20,9 @@ How the publish stage applies them:
   re-run).
 * An edited ``rationale`` (it passed the validator checks when the reviewer saved it) replaces the row's rationale
   text in the release, with a ``review`` provenance entry naming the reviewer and the time; edits are counted on the
-  card. A ``gt_wrong`` flag is counted on the card (and, stored as a reject, moves a released row out).
+  card. The training exports (``fea20k export``, the ``train.*`` steps) take the same text (:func:`apply_edit`) and
+  leave a rejected row out, so the model trains on what the release says. A ``gt_wrong`` flag is counted on the
+  card (and, stored as a reject, moves a released row out).
 * A decision whose ``signature`` (:func:`row_signature`) no longer matches the row was made on an earlier version of
   it (a rebuild changed its rationale, labels or verdict). Publish counts it on the card and warns once with the
   command to review again. Its edited rationale is not applied: it was written for the text the reviewer saw, and
@@ -74,6 +76,33 @@ def row_signature(rec: FaceRecord) -> str:
     body = json.dumps([rec.id, text, rec.emotion, rec.present_aus(), sorted(rec.au_coded), rec.accepted,
                        rec.reasons], sort_keys=True)
     return hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
+
+
+def edit_line(review: Review) -> str:
+    """The provenance line of a reviewer's edited rationale (the release's ``review`` entry)."""
+    return f"rationale edited by {review.reviewer or 'a reviewer'}" + (f" at {review.time}" if review.time else "")
+
+
+def apply_edit(rec: FaceRecord, review: Review | None) -> bool:
+    """Give ``rec`` the rationale a reviewer edited for it, as the release carries it: an edit made on the row as it
+    is (its signature matches, or the line carries none) over a rationale the row has, with a ``review``
+    provenance entry. A training export takes the same text, so the model trains on what the release says. True
+    when the text changed."""
+    if review is None or not review.rationale or rec.rationale is None or review.rationale == rec.rationale.text:
+        return False
+    if review.signature and review.signature != row_signature(rec):
+        return False  # made on an earlier version of the row: its new text stands
+    rec.rationale.text = review.rationale
+    rec.provenance["review"] = edit_line(review)
+    return True
+
+
+def latest_reviews(workspace_root: Path, rounds: range) -> dict[str, Review]:
+    """The decision about each id over ``rounds`` (a later round's line overrides an earlier round's)."""
+    out: dict[str, Review] = {}
+    for k in rounds:
+        out.update(load_reviews(workspace_root, k))
+    return out
 
 
 def reviews_path(workspace_root: Path, round_: int) -> Path:

@@ -203,26 +203,27 @@ class _TrainStep(AggregateStage):
             return None
 
     def _training_rows(self, inputs: StageOutput) -> list[FaceRecord]:
-        """Accepted rows of the configured splits, minus human rejects; test rows never (counted, and asserted)."""
-        from fea20k.publish.reviews import load_reviews
+        """Accepted rows of the configured splits, minus human rejects, with reviewers' edited rationales; test rows
+        never (counted, and asserted)."""
+        from fea20k.publish.reviews import apply_edit, latest_reviews
 
-        human_reject: set[str] = set()
-        for k in range(self.ctx.round + 1):  # a later round's review overrides an earlier one
-            for rid, review in load_reviews(self.ctx.workspace.root, k).items():
-                (human_reject.add if review.decision == "reject" else human_reject.discard)(rid)
+        reviews = latest_reviews(self.ctx.workspace.root, range(self.ctx.round + 1))
         keep: list[FaceRecord] = []
         for rec in inputs.iter_records():
+            review = reviews.get(rec.id)
             if rec.split == "test":
                 self.stats.add("not_exported_test")
             elif rec.accepted is not True:
                 self.stats.add("not_exported_rejected")
-            elif rec.id in human_reject:
+            elif review is not None and review.decision == "reject":
                 self.stats.add("not_exported_human_reject")
             elif rec.split not in self.config.splits:
                 self.stats.add(f"not_exported_{rec.split}")
             elif rec.rationale is None or not rec.rationale.text:
                 self.stats.add("not_exported_no_rationale")
             else:
+                if apply_edit(rec, review):
+                    self.stats.add("exported_reviewer_edit")
                 keep.append(rec)
         assert all(r.split != "test" for r in keep)
         return keep

@@ -141,6 +141,28 @@ def test_train_steps_export_run_register_and_pass_through(tmp_path: Path) -> Non
     assert "training on 6 rows" in log and "warning: tiny model" in log and "done" in log
 
 
+def test_train_steps_take_the_reviewers_decisions_of_every_round_so_far(tmp_path: Path) -> None:
+    """A reviewer's reject leaves a row out of the training export and an edited rationale is the text it trains on
+    (as in the release); a later round's decision about a row overrides an earlier one."""
+    ws = make_ws(tmp_path)
+    edited = "<think>Lip corners pulled (AU12), cheeks raised (AU6).</think>\n<answer>happiness</answer>"
+    reviews = ws / "reviews"
+    reviews.mkdir()
+    (reviews / "round-0.jsonl").write_text("\n".join(json.dumps(line) for line in (
+        {"id": "toy/img00", "decision": "reject", "reason": "bad_face"},
+        {"id": "toy/img01", "decision": "accept", "rationale": edited, "reviewer": "ana"},
+        {"id": "toy/img02", "decision": "reject", "reason": "bad_face"},
+        {"id": "toy/img02", "decision": "accept"},  # changed their mind: the later line wins
+    )) + "\n")
+    result = build_round(ws, 0)
+    export = Workspace(ws).stage_dir(0, "train.sft") / "export"
+    rows = {r["id"]: r for r in map(json.loads, (export / "round-0.jsonl").read_text().splitlines())}
+    assert sorted(rows) == [f"toy/img{i:02d}" for i in range(1, 6)]
+    assert rows["toy/img01"]["description"] == edited and rows["toy/img03"]["description"] == TEXT
+    sft = result.stages[1].stats.counters
+    assert sft["not_exported_human_reject"] == 1 and sft["exported_reviewer_edit"] == 1 and sft["train_rows"] == 5
+
+
 def test_unchanged_signature_skips_and_a_changed_command_retrains(tmp_path: Path) -> None:
     ws = make_ws(tmp_path)
     build_round(ws, 0)
