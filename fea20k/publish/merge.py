@@ -10,7 +10,7 @@ from typing import Any
 from fea20k.engine import SUCCESS_FILE, read_marker
 from fea20k.errors import StageError
 from fea20k.io import StageOutput
-from fea20k.publish.reviews import load_reviews, reviews_path
+from fea20k.publish.reviews import apply_edit, latest_reviews, reviews_path
 from fea20k.record import FaceRecord
 from fea20k.stage import AggregateStage, StageConfig, register_stage
 
@@ -37,7 +37,9 @@ class MergeRounds(AggregateStage):
     round k-1's train steps registered (``provenance["publish.merge"]``), so a release says which checkpoint wrote
     which rows.
     Rejected rows: only this round's (earlier rounds' rejections are in their own releases and audits). A row a
-    human rejected in ``reviews/round-k.jsonl`` (k < N) is not carried (counted as ``carried_skipped_human_reject``).
+    human rejected in ``reviews/round-k.jsonl`` (k < N) is not carried (counted as ``carried_skipped_human_reject``);
+    a row whose rationale a reviewer edited there is carried with the edited text, as round k's release held it
+    (``carried_reviewer_edit``).
 
     Config:
         validate_step: the step of each earlier round whose output holds its validated records (default
@@ -82,10 +84,7 @@ class MergeRounds(AggregateStage):
     def run(self, inputs: StageOutput) -> Iterator[list[FaceRecord]]:
         checkpoints = self._checkpoints()
         seen: set[str] = set()
-        rejected_by_review: set[str] = set()
-        for k in range(self.ctx.round):
-            for rid, review in load_reviews(self.ctx.workspace.root, k).items():
-                (rejected_by_review.add if review.decision == "reject" else rejected_by_review.discard)(rid)
+        reviews = latest_reviews(self.ctx.workspace.root, range(self.ctx.round))
         for k, d in self._earlier_dirs():
             if not (d / SUCCESS_FILE).is_file():
                 raise StageError(f"publish.merge (round {self.ctx.round}): round {k} has no complete "
@@ -97,9 +96,12 @@ class MergeRounds(AggregateStage):
                     if rec.accepted is not True or rec.id in seen:
                         continue
                     seen.add(rec.id)
-                    if rec.id in rejected_by_review:
+                    review = reviews.get(rec.id)
+                    if review is not None and review.decision == "reject":
                         self.stats.add("carried_skipped_human_reject")
                         continue
+                    if apply_edit(rec, review):  # as round k's release carried it
+                        self.stats.add("carried_reviewer_edit")
                     self._stamp(rec, k, checkpoints)
                     out.append(rec)
                 carried += len(out)

@@ -11,6 +11,7 @@ from fea20k.engine import SUCCESS_FILE
 from fea20k.errors import StageError
 from fea20k.io import StageOutput, atomic_write_json, write_chunk
 from fea20k.publish.merge import MergeRounds
+from fea20k.publish.reviews import row_signature
 from fea20k.record import FaceRecord, Rationale
 from fea20k.stage import StageContext
 from fea20k.workspace import init_workspace
@@ -45,19 +46,25 @@ def test_earliest_accepted_round_wins(tmp_path: Path) -> None:
 
     Workspace(ws).ledger.record_checkpoint(1, "train.grpo", "/ckpt/round-1", "sig")
     (ws / "reviews").mkdir()
-    (ws / "reviews" / "round-1.jsonl").write_text(json.dumps({"id": "s/9", "decision": "reject"}) + "\n")
+    # s/9 rejected; s/2's round-1 rationale edited on the row as it was (its signature): round 1's release held it
+    (ws / "reviews" / "round-1.jsonl").write_text(json.dumps({"id": "s/9", "decision": "reject"}) + "\n" + json.dumps(
+        {"id": "s/2", "decision": "accept", "rationale": "r1 edited", "reviewer": "ana",
+         "signature": row_signature(_rec(2, 1, True, "r1", True))}) + "\n")
     stage = MergeRounds({}, StageContext(workspace_root=ws, round=2, stage_key="publish.merge"))
     out = [r for chunk in stage.run(current) for r in chunk]
     by_id = {r.id: r for r in out}
     assert [r.id for r in out] == ["s/1", "s/2", "s/3", "s/4"]  # s/9: a reviewer rejected it in round 1
     assert by_id["s/1"].rationale.text == "r0" and by_id["s/1"].round == 0  # the earliest accepted row, unchanged
     assert by_id["s/2"].round == 1 and by_id["s/3"].rationale.text == "r2"
+    assert by_id["s/2"].rationale.text == "r1 edited"
+    assert by_id["s/2"].provenance["review"] == "rationale edited by ana"
     assert by_id["s/4"].excluded and by_id["s/4"].reasons == ["emotion_mismatch"]  # this round's rejections stay
     assert by_id["s/1"].provenance["publish.merge"] == "earliest-accepted-round-wins: accepted in round 0"
     assert by_id["s/3"].provenance["publish.merge"].endswith("written by round 1's checkpoint /ckpt/round-1")
     c = stage.stats.counters
     assert c["carried_round_0"] == 1 and c["carried_round_1"] == 1 and c["carried_skipped_human_reject"] == 1
     assert c["duplicate_kept_earlier"] == 1 and c["new_accepted"] == 1 and c["new_rejected"] == 1
+    assert c["carried_reviewer_edit"] == 1
     assert stage.signature_extra()["earlier"] == {"0": "sig-0", "1": "sig-1"}
     assert stage.recipe_files() == [ws.resolve() / "reviews" / "round-0.jsonl",
                                     ws.resolve() / "reviews" / "round-1.jsonl"]
