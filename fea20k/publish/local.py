@@ -37,7 +37,7 @@ from fea20k.publish.card import (
 from fea20k.publish.facts import ReleaseFacts, tree_digest
 from fea20k.publish.notes import NOTES_FILE, compare, release_digests
 from fea20k.publish.release import ReleaseWriter, ShardInfo, contiguous
-from fea20k.publish.reviews import Review, edit_line, load_reviews, reviews_path, row_signature
+from fea20k.publish.reviews import Review, is_current, load_reviews, reviews_path, write_edit
 from fea20k.record import FaceRecord
 from fea20k.schema import SCHEMA
 from fea20k.stage import AggregateStage, StageConfig, register_stage
@@ -404,15 +404,12 @@ def _apply_reviews(table: pa.Table, reviews: _Reviews, facts: ReleaseFacts) -> p
     if not rows:
         return table
     verdicts = _Verdicts.of(table)
-    texts = pc.struct_field(table.column("rationale"), "text").to_pylist()
-    has_rationale = pc.is_valid(table.column("rationale")).to_pylist()
-    current = _row_signatures(table, [i for i in rows if reviews.by_id[ids[i].as_py()].signature])
     changed = False
     edited: dict[int, tuple[str, str]] = {}  # row -> (new text, provenance line of the reviewer's edit)
-    for i in rows:
-        review = reviews.by_id[ids[i].as_py()]
+    for i, rec in zip(rows, _reviewed_records(table, rows), strict=True):
+        review = reviews.by_id[rec.id]
         reviews.seen.add(review.id)
-        stale = i in current and current[i] != review.signature
+        stale = not is_current(rec, review)
         if stale:
             reviews.stale.append(review.id)
             facts.reviews["made on an earlier version of the row"] += 1
@@ -424,9 +421,9 @@ def _apply_reviews(table: pa.Table, reviews: _Reviews, facts: ReleaseFacts) -> p
                 facts.reviews["rationale edit not applied (row changed since)"] += 1
             else:
                 facts.reviews["rationale edited"] += 1
-                if has_rationale[i] and review.rationale != texts[i]:
-                    # the reviewer's text, which passed the checks when it was saved, is what the row releases
-                    edited[i] = (review.rationale, edit_line(review))
+                # the reviewer's text, which passed the checks when it was saved, is what the row releases
+                if write_edit(rec, review):
+                    edited[i] = (review.rationale, rec.provenance["review"])
         if review.gt_wrong:
             facts.reviews["ground truth flagged wrong"] += 1
     if changed:
@@ -434,15 +431,13 @@ def _apply_reviews(table: pa.Table, reviews: _Reviews, facts: ReleaseFacts) -> p
     return _with_edits(table, edited) if edited else table
 
 
-def _row_signatures(table: pa.Table, rows: list[int]) -> dict[int, str]:
-    """:func:`~fea20k.publish.reviews.row_signature` of rows ``rows`` of ``table`` (the reviewed ones: a few)."""
-    if not rows:
-        return {}
+def _reviewed_records(table: pa.Table, rows: list[int]) -> list[FaceRecord]:
+    """Rows ``rows`` of ``table`` (the reviewed ones: a few) as records holding what a review's signature and an
+    edit read (:func:`~fea20k.publish.reviews.row_signature`, :func:`~fea20k.publish.reviews.write_edit`)."""
     from fea20k.schema import from_arrow
 
-    signed = table.take(rows).select(["id", "source", "rationale", "emotion", "aus", "au_coded", "accepted",
-                                      "reasons"])
-    return {i: row_signature(rec) for i, rec in zip(rows, from_arrow(signed), strict=True)}
+    return from_arrow(table.take(rows).select(["id", "source", "rationale", "emotion", "aus", "au_coded", "accepted",
+                                               "reasons"]))
 
 
 def _with_edits(table: pa.Table, edited: dict[int, tuple[str, str]]) -> pa.Table:

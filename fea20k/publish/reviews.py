@@ -83,18 +83,26 @@ def edit_line(review: Review) -> str:
     return f"rationale edited by {review.reviewer or 'a reviewer'}" + (f" at {review.time}" if review.time else "")
 
 
-def apply_edit(rec: FaceRecord, review: Review | None) -> bool:
-    """Give ``rec`` the rationale a reviewer edited for it, as the release carries it: an edit made on the row as it
-    is (its signature matches, or the line carries none) over a rationale the row has, with a ``review``
-    provenance entry. A training export takes the same text, so the model trains on what the release says. True
-    when the text changed."""
-    if review is None or not review.rationale or rec.rationale is None or review.rationale == rec.rationale.text:
+def is_current(rec: FaceRecord, review: Review) -> bool:
+    """Whether ``review`` was made on ``rec`` as it is now: its signature matches (or the line carries none)."""
+    return not review.signature or review.signature == row_signature(rec)
+
+
+def write_edit(rec: FaceRecord, review: Review) -> bool:
+    """Put the review's edited rationale into ``rec`` over the rationale it has, with a ``review`` provenance entry;
+    True when the text changed. The caller has checked :func:`is_current`."""
+    if not review.rationale or rec.rationale is None or review.rationale == rec.rationale.text:
         return False
-    if review.signature and review.signature != row_signature(rec):
-        return False  # made on an earlier version of the row: its new text stands
     rec.rationale.text = review.rationale
     rec.provenance["review"] = edit_line(review)
     return True
+
+
+def apply_edit(rec: FaceRecord, review: Review | None) -> bool:
+    """Give ``rec`` the rationale a reviewer edited for it, as the release carries it: an edit made on the row as it
+    is (:func:`is_current`) over a rationale the row has (:func:`write_edit`). A training export takes the same
+    text, so the model trains on what the release says. True when the text changed."""
+    return review is not None and bool(review.rationale) and is_current(rec, review) and write_edit(rec, review)
 
 
 def latest_reviews(workspace_root: Path, rounds: range) -> dict[str, Review]:
