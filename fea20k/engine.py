@@ -872,11 +872,12 @@ def _run_map(stage: MapStage, inputs: StageOutput, d: Path, progress: Progress, 
         else:
             maybe_crash(stage.ctx.stage_key, index)
 
-    local_because = stage.build_process_only() if opts.executor != "local" else None
-    if local_because:
-        logger.info("%s: runs in the build process, not on %s: %s", key, opts.executor, local_because)
-    if opts.executor != "local" and not local_because:
-        get_map_runner(opts.executor)(stage, todo, d, finished, opts)
+    executor = opts.executor
+    if executor != "local" and (why := stage.build_process_only()):
+        logger.info("%s: runs in the build process, not on %s: %s", key, executor, why)
+        executor = "local"
+    if executor != "local":
+        get_map_runner(executor)(stage, todo, d, finished, opts)
     elif stage.workers == "process" and opts.pool is not None and len(todo) > 1:
         _pool_chunks(stage, todo, d, opts.pool, finished)
     else:
